@@ -1,5 +1,229 @@
-from django.http import JsonResponse
+"""The REST gateway (DESIGN §6). Thin: authenticate, validate, hand over to `proxy`, render errors.
+
+The completion endpoints are plain async Django views rather than DRF views: they need no
+content negotiation, and on the hot path DRF's request wrapping costs more than it gives.
+"""
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from billing.selectors import usage_summary
+
+from . import proxy
+from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
+from .metering import record
+from .registry import Caller, caller_for_key, catalog
+
+log = logging.getLogger(__name__)
+
+OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ANTHROPIC_ROLES = frozenset({"user", "assistant"})
 
 
-async def healthz(request):
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _api_key(request: HttpRequest) -> str:
+    authorization = request.headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return request.headers.get("x-api-key") or request.headers.get("api-key") or ""
+
+
+async def _authenticate(request: HttpRequest) -> Caller:
+    raw = _api_key(request)
+    if not raw:
+        raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
+    caller = await caller_for_key(raw)
+    if caller is None:
+        raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
+    return caller
+
+
+def _json_body(request: HttpRequest) -> dict:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.GATEWAY_MAX_BODY_BYTES:
+        raise GatewayError(413, "The request body is too large.", "request_too_large")
+    try:
+        body = orjson.loads(request.body)
+    except RequestDataTooBig as exc:
+        raise GatewayError(413, "The request body is too large.", "request_too_large") from exc
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("The request body is not valid JSON.", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _positive_int(body: dict, name: str, *, required: bool = False) -> None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise bad_request(f"`{name}` is required.", param=name)
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise bad_request(f"`{name}` must be a positive integer.", param=name)
+
+
+def _validate_common(body: dict, roles: frozenset[str]) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` is required and must be a string.", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("`messages` must be a non-empty array.", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in roles:
+            raise bad_request(
+                f"`messages[{index}].role` must be one of {', '.join(sorted(roles))}.", param=f"messages[{index}]"
+            )
+    if not isinstance(body.get("stream", False), bool):
+        raise bad_request("`stream` must be a boolean.", param="stream")
+
+
+def _validate_chat(body: dict) -> None:
+    _validate_common(body, OPENAI_ROLES)
+    _positive_int(body, "max_tokens")
+    _positive_int(body, "max_completion_tokens")
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or not body.get("stream")):
+        raise bad_request("`stream_options` is only allowed with `stream: true`.", param="stream_options")
+
+
+def _validate_messages(body: dict) -> None:
+    _validate_common(body, ANTHROPIC_ROLES)
+    _positive_int(body, "max_tokens", required=True)
+
+
+async def _completion(
+    request: HttpRequest,
+    *,
+    endpoint: str,
+    family: str,
+    validate: Callable[[dict], None],
+    render: Callable[[GatewayError], HttpResponse],
+) -> HttpResponse:
+    request_id = _request_id()
+    call = None
+    try:
+        if request.method != "POST":
+            raise GatewayError(405, "Use POST.", "method_not_allowed")
+        caller = await _authenticate(request)
+        call = proxy.Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
+        body = _json_body(request)
+        if isinstance(body.get("model"), str):
+            call.model_name = body["model"]
+        validate(body)
+        call.body = body
+        call.stream = body.get("stream", False)
+        call.include_usage = bool((body.get("stream_options") or {}).get("include_usage")) or family == "anthropic"
+        response = await (proxy.stream(call) if call.stream else proxy.complete(call))
+    except GatewayError as error:
+        if call is not None:
+            # A failed request of a known tenant is billed at zero but never forgotten.
+            await record(call.metered(status=error.status, error_type=error.code))
+        response = render(error)
+    response["x-request-id"] = request_id
+    return response
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    return await _completion(
+        request, endpoint="chat", family="openai", validate=_validate_chat, render=openai_error_response
+    )
+
+
+@csrf_exempt
+async def messages(request: HttpRequest) -> HttpResponse:
+    return await _completion(
+        request, endpoint="messages", family="anthropic", validate=_validate_messages, render=anthropic_error_response
+    )
+
+
+async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitable[HttpResponse]]) -> HttpResponse:
+    try:
+        if request.method != "GET":
+            raise GatewayError(405, "Use GET.", "method_not_allowed")
+        return await handler(await _authenticate(request))
+    except GatewayError as error:
+        return openai_error_response(error)
+
+
+async def models(request: HttpRequest) -> HttpResponse:
+    async def handler(caller: Caller) -> HttpResponse:
+        tenant = caller.tenant
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+            for m in sorted((await catalog()).values(), key=lambda m: m.name)
+            if tenant.may_use(m) and m.deployments_in(tenant.region)
+        ]
+        return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+    return await _openai_api(request, handler)
+
+
+def _date_param(request: HttpRequest, name: str) -> date:
+    value = request.GET.get(name, "")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise bad_request(f"`{name}` must be a date as YYYY-MM-DD.", param=name) from None
+
+
+async def usage(request: HttpRequest) -> HttpResponse:
+    async def handler(caller: Caller) -> HttpResponse:
+        start, end = _date_param(request, "start"), _date_param(request, "end")
+        if end < start:
+            raise bad_request("`end` must not be before `start`.", param="end")
+        if (end - start).days > 366:
+            raise bad_request("The period may be at most 366 days.", param="end")
+        summary = await sync_to_async(usage_summary)(tenant_id=caller.tenant.id, start=start, end=end)
+        summary["tenant"] = caller.tenant.slug
+        return HttpResponse(orjson.dumps(summary, default=str), content_type="application/json")
+
+    return await _openai_api(request, handler)
+
+
+async def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def readyz(request: HttpRequest) -> HttpResponse:
+    checks = {}
+    try:
+        await sync_to_async(_check_database)()
+        checks["database"] = "ok"
+    except Exception:
+        log.exception("readiness: database check failed")
+        checks["database"] = "unreachable"
+    if settings.REDIS_URL:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            await client.ping()
+            checks["redis"] = "ok"
+        except Exception:
+            log.exception("readiness: redis check failed")
+            checks["redis"] = "unreachable"
+        finally:
+            await client.aclose()
+    ready = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

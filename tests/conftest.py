@@ -4,10 +4,19 @@ Service tests use the ordinary `db` fixture. Tests that talk to a live gateway p
 `transactional_db`, so that what they write is committed and visible to that process.
 """
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from billing.models import ModelPrice, Plan, Subscription
 from tenants.models import CatalogModel, Deployment, Tenant
@@ -42,10 +51,10 @@ def catalog(db):
     """Three models, one per provider, with prices that make exact costs easy to check."""
     return {
         "gpt": make_model(
-            "gpt-4o-mini", "openai", "gpt-4o-mini-2024-07-18", input_per_1m="0.15", output_per_1m="0.60", cached="0.075"
+            "gpt-test", "openai", "gpt-4o-mini-2024-07-18", input_per_1m="0.15", output_per_1m="0.60", cached="0.075"
         ),
         "claude": make_model(
-            "claude-haiku",
+            "claude-test",
             "anthropic",
             "claude-haiku-4-5",
             input_per_1m="1.00",
@@ -53,7 +62,7 @@ def catalog(db):
             cached="0.10",
             cache_write="1.25",
         ),
-        "azure": make_model("gpt-4o-azure", "azure", "gpt4o-prod-deployment", input_per_1m="2.50", output_per_1m="10.00"),
+        "azure": make_model("azure-gpt-test", "azure", "gpt4o-prod-deployment", input_per_1m="2.50", output_per_1m="10.00"),
     }
 
 
@@ -75,3 +84,104 @@ def alice_key(alice):
 @pytest.fixture
 def bob_key(bob):
     return api_key_create(tenant=bob, name="test")[1]
+
+
+# --- live servers: the mock provider and a gateway process, both real HTTP on 127.0.0.1 ---
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY = "sk-upstream-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def mock_llm():
+    """The project's own fake provider (`manage.py mockllm`), as a real HTTP server."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "manage.py", "mockllm", "--port", str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/health", process)
+        yield url
+    finally:
+        stop(process)
+
+
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    user = db.get("USER") or "postgres"
+    return f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def gateway_env(mock_url: str, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY=settings.SECRET_KEY,
+        API_KEY_PEPPER=settings.API_KEY_PEPPER,
+        OPENAI_API_KEY=UPSTREAM_KEY,
+        OPENAI_BASE_URL=f"{mock_url}/v1",
+        ANTHROPIC_API_KEY=UPSTREAM_KEY,
+        ANTHROPIC_BASE_URL=mock_url,
+        AZURE_OPENAI_API_KEY=UPSTREAM_KEY,
+        AZURE_OPENAI_ENDPOINT=mock_url,
+        OPENAI_API_VERSION="2024-10-21",
+        GATEWAY_UPSTREAM_MAX_RETRIES="0",
+    )
+    env.update(extra)
+    return env
+
+
+def start_gateway(mock_url: str, **extra_env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "proxy_platform.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT,
+        env=gateway_env(mock_url, **extra_env),
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{url}/healthz", process)
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def gateway(django_db_setup, mock_llm):
+    """A gateway process on the test database, with the mock provider as every upstream.
+
+    Its in-process cache is off (0 s): the tests below create and flush their data per test,
+    which a cache would hide. Caching itself is tested apart, with a warm second process.
+    """
+    process, url = start_gateway(mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0")
+    try:
+        yield url
+    finally:
+        stop(process)

@@ -1,0 +1,35 @@
+"""`manage.py import_tenants PATH [--dry-run]` (DESIGN §5, a CONTRACT). The work is in
+billing.tenant_config; this only reads the file and reports."""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.tenant_config import ConfigInvalid, config_apply, config_parse, config_warnings
+
+
+class Command(BaseCommand):
+    help = "Create or update tenants, plans, models and prices from a JSON configuration file."
+
+    def add_arguments(self, parser):
+        parser.add_argument("path", help="the JSON configuration file")
+        parser.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+
+    def handle(self, *args, path: str, dry_run: bool, **options):
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read {path}: {exc}") from exc
+        try:
+            document = config_parse(text=text)
+            for warning in config_warnings(document=document):
+                self.stderr.write(f"warning: {warning}")
+            changes = config_apply(document=document, dry_run=dry_run)
+        except ConfigInvalid as exc:
+            for error in exc.errors:
+                self.stderr.write(str(error))
+            raise CommandError(str(exc)) from exc
+        for change in changes:
+            self.stdout.write(change)
+        summary = f"{len(changes)} change(s)" if changes else "no changes"
+        self.stdout.write(f"dry run, nothing written: {summary}" if dry_run else summary)

@@ -1,0 +1,941 @@
+"""The tenant configuration file: validate, import (upsert) and export (DESIGN §7, a CONTRACT).
+
+It lives in billing, not tenants, because the file carries prices, plans and budgets as well
+as tenant settings, and imports may only point billing → tenants.
+
+The format
+----------
+A JSON object with three optional sections. Unknown keys anywhere are errors. Money and
+prices are decimal STRINGS ("2.50"): a JSON number is refused, so no float ever touches money.
+Lists (`providers`, `models`) are sets: order and the export's sorting mean nothing.
+
+    {
+      "models": {                          # optional: the platform ships a default catalog
+                                           # (billing/migrations/0002_default_catalog.py)
+        "<model name>": {                  # the name clients send, e.g. "gpt-4o"
+          "provider": "openai" | "anthropic" | "azure",
+          "upstream": "<provider model id, or the Azure deployment name>",
+          "region": "eu",                  # "" = any region
+          "input_per_1m": "2.50",          # USD per 1M tokens
+          "output_per_1m": "10.00",
+          "cached_input_per_1m": "1.25",   # optional; null = no discount (input price)
+          "cache_write_per_1m": null       # optional; null = input price
+        }
+      },
+      "plans": {                           # extension, optional
+        "<plan slug>": {
+          "description": "", "currency": "USD",
+          "monthly_base_fee": "250.00", "included_allowance": "100.00",
+          "markup_percent": "20.00", "default_monthly_budget": "1000.00" | null
+        }
+      },
+      "tenants": {
+        "<tenant slug>": {
+          "name": "Tenant A",              # extension; a new tenant defaults to its slug, titled
+          "status": "active" | "suspended",  # extension
+          "api_key": "ta_xxx",             # stored hashed only; never exported
+          "providers": ["openai", "anthropic"],  # [] = every provider
+          "rate_limit": {"requests_per_minute": 100, "tokens_per_minute": 200000,
+                         "max_concurrent": 20},  # each positive integer, or null = no limit
+          "models": ["gpt-4", "claude-3-opus"],  # [] = every active catalog model
+          "billing_plan": "enterprise",     # required for a new tenant
+          "monthly_budget": "500.00" | null,  # null = the plan's default budget
+          "region": "us"                   # "" = any; pins the tenant to deployments there
+        }
+      }
+    }
+
+Import is an upsert, section by section and key by key: what the file says is set, what it
+leaves out is kept (a new object gets the default), nothing is ever deleted. In detail:
+
+- models: an entry describes the model's primary deployment (the first active one by
+  priority) and its price. A new model needs provider, upstream, input_per_1m and
+  output_per_1m. A price different from the price in force now becomes a NEW ModelPrice row
+  effective now; history is never edited. A referenced model must exist in the file or in
+  the catalog.
+- plans: a `billing_plan` defined neither in the file nor in the database is created with
+  zero fees (and said so in the change list).
+- api_key: a key this tenant already has → nothing; otherwise the tenant's previous
+  "config" key is revoked and the new one stored (hashed, name "config"). A key of another
+  tenant, a revoked or expired key, or one key for two tenants is an error.
+- providers/models: every listed model's provider must be among the tenant's providers (when
+  providers are restricted). A region-pinned tenant listing a model without a deployment in
+  its region is a warning, not an error: the tenant simply cannot use that model.
+
+Invalid input is refused whole, with every error listed at a JSON-path-like location
+(`tenants.tenant_b.rate_limit.requests_per_minute: must be a positive integer`; names with
+dots are bracketed: `models["gpt-4.1"].input_per_1m`). A valid file is applied in one
+transaction; a dry run computes the same change list and writes nothing.
+
+Export writes the same format with every key present (null where empty), all active catalog
+models with the price in force now, all plans and all tenants, never an api_key; keys and
+lists sorted. Importing an export changes nothing.
+"""
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tenants.keys import key_display_parts, key_hash, key_is_well_formed
+from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant
+from tenants.services import api_key_create, api_key_revoke
+
+from .models import MONEY_DIGITS, PRICE_DIGITS, ModelPrice, Plan, Subscription
+
+CONFIG_KEY_NAME = "config"
+
+TOP_KEYS = ("models", "plans", "tenants")
+MODEL_KEYS = (
+    "provider",
+    "upstream",
+    "region",
+    "input_per_1m",
+    "output_per_1m",
+    "cached_input_per_1m",
+    "cache_write_per_1m",
+)
+PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m")
+PLAN_MONEY_KEYS = ("monthly_base_fee", "included_allowance", "default_monthly_budget")
+PLAN_KEYS = ("description", "currency", *PLAN_MONEY_KEYS, "markup_percent")
+RATE_LIMIT_KEYS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+TENANT_KEYS = (
+    "name",
+    "status",
+    "api_key",
+    "providers",
+    "rate_limit",
+    "models",
+    "billing_plan",
+    "monthly_budget",
+    "region",
+)
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")  # Django's validate_slug
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_MODEL_NAME_HINT = "a model name (letters, digits, '.', '_', ':', '/', '-')"
+_SLUG_HINT = "a slug (letters, digits, '-', '_')"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_NO_SPACE = re.compile(r"^\S+$")
+_DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+_PLAIN_PATH_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+_MAX_INT = 2_147_483_647  # PositiveIntegerField on PostgreSQL
+_PROVIDERS = tuple(sorted(p.value for p in Provider))
+_MARKUP_DIGITS = {"max_digits": 6, "decimal_places": 2}  # Plan.markup_percent
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    """One problem in a configuration document, at a JSON-path-like location."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigInvalid(Exception):
+    """The document was refused; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__(f"{len(errors)} error(s) in the configuration; nothing was changed")
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def config_parse(*, text: str) -> Any:
+    """JSON text → document. Floats become Decimal (so they can be refused by name, not rounded),
+    duplicate object keys and NaN/Infinity are errors rather than silently collapsed."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        result: dict = {}
+        for key, value in pairs:
+            if key in result:
+                raise ValueError(f"duplicate key {json.dumps(key)}")
+            result[key] = value
+        return result
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        return json.loads(text, parse_float=Decimal, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        hint = ""
+        if "\u00a0" in text:  # what a copy from a web page (the product description) brings along
+            hint = " (the file contains non-breaking spaces, U+00A0: replace them with ordinary spaces)"
+        raise ConfigInvalid([ConfigError("$", f"not valid JSON: {exc}{hint}")]) from exc
+
+
+def config_validate(*, document: Any) -> list[ConfigError]:
+    """Every error in the document (empty list: valid). Reads the database, writes nothing."""
+    return _check(document).errors
+
+
+def config_warnings(*, document: Any) -> list[ConfigError]:
+    """Things that are allowed but probably not meant, e.g. a model out of the tenant's region."""
+    return _check(document).warnings
+
+
+def config_apply(*, document: Any, dry_run: bool = False) -> list[str]:
+    """Validate and upsert the document in one transaction; return the changes, one per line.
+
+    Raises ConfigInvalid (nothing written) when the document has any error. With `dry_run`
+    the same changes are computed by really applying them and rolling the transaction back,
+    so the list is exactly what a real run would do.
+    """
+    with transaction.atomic():
+        # Validation runs inside the transaction so that it sees what the writes will see.
+        # Two imports racing each other are not serialised: the unique constraints (tenant
+        # slug, key hash, plan name, price instant) make the loser fail whole.
+        checked = _check(document)
+        if checked.errors:
+            raise ConfigInvalid(checked.errors)
+        changes = _Applier(checked.config, now=timezone.now()).run()
+        if dry_run:
+            transaction.set_rollback(True)
+    return changes
+
+
+def config_export() -> dict:
+    """The whole configuration in the import format: all active models with the price in force
+    now and their primary deployment, all plans, all tenants (keys never). Sorted, stable."""
+    now = timezone.now()
+    prices: dict[int, ModelPrice] = {}
+    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("model_id", "-effective_from"):
+        prices.setdefault(price.model_id, price)
+    models: dict[str, dict] = {}
+    for model in CatalogModel.objects.filter(active=True).prefetch_related("deployments").order_by("name"):
+        entry: dict[str, Any] = {"provider": model.provider}
+        deployment = _primary_deployment(list(model.deployments.all()))
+        if deployment is not None:
+            entry.update(provider=deployment.provider, upstream=deployment.upstream, region=deployment.region)
+        price = prices.get(model.id)
+        if price is not None:
+            # null, not absent, for "no discount": absent would mean "keep yours" when the export
+            # is imported into another installation.
+            entry.update({key: _fmt(getattr(price, key)) for key in PRICE_KEYS})
+        models[model.name] = dict(sorted(entry.items()))
+
+    plans = {
+        plan.name: {
+            "currency": plan.currency,
+            "default_monthly_budget": _fmt(plan.default_monthly_budget),
+            "description": plan.description,
+            "included_allowance": _fmt(plan.included_allowance),
+            "markup_percent": _fmt(plan.markup_percent),
+            "monthly_base_fee": _fmt(plan.monthly_base_fee),
+        }
+        for plan in Plan.objects.order_by("name")
+    }
+
+    tenants: dict[str, dict] = {}
+    for tenant in Tenant.objects.select_related("subscription__plan").prefetch_related("allowed_models"):
+        entry = {
+            "models": sorted(m.name for m in tenant.allowed_models.all()),
+            "name": tenant.name,
+            "providers": sorted(tenant.allowed_providers or []),
+            "rate_limit": {
+                "max_concurrent": tenant.max_concurrent,
+                "requests_per_minute": tenant.requests_per_minute,
+                "tokens_per_minute": tenant.tokens_per_minute,
+            },
+            "region": tenant.region,
+            "status": tenant.status,
+        }
+        subscription = getattr(tenant, "subscription", None)
+        if subscription is not None:  # a tenant made in the admin may have none yet
+            entry["billing_plan"] = subscription.plan.name
+            entry["monthly_budget"] = _fmt(subscription.monthly_budget)
+        tenants[tenant.slug] = dict(sorted(entry.items()))
+    return {"models": models, "plans": plans, "tenants": dict(sorted(tenants.items()))}
+
+
+def config_dumps(*, document: dict) -> str:
+    """The export's text form: indented, keys sorted, so that two exports diff cleanly."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: shape first (pure), then references (database); every error collected.
+# --------------------------------------------------------------------------------------------
+
+Path = tuple[str | int, ...]
+
+
+def _render(path: Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_PATH_PART.match(part):
+            out += f".{part}" if out else part
+        else:  # model names like "gpt-4.1" would make a dotted path ambiguous
+            out += f"[{json.dumps(part)}]"
+    return out or "$"
+
+
+@dataclass
+class _Config:
+    """The parsed document: per object, only the keys the file gives (absent = keep)."""
+
+    models: dict[str, dict[str, Any]]
+    plans: dict[str, dict[str, Any]]
+    tenants: dict[str, dict[str, Any]]
+
+
+class _Checked:
+    def __init__(self) -> None:
+        self.config = _Config(models={}, plans={}, tenants={})
+        self.errors: list[ConfigError] = []
+        self.warnings: list[ConfigError] = []
+        self.bad_paths: set[Path] = set()  # reported already: later checks stay quiet about them
+
+    def error(self, path: Path, message: str) -> None:
+        self.errors.append(ConfigError(_render(path), message))
+        self.bad_paths.add(path)
+
+    def warn(self, path: Path, message: str) -> None:
+        self.warnings.append(ConfigError(_render(path), message))
+
+
+_INVALID = object()  # a value that already produced an error
+_MISSING = object()  # a key the file leaves out: keep the current value
+
+
+def _check(document: Any) -> _Checked:
+    checked = _Checked()
+    root = _object(checked, document, (), TOP_KEYS)
+    if root is None:
+        return checked
+    sections = (
+        ("models", _MODEL_NAME, 100, _MODEL_NAME_HINT, _model_entry, checked.config.models),
+        ("plans", _SLUG, 64, _SLUG_HINT, _plan_entry, checked.config.plans),
+        ("tenants", _SLUG, 64, _SLUG_HINT, _tenant_entry, checked.config.tenants),
+    )
+    for section, pattern, max_length, what, parse, into in sections:
+        if section in root:
+            for name, raw in _mapping(checked, root[section], (section,), pattern, max_length, what).items():
+                into[name] = parse(checked, raw, (section, name))
+    _check_duplicate_keys(checked)
+    _check_references(checked)
+    return checked
+
+
+def _object(checked: _Checked, value: Any, path: Path, allowed: Iterable[str]) -> dict | None:
+    if not isinstance(value, dict):
+        checked.error(path, "must be an object")
+        return None
+    allowed = tuple(allowed)
+    for key in value:
+        if key not in allowed:
+            checked.error((*path, key), f"unknown key (expected one of: {', '.join(allowed)})")
+    return value
+
+
+def _mapping(checked: _Checked, value: Any, path: Path, key_pattern: re.Pattern, max_length: int, what: str) -> dict:
+    # `what` describes a valid name, e.g. "a slug (letters, digits, '-', '_')".
+    """A section like `tenants`: an object whose keys are names; bad names are reported."""
+    if not isinstance(value, dict):
+        checked.error(path, "must be an object")
+        return {}
+    good = {}
+    for key, entry in value.items():
+        if len(key) > max_length or not key_pattern.match(key):
+            checked.error((*path, key), f"is not {what}, at most {max_length} characters")
+        else:
+            good[key] = entry
+    return good
+
+
+def _decimal(
+    checked: _Checked, value: Any, path: Path, *, digits: dict, nullable: bool, what: str = "a decimal string"
+) -> Any:
+    example = '"2.50"'
+    if value is None:
+        if nullable:
+            return None
+        checked.error(path, f"must be {what} such as {example}, not null")
+        return _INVALID
+    if isinstance(value, bool) or not isinstance(value, str):
+        if isinstance(value, (int, float, Decimal)):
+            checked.error(
+                path, f"must be {what} such as {example}, not a JSON number (money never goes through floats)"
+            )
+        else:
+            checked.error(path, f"must be {what} such as {example}")
+        return _INVALID
+    if not _DECIMAL.match(value):
+        checked.error(path, f"{json.dumps(value)} is not a plain decimal number such as {example}")
+        return _INVALID
+    try:
+        number = Decimal(value)
+    except InvalidOperation:  # pragma: no cover - the pattern already guarantees a valid Decimal
+        checked.error(path, "is not a decimal number")
+        return _INVALID
+    if number < 0:
+        checked.error(path, "must not be negative")
+        return _INVALID
+    places = digits["decimal_places"]
+    whole_digits = digits["max_digits"] - places
+    if -number.as_tuple().exponent > places:
+        checked.error(path, f"has more than {places} decimal places")
+        return _INVALID
+    if number >= Decimal(10) ** whole_digits:
+        checked.error(path, f"is too large (at most {whole_digits} digits before the decimal point)")
+        return _INVALID
+    return number
+
+
+def _positive_int(checked: _Checked, value: Any, path: Path) -> Any:
+    if value is None:
+        return None  # null: no limit of the tenant's own
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_INT:
+        checked.error(path, "must be a positive integer (or null for no limit)")
+        return _INVALID
+    return value
+
+
+def _string(
+    checked: _Checked,
+    value: Any,
+    path: Path,
+    *,
+    max_length: int,
+    pattern: re.Pattern | None = None,
+    hint: str = "",
+    empty: bool = True,
+) -> Any:
+    if not isinstance(value, str):
+        checked.error(path, "must be a string")
+        return _INVALID
+    if not value:
+        if empty:
+            return value
+        checked.error(path, "must not be empty")
+        return _INVALID
+    if len(value) > max_length:
+        checked.error(path, f"is longer than {max_length} characters")
+        return _INVALID
+    if pattern is not None and not pattern.match(value):
+        checked.error(path, f"{json.dumps(value)} is not {hint}" if hint else "has characters that are not allowed")
+        return _INVALID
+    return value
+
+
+def _provider(checked: _Checked, value: Any, path: Path) -> Any:
+    if value not in _PROVIDERS:
+        checked.error(path, f"unknown provider {json.dumps(value)} (expected one of: {', '.join(_PROVIDERS)})")
+        return _INVALID
+    return value
+
+
+def _region(checked: _Checked, value: Any, path: Path) -> Any:
+    hint = 'a region (lower-case letters, digits, "-"), or "" for any'
+    return _string(checked, value, path, max_length=32, pattern=_REGION, hint=hint)
+
+
+def _keep_valid(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if value is not _INVALID}
+
+
+def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
+    obj = _object(checked, raw, path, MODEL_KEYS)
+    if obj is None:
+        return {}
+    entry: dict[str, Any] = {}
+    if "provider" in obj:
+        entry["provider"] = _provider(checked, obj["provider"], (*path, "provider"))
+    if "upstream" in obj:
+        entry["upstream"] = _string(
+            checked,
+            obj["upstream"],
+            (*path, "upstream"),
+            max_length=200,
+            pattern=_NO_SPACE,
+            hint="a name without spaces",
+            empty=False,
+        )
+    if "region" in obj:
+        entry["region"] = _region(checked, obj["region"], (*path, "region"))
+    for key in PRICE_KEYS:
+        if key in obj:
+            nullable = key in ("cached_input_per_1m", "cache_write_per_1m")
+            entry[key] = _decimal(checked, obj[key], (*path, key), digits=PRICE_DIGITS, nullable=nullable)
+    return _keep_valid(entry)
+
+
+def _plan_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
+    obj = _object(checked, raw, path, PLAN_KEYS)
+    if obj is None:
+        return {}
+    entry: dict[str, Any] = {}
+    if "description" in obj:
+        entry["description"] = _string(checked, obj["description"], (*path, "description"), max_length=200)
+    if "currency" in obj:
+        entry["currency"] = _string(
+            checked,
+            obj["currency"],
+            (*path, "currency"),
+            max_length=3,
+            pattern=_CURRENCY,
+            hint='a currency code such as "USD"',
+            empty=False,
+        )
+    for key in PLAN_MONEY_KEYS:
+        if key in obj:
+            nullable = key == "default_monthly_budget"
+            entry[key] = _decimal(checked, obj[key], (*path, key), digits=MONEY_DIGITS, nullable=nullable)
+    if "markup_percent" in obj:
+        entry["markup_percent"] = _decimal(
+            checked, obj["markup_percent"], (*path, "markup_percent"), digits=_MARKUP_DIGITS, nullable=False
+        )
+    return _keep_valid(entry)
+
+
+def _tenant_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
+    obj = _object(checked, raw, path, TENANT_KEYS)
+    if obj is None:
+        return {}
+    entry: dict[str, Any] = {}
+    if "name" in obj:
+        entry["name"] = _string(checked, obj["name"], (*path, "name"), max_length=200, empty=False)
+    if "status" in obj:
+        statuses = [s.value for s in Tenant.Status]
+        if obj["status"] in statuses:
+            entry["status"] = obj["status"]
+        else:
+            checked.error((*path, "status"), f"must be one of: {', '.join(statuses)}")
+    if "api_key" in obj:
+        key = obj["api_key"]
+        # The key itself never appears in a message: error output ends up in logs and tickets.
+        if not isinstance(key, str):
+            checked.error((*path, "api_key"), "must be a string")
+        elif not key_is_well_formed(key):
+            checked.error((*path, "api_key"), "is not a usable key (characters, length or checksum)")
+        else:
+            entry["api_key"] = key
+    if "providers" in obj:
+        entry["providers"] = _name_list(checked, obj["providers"], (*path, "providers"), _provider)
+    if "models" in obj:
+        entry["models"] = _name_list(
+            checked,
+            obj["models"],
+            (*path, "models"),
+            lambda c, v, p: _string(c, v, p, max_length=100, pattern=_MODEL_NAME, hint=_MODEL_NAME_HINT, empty=False),
+        )
+    if "rate_limit" in obj:
+        limits = _object(checked, obj["rate_limit"], (*path, "rate_limit"), RATE_LIMIT_KEYS)
+        for key in RATE_LIMIT_KEYS:
+            if limits is not None and key in limits:
+                entry[key] = _positive_int(checked, limits[key], (*path, "rate_limit", key))
+    if "billing_plan" in obj:
+        entry["billing_plan"] = _string(
+            checked,
+            obj["billing_plan"],
+            (*path, "billing_plan"),
+            max_length=64,
+            pattern=_SLUG,
+            hint=_SLUG_HINT,
+            empty=False,
+        )
+    if "monthly_budget" in obj:
+        entry["monthly_budget"] = _decimal(
+            checked, obj["monthly_budget"], (*path, "monthly_budget"), digits=MONEY_DIGITS, nullable=True
+        )
+    if "region" in obj:
+        entry["region"] = _region(checked, obj["region"], (*path, "region"))
+    return _keep_valid(entry)
+
+
+def _name_list(checked: _Checked, value: Any, path: Path, item) -> Any:
+    if not isinstance(value, list):
+        checked.error(path, "must be a list")
+        return _INVALID
+    names: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(value):
+        name = item(checked, raw, (*path, index))
+        if name is _INVALID:
+            continue
+        if name in seen:
+            checked.error((*path, index), f"{json.dumps(name)} is listed twice")
+        else:
+            seen.add(name)
+            names.append((index, name))
+    # Indexes are kept so that reference errors can point at the item in the file. Bad items
+    # are dropped but the rest is kept, so that their references are checked (and reported) too.
+    return names
+
+
+def _check_duplicate_keys(checked: _Checked) -> None:
+    owners: dict[str, str] = {}
+    for slug, entry in checked.config.tenants.items():
+        key = entry.get("api_key")
+        if key is None:
+            continue
+        if key in owners:
+            checked.error(("tenants", slug, "api_key"), f"is the same key as tenants.{owners[key]}.api_key")
+            del entry["api_key"]  # reported once; the reference check must not report it again
+        else:
+            owners[key] = slug
+
+
+def _check_references(checked: _Checked) -> None:
+    """Checks that need the database: models, keys, the state of existing tenants."""
+    config = checked.config
+    catalog = {m.name: m for m in CatalogModel.objects.prefetch_related("deployments")}
+    tenants = {
+        t.slug: t
+        for t in Tenant.objects.filter(slug__in=config.tenants)
+        .select_related("subscription")
+        .prefetch_related("allowed_models")
+    }
+
+    for name, entry in config.models.items():
+        if name not in catalog:
+            for key in ("provider", "upstream", "input_per_1m", "output_per_1m"):
+                if key not in entry and ("models", name, key) not in checked.bad_paths:
+                    checked.error(("models", name), f"a new model needs {json.dumps(key)}")
+
+    def model_provider(name: str) -> str | None:
+        entry = config.models.get(name, {})
+        if "provider" in entry:
+            return entry["provider"]
+        return catalog[name].provider if name in catalog else None
+
+    def model_regions(name: str) -> set[str]:
+        regions = set()
+        deployments = [d for d in catalog[name].deployments.all() if d.active] if name in catalog else []
+        primary = _primary_deployment(deployments)
+        for deployment in deployments:
+            regions.add(deployment.region)
+        if name in config.models:
+            entry = config.models[name]
+            if primary is not None and "region" in entry:
+                regions.discard(primary.region)  # the file moves the primary deployment
+            regions.add(entry.get("region", primary.region if primary else ""))
+        return regions
+
+    hashes = {
+        slug: key_hash(entry["api_key"], pepper=settings.API_KEY_PEPPER)
+        for slug, entry in config.tenants.items()
+        if "api_key" in entry
+    }
+    keys = {k.key_hash: k for k in ApiKey.objects.filter(key_hash__in=hashes.values()).select_related("tenant")}
+    now = timezone.now()
+
+    for slug, entry in config.tenants.items():
+        path: Path = ("tenants", slug)
+        tenant = tenants.get(slug)
+        if tenant is None and "billing_plan" not in entry and (*path, "billing_plan") not in checked.bad_paths:
+            checked.error(path, 'a new tenant needs "billing_plan"')
+        elif (
+            tenant is not None
+            and "monthly_budget" in entry
+            and "billing_plan" not in entry
+            and getattr(tenant, "subscription", None) is None
+        ):
+            checked.error((*path, "monthly_budget"), 'the tenant has no plan yet: give "billing_plan" too')
+
+        if slug in hashes and hashes[slug] in keys:
+            key = keys[hashes[slug]]
+            if key.tenant.slug != slug:
+                checked.error((*path, "api_key"), "belongs to another tenant")
+            elif key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+                checked.error((*path, "api_key"), "was revoked or has expired and cannot be used again")
+
+        # Effective sets after the import: what the file says, else what the tenant has.
+        if "models" in entry:
+            listed = entry["models"]
+            models_path: Path | None = (*path, "models")
+        else:
+            listed = [(None, m.name) for m in tenant.allowed_models.all()] if tenant else []
+            models_path = None
+        if "providers" in entry:
+            providers = {name for _, name in entry["providers"]}
+        else:
+            providers = set(tenant.allowed_providers or []) if tenant else set()
+        region = entry.get("region", tenant.region if tenant else "")
+
+        for index, name in listed:
+            where = (*models_path, index) if models_path else (*path, "providers")
+            if name not in catalog and name not in config.models:
+                checked.error(
+                    where, f"unknown model {json.dumps(name)} (neither in the file's models nor in the catalog)"
+                )
+                continue
+            provider = model_provider(name)
+            if providers and provider not in providers:
+                checked.error(
+                    where, f"model {json.dumps(name)} is served by {provider}, not among the tenant's providers"
+                )
+            if region and models_path and region not in model_regions(name):
+                checked.warn(
+                    where, f"model {json.dumps(name)} has no deployment in region {region}; this tenant cannot use it"
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Applying a valid document
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Decimal | None) -> str | None:
+    """Decimal → the shortest string with at least two places: 30.000000 → "30.00", 0.075 stays."""
+    if value is None:
+        return None
+    normal = value.normalize()
+    if normal.as_tuple().exponent > -2:
+        normal = value.quantize(Decimal("0.01"))
+    return f"{normal:f}"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, Decimal):
+        return _fmt(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(value) + "]"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def _primary_deployment(deployments: list[Deployment]) -> Deployment | None:
+    """The deployment the file's model entry describes: first active by priority, else first."""
+    ordered = sorted(deployments, key=lambda d: (not d.active, d.priority, d.id))
+    return ordered[0] if ordered else None
+
+
+def _where(provider: str, upstream: str, region: str) -> str:
+    return f"{provider}:{upstream} @{region or 'any'}"
+
+
+def _key_display(raw: str) -> str:
+    prefix, last4 = key_display_parts(raw)
+    return f"{prefix}…{last4}"
+
+
+class _Applier:
+    """Writes one valid document; every write appends a human-readable line to `changes`."""
+
+    def __init__(self, config: _Config, *, now: datetime) -> None:
+        self.config = config
+        self.now = now
+        self.changes: list[str] = []
+
+    def run(self) -> list[str]:
+        plans = self._plans()
+        catalog = self._models()
+        for slug, entry in self.config.tenants.items():
+            self._tenant(slug, entry, plans=plans, catalog=catalog)
+        return self.changes
+
+    def _plans(self) -> dict[str, Plan]:
+        plans = {p.name: p for p in Plan.objects.all()}
+        for name, entry in self.config.plans.items():
+            plan = plans.get(name)
+            if plan is None:
+                plan = plans[name] = Plan.objects.create(name=name, **entry)
+                details = ", ".join(f"{k} {_show(v)}" for k, v in entry.items())
+                self.changes.append(f"create plan {name}" + (f": {details}" if details else ""))
+                continue
+            diffs = [(k, getattr(plan, k), v) for k, v in entry.items() if getattr(plan, k) != v]
+            if diffs:
+                for key, _old, new in diffs:
+                    setattr(plan, key, new)
+                plan.save(update_fields=[k for k, _, _ in diffs])
+                for key, old, new in diffs:
+                    self.changes.append(f"update plan {name}.{key}: {_show(old)} → {_show(new)}")
+        for entry in self.config.tenants.values():
+            name = entry.get("billing_plan")
+            if name is not None and name not in plans:
+                plans[name] = Plan.objects.create(name=name)
+                self.changes.append(f"create plan {name} (not defined in the file: zero fees)")
+        return plans
+
+    def _models(self) -> dict[str, CatalogModel]:
+        catalog = {m.name: m for m in CatalogModel.objects.prefetch_related("deployments")}
+        for name, entry in self.config.models.items():
+            model = catalog.get(name)
+            if model is None:
+                catalog[name] = self._model_create(name, entry)
+            else:
+                self._model_update(model, entry)
+        return catalog
+
+    def _model_create(self, name: str, entry: dict[str, Any]) -> CatalogModel:
+        model = CatalogModel.objects.create(name=name, provider=entry["provider"])
+        region = entry.get("region", "")
+        Deployment.objects.create(model=model, provider=entry["provider"], upstream=entry["upstream"], region=region)
+        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)})")
+        self._price_set(model, entry, current=None)
+        return model
+
+    def _model_update(self, model: CatalogModel, entry: dict[str, Any]) -> None:
+        name = model.name
+        if not model.active:
+            model.active = True
+            model.save(update_fields=["active"])
+            self.changes.append(f"activate model {name}")
+        if "provider" in entry and entry["provider"] != model.provider:
+            self.changes.append(f"update model {name}.provider: {model.provider} → {entry['provider']}")
+            model.provider = entry["provider"]
+            model.save(update_fields=["provider"])
+        self._deployment_set(model, entry)
+        current = ModelPrice.objects.filter(model=model, effective_from__lte=self.now).order_by("-effective_from")
+        self._price_set(model, entry, current=current.first())
+
+    def _deployment_set(self, model: CatalogModel, entry: dict[str, Any]) -> None:
+        deployments = list(model.deployments.all())
+        primary = _primary_deployment(deployments)
+        if primary is None:
+            if "upstream" not in entry:
+                return  # nothing to describe a deployment with; the model stays without one
+            target = (entry.get("provider", model.provider), entry["upstream"], entry.get("region", ""))
+            Deployment.objects.create(model=model, provider=target[0], upstream=target[1], region=target[2])
+            self.changes.append(f"create deployment {model.name} → {_where(*target)}")
+            return
+        target = (
+            entry.get("provider", primary.provider),
+            entry.get("upstream", primary.upstream),
+            entry.get("region", primary.region),
+        )
+        before = (primary.provider, primary.upstream, primary.region)
+        if target == before and primary.active:
+            return
+        same = next((d for d in deployments if (d.provider, d.upstream, d.region) == target), None)
+        if same is None:
+            # Edit the primary in place: usage records keep provider/upstream as text, so no
+            # history points at the deployment row.
+            primary.provider, primary.upstream, primary.region = target
+            primary.active = True
+            primary.save(update_fields=["provider", "upstream", "region", "active"])
+        else:
+            # The target already exists as another deployment (the unique constraint forbids
+            # a second one): make it the first one tried instead.
+            Deployment.objects.filter(model=model, priority=0).exclude(pk=same.pk).update(priority=1)
+            same.priority, same.active = 0, True
+            same.save(update_fields=["priority", "active"])
+        self.changes.append(f"update model {model.name} deployment: {_where(*before)} → {_where(*target)}")
+
+    def _price_set(self, model: CatalogModel, entry: dict[str, Any], *, current: ModelPrice | None) -> None:
+        wanted = {key: getattr(current, key) if current else None for key in PRICE_KEYS}
+        wanted.update({key: entry[key] for key in PRICE_KEYS if key in entry})
+        if current is not None and all(wanted[key] == getattr(current, key) for key in PRICE_KEYS):
+            return
+        if wanted["input_per_1m"] is None or wanted["output_per_1m"] is None:
+            return  # an existing model without any price, and the file gives only part of one
+        # Never edit a price row: requests already billed point at it (DESIGN §3).
+        ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
+        parts = [f"input {_fmt(wanted['input_per_1m'])}", f"output {_fmt(wanted['output_per_1m'])}"]
+        if wanted["cached_input_per_1m"] is not None:
+            parts.append(f"cached input {_fmt(wanted['cached_input_per_1m'])}")
+        if wanted["cache_write_per_1m"] is not None:
+            parts.append(f"cache write {_fmt(wanted['cache_write_per_1m'])}")
+        self.changes.append(f"set price {model.name} from {self.now:%Y-%m-%dT%H:%M:%SZ}: {', '.join(parts)}")
+
+    def _tenant(self, slug: str, entry: dict[str, Any], *, plans: dict[str, Plan], catalog: dict) -> None:
+        tenant = Tenant.objects.filter(slug=slug).first()
+        verb = "update"
+        if tenant is None:
+            # Field lines of a new tenant say "set", diffed against the model's defaults.
+            verb = "set"
+            tenant = Tenant(slug=slug, name=slug.replace("_", " ").replace("-", " ").title(), allowed_providers=[])
+            self.changes.append(f"create tenant {slug}")
+        wanted: dict[str, Any] = {
+            key: entry.get(key, _MISSING) for key in ("name", "status", "region", *RATE_LIMIT_KEYS)
+        }
+        if "providers" in entry:
+            wanted["allowed_providers"] = sorted(name for _, name in entry["providers"])
+        changed = []
+        for key, value in wanted.items():
+            old = getattr(tenant, key)
+            if key == "allowed_providers":
+                old = sorted(old or [])
+            if value is _MISSING or value == old:
+                continue
+            changed.append(key)
+            setattr(tenant, key, value)
+            label = f"rate_limit.{key}" if key in RATE_LIMIT_KEYS else key.removeprefix("allowed_")
+            self.changes.append(f"{verb} {slug}.{label}: {_show(old)} → {_show(value)}")
+        if tenant.pk is None:
+            tenant.save()
+        elif changed:
+            tenant.save(update_fields=[*changed, "updated_at"])
+
+        if "models" in entry:
+            wanted = {name for _, name in entry["models"]}
+            have = {m.name for m in tenant.allowed_models.all()}
+            if wanted != have:
+                tenant.allowed_models.set([catalog[name] for name in sorted(wanted)])
+                diff = [f"+{n}" for n in sorted(wanted - have)] + [f"-{n}" for n in sorted(have - wanted)]
+                self.changes.append(f"{verb} {slug}.models: {' '.join(diff)}")
+
+        self._subscription(tenant, entry, plans=plans, verb=verb)
+        if "api_key" in entry:
+            self._api_key(tenant, entry["api_key"])
+
+    def _subscription(self, tenant: Tenant, entry: dict[str, Any], *, plans: dict[str, Plan], verb: str) -> None:
+        subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()
+        slug = tenant.slug
+        if subscription is None:
+            if "billing_plan" not in entry:
+                return  # an existing tenant without a plan, and the file gives none: keep
+            subscription = Subscription.objects.create(
+                tenant=tenant, plan=plans[entry["billing_plan"]], monthly_budget=entry.get("monthly_budget")
+            )
+            self.changes.append(f"{verb} {slug}.billing_plan: {entry['billing_plan']}")
+            if subscription.monthly_budget is not None:
+                self.changes.append(f"{verb} {slug}.monthly_budget: {_show(subscription.monthly_budget)}")
+            return
+        changed = []
+        if "billing_plan" in entry and subscription.plan.name != entry["billing_plan"]:
+            self.changes.append(f"{verb} {slug}.billing_plan: {subscription.plan.name} → {entry['billing_plan']}")
+            subscription.plan = plans[entry["billing_plan"]]
+            changed.append("plan")
+        if "monthly_budget" in entry and subscription.monthly_budget != entry["monthly_budget"]:
+            old, new = subscription.monthly_budget, entry["monthly_budget"]
+            self.changes.append(f"{verb} {slug}.monthly_budget: {_show(old)} → {_show(new)}")
+            subscription.monthly_budget = new
+            changed.append("monthly_budget")
+        if changed:
+            subscription.save(update_fields=changed)
+
+    def _api_key(self, tenant: Tenant, raw: str) -> None:
+        digest = key_hash(raw, pepper=settings.API_KEY_PEPPER)
+        if ApiKey.objects.filter(tenant=tenant, key_hash=digest).exists():
+            return  # validation made sure it is usable
+        for old in ApiKey.objects.filter(tenant=tenant, name=CONFIG_KEY_NAME, revoked_at__isnull=True):
+            api_key_revoke(key=old)
+            self.changes.append(f"revoke old config key of {tenant.slug} ({old.display})")
+        api_key_create(tenant=tenant, name=CONFIG_KEY_NAME, raw_key=raw)
+        self.changes.append(f"set api key of {tenant.slug} ({_key_display(raw)})")
+
+
+__all__ = [
+    "CONFIG_KEY_NAME",
+    "ConfigError",
+    "ConfigInvalid",
+    "config_apply",
+    "config_dumps",
+    "config_export",
+    "config_parse",
+    "config_validate",
+    "config_warnings",
+]

@@ -1,0 +1,68 @@
+"""Provider adapters, one module per provider, and the per-account client pool.
+
+SDK imports live only in this package. One async SDK client is kept per (provider, endpoint,
+credential) for the life of the process, so its HTTP connection pool is reused (DESIGN §2).
+"""
+
+import hashlib
+
+import anthropic
+import httpx2
+import openai
+from django.conf import settings
+
+from .anthropic import AnthropicAdapter
+from .azure import AzureAdapter
+from .base import Adapter, EventStream, ProviderError
+from .openai import OpenAIAdapter
+
+__all__ = ["Adapter", "EventStream", "ProviderError", "adapter_for", "close_clients"]
+
+_adapters: dict[tuple, Adapter] = {}
+
+
+def _timeout() -> httpx2.Timeout:
+    return httpx2.Timeout(settings.GATEWAY_UPSTREAM_TIMEOUT, connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT)
+
+
+def _build(provider: str, base_url: str, api_key: str) -> Adapter:
+    common = {"api_key": api_key, "timeout": _timeout(), "max_retries": settings.GATEWAY_UPSTREAM_MAX_RETRIES}
+    if provider == "openai":
+        return OpenAIAdapter(openai.AsyncOpenAI(base_url=base_url or None, **common))
+    if provider == "azure":
+        return AzureAdapter(
+            openai.AsyncAzureOpenAI(azure_endpoint=base_url, api_version=settings.OPENAI_API_VERSION, **common)
+        )
+    if provider == "anthropic":
+        return AnthropicAdapter(anthropic.AsyncAnthropic(base_url=base_url or None, **common))
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def _platform_credentials(provider: str) -> tuple[str, str]:
+    if provider == "openai":
+        return settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY
+    if provider == "azure":
+        return settings.AZURE_OPENAI_ENDPOINT, settings.AZURE_OPENAI_API_KEY
+    if provider == "anthropic":
+        return settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_API_KEY
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def adapter_for(provider: str, *, base_url: str = "") -> Adapter:
+    """The adapter for a deployment; raises ProviderError when the platform has no credential."""
+    default_url, api_key = _platform_credentials(provider)
+    base_url = base_url or default_url
+    if not api_key or (provider == "azure" and not base_url):
+        raise ProviderError(provider, 0, "not_configured", f"the {provider} provider is not configured", True)
+    # The pool is keyed by a digest of the credential, never the credential itself.
+    key = (provider, base_url, hashlib.sha256(api_key.encode()).hexdigest())
+    adapter = _adapters.get(key)
+    if adapter is None:
+        adapter = _adapters[key] = _build(provider, base_url, api_key)
+    return adapter
+
+
+async def close_clients() -> None:
+    for adapter in list(_adapters.values()):
+        await adapter.client.close()
+    _adapters.clear()

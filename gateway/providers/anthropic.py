@@ -1,0 +1,51 @@
+"""Anthropic Messages via the official SDK."""
+
+import anthropic
+import orjson
+
+from .base import ProviderError, SSEEventStream, split_params
+from .openai import status_kind
+
+
+def error_from_sdk(exc: BaseException) -> ProviderError:
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ProviderError("anthropic", 0, "timeout", "the upstream did not answer in time", True)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return ProviderError("anthropic", 0, "connection", "the upstream could not be reached", True)
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        message = error.get("message") if isinstance(error.get("message"), str) else ""
+        kind, retryable = status_kind(exc.status_code, None)
+        return ProviderError(
+            "anthropic", exc.status_code, kind, message or f"upstream status {exc.status_code}", retryable,
+            retry_after=exc.response.headers.get("retry-after"),
+        )
+    return ProviderError("anthropic", 0, "stream_broken", "the upstream stream broke off", False)
+
+
+class AnthropicAdapter:
+    provider = "anthropic"
+    family = "anthropic"
+
+    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+        self.client = client
+
+    async def complete(self, body: dict) -> dict:
+        params, extra = split_params(self.client.messages.create, body)
+        params.pop("stream", None)
+        try:
+            raw = await self.client.messages.with_raw_response.create(**params, extra_body=extra or None)
+        except anthropic.AnthropicError as exc:
+            raise error_from_sdk(exc) from exc
+        return orjson.loads(raw.content)
+
+    async def open_stream(self, body: dict) -> SSEEventStream:
+        params, extra = split_params(self.client.messages.create, body)
+        params["stream"] = True
+        manager = self.client.messages.with_streaming_response.create(**params, extra_body=extra or None)
+        try:
+            response = await manager.__aenter__()
+        except anthropic.AnthropicError as exc:
+            raise error_from_sdk(exc) from exc
+        return SSEEventStream(manager, response, error_from_sdk)

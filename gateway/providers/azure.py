@@ -1,0 +1,11 @@
+"""Azure OpenAI: the OpenAI wire format, addressed by deployment name (DESIGN §8).
+
+`AsyncAzureOpenAI` turns `model=<deployment>` into `/openai/deployments/<deployment>/...` with
+`api-version` and the `api-key` header; everything else is the OpenAI adapter's.
+"""
+
+from .openai import OpenAIAdapter
+
+
+class AzureAdapter(OpenAIAdapter):
+    provider = "azure"

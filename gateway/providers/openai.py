@@ -1,0 +1,73 @@
+"""OpenAI (and, through `azure.py`, Azure OpenAI) chat completions via the official SDK."""
+
+import openai
+import orjson
+
+from .base import ProviderError, SSEEventStream, split_params
+
+
+def status_kind(status: int, code: str | None) -> tuple[str, bool]:
+    """(kind, retryable) for an upstream HTTP status, shared by both SDK families."""
+    if status == 400 and code == "content_filter":
+        return "content_filter", False
+    if status in (400, 422):
+        return "bad_request", False
+    if status in (401, 403):
+        return "upstream_auth", True
+    if status == 404:
+        return "upstream_not_found", True
+    if status == 413:
+        return "too_large", False
+    if status == 429:
+        return "rate_limit", True
+    if status == 529:
+        return "overloaded", True
+    if status in (408, 409) or status >= 500:
+        return "server", True
+    return "bad_request", False
+
+
+def error_from_sdk(provider: str, exc: BaseException) -> ProviderError:
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(provider, 0, "timeout", "the upstream did not answer in time", True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(provider, 0, "connection", "the upstream could not be reached", True)
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        code = body.get("code") if isinstance(body.get("code"), str) else None
+        kind, retryable = status_kind(exc.status_code, code)
+        message = body.get("message") if isinstance(body.get("message"), str) else ""
+        return ProviderError(
+            provider, exc.status_code, kind, message or f"upstream status {exc.status_code}", retryable,
+            retry_after=exc.response.headers.get("retry-after"),
+        )
+    return ProviderError(provider, 0, "stream_broken", "the upstream stream broke off", False)
+
+
+class OpenAIAdapter:
+    provider = "openai"
+    family = "openai"
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
+
+    async def complete(self, body: dict) -> dict:
+        create = self.client.chat.completions.with_raw_response.create
+        params, extra = split_params(self.client.chat.completions.create, body)
+        try:
+            raw = await create(**params, extra_body=extra or None)
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(self.provider, exc) from exc
+        return orjson.loads(raw.content)
+
+    async def open_stream(self, body: dict) -> SSEEventStream:
+        params, extra = split_params(self.client.chat.completions.create, body)
+        # The gateway always meters from the provider's own count (DESIGN §8).
+        params["stream"] = True
+        params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
+        manager = self.client.chat.completions.with_streaming_response.create(**params, extra_body=extra or None)
+        try:
+            response = await manager.__aenter__()
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(self.provider, exc) from exc
+        return SSEEventStream(manager, response, lambda exc: error_from_sdk(self.provider, exc))

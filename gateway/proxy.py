@@ -1,0 +1,256 @@
+"""One proxied completion, from an authenticated caller to a metered response (DESIGN §2).
+
+`Call` carries what is known about the request as it advances; `complete()` and `stream()`
+route it to a deployment (falling back on retryable upstream failures), translate formats
+when the client's endpoint and the provider differ, and commit the usage record before the
+response ends. Errors are `GatewayError`s; the view renders them and records them.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.http import HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+
+import orjson
+from billing.pricing import Tokens
+from billing.services import Metered
+
+from . import translate
+from .errors import GatewayError
+from .metering import estimate_output_tokens, estimate_prompt_tokens, record, record_detached, tokens_from_usage
+from .providers import Adapter, EventStream, ProviderError, adapter_for
+from .registry import Caller, DeploymentView, ModelView, PriceView, catalog
+from .streams import StreamError, processor_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    request_id: str
+    endpoint: str  # "chat" or "messages"
+    client_family: str  # the wire format the caller speaks: "openai" or "anthropic"
+    caller: Caller
+    started: float = field(default_factory=time.perf_counter)
+    created_at: datetime = field(default_factory=timezone.now)
+    body: dict = field(default_factory=dict)
+    model_name: str = ""
+    stream: bool = False
+    include_usage: bool = False
+    model: ModelView | None = None
+    price: PriceView | None = None
+    deployment: DeploymentView | None = None
+
+    def metered(self, *, status: int, error_type: str = "", tokens: Tokens | None = None, estimated: bool = False):
+        deployment = self.deployment
+        return Metered(
+            request_id=self.request_id,
+            created_at=self.created_at,
+            tenant_id=self.caller.tenant.id,
+            api_key_id=self.caller.key_id,
+            model=self.model_name,
+            provider=deployment.provider if deployment else (self.model.provider if self.model else ""),
+            upstream_model=deployment.upstream if deployment else "",
+            endpoint=self.endpoint,
+            status_code=status,
+            error_type=error_type,
+            tokens=tokens or Tokens(),
+            price_id=self.price.id if self.price else None,
+            price=self.price.price if self.price else None,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            streamed=self.stream,
+            estimated=estimated,
+        )
+
+
+async def resolve(call: Call) -> list[DeploymentView]:
+    """Policy: the model exists, this tenant may use it, in its region, and it has a price."""
+    tenant = call.caller.tenant
+    if not tenant.active:
+        raise GatewayError(403, "This tenant is suspended. Contact the platform operator.", "tenant_suspended")
+    model = (await catalog()).get(call.model_name)
+    if model is None:
+        raise GatewayError(
+            404, f"The model `{call.model_name}` does not exist.", "model_not_found", param="model"
+        )
+    call.model = model
+    if not tenant.may_use(model):
+        raise GatewayError(
+            403, f"This key is not allowed to use the model `{model.name}`.", "model_not_allowed", param="model"
+        )
+    deployments = model.deployments_in(tenant.region)
+    if not deployments:
+        if model.deployments:
+            raise GatewayError(
+                403,
+                f"The model `{model.name}` has no deployment in this tenant's region `{tenant.region}`.",
+                "region_not_allowed",
+                param="model",
+            )
+        raise GatewayError(503, f"The model `{model.name}` has no active deployment.", "no_deployment")
+    call.price = model.price_at(call.created_at)
+    if call.price is None:
+        # Serving a request that cannot be billed would break the promise of exact billing.
+        raise GatewayError(503, f"The model `{model.name}` has no price in force.", "no_price")
+    return deployments
+
+
+def upstream_body(call: Call, deployment: DeploymentView, family: str) -> dict:
+    if family == call.client_family:
+        return {**call.body, "model": deployment.upstream}
+    try:
+        if family == "anthropic":
+            return translate.openai_request_to_anthropic(call.body, upstream_model=deployment.upstream)
+        return translate.anthropic_request_to_openai(call.body, upstream_model=deployment.upstream)
+    except translate.TranslationError as exc:
+        raise GatewayError(400, str(exc), "unsupported_parameter", param=exc.param) from exc
+
+
+def gateway_error(exc: ProviderError) -> GatewayError:
+    """An upstream failure, said as ours: a provider's 429 is not the tenant's rate limit."""
+    who = f"The upstream provider ({exc.provider})"
+    headers = {"retry-after": exc.retry_after} if exc.retry_after else {}
+    match exc.kind:
+        case "bad_request":
+            return GatewayError(400, exc.message, "upstream_invalid_request")
+        case "content_filter":
+            return GatewayError(400, exc.message or "The prompt was blocked by the content filter.", "content_filter")
+        case "too_large":
+            return GatewayError(413, f"{who} refused the request as too large.", "upstream_request_too_large")
+        case "rate_limit":
+            return GatewayError(
+                429,
+                f"{who} is rate limiting this model; this is not your own rate limit. Retry later.",
+                "upstream_rate_limit",
+                headers=headers,
+            )
+        case "overloaded":
+            return GatewayError(503, f"{who} is overloaded. Retry later.", "upstream_overloaded", headers=headers)
+        case "timeout":
+            return GatewayError(504, f"{who} did not answer in time.", "upstream_timeout")
+        case "not_configured":
+            return GatewayError(503, f"{who} is not configured on this gateway.", "provider_not_configured")
+        case "upstream_auth":
+            return GatewayError(502, f"{who} refused the gateway's credentials.", "upstream_auth_error")
+        case "upstream_not_found":
+            return GatewayError(502, f"{who} does not know this deployment.", "upstream_not_found")
+        case "connection":
+            return GatewayError(502, f"{who} could not be reached.", "upstream_unreachable")
+        case _:
+            return GatewayError(502, f"{who} failed to answer.", "upstream_error")
+
+
+async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation):
+    """Try deployments in order; move on only for failures another deployment may not have."""
+    failure: ProviderError | None = None
+    for deployment in deployments:
+        call.deployment = deployment
+        try:
+            adapter = adapter_for(deployment.provider, base_url=deployment.base_url)
+            return adapter, await operation(adapter, upstream_body(call, deployment, adapter.family))
+        except ProviderError as exc:
+            failure = exc
+            log.warning("request %s: deployment %s failed: %s", call.request_id, deployment.id, exc.kind)
+            if not exc.retryable:
+                break
+    assert failure is not None
+    raise gateway_error(failure)
+
+
+async def complete(call: Call) -> HttpResponse:
+    deployments = await resolve(call)
+
+    async def operation(adapter: Adapter, body: dict) -> dict:
+        return await adapter.complete(body)
+
+    adapter, result = await _first_that_answers(call, deployments, operation)
+    usage = result.get("usage")
+    if isinstance(usage, dict):
+        tokens, estimated = tokens_from_usage(adapter.family, usage), False
+    else:
+        tokens, estimated = Tokens(input=estimate_prompt_tokens(call.body)), True
+    if adapter.family == call.client_family:
+        result["model"] = call.model_name
+    elif call.client_family == "openai":
+        result = translate.anthropic_response_to_openai(
+            result, model=call.model_name, completion_id=f"chatcmpl-{call.request_id}"
+        )
+    else:
+        result = translate.openai_response_to_anthropic(result, model=call.model_name)
+    await record(call.metered(status=200, tokens=tokens, estimated=estimated))
+    return HttpResponse(orjson.dumps(result), content_type="application/json")
+
+
+async def stream(call: Call) -> StreamingHttpResponse:
+    deployments = await resolve(call)
+
+    async def operation(adapter: Adapter, body: dict) -> EventStream:
+        return await adapter.open_stream(body)
+
+    adapter, events = await _first_that_answers(call, deployments, operation)
+    processor = processor_for(
+        client=call.client_family,
+        upstream=adapter.family,
+        model=call.model_name,
+        include_usage=call.include_usage,
+        request_id=call.request_id,
+        prompt_estimate=estimate_prompt_tokens(call.body),
+    )
+    response = StreamingHttpResponse(_relay(call, events, processor), content_type="text/event-stream")
+    response["cache-control"] = "no-cache"
+    response["x-accel-buffering"] = "no"
+    return response
+
+
+def _stream_tokens(call: Call, processor, *, complete: bool) -> tuple[Tokens, bool]:
+    """Reported usage when the stream finished with it; otherwise an estimate, flagged."""
+    reported = processor.reported_tokens()
+    if complete and reported is not None:
+        return reported, False
+    prompt = reported.input if reported is not None and reported.input else estimate_prompt_tokens(call.body)
+    cached = reported.cached_input if reported is not None and reported.input else 0
+    write = reported.cache_write if reported is not None and reported.input else 0
+    output = estimate_output_tokens(processor.text)
+    return Tokens(input=prompt, cached_input=cached, cache_write=write, output=output), True
+
+
+async def _relay(call: Call, events: EventStream, processor):
+    """The body of a streamed response. Nothing is retried once the first byte has gone out."""
+    error: tuple[str, str] | None = None
+    try:
+        try:
+            async for event in events:
+                for frame in processor.feed(event):
+                    yield frame
+        except StreamError as exc:
+            error = (exc.error_type, exc.message)
+        except ProviderError as exc:
+            error = ("api_error", f"The upstream provider ({exc.provider}) broke off the stream.")
+        finally:
+            await _close_quietly(events)
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client went away: count what was generated so far, on a task of its own.
+        tokens, _ = _stream_tokens(call, processor, complete=False)
+        record_detached(call.metered(status=499, error_type="client_disconnected", tokens=tokens, estimated=True))
+        raise
+    if error is None:
+        tokens, estimated = _stream_tokens(call, processor, complete=True)
+        await record(call.metered(status=200, tokens=tokens, estimated=estimated))
+        for frame in processor.finish():
+            yield frame
+        return
+    tokens, estimated = _stream_tokens(call, processor, complete=False)
+    await record(call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated))
+    for frame in processor.error_frame(*error):
+        yield frame
+
+
+async def _close_quietly(events: EventStream) -> None:
+    try:
+        await events.aclose()
+    except Exception:  # closing a broken connection may fail again; the outcome is already known
+        log.debug("closing an upstream stream failed", exc_info=True)

@@ -1,0 +1,217 @@
+"""What the hot path needs from the database, as small immutable snapshots cached in process.
+
+A request must not pay for several queries, so keys, tenants and the catalog are read once
+and kept for `GATEWAY_AUTH_CACHE_SECONDS` (4 s by default). That bound is the promise: a
+revoked key, a suspended tenant or a new price reaches every gateway process within it.
+Each loader runs in one `sync_to_async` hop, so a cache miss costs one thread switch.
+"""
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from billing.models import ModelPrice
+from billing.pricing import Price
+from tenants.keys import key_hash, key_is_well_formed
+from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    id: int
+    slug: str
+    active: bool
+    region: str
+    allowed_providers: frozenset[str]
+    allowed_model_ids: frozenset[int]  # empty: every active catalog model
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent: int | None
+
+    def may_use(self, model: "ModelView") -> bool:
+        if self.allowed_providers and model.provider not in self.allowed_providers:
+            return False
+        return not self.allowed_model_ids or model.id in self.allowed_model_ids
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: int
+    tenant: TenantView
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentView:
+    id: int
+    provider: str
+    upstream: str
+    region: str
+    base_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceView:
+    id: int
+    effective_from: datetime
+    price: Price
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    id: int
+    name: str
+    provider: str
+    deployments: tuple[DeploymentView, ...]
+    prices: tuple[PriceView, ...]  # newest first
+
+    def price_at(self, at: datetime) -> PriceView | None:
+        for price in self.prices:
+            if price.effective_from <= at:
+                return price
+        return None
+
+    def deployments_in(self, region: str) -> list[DeploymentView]:
+        return [d for d in self.deployments if not region or d.region == region]
+
+
+class _TTLCache:
+    """A dict whose entries expire. Racing loaders may both load; the last one wins, harmlessly."""
+
+    def __init__(self) -> None:
+        self._entries: dict = {}
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry
+
+    def put(self, key, value, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + ttl, value)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_keys = _TTLCache()
+_tenants = _TTLCache()
+_catalog = _TTLCache()
+
+
+def _ttl() -> float:
+    return settings.GATEWAY_AUTH_CACHE_SECONDS
+
+
+def clear_caches() -> None:
+    for cache in (_keys, _tenants, _catalog):
+        cache.clear()
+
+
+def _load_key(digest: str) -> tuple[int, int, float] | None:
+    now = timezone.now()
+    row = (
+        ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .values_list("id", "tenant_id", "expires_at")
+        .first()
+    )
+    if row is None:
+        return None
+    key_id, tenant_id, expires_at = row
+    ttl = _ttl() if expires_at is None else min(_ttl(), (expires_at - now).total_seconds())
+    return key_id, tenant_id, ttl
+
+
+def _load_tenant(tenant_id: int) -> TenantView | None:
+    tenant = Tenant.objects.filter(id=tenant_id).first()
+    if tenant is None:
+        return None
+    return TenantView(
+        id=tenant.id,
+        slug=tenant.slug,
+        active=tenant.is_active,
+        region=tenant.region,
+        allowed_providers=frozenset(tenant.allowed_providers or ()),
+        allowed_model_ids=frozenset(tenant.allowed_models.values_list("id", flat=True)),
+        requests_per_minute=tenant.requests_per_minute,
+        tokens_per_minute=tenant.tokens_per_minute,
+        max_concurrent=tenant.max_concurrent,
+    )
+
+
+def _load_catalog() -> dict[str, ModelView]:
+    deployments: dict[int, list[DeploymentView]] = {}
+    for d in Deployment.objects.filter(active=True).order_by("priority", "id"):
+        deployments.setdefault(d.model_id, []).append(
+            DeploymentView(id=d.id, provider=d.provider, upstream=d.upstream, region=d.region, base_url=d.base_url)
+        )
+    prices: dict[int, list[PriceView]] = {}
+    for p in ModelPrice.objects.order_by("-effective_from"):
+        prices.setdefault(p.model_id, []).append(
+            PriceView(
+                id=p.id,
+                effective_from=p.effective_from,
+                price=Price(
+                    input_per_1m=p.input_per_1m,
+                    output_per_1m=p.output_per_1m,
+                    cached_input_per_1m=p.cached_input_per_1m,
+                    cache_write_per_1m=p.cache_write_per_1m,
+                ),
+            )
+        )
+    return {
+        m.name: ModelView(
+            id=m.id,
+            name=m.name,
+            provider=m.provider,
+            deployments=tuple(deployments.get(m.id, ())),
+            prices=tuple(prices.get(m.id, ())),
+        )
+        for m in CatalogModel.objects.filter(active=True)
+    }
+
+
+async def caller_for_key(raw_key: str) -> Caller | None:
+    """The caller behind a key, or None: unknown, revoked, expired and malformed look the same."""
+    if not key_is_well_formed(raw_key):
+        return None
+    digest = key_hash(raw_key, pepper=settings.API_KEY_PEPPER)
+    entry = _keys.get(digest)
+    if entry is None:
+        found = await sync_to_async(_load_key)(digest)
+        ids = found[:2] if found else None
+        # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
+        _keys.put(digest, ids, found[2] if found else _ttl())
+    else:
+        ids = entry[1]
+    if ids is None:
+        return None
+    tenant = await tenant_view(ids[1])
+    return None if tenant is None else Caller(key_id=ids[0], tenant=tenant)
+
+
+async def tenant_view(tenant_id: int) -> TenantView | None:
+    entry = _tenants.get(tenant_id)
+    if entry is None:
+        view = await sync_to_async(_load_tenant)(tenant_id)
+        _tenants.put(tenant_id, view, _ttl())
+        return view
+    return entry[1]
+
+
+async def catalog() -> dict[str, ModelView]:
+    entry = _catalog.get("all")
+    if entry is None:
+        models = await sync_to_async(_load_catalog)()
+        _catalog.put("all", models, _ttl())
+        return models
+    return entry[1]

@@ -1,0 +1,78 @@
+"""The gateway's in-process snapshots: what is cached, for how long, and what is refused."""
+
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.utils import timezone
+
+from gateway import registry
+from tenants.services import api_key_create, api_key_revoke
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches(settings):
+    settings.GATEWAY_AUTH_CACHE_SECONDS = 0.5
+    registry.clear_caches()
+    yield
+    registry.clear_caches()
+
+
+def run(coroutine):
+    """Run gateway code as the server would: its queries happen on asgiref's worker thread."""
+
+    async def and_release_connections():
+        try:
+            return await coroutine
+        finally:
+            await sync_to_async(connections.close_all)()
+
+    return asyncio.run(and_release_connections())
+
+
+def caller(raw):
+    return run(registry.caller_for_key(raw))
+
+
+def test_a_key_resolves_to_its_tenant(alice, alice_key):
+    found = caller(alice_key)
+    assert found.tenant.slug == "alice"
+    assert found.tenant.active
+
+
+def test_unknown_malformed_and_revoked_keys_look_the_same(alice):
+    key, raw = api_key_create(tenant=alice)
+    api_key_revoke(key=key)
+    assert caller(raw) is None
+    assert caller("tpk_" + "x" * 38) is None  # wrong checksum: refused without a query
+    assert caller("nope") is None
+
+
+def test_a_revoked_key_stops_working_once_the_cache_expires(alice):
+    key, raw = api_key_create(tenant=alice)
+    assert caller(raw) is not None
+    api_key_revoke(key=key)
+    assert caller(raw) is not None  # still cached: the documented bound, not forever
+    time.sleep(0.6)
+    assert caller(raw) is None
+
+
+def test_an_expired_key_is_refused(alice):
+    _, raw = api_key_create(tenant=alice, expires_at=timezone.now() - timezone.timedelta(seconds=1))
+    assert caller(raw) is None
+
+
+def test_the_catalog_snapshot_picks_the_price_in_force(catalog):
+    from billing.models import ModelPrice
+
+    later = timezone.now() + timezone.timedelta(days=1)
+    ModelPrice.objects.create(model=catalog["gpt"], effective_from=later, input_per_1m="1", output_per_1m="2")
+    models = run(registry.catalog())
+    gpt = models["gpt-test"]
+    assert str(gpt.price_at(timezone.now()).price.input_per_1m) == "0.150000"
+    assert str(gpt.price_at(later).price.input_per_1m) == "1.000000"
+    assert [d.upstream for d in gpt.deployments_in("")] == ["gpt-4o-mini-2024-07-18"]
