@@ -76,7 +76,10 @@ def openai_error_body(error: GatewayError) -> dict:
 
 
 def anthropic_error_body(error: GatewayError) -> dict:
-    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": error.message}}
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": error.message},
+    }
 
 
 def openai_error_response(error: GatewayError) -> HttpResponse:

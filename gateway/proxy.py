@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
-import orjson
 from billing.pricing import Tokens
 from billing.services import Metered
 
@@ -74,9 +74,7 @@ async def resolve(call: Call) -> list[DeploymentView]:
         raise GatewayError(403, "This tenant is suspended. Contact the platform operator.", "tenant_suspended")
     model = (await catalog()).get(call.model_name)
     if model is None:
-        raise GatewayError(
-            404, f"The model `{call.model_name}` does not exist.", "model_not_found", param="model"
-        )
+        raise GatewayError(404, f"The model `{call.model_name}` does not exist.", "model_not_found", param="model")
     call.model = model
     if not tenant.may_use(model):
         raise GatewayError(

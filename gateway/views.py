@@ -106,6 +106,12 @@ def _validate_messages(body: dict) -> None:
     _positive_int(body, "max_tokens", required=True)
 
 
+def _internal_error(request_id: str, exc: Exception) -> GatewayError:
+    log.error("request %s failed", request_id, exc_info=exc)
+    # Nothing of the exception reaches the client: no stack, no SQL, no upstream detail.
+    return GatewayError(500, f"The gateway failed to handle this request (request id {request_id}).", "internal_error")
+
+
 async def _completion(
     request: HttpRequest,
     *,
@@ -129,7 +135,8 @@ async def _completion(
         call.stream = body.get("stream", False)
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage")) or family == "anthropic"
         response = await (proxy.stream(call) if call.stream else proxy.complete(call))
-    except GatewayError as error:
+    except Exception as exc:
+        error = exc if isinstance(exc, GatewayError) else _internal_error(request_id, exc)
         if call is not None:
             # A failed request of a known tenant is billed at zero but never forgotten.
             await record(call.metered(status=error.status, error_type=error.code))

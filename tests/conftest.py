@@ -62,7 +62,9 @@ def catalog(db):
             cached="0.10",
             cache_write="1.25",
         ),
-        "azure": make_model("azure-gpt-test", "azure", "gpt4o-prod-deployment", input_per_1m="2.50", output_per_1m="10.00"),
+        "azure": make_model(
+            "azure-gpt-test", "azure", "gpt4o-prod-deployment", input_per_1m="2.50", output_per_1m="10.00"
+        ),
     }
 
 
@@ -163,8 +165,19 @@ def gateway_env(mock_url: str, **extra: str) -> dict:
 def start_gateway(mock_url: str, **extra_env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "proxy_platform.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "proxy_platform.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
         env=gateway_env(mock_url, **extra_env),
     )

@@ -21,7 +21,11 @@ PRICES = {  # the `catalog` fixture's prices: input, cached input, cache write, 
     "claude-test": (Decimal("1.00"), Decimal("0.10"), Decimal("1.25"), Decimal("5.00")),
     "azure-gpt-test": (Decimal("2.50"), Decimal("2.50"), Decimal("2.50"), Decimal("10.00")),
 }
-UPSTREAM = {"gpt-test": "gpt-4o-mini-2024-07-18", "claude-test": "claude-haiku-4-5", "azure-gpt-test": "gpt4o-prod-deployment"}
+UPSTREAM = {
+    "gpt-test": "gpt-4o-mini-2024-07-18",
+    "claude-test": "claude-haiku-4-5",
+    "azure-gpt-test": "gpt4o-prod-deployment",
+}
 MODELS = list(PRICES)
 
 
@@ -132,7 +136,7 @@ def test_chat_stream_sends_usage_chunk_only_when_asked(gateway, catalog, alice_k
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
 
     rec = record_for(raw.headers["x-request-id"])
-    assert rec.streamed and not rec.estimated and rec.status_code == 200
+    assert (rec.streamed, rec.estimated, rec.status_code) == (True, False, 200)
     assert rec.output_tokens == count_tokens(text)
     assert rec.cost == expected_cost(model, input=rec.input_tokens, output=rec.output_tokens)
     if include_usage:
@@ -158,14 +162,15 @@ def test_messages_stream_is_answered_and_metered(gateway, catalog, alice_key, mo
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start"
     assert kinds[-1] == "message_stop"
-    assert "content_block_delta" in kinds and "message_delta" in kinds
+    assert "content_block_delta" in kinds
+    assert "message_delta" in kinds
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
     final = next(e for e in events if e.type == "message_delta")
     assert final.delta.stop_reason == "end_turn"
     assert events[0].message.model == model
 
     rec = record_for(raw.headers["x-request-id"])
-    assert rec.streamed and not rec.estimated
+    assert (rec.streamed, rec.estimated) == (True, False)
     assert rec.output_tokens == count_tokens(text) == final.usage.output_tokens
     assert rec.cost == expected_cost(model, input=rec.input_tokens, output=rec.output_tokens)
 
@@ -208,9 +213,12 @@ def test_a_broken_stream_is_recorded_as_estimated(gateway, catalog, alice_key):
         stream=True,
     )
     received = []
+
+    def consume():
+        received.extend(raw.parse())
+
     with pytest.raises(openai.APIError):
-        for chunk in raw.parse():
-            received.append(chunk)
+        consume()
     rec = record_for(raw.headers["x-request-id"])
     assert rec.estimated
     assert rec.error_type == "upstream_stream_error"
@@ -325,7 +333,9 @@ def test_usage_endpoint_sums_this_tenant_only(gateway, catalog, alice_key, bob_k
     assert body["totals"]["requests"] == 1
     assert Decimal(body["totals"]["cost"]) == rec.cost
     assert [m["model"] for m in body["by_model"]] == ["gpt-test"]
-    bad = httpx.get(f"{gateway}/v1/usage", params={"start": "yesterday"}, headers={"authorization": f"Bearer {alice_key}"})
+    bad = httpx.get(
+        f"{gateway}/v1/usage", params={"start": "yesterday"}, headers={"authorization": f"Bearer {alice_key}"}
+    )
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "start"
 

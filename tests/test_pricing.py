@@ -40,7 +40,13 @@ def test_a_request_without_tokens_costs_nothing():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"input": -1}, {"output": -5}, {"input": 10, "cached_input": 11}, {"input": 10, "cached_input": 6, "cache_write": 5}]
+    "kwargs",
+    [
+        {"input": -1},
+        {"output": -5},
+        {"input": 10, "cached_input": 11},
+        {"input": 10, "cached_input": 6, "cache_write": 5},
+    ],
 )
 def test_impossible_token_counts_are_refused(kwargs):
     with pytest.raises(ValueError, match="token"):

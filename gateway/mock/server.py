@@ -54,7 +54,11 @@ an unknown or malformed one is a 400, so that a typo does not pass silently):
     [[mock:tool]]              with `tools` in the request, call the first tool (or the one `tool_choice`
                                names) with arguments made from its JSON schema
 Cached/cache_write are capped so that they never exceed the prompt. The prompt is counted as sent,
-directives included.
+directives included. A tool call is never cut by max_tokens. The rate-limit numbers in headers are fixed.
+
+Strict where the real APIs are, to catch gateway bugs: OpenAI refuses `stream_options` without `stream`;
+Anthropic requires `max_tokens` and refuses a "system" role inside `messages`; Azure accepts only `api-key`.
+Paced streams (a chunk delay) stop when the client disconnects.
 
 Faults from the command line: each model request draws once from `random.Random(seed)`; a draw below
 `fault_rate` answers `fault_status` with the provider's error body, before authentication.
@@ -303,7 +307,8 @@ def _openai_tool(body: Json) -> tuple[str, Json] | None:
     choice = body.get("tool_choice")
     if choice == "none":
         return None
-    wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    named = choice.get("function") if isinstance(choice, dict) else None
+    wanted = named.get("name") if isinstance(named, dict) else None
     functions = [tool.get("function") for tool in _list(body.get("tools")) if isinstance(tool, dict)]
     candidates = [(fn["name"], fn.get("parameters")) for fn in functions if isinstance(fn, dict) and "name" in fn]
     return _pick_tool(candidates, wanted)
@@ -405,7 +410,7 @@ def token_pieces(text: str) -> list[str]:
 
 
 def reply_text(model: str, prompt: str, words: int | None = None) -> str:
-    """ "Mock reply from <model>:" and words picked by a CRC of the prompt; exactly `words` pieces if given."""
+    """The reply: `Mock reply from <model>:`, then words picked by a CRC of the prompt; `words` pieces if given."""
     state = zlib.crc32(prompt.encode())
     count = 8 + state % 17 if words is None else words
     chosen = []
@@ -546,40 +551,37 @@ def openai_stream(
         "service_tier": "default",
         "system_fingerprint": _FINGERPRINT,
     }
-    usage_field: Json = {"usage": None} if exchange.include_usage else {}
+    if exchange.include_usage:
+        base["usage"] = None  # every chunk says "no usage yet" when usage was asked for
     deltas = _openai_deltas(reply)
+    last = len(deltas) - 1
     finish = _OPENAI_FINISH[reply.finish]
     content = [
-        _sse_data(
-            {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish if last else None}],
-                **usage_field,
-            }
-        )
-        for delta, last in zip(deltas, [False] * (len(deltas) - 1) + [True], strict=True)
+        _sse_data({**base, "choices": [_chunk_choice(delta, finish if index == last else None)]})
+        for index, delta in enumerate(deltas)
     ]
-    head = []
-    if api is Api.AZURE:
-        prompt_filter = [{"prompt_index": 0, "content_filter_results": _azure_filter_results()}]
-        head.append(
-            _sse_data(
-                {
-                    "choices": [],
-                    "created": 0,
-                    "id": "",
-                    "model": "",
-                    "object": "",
-                    "prompt_filter_results": prompt_filter,
-                }
-            )
-        )
+    head = [_sse_data(_AZURE_PROMPT_FILTER_CHUNK)] if api is Api.AZURE else []
     tail = [_sse_data({**base, "choices": [], "usage": openai_usage(usage)})] if exchange.include_usage else []
     tail.append(b"data: [DONE]\n\n")
     error = _sse_data(
         {"error": {"message": _STATUS_MESSAGES[500], "type": "server_error", "param": None, "code": None}}
     )
     return StreamBody(head=head, content=content, tail=tail, error=error)
+
+
+def _chunk_choice(delta: Json, finish: str | None) -> Json:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+# Azure opens every stream with this chunk, before any choice: a client must not assume choices[0].
+_AZURE_PROMPT_FILTER_CHUNK: Json = {
+    "choices": [],
+    "created": 0,
+    "id": "",
+    "model": "",
+    "object": "",
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _azure_filter_results()}],
+}
 
 
 def _openai_deltas(reply: Reply) -> list[Json]:
@@ -656,8 +658,8 @@ def anthropic_stream(exchange: Exchange, reply: Reply, usage: Usage, *, message_
         for delta in deltas
     ]
     # message_delta usage is cumulative (the whole message so far), as the real API sends it.
-    delta_usage = {key: final_usage[key] for key in ("input_tokens", "cache_creation_input_tokens")}
-    delta_usage |= {"cache_read_input_tokens": usage.cache_read, "output_tokens": usage.output_tokens}
+    counts = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+    delta_usage = {key: final_usage[key] for key in counts}
     stop = {"stop_reason": _ANTHROPIC_STOP[reply.finish], "stop_sequence": reply.stop_sequence}
     tail = [
         _sse_event(b"content_block_stop", {"type": "content_block_stop", "index": 0}),
@@ -689,22 +691,25 @@ _STATUS_MESSAGES = {
     404: "The model does not exist or you do not have access to it.",
     408: "Request timed out.",
     413: "Request exceeds the maximum allowed size.",
-    429: "Rate limit reached for requests per min (RPM). Please try again in 1s.",
     500: "The server had an error while processing your request. Sorry about that!",
     502: "Bad gateway.",
     503: "The server is overloaded or not ready yet.",
     504: "Gateway timeout.",
     529: "Overloaded",
 }
-_STATUS_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+_STATUS_CODES = {401: "invalid_api_key", 404: "model_not_found"}
 
 
 def injected_error(api: Api, status: int, *, retry_after: int | None = None) -> ApiError:
     """The error a provider answers with this status, rate-limit headers included for a 429."""
     message = _STATUS_MESSAGES.get(status, f"Upstream error {status}.")
-    headers = _rate_limit_headers(api, 1 if retry_after is None else retry_after) if status == 429 else []
-    openai_type = "requests" if status == 429 else None  # OpenAI names the exhausted limit here
-    return ApiError(status, message, code=_STATUS_CODES.get(status), openai_type=openai_type, headers=headers)
+    if status != 429:
+        return ApiError(status, message, code=_STATUS_CODES.get(status))
+    seconds = 1 if retry_after is None else retry_after
+    message = f"Rate limit reached for requests per min (RPM). Please try again in {seconds}s."
+    headers = _rate_limit_headers(api, seconds)
+    # OpenAI's error type names the exhausted limit ("requests" or "tokens").
+    return ApiError(429, message, code="rate_limit_exceeded", openai_type="requests", headers=headers)
 
 
 def directive_error(api: Api, directives: Directives) -> ApiError | None:
@@ -810,24 +815,26 @@ class MockApp:
             await self._requests_endpoint(request, send)
         else:
             self._record(request)
-            await self._api_endpoint(request, send)
+            await self._api_endpoint(request, receive, send)
 
-    async def _api_endpoint(self, request: Request, send: Send) -> None:
+    async def _api_endpoint(self, request: Request, receive: Receive, send: Send) -> None:
         path, method = request.path, request.method
         azure = _AZURE_PATH.fullmatch(path)
         if path == "/v1/models" and method == "GET":
             await _send_json(send, 200, _models_list(anthropic="anthropic-version" in request.headers))
         elif path == "/v1/chat/completions" and method == "POST":
-            await self._model_request(Api.OPENAI, request, send)
+            await self._model_request(Api.OPENAI, request, receive, send)
         elif path == "/v1/messages" and method == "POST":
-            await self._model_request(Api.ANTHROPIC, request, send)
+            await self._model_request(Api.ANTHROPIC, request, receive, send)
         elif azure and method == "POST":
-            await self._model_request(Api.AZURE, request, send, deployment=azure.group(1))
+            await self._model_request(Api.AZURE, request, receive, send, deployment=azure.group(1))
         else:
             error = ApiError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
             await _send_json(send, 404, error_body(Api.OPENAI, error, request_id=self._id("req_")))
 
-    async def _model_request(self, api: Api, request: Request, send: Send, *, deployment: str | None = None) -> None:
+    async def _model_request(
+        self, api: Api, request: Request, receive: Receive, send: Send, *, deployment: str | None = None
+    ) -> None:
         request_id = self._id("req_")
         id_header = b"request-id" if api is Api.ANTHROPIC else b"x-request-id"
         headers: Headers = [(id_header, request_id.encode())]
@@ -856,7 +863,7 @@ class MockApp:
         if exchange.stream:
             body = self._stream_body(api, exchange, reply, usage)
             delay_ms = self.settings.chunk_delay_ms if directives.chunk_delay_ms is None else directives.chunk_delay_ms
-            await _send_stream(send, body, headers, directives, delay_s=delay_ms / 1000)
+            await _send_stream(send, receive, body, headers, directives, delay_s=delay_ms / 1000)
         else:
             payload = self._json_body(api, exchange, reply, usage)
             await _send_json(send, 200, payload, headers, cut=directives.break_after is not None)
@@ -993,29 +1000,45 @@ async def _send_json(
 
 
 async def _send_stream(
-    send: Send, body: StreamBody, headers: Headers, directives: Directives, *, delay_s: float
+    send: Send, receive: Receive, body: StreamBody, headers: Headers, directives: Directives, *, delay_s: float
 ) -> None:
-    complete = True
-    if directives.break_after is not None:
-        events = body.head + body.content[: directives.break_after]
-        complete = False
-    elif directives.stream_error:
-        events = body.head + body.content[: (len(body.content) + 1) // 2] + [body.error]
-    else:
-        events = body.head + body.content + body.tail
+    events, complete = _stream_events(body, directives)
     await send({"type": "http.response.start", "status": 200, "headers": _SSE + headers})
     if delay_s <= 0:
         # One write for the whole stream: the cheap path for tests and benchmarks.
         await send({"type": "http.response.body", "body": b"".join(events), "more_body": not complete})
-    else:
+        return
+    gone = asyncio.create_task(_wait_for_disconnect(receive))
+    try:
         for index, event in enumerate(events):
             if index:
                 await asyncio.sleep(delay_s)
+            if gone.done():
+                return  # the client left: stop generating, as a provider does
             await send({"type": "http.response.body", "body": event, "more_body": True})
         if complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-    # An incomplete stream returns with its body unfinished: uvicorn then closes the connection without the
-    # terminating chunk, which clients see as a broken stream (as when a provider's connection drops).
+    finally:
+        gone.cancel()
+
+
+def _stream_events(body: StreamBody, directives: Directives) -> tuple[list[bytes], bool]:
+    """The events to send, and whether to end the body properly.
+
+    A stream that is not ended properly returns with its body unfinished: uvicorn then closes the connection
+    without the terminating chunk, which clients see as a broken stream (as when a provider's connection drops).
+    """
+    if directives.break_after is not None:
+        return body.head + body.content[: directives.break_after], False
+    if directives.stream_error:
+        return body.head + body.content[: (len(body.content) + 1) // 2] + [body.error], True
+    return body.head + body.content + body.tail, True
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    # With the request body read, uvicorn's receive() returns only when the client disconnects.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

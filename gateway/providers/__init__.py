@@ -1,14 +1,15 @@
 """Provider adapters, one module per provider, and the per-account client pool.
 
-SDK imports live only in this package. One async SDK client is kept per (provider, endpoint,
-credential) for the life of the process, so its HTTP connection pool is reused (DESIGN §2).
+SDK imports live only in this package (aliased here: the adapter modules share the SDKs'
+names). One async SDK client is kept per (provider, endpoint, credential) for the life of
+the process, so its HTTP connection pool is reused (DESIGN §2).
 """
 
 import hashlib
 
-import anthropic
+import anthropic as anthropic_sdk
 import httpx2
-import openai
+import openai as openai_sdk
 from django.conf import settings
 
 from .anthropic import AnthropicAdapter
@@ -28,13 +29,13 @@ def _timeout() -> httpx2.Timeout:
 def _build(provider: str, base_url: str, api_key: str) -> Adapter:
     common = {"api_key": api_key, "timeout": _timeout(), "max_retries": settings.GATEWAY_UPSTREAM_MAX_RETRIES}
     if provider == "openai":
-        return OpenAIAdapter(openai.AsyncOpenAI(base_url=base_url or None, **common))
+        return OpenAIAdapter(openai_sdk.AsyncOpenAI(base_url=base_url or None, **common))
     if provider == "azure":
         return AzureAdapter(
-            openai.AsyncAzureOpenAI(azure_endpoint=base_url, api_version=settings.OPENAI_API_VERSION, **common)
+            openai_sdk.AsyncAzureOpenAI(azure_endpoint=base_url, api_version=settings.OPENAI_API_VERSION, **common)
         )
     if provider == "anthropic":
-        return AnthropicAdapter(anthropic.AsyncAnthropic(base_url=base_url or None, **common))
+        return AnthropicAdapter(anthropic_sdk.AsyncAnthropic(base_url=base_url or None, **common))
     raise ValueError(f"unknown provider {provider!r}")
 
 

@@ -18,7 +18,11 @@ def error_from_sdk(exc: BaseException) -> ProviderError:
         message = error.get("message") if isinstance(error.get("message"), str) else ""
         kind, retryable = status_kind(exc.status_code, None)
         return ProviderError(
-            "anthropic", exc.status_code, kind, message or f"upstream status {exc.status_code}", retryable,
+            "anthropic",
+            exc.status_code,
+            kind,
+            message or f"upstream status {exc.status_code}",
+            retryable,
             retry_after=exc.response.headers.get("retry-after"),
         )
     return ProviderError("anthropic", 0, "stream_broken", "the upstream stream broke off", False)
@@ -38,7 +42,7 @@ class AnthropicAdapter:
             raw = await self.client.messages.with_raw_response.create(**params, extra_body=extra or None)
         except anthropic.AnthropicError as exc:
             raise error_from_sdk(exc) from exc
-        return orjson.loads(raw.content)
+        return orjson.loads(await raw.read())
 
     async def open_stream(self, body: dict) -> SSEEventStream:
         params, extra = split_params(self.client.messages.create, body)

@@ -38,7 +38,11 @@ def error_from_sdk(provider: str, exc: BaseException) -> ProviderError:
         kind, retryable = status_kind(exc.status_code, code)
         message = body.get("message") if isinstance(body.get("message"), str) else ""
         return ProviderError(
-            provider, exc.status_code, kind, message or f"upstream status {exc.status_code}", retryable,
+            provider,
+            exc.status_code,
+            kind,
+            message or f"upstream status {exc.status_code}",
+            retryable,
             retry_after=exc.response.headers.get("retry-after"),
         )
     return ProviderError(provider, 0, "stream_broken", "the upstream stream broke off", False)
@@ -58,7 +62,7 @@ class OpenAIAdapter:
             raw = await create(**params, extra_body=extra or None)
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
-        return orjson.loads(raw.content)
+        return orjson.loads(raw.content)  # LegacyAPIResponse: the body is already read
 
     async def open_stream(self, body: dict) -> SSEEventStream:
         params, extra = split_params(self.client.chat.completions.create, body)

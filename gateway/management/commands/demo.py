@@ -79,14 +79,36 @@ class Command(BaseCommand):
         python = sys.executable
         processes = [
             subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-                [python, "manage.py", "mockllm", "--port", str(mock_port), "--latency-ms", "150",
-                 "--chunk-delay-ms", "15"],
-                cwd=settings.BASE_DIR, env=env,
+                [
+                    python,
+                    "manage.py",
+                    "mockllm",
+                    "--port",
+                    str(mock_port),
+                    "--latency-ms",
+                    "150",
+                    "--chunk-delay-ms",
+                    "15",
+                ],
+                cwd=settings.BASE_DIR,
+                env=env,
             ),
             subprocess.Popen(  # noqa: S603
-                [python, "-m", "uvicorn", "proxy_platform.asgi:application", "--host", "127.0.0.1",
-                 "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                cwd=settings.BASE_DIR, env=env,
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "proxy_platform.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=settings.BASE_DIR,
+                env=env,
             ),
         ]
         try:
@@ -140,7 +162,8 @@ Try it:
   .venv/bin/python -c "
 from openai import OpenAI
 client = OpenAI(base_url='{gateway_url}/v1', api_key='{key}')
-print(client.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)"
+reply = client.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}])
+print(reply.choices[0].message.content)"
 """
         )
 
@@ -154,4 +177,3 @@ def _wait(url: str, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up")
-
