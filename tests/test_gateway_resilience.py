@@ -1,0 +1,154 @@
+"""What happens when things go wrong mid-way: disconnects, broken streams, dead deployments,
+oversized bodies, and tool calls across formats. Live gateway and mock provider, real SDKs.
+"""
+
+import socket
+import time
+
+import anthropic
+import openai
+import orjson
+import pytest
+
+from billing.models import UsageRecord
+from gateway.tokenizer import count_tokens
+from tenants.models import Deployment
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_for_record(**filters) -> UsageRecord:
+    """Records of cancelled requests are written on their own task, just after the cancel."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        record = UsageRecord.objects.filter(**filters).first()
+        if record is not None:
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"no usage record with {filters}")
+
+
+def test_a_client_that_disconnects_mid_stream_is_billed_for_what_was_generated(gateway, catalog, alice, alice_key):
+    body = orjson.dumps(
+        {
+            "model": "gpt-test",
+            "stream": True,
+            "messages": [{"role": "user", "content": "[[mock:words=200]] [[mock:chunk_delay_ms=20]] tell a story"}],
+        }
+    )
+    host, port = gateway.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {alice_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        sock.settimeout(10)
+        received = b""
+        while received.count(b"data: ") < 5:
+            data = sock.recv(65536)
+            assert data, f"the gateway closed the connection early: {received[:300]!r}"
+            received += data
+        # Gone, after a few chunks of a 200-token answer.
+    record = wait_for_record(tenant=alice, error_type="client_disconnected")
+    assert record.estimated
+    assert record.streamed
+    assert record.status_code == 499
+    assert 0 < record.output_tokens < 200
+    assert record.input_tokens > 0
+    assert record.cost > 0
+
+
+def test_an_anthropic_error_event_reaches_an_openai_client_and_is_recorded(gateway, catalog, alice_key):
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-test",
+        messages=[{"role": "user", "content": "[[mock:words=20]] [[mock:stream_error]] hi"}],
+        stream=True,
+    )
+    chunks = []
+
+    def consume():
+        chunks.extend(raw.parse())
+
+    with pytest.raises(openai.APIError, match="(?i)overloaded"):
+        consume()
+    record = UsageRecord.objects.get(request_id=raw.headers["x-request-id"])
+    assert record.error_type == "upstream_stream_error"
+    assert record.estimated
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert record.output_tokens == count_tokens(text) > 0
+    assert record.input_tokens > 0  # reported by message_start before the error
+
+
+def test_a_dead_deployment_falls_back_to_the_next(gateway, mock_llm, catalog, alice_key):
+    model = catalog["gpt"]
+    primary = model.deployments.get()
+    Deployment.objects.create(
+        model=model, provider="openai", upstream="gpt-dead", base_url=f"http://127.0.0.1:{free_port()}/v1", priority=0
+    )
+    primary.priority = 1
+    primary.save()
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert raw.parse().choices[0].message.content
+    record = UsageRecord.objects.get(request_id=raw.headers["x-request-id"])
+    assert record.upstream_model == primary.upstream
+    assert record.status_code == 200
+
+
+def test_a_request_error_is_not_retried_on_another_deployment(gateway, mock_llm, catalog, alice_key):
+    model = catalog["gpt"]
+    Deployment.objects.create(model=model, provider="openai", upstream="gpt-second", priority=5)
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "[[mock:status=400]]"}])
+    import httpx2
+
+    seen = [r["body"]["model"] for r in httpx2.get(f"{mock_llm}/_mock/requests").json()[-2:]]
+    assert "gpt-second" not in seen
+
+
+def test_an_oversized_body_is_413(gateway, catalog, alice_key, settings):
+    client = anthropic.Anthropic(base_url=gateway, api_key=alice_key, max_retries=0)
+    huge = "x" * (settings.GATEWAY_MAX_BODY_BYTES + 10)
+    with pytest.raises(anthropic.APIStatusError) as error:
+        client.messages.create(model="claude-test", max_tokens=5, messages=[{"role": "user", "content": huge}])
+    assert error.value.status_code == 413
+    assert error.value.body["error"]["type"] == "request_too_large"
+
+
+def test_tool_calls_cross_formats(gateway, catalog, alice_key):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0)
+    completion = client.chat.completions.create(
+        model="claude-test", tools=tools, messages=[{"role": "user", "content": "[[mock:tool]] weather in Paris?"}]
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls[0].function.name == "get_weather"
+    orjson.loads(choice.message.tool_calls[0].function.arguments)
+
+    messages = anthropic.Anthropic(base_url=gateway, api_key=alice_key, max_retries=0)
+    message = messages.messages.create(
+        model="gpt-test",
+        max_tokens=100,
+        tools=[{"name": "get_weather", "input_schema": tools[0]["function"]["parameters"]}],
+        messages=[{"role": "user", "content": "[[mock:tool]] weather in Paris?"}],
+    )
+    assert message.stop_reason == "tool_use"
+    assert message.content[-1].type == "tool_use"
+    assert message.content[-1].name == "get_weather"
