@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,10 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # Tenant API keys are stored as HMAC-SHA256(pepper, key). Changing the pepper invalidates
 # every stored key, so it is its own setting rather than following SECRET_KEY rotations.
 API_KEY_PEPPER = env_str("API_KEY_PEPPER", SECRET_KEY)
+# Fernet keys (comma-separated, newest first) encrypting provider credentials at rest. Unset: one
+# key derived from SECRET_KEY. Rotate by putting a new key first and running
+# `manage.py rotate_credentials`; old keys can be dropped once that has run.
+FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -112,12 +117,40 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # Celery: Redis as broker in production; without REDIS_URL tasks run eagerly in process.
+# Every billing task is idempotent (unique constraints, locked rows, upserts), so a message
+# is acknowledged only once its task is done, and a worker killed mid-task hands it back.
 CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_RESULT_BACKEND = None
-CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or None
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_TASK_ACKS_LATE = False
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = not CELERY_RESULT_BACKEND
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# An unacknowledged message goes back to the queue after this long (a worker that died).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "rollup-usage": {
+        "task": "billing.tasks.rollup_usage",
+        "schedule": env_float("BILLING_ROLLUP_INTERVAL_SECONDS", 600.0),
+    },
+    "close-invoice-periods": {
+        # Daily: refresh the drafts of the open month and of a month in grace, finalize a month
+        # whose grace period has passed.
+        "task": "billing.tasks.close_invoice_periods",
+        "schedule": crontab(minute=30, hour=2),
+    },
+    "check-budgets": {"task": "billing.tasks.check_budgets", "schedule": 900.0},
+    "apply-usage-retention": {"task": "billing.tasks.apply_usage_retention", "schedule": crontab(minute=0, hour=4)},
+}
+# Days after a month ends during which its invoices stay drafts (late usage still comes in).
+BILLING_INVOICE_GRACE_DAYS = env_int("BILLING_INVOICE_GRACE_DAYS", 3)
+# How far back each rollup run looks for days whose usage changed (late records).
+BILLING_ROLLUP_LOOKBACK_DAYS = env_int("BILLING_ROLLUP_LOOKBACK_DAYS", 40)
+# Raw usage records older than this many days are deleted once rolled up and invoiced; 0 keeps them.
+BILLING_USAGE_RETENTION_DAYS = env_int("BILLING_USAGE_RETENTION_DAYS", 0)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -34,6 +34,19 @@ class Tenant(models.Model):
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    model_aliases = models.JSONField(
+        default=dict, blank=True, help_text='The tenant\'s own names for catalog models: {"fast": "gpt-4o-mini"}.'
+    )
+    default_params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Request parameters applied when the request leaves them out: {"temperature": 0.2}.',
+    )
+    max_tokens_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Ceiling on max_tokens; a request asking for more is capped."
+    )
+    log_requests = models.BooleanField(default=False, help_text="Store prompts and responses for this tenant.")
+    log_retention_days = models.PositiveSmallIntegerField(default=30)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -64,6 +77,15 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = models.ManyToManyField(
+        "CatalogModel",
+        blank=True,
+        related_name="+",
+        help_text="Narrower than the tenant's models; empty: the tenant's.",
+    )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["tenant", "created_at"]
@@ -75,6 +97,13 @@ class ApiKey(models.Model):
     @property
     def display(self) -> str:
         return f"{self.prefix}…{self.last4}"
+
+    def status_at(self, when) -> str:
+        if self.revoked_at is not None and self.revoked_at <= when:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= when:
+            return "expired"
+        return "active"
 
 
 class CatalogModel(models.Model):
@@ -125,3 +154,109 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         where = f" @{self.region}" if self.region else ""
         return f"{self.model.name} → {self.provider}:{self.upstream}{where}"
+
+
+class PromptTemplate(models.Model):
+    """A tenant's named, versioned prompt: chat messages with `{{variable}}` placeholders.
+
+    Versions are immutable: editing a template means adding version n+1. A request names a
+    template (and optionally a version; the latest otherwise) and passes the variables.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="templates")
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField(default=1)
+    description = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField(help_text='[{"role": "system", "content": "You answer as {{persona}}."}]')
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name", "version"], name="template_unique_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name} v{self.version}"
+
+
+class RequestLog(models.Model):
+    """Prompt and response of one request, kept only for tenants that turned logging on, and
+    only for their retention period. Billing never depends on it: purging it loses no money.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="request_logs")
+    request_id = models.CharField(max_length=64, unique=True)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=16)
+    status_code = models.PositiveSmallIntegerField()
+    request = models.JSONField()
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="requestlog_tenant_recent")]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+
+class ProviderCredential(models.Model):
+    """An API key for a provider: the platform's own (no tenant) or a tenant's (bring your own key).
+
+    The secret is stored encrypted (tenants/crypto.py) and never shown again; `last4` lets
+    staff recognise it. `base_url` is for staff only: tenants never choose where we connect.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="credentials")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    encrypted_secret = models.TextField(editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    base_url = models.URLField(blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "provider"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "provider"],
+                condition=Q(active=True),
+                nulls_distinct=False,
+                name="credential_one_active_per_tenant",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.tenant.slug if self.tenant_id else "platform"
+        return f"{owner} {self.provider} …{self.last4}"
+
+
+class PlatformPolicy(models.Model):
+    """Rules set by staff that override every tenant. One row (pk=1)."""
+
+    blocked_models = models.JSONField(default=list, blank=True, help_text="Catalog model names refused for everyone.")
+    blocked_providers = models.JSONField(default=list, blank=True, help_text="Providers refused for everyone (403).")
+    killed_providers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Kill switch: deployments of these providers are skipped (503 if none left).",
+    )
+    max_tokens_cap = models.PositiveIntegerField(null=True, blank=True)
+    maintenance_message = models.CharField(
+        max_length=300, blank=True, help_text="When set, every gateway request is refused with 503 and this message."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "platform policy"
+        verbose_name_plural = "platform policy"
+
+    def __str__(self) -> str:
+        return "Platform policy"
+
+    @classmethod
+    def load(cls) -> "PlatformPolicy":
+        return cls.objects.get_or_create(pk=1)[0]
