@@ -7,11 +7,15 @@ is the whole prompt. A provider-reported count always wins over an estimate, zer
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 
 from billing.pricing import Tokens
 from billing.services import Metered, usage_record_create
+from tenants.models import ApiKey, RequestLog
 
 from .tokenizer import count_message_tokens, count_tokens
 
@@ -64,23 +68,65 @@ def estimate_output_tokens(text: str) -> int:
 
 # Writes that must outlive a cancelled request (client gone) are kept here until done.
 _pending: set[asyncio.Task] = set()
+# key id -> when this process last wrote its last_used_at (monotonic seconds)
+_key_touched: dict[int, float] = {}
+KEY_TOUCH_INTERVAL = 60.0
 
 
-async def record(metered: Metered) -> None:
-    """Commit the usage record. Awaited before the response ends (DESIGN §2 step 6)."""
-    await sync_to_async(usage_record_create)(metered=metered)
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """Prompt and response of a request, for tenants that keep request logs."""
+
+    request: dict
+    response: dict | None
 
 
-def record_detached(metered: Metered) -> None:
+def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> None:
+    with transaction.atomic():
+        usage_record_create(metered=metered)
+        if log_entry is not None:
+            RequestLog.objects.create(
+                tenant_id=metered.tenant_id,
+                request_id=metered.request_id,
+                api_key_id=metered.api_key_id,
+                model=metered.model[:100],
+                endpoint=metered.endpoint,
+                status_code=metered.status_code,
+                request=log_entry.request,
+                response=log_entry.response,
+                created_at=metered.created_at,
+            )
+    if touch_key:
+        # Outside the transaction: a lost race on last_used_at must never cost a usage record.
+        ApiKey.objects.filter(id=metered.api_key_id).update(last_used_at=metered.created_at)
+
+
+def _due_for_touch(key_id: int | None) -> bool:
+    """last_used_at is written at most once a minute per key and process, not on every request."""
+    if key_id is None:
+        return False
+    now = time.monotonic()
+    if now - _key_touched.get(key_id, -KEY_TOUCH_INTERVAL) < KEY_TOUCH_INTERVAL:
+        return False
+    _key_touched[key_id] = now
+    return True
+
+
+async def record(metered: Metered, log_entry: LogEntry | None = None) -> None:
+    """Commit the usage record (and request log). Awaited before the response ends (DESIGN §2 step 6)."""
+    await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id))
+
+
+def record_detached(metered: Metered, log_entry: LogEntry | None = None) -> None:
     """Record from a request being cancelled: the write continues on its own task."""
-    task = asyncio.get_running_loop().create_task(_record_logged(metered))
+    task = asyncio.get_running_loop().create_task(_record_logged(metered, log_entry))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 
 
-async def _record_logged(metered: Metered) -> None:
+async def _record_logged(metered: Metered, log_entry: LogEntry | None) -> None:
     try:
-        await record(metered)
+        await record(metered, log_entry)
     except Exception:
         log.exception("usage record %s could not be written", metered.request_id)
 

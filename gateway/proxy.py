@@ -21,9 +21,16 @@ from billing.services import Metered
 
 from . import translate
 from .errors import GatewayError
-from .metering import estimate_output_tokens, estimate_prompt_tokens, record, record_detached, tokens_from_usage
+from .metering import (
+    LogEntry,
+    estimate_output_tokens,
+    estimate_prompt_tokens,
+    record,
+    record_detached,
+    tokens_from_usage,
+)
 from .providers import Adapter, EventStream, ProviderError, adapter_for
-from .registry import Caller, DeploymentView, ModelView, PriceView, catalog
+from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, policy
 from .streams import StreamError, processor_for
 
 log = logging.getLogger(__name__)
@@ -38,12 +45,16 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=timezone.now)
     body: dict = field(default_factory=dict)
-    model_name: str = ""
+    requested_model: str = ""  # as the client said it (maybe a tenant alias); echoed in responses
+    model_name: str = ""  # the catalog name it resolved to; recorded and billed
     stream: bool = False
     include_usage: bool = False
     model: ModelView | None = None
     price: PriceView | None = None
     deployment: DeploymentView | None = None
+
+    def log_entry(self, response: dict | None) -> LogEntry | None:
+        return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
 
     def metered(self, *, status: int, error_type: str = "", tokens: Tokens | None = None, estimated: bool = False):
         deployment = self.deployment
@@ -68,33 +79,84 @@ class Call:
 
 
 async def resolve(call: Call) -> list[DeploymentView]:
-    """Policy: the model exists, this tenant may use it, in its region, and it has a price."""
+    """Policy: platform rules first, then the model exists, this key may use it, in the tenant's
+    region, on a provider that is not switched off, and it has a price. Then the tenant's
+    profile (default parameters, max_tokens ceiling) is applied to the body.
+    """
     tenant = call.caller.tenant
+    rules = await policy()
+    if rules.maintenance_message:
+        raise GatewayError(503, rules.maintenance_message, "maintenance")
     if not tenant.active:
         raise GatewayError(403, "This tenant is suspended. Contact the platform operator.", "tenant_suspended")
+    call.model_name = tenant.model_aliases.get(call.requested_model, call.requested_model)
     model = (await catalog()).get(call.model_name)
     if model is None:
-        raise GatewayError(404, f"The model `{call.model_name}` does not exist.", "model_not_found", param="model")
+        raise GatewayError(404, f"The model `{call.requested_model}` does not exist.", "model_not_found", param="model")
     call.model = model
-    if not tenant.may_use(model):
+    if model.name in rules.blocked_models or model.provider in rules.blocked_providers:
         raise GatewayError(
-            403, f"This key is not allowed to use the model `{model.name}`.", "model_not_allowed", param="model"
+            403,
+            f"The model `{call.requested_model}` is blocked by platform policy.",
+            "blocked_by_policy",
+            param="model",
         )
-    deployments = model.deployments_in(tenant.region)
-    if not deployments:
+    if not call.caller.may_use(model):
+        raise GatewayError(
+            403,
+            f"This key is not allowed to use the model `{call.requested_model}`.",
+            "model_not_allowed",
+            param="model",
+        )
+    in_region = model.deployments_in(tenant.region)
+    if not in_region:
         if model.deployments:
             raise GatewayError(
                 403,
-                f"The model `{model.name}` has no deployment in this tenant's region `{tenant.region}`.",
+                f"The model `{call.requested_model}` has no deployment in this tenant's region `{tenant.region}`.",
                 "region_not_allowed",
                 param="model",
             )
-        raise GatewayError(503, f"The model `{model.name}` has no active deployment.", "no_deployment")
+        raise GatewayError(503, f"The model `{call.requested_model}` has no active deployment.", "no_deployment")
+    deployments = [d for d in in_region if d.provider not in rules.killed_providers]
+    if not deployments:
+        raise GatewayError(
+            503, f"The provider of `{call.requested_model}` is switched off by the operator.", "provider_disabled"
+        )
     call.price = model.price_at(call.created_at)
     if call.price is None:
         # Serving a request that cannot be billed would break the promise of exact billing.
-        raise GatewayError(503, f"The model `{model.name}` has no price in force.", "no_price")
+        raise GatewayError(503, f"The model `{call.requested_model}` has no price in force.", "no_price")
+    apply_profile(call, global_cap=rules.max_tokens_cap)
     return deployments
+
+
+# Default parameters a tenant may set, by wire format (the admin validates the values).
+_DEFAULTABLE = {
+    "openai": ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "stop", "seed", "user"),
+    "anthropic": ("temperature", "top_p", "max_tokens"),
+}
+
+
+def apply_profile(call: Call, *, global_cap: int | None) -> None:
+    """Fill in the tenant's default parameters and hold max_tokens under the ceilings."""
+    body = call.body
+    tenant = call.caller.tenant
+    for name in _DEFAULTABLE[call.client_family]:
+        if name in tenant.default_params and name not in body:
+            body[name] = tenant.default_params[name]
+    if call.client_family == "anthropic" and "stop" in tenant.default_params and "stop_sequences" not in body:
+        stop = tenant.default_params["stop"]
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    caps = [cap for cap in (tenant.max_tokens_cap, global_cap) if cap]
+    if not caps:
+        return
+    cap = min(caps)
+    field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    if call.client_family == "openai" and field_name not in body:
+        field_name = "max_completion_tokens"  # accepted by every current chat model, reasoning ones included
+    # A request asking for more than the ceiling is served up to the ceiling rather than refused.
+    body[field_name] = min(body.get(field_name) or cap, cap)
 
 
 def upstream_body(call: Call, deployment: DeploymentView, family: str) -> dict:
@@ -147,8 +209,10 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
     failure: ProviderError | None = None
     for deployment in deployments:
         call.deployment = deployment
+        # A tenant's own provider account (bring your own key) takes precedence over ours.
+        secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:
-            adapter = adapter_for(deployment.provider, base_url=deployment.base_url)
+            adapter = adapter_for(deployment.provider, base_url=own_base_url or deployment.base_url, api_key=secret)
             return adapter, await operation(adapter, upstream_body(call, deployment, adapter.family))
         except ProviderError as exc:
             failure = exc
@@ -172,14 +236,14 @@ async def complete(call: Call) -> HttpResponse:
     else:
         tokens, estimated = Tokens(input=estimate_prompt_tokens(call.body)), True
     if adapter.family == call.client_family:
-        result["model"] = call.model_name
+        result["model"] = call.requested_model
     elif call.client_family == "openai":
         result = translate.anthropic_response_to_openai(
-            result, model=call.model_name, completion_id=f"chatcmpl-{call.request_id}"
+            result, model=call.requested_model, completion_id=f"chatcmpl-{call.request_id}"
         )
     else:
-        result = translate.openai_response_to_anthropic(result, model=call.model_name)
-    await record(call.metered(status=200, tokens=tokens, estimated=estimated))
+        result = translate.openai_response_to_anthropic(result, model=call.requested_model)
+    await record(call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry(result))
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
 
@@ -193,7 +257,7 @@ async def stream(call: Call) -> StreamingHttpResponse:
     processor = processor_for(
         client=call.client_family,
         upstream=adapter.family,
-        model=call.model_name,
+        model=call.requested_model,
         include_usage=call.include_usage,
         request_id=call.request_id,
         prompt_estimate=estimate_prompt_tokens(call.body),
@@ -233,16 +297,24 @@ async def _relay(call: Call, events: EventStream, processor):
     except (asyncio.CancelledError, GeneratorExit):
         # The client went away: count what was generated so far, on a task of its own.
         tokens, _ = _stream_tokens(call, processor, complete=False)
-        record_detached(call.metered(status=499, error_type="client_disconnected", tokens=tokens, estimated=True))
+        record_detached(
+            call.metered(status=499, error_type="client_disconnected", tokens=tokens, estimated=True),
+            call.log_entry({"content": processor.text, "incomplete": "client_disconnected"}),
+        )
         raise
     if error is None:
         tokens, estimated = _stream_tokens(call, processor, complete=True)
-        await record(call.metered(status=200, tokens=tokens, estimated=estimated))
+        await record(
+            call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry({"content": processor.text})
+        )
         for frame in processor.finish():
             yield frame
         return
     tokens, estimated = _stream_tokens(call, processor, complete=False)
-    await record(call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated))
+    await record(
+        call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated),
+        call.log_entry({"content": processor.text, "incomplete": error[0]}),
+    )
     for frame in processor.error_frame(*error):
         yield frame
 

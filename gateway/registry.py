@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from billing.models import ModelPrice
 from billing.pricing import Price
+from tenants.crypto import decrypt
 from tenants.keys import key_hash, key_is_well_formed
-from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
+from tenants.models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,12 @@ class TenantView:
     requests_per_minute: int | None
     tokens_per_minute: int | None
     max_concurrent: int | None
+    model_aliases: dict[str, str]
+    default_params: dict
+    max_tokens_cap: int | None
+    log_requests: bool
+    # provider -> (secret, base_url) of the tenant's own account (bring your own key)
+    credentials: dict[str, tuple[str, str]]
 
     def may_use(self, model: "ModelView") -> bool:
         if self.allowed_providers and model.provider not in self.allowed_providers:
@@ -40,9 +47,37 @@ class TenantView:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyView:
+    id: int
+    tenant_id: int
+    allowed_model_ids: frozenset[int]  # empty: whatever the tenant may use
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
-    key_id: int
+    key: KeyView
     tenant: TenantView
+
+    @property
+    def key_id(self) -> int:
+        return self.key.id
+
+    def may_use(self, model: "ModelView") -> bool:
+        if self.key.allowed_model_ids and model.id not in self.key.allowed_model_ids:
+            return False
+        return self.tenant.may_use(model)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    blocked_models: frozenset[str]
+    blocked_providers: frozenset[str]
+    killed_providers: frozenset[str]
+    max_tokens_cap: int | None
+    maintenance_message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,25 +151,36 @@ def clear_caches() -> None:
         cache.clear()
 
 
-def _load_key(digest: str) -> tuple[int, int, float] | None:
+def _load_key(digest: str) -> tuple[KeyView, float] | None:
     now = timezone.now()
-    row = (
+    key = (
         ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .values_list("id", "tenant_id", "expires_at")
         .first()
     )
-    if row is None:
+    if key is None:
         return None
-    key_id, tenant_id, expires_at = row
-    ttl = _ttl() if expires_at is None else min(_ttl(), (expires_at - now).total_seconds())
-    return key_id, tenant_id, ttl
+    view = KeyView(
+        id=key.id,
+        tenant_id=key.tenant_id,
+        allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+        max_concurrent=key.max_concurrent,
+    )
+    # An expiring key is cached no longer than it lives.
+    ttl = _ttl() if key.expires_at is None else min(_ttl(), (key.expires_at - now).total_seconds())
+    return view, ttl
 
 
 def _load_tenant(tenant_id: int) -> TenantView | None:
     tenant = Tenant.objects.filter(id=tenant_id).first()
     if tenant is None:
         return None
+    credentials = {
+        c.provider: (decrypt(c.encrypted_secret), c.base_url)
+        for c in ProviderCredential.objects.filter(tenant_id=tenant_id, active=True)
+    }
     return TenantView(
         id=tenant.id,
         slug=tenant.slug,
@@ -145,6 +191,22 @@ def _load_tenant(tenant_id: int) -> TenantView | None:
         requests_per_minute=tenant.requests_per_minute,
         tokens_per_minute=tenant.tokens_per_minute,
         max_concurrent=tenant.max_concurrent,
+        model_aliases=dict(tenant.model_aliases or {}),
+        default_params=dict(tenant.default_params or {}),
+        max_tokens_cap=tenant.max_tokens_cap,
+        log_requests=tenant.log_requests,
+        credentials=credentials,
+    )
+
+
+def _load_policy() -> PolicyView:
+    policy = PlatformPolicy.objects.filter(pk=1).first() or PlatformPolicy()
+    return PolicyView(
+        blocked_models=frozenset(policy.blocked_models or ()),
+        blocked_providers=frozenset(policy.blocked_providers or ()),
+        killed_providers=frozenset(policy.killed_providers or ()),
+        max_tokens_cap=policy.max_tokens_cap,
+        maintenance_message=policy.maintenance_message,
     )
 
 
@@ -188,15 +250,15 @@ async def caller_for_key(raw_key: str) -> Caller | None:
     entry = _keys.get(digest)
     if entry is None:
         found = await sync_to_async(_load_key)(digest)
-        ids = found[:2] if found else None
+        key = found[0] if found else None
         # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
-        _keys.put(digest, ids, found[2] if found else _ttl())
+        _keys.put(digest, key, found[1] if found else _ttl())
     else:
-        ids = entry[1]
-    if ids is None:
+        key = entry[1]
+    if key is None:
         return None
-    tenant = await tenant_view(ids[1])
-    return None if tenant is None else Caller(key_id=ids[0], tenant=tenant)
+    tenant = await tenant_view(key.tenant_id)
+    return None if tenant is None else Caller(key=key, tenant=tenant)
 
 
 async def tenant_view(tenant_id: int) -> TenantView | None:
@@ -214,4 +276,13 @@ async def catalog() -> dict[str, ModelView]:
         models = await sync_to_async(_load_catalog)()
         _catalog.put("all", models, _ttl())
         return models
+    return entry[1]
+
+
+async def policy() -> PolicyView:
+    entry = _catalog.get("policy")
+    if entry is None:
+        view = await sync_to_async(_load_policy)()
+        _catalog.put("policy", view, _ttl())
+        return view
     return entry[1]

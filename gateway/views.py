@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from billing.selectors import usage_summary
+from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import proxy
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
@@ -106,6 +107,42 @@ def _validate_messages(body: dict) -> None:
     _positive_int(body, "max_tokens", required=True)
 
 
+async def _expand_template(caller: Caller, body: dict, family: str) -> None:
+    """Put a stored template's messages, variables filled in, before the request's own messages."""
+    spec = body.pop("template")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise bad_request("`template` must be an object with a `name`.", param="template")
+    version = spec.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise bad_request("`template.version` must be a positive integer.", param="template.version")
+    variables = spec.get("variables") or {}
+    if not isinstance(variables, dict):
+        raise bad_request("`template.variables` must be an object.", param="template.variables")
+    template = await sync_to_async(template_resolve)(tenant_id=caller.tenant.id, name=spec["name"], version=version)
+    if template is None:
+        # Another tenant's template of the same name is, for this tenant, simply not there.
+        raise GatewayError(
+            404, f"The template `{spec['name']}` does not exist.", "template_not_found", param="template"
+        )
+    try:
+        rendered = template_render(messages=template.messages, variables=variables)
+    except TemplateError as exc:
+        raise bad_request(str(exc), param=exc.param or "template.variables") from exc
+    own = body.get("messages") or []
+    if not isinstance(own, list):
+        raise bad_request("`messages` must be an array.", param="messages")
+    if family == "anthropic":
+        system = [m["content"] for m in rendered if m.get("role") in ("system", "developer")]
+        rendered = [m for m in rendered if m.get("role") not in ("system", "developer")]
+        if system and "system" not in body:
+            body["system"] = "\n\n".join(c if isinstance(c, str) else _text_parts(c) for c in system)
+    body["messages"] = rendered + own
+
+
+def _text_parts(content: list) -> str:
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
 def _internal_error(request_id: str, exc: Exception) -> GatewayError:
     log.error("request %s failed", request_id, exc_info=exc)
     # Nothing of the exception reaches the client: no stack, no SQL, no upstream detail.
@@ -129,7 +166,9 @@ async def _completion(
         call = proxy.Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
         body = _json_body(request)
         if isinstance(body.get("model"), str):
-            call.model_name = body["model"]
+            call.requested_model = call.model_name = body["model"]
+        if "template" in body:
+            await _expand_template(caller, body, family)
         validate(body)
         call.body = body
         call.stream = body.get("stream", False)

@@ -49,9 +49,13 @@ def _platform_credentials(provider: str) -> tuple[str, str]:
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def adapter_for(provider: str, *, base_url: str = "") -> Adapter:
-    """The adapter for a deployment; raises ProviderError when the platform has no credential."""
-    default_url, api_key = _platform_credentials(provider)
+def adapter_for(provider: str, *, base_url: str = "", api_key: str | None = None) -> Adapter:
+    """The adapter for a deployment, on the platform's account unless a tenant's key is given.
+
+    Raises ProviderError when no credential is configured.
+    """
+    default_url, platform_key = _platform_credentials(provider)
+    api_key = api_key or platform_key
     base_url = base_url or default_url
     if not api_key or (provider == "azure" and not base_url):
         raise ProviderError(provider, 0, "not_configured", f"the {provider} provider is not configured", True)
