@@ -82,23 +82,38 @@ class LogEntry:
 
 
 def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> None:
-    with transaction.atomic():
-        usage_record_create(metered=metered)
-        if log_entry is not None:
-            RequestLog.objects.create(
-                tenant_id=metered.tenant_id,
-                request_id=metered.request_id,
-                api_key_id=metered.api_key_id,
-                model=metered.model[:100],
-                endpoint=metered.endpoint,
-                status_code=metered.status_code,
-                request=log_entry.request,
-                response=log_entry.response,
-                created_at=metered.created_at,
-            )
+    usage_record_create(metered=metered)
+    if log_entry is not None:
+        # Separately, after the usage record: a log that cannot be stored must never cost a record.
+        try:
+            with transaction.atomic():
+                RequestLog.objects.create(
+                    tenant_id=metered.tenant_id,
+                    request_id=metered.request_id,
+                    api_key_id=metered.api_key_id,
+                    model=metered.model[:100],
+                    endpoint=metered.endpoint,
+                    status_code=metered.status_code,
+                    request=_without_nul(log_entry.request),
+                    response=_without_nul(log_entry.response),
+                    created_at=metered.created_at,
+                )
+        except Exception:
+            log.exception("request log %s could not be written", metered.request_id)
     if touch_key:
         # Outside the transaction: a lost race on last_used_at must never cost a usage record.
         ApiKey.objects.filter(id=metered.api_key_id).update(last_used_at=metered.created_at)
+
+
+def _without_nul(value):
+    """PostgreSQL's jsonb refuses U+0000, which JSON allows; the log keeps the rest of the text."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _due_for_touch(key_id: int | None) -> bool:

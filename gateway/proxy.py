@@ -63,7 +63,7 @@ class Call:
             created_at=self.created_at,
             tenant_id=self.caller.tenant.id,
             api_key_id=self.caller.key_id,
-            model=self.model_name,
+            model=self.model_name.replace("\x00", ""),  # PostgreSQL text holds no NUL
             provider=deployment.provider if deployment else (self.model.provider if self.model else ""),
             upstream_model=deployment.upstream if deployment else "",
             endpoint=self.endpoint,

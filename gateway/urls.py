@@ -1,12 +1,19 @@
-from django.urls import path
+from django.urls import path, re_path
 
-from . import views
+from . import api, views
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
     path("v1/messages", views.messages),
     path("v1/models", views.models),
     path("v1/usage", views.usage),
+    path("v1/templates", api.TemplatesView.as_view()),
+    path("v1/templates/<str:name>", api.TemplateView.as_view()),
+    path("v1/templates/<str:name>/versions/<str:version>", api.TemplateVersionView.as_view()),
+    path("v1/logs", api.LogsView.as_view()),
+    path("v1/logs/<str:request_id>", api.LogView.as_view()),
     path("healthz", views.healthz),
     path("readyz", views.readyz),
+    # Last: any other /v1/ path is a 404 in the OpenAI error shape, not Django's HTML page.
+    re_path(r"^v1/", views.unknown_endpoint),
 ]

@@ -242,6 +242,11 @@ async def usage(request: HttpRequest) -> HttpResponse:
     return await _openai_api(request, handler)
 
 
+async def unknown_endpoint(request: HttpRequest) -> HttpResponse:
+    error = GatewayError(404, f"Unknown endpoint: {request.method} {request.path}", "unknown_endpoint")
+    return (anthropic_error_response if request.path.startswith("/v1/messages") else openai_error_response)(error)
+
+
 async def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
 

@@ -246,6 +246,10 @@ def template_list(*, tenant_id: int) -> list[TemplateSummary]:
 
 def template_get(*, tenant_id: int, name: str, version: int | None = None) -> PromptTemplate | None:
     """One version of this tenant's template (the latest when `version` is None), or None."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return None  # could not have been saved; and a NUL would make PostgreSQL fail the query
+    if version is not None and not (isinstance(version, int) and 0 < version < 2**31):
+        return None
     qs = PromptTemplate.objects.filter(tenant_id=tenant_id, name=name)
     if version is not None:
         return qs.filter(version=version).first()

@@ -164,3 +164,19 @@ def test_last_used_time_is_recorded(gateway, catalog, alice):
     assert key.last_used_at is not None
     assert key.last_used_at >= before.replace(microsecond=0) - timezone.timedelta(seconds=1)
     assert ApiKey.objects.filter(last_used_at__isnull=False).count() == 1
+
+
+def test_a_prompt_with_a_nul_character_is_still_billed_and_logged(gateway, catalog, alice, alice_key):
+    alice.log_requests = True
+    alice.save()
+    raw = chat(gateway, alice_key, model="gpt-test", messages=[{"role": "user", "content": "a\u0000b"}])
+    assert raw.parse().choices
+    request_id = raw.headers["x-request-id"]
+    assert UsageRecord.objects.get(request_id=request_id).status_code == 200
+    assert RequestLog.objects.get(request_id=request_id).request["messages"][0]["content"] == "ab"
+
+
+def test_an_unknown_v1_path_is_a_404_in_the_wire_format(gateway, alice_key):
+    response = httpx2.get(f"{gateway}/v1/nothing-here", headers={"authorization": f"Bearer {alice_key}"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_endpoint"
