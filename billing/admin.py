@@ -7,12 +7,15 @@ the plan column, a plan filter and the subscription inline (the pattern of exten
 """
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django import forms
-from django.contrib import admin
-from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, OuterRef
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q
+from django.http import HttpResponse, HttpResponseBadRequest
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
@@ -20,7 +23,11 @@ from django.utils.http import urlencode
 from tenants.admin import TenantAdmin
 from tenants.models import CatalogModel, Tenant
 
-from .models import ModelPrice, Plan, Subscription, UsageRecord
+from .exports import invoices_csv_write
+from .models import Invoice, InvoiceLine, ModelPrice, Plan, SharedCost, Subscription, UsageRecord, UsageRollup
+from .periods import PeriodState, month_start, period_parse, period_state, period_str, previous_month
+from .selectors import finance_summary, invoices_for_period, period_has_finalized_invoices, usage_summary
+from .services import BillingError, credit_note_create, invoices_finalize, invoices_generate
 
 # --- plans and subscriptions ---------------------------------------------------------------
 
@@ -34,6 +41,7 @@ class PlanAdmin(admin.ModelAdmin):
         "monthly_base_fee",
         "included_allowance",
         "markup_percent",
+        "minimum_commitment",
         "default_monthly_budget",
         "tenant_count",
     ]
@@ -92,13 +100,22 @@ admin.site.register(Tenant, BillingTenantAdmin)
 # --- prices --------------------------------------------------------------------------------
 
 
+def _billed_at(price) -> list:
+    """Usage records, rollups (raw records may have been pruned) and invoice lines at a price."""
+    return [
+        UsageRecord.objects.filter(price=price),
+        UsageRollup.objects.filter(price=price),
+        InvoiceLine.objects.filter(price=price),
+    ]
+
+
 def price_in_use(price: ModelPrice, *, fresh: bool = False) -> bool:
     """Has usage been billed at this row? The admin's queryset annotates it as `_in_use`."""
     if price.pk is None:
         return False
     if not fresh and hasattr(price, "_in_use"):
         return price._in_use
-    return UsageRecord.objects.filter(price=price).exists()
+    return any(qs.exists() for qs in _billed_at(price))
 
 
 class ModelPriceForm(forms.ModelForm):
@@ -155,8 +172,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
     price_fields = ModelPriceForm.Meta.fields
 
     def get_queryset(self, request):
-        billed = UsageRecord.objects.filter(price=OuterRef("pk"))
-        return super().get_queryset(request).annotate(_in_use=Exists(billed))
+        billed = [Exists(qs) for qs in _billed_at(OuterRef("pk"))]
+        in_use = ExpressionWrapper(Q(billed[0]) | Q(billed[1]) | Q(billed[2]), output_field=BooleanField())
+        return super().get_queryset(request).annotate(_in_use=in_use)
 
     @admin.display(description="billed", boolean=True, ordering="_in_use")
     def in_use(self, obj: ModelPrice) -> bool:
@@ -302,3 +320,361 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- rollups and usage reports ------------------------------------------------------------
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(admin.ModelAdmin):
+    """Daily usage per tenant, model, endpoint and outcome: the history, read-only.
+
+    The "usage report" page gives a tenant's usage over any range of days exactly as the
+    tenant sees it on /v1/usage (rollups for past days, raw records for today).
+    """
+
+    list_display = [
+        "day",
+        "tenant",
+        "model",
+        "endpoint",
+        "status_code",
+        "error_type",
+        "cache_hit",
+        "requests",
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "cost",
+    ]
+    list_select_related = ["tenant"]
+    list_filter = ["tenant", ModelNameFilter, "endpoint", StatusCodeFilter, "cache_hit"]
+    date_hierarchy = "day"
+    show_full_result_count = False
+    list_per_page = 100
+    change_list_template = "admin/billing/usagerollup/change_list.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        report = self.admin_site.admin_view(self.report_view)
+        return [path("report/", report, name="billing_usagerollup_report"), *super().get_urls()]
+
+    def report_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = UsageReportForm(request.GET or None)
+        summary = None
+        if form.is_valid():
+            tenant = form.cleaned_data["tenant"]
+            summary = usage_summary(tenant_id=tenant.id, start=form.cleaned_data["start"], end=form.cleaned_data["end"])
+            summary["tenant"] = tenant.slug
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Usage report",
+            "form": form,
+            "summary": summary,
+        }
+        return TemplateResponse(request, "admin/billing/usagerollup/report.html", context)
+
+
+class UsageReportForm(forms.Form):
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.order_by("slug"))
+    start = forms.DateField(help_text="YYYY-MM-DD, UTC")
+    end = forms.DateField(help_text="YYYY-MM-DD, included")
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("start"), cleaned.get("end")
+        if start and end and (end < start or (end - start).days > 366):
+            raise ValidationError("The end must be on or after the start, at most 366 days later.")
+        return cleaned
+
+
+# --- shared infrastructure cost ------------------------------------------------------------
+
+
+class SharedCostForm(forms.ModelForm):
+    class Meta:
+        model = SharedCost
+        fields = ["period", "description", "amount", "currency"]
+
+    def clean_period(self):
+        period = month_start(self.cleaned_data["period"])  # any day of the month names the month
+        if period_has_finalized_invoices(period=period):
+            raise ValidationError(f"The invoices of {period_str(period)} are finalized: its shared cost is final.")
+        return period
+
+    def clean_amount(self):
+        amount = self.cleaned_data["amount"]
+        if amount < 0:
+            raise ValidationError("A cost cannot be negative.")
+        return amount
+
+
+@admin.register(SharedCost)
+class SharedCostAdmin(admin.ModelAdmin):
+    """Staff enter the month's shared infrastructure cost; saving it regenerates that month's
+    drafts (after the commit, through Celery). A month with finalized invoices is frozen."""
+
+    form = SharedCostForm
+    list_display = ["month", "description", "amount", "currency", "updated_at"]
+    list_filter = ["currency"]
+    search_fields = ["description"]
+    ordering = ["-period", "description"]
+
+    @admin.display(description="month", ordering="period")
+    def month(self, obj: SharedCost) -> str:
+        return period_str(obj.period)
+
+    def _frozen(self, obj) -> bool:
+        return obj is not None and period_has_finalized_invoices(period=obj.period)
+
+    def has_change_permission(self, request, obj=None):
+        return not self._frozen(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return not self._frozen(obj) and super().has_delete_permission(request, obj)
+
+    def _regenerate(self, request, period) -> None:
+        from .tasks import generate_invoices
+
+        if period_state(period, now=timezone.now(), grace_days=0) is not PeriodState.FUTURE:
+            generate_invoices.delay_on_commit(period=period_str(period))
+            self.message_user(request, f"The drafts of {period_str(period)} will be regenerated with this cost.")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        self._regenerate(request, obj.period)
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        self._regenerate(request, obj.period)
+
+
+# --- invoices ------------------------------------------------------------------------------
+
+
+class PeriodFilter(admin.SimpleListFilter):
+    """The months that have invoices (a small table), newest first."""
+
+    title = "period"
+    parameter_name = "period"
+
+    def lookups(self, request, model_admin):
+        periods = Invoice.objects.order_by("-period").values_list("period", flat=True).distinct()[:36]
+        return [(period_str(period), period_str(period)) for period in periods]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            return queryset.filter(period=period_parse(self.value()))
+        except ValueError:
+            return queryset.none()
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    fields = ["position", "line_type", "model", "description", "quantity", "unit", "unit_price", "amount"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def _csv_response(invoices, filename: str) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    invoices_csv_write(invoices=invoices, out=response)
+    return response
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    """Invoices and credit notes: read-only documents, changed only through the actions.
+
+    Drafts are regenerated, never edited; a finalized invoice is corrected by a credit note,
+    after which the tenant's month gets a new draft.
+    """
+
+    list_display = [
+        "number",
+        "tenant",
+        "month",
+        "kind",
+        "status",
+        "currency",
+        "total",
+        "generated_at",
+        "finalized_at",
+    ]
+    list_select_related = ["tenant"]
+    list_filter = [PeriodFilter, "status", "kind", "tenant"]
+    search_fields = ["number", "tenant__slug", "tenant__name"]
+    ordering = ["-period", "number"]
+    inlines = [InvoiceLineInline]
+    readonly_fields = [
+        "number",
+        "kind",
+        "sequence",
+        "tenant",
+        "period",
+        "period_end",
+        "status",
+        "currency",
+        "plan_name",
+        "corrects",
+        "note",
+        "provider_cost",
+        "subtotal",
+        "total",
+        "generated_at",
+        "finalized_at",
+    ]
+    actions = ["regenerate_drafts", "finalize", "export_csv", "issue_credit_notes"]
+    change_list_template = "admin/billing/invoice/change_list.html"
+
+    @admin.display(description="month", ordering="period")
+    def month(self, obj: Invoice) -> str:
+        return period_str(obj.period)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # The list may run actions; a document itself is only ever viewed.
+        return obj is None and super().has_change_permission(request)
+
+    def _report(self, request, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BillingError as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return None
+
+    @admin.action(description="Regenerate the drafts of the selected months", permissions=["change"])
+    def regenerate_drafts(self, request, queryset):
+        for period in sorted(set(queryset.values_list("period", flat=True))):
+            result = self._report(request, invoices_generate, period=period)
+            if result is not None:
+                self.message_user(
+                    request,
+                    f"{period_str(period)}: {result.created} created, {result.updated} updated, "
+                    f"{result.unchanged} unchanged, {result.kept} finalized (kept).",
+                )
+
+    @admin.action(description="Finalize the selected drafts", permissions=["change"])
+    def finalize(self, request, queryset):
+        drafts = queryset.filter(status=Invoice.Status.DRAFT, kind=Invoice.Kind.INVOICE)
+        drafts = list(drafts.values_list("id", flat=True))
+        finalized = self._report(request, invoices_finalize, invoice_ids=drafts)
+        if finalized is not None:
+            self.message_user(request, f"{finalized} invoices finalized (each regenerated first).")
+
+    @admin.action(description="Export the selected invoices as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        periods = sorted(set(queryset.values_list("period", flat=True)))
+        name = f"invoices-{period_str(periods[0])}.csv" if len(periods) == 1 else "invoices.csv"
+        return _csv_response(Invoice.objects.filter(pk__in=queryset.values("pk")), name)
+
+    @admin.action(description="Issue credit notes for the selected finalized invoices", permissions=["change"])
+    def issue_credit_notes(self, request, queryset):
+        issued = []
+        for invoice in queryset.filter(kind=Invoice.Kind.INVOICE, status=Invoice.Status.FINALIZED).order_by("id"):
+            note = self._report(
+                request, credit_note_create, invoice_id=invoice.id, reason=f"Cancels {invoice.number} ({request.user})"
+            )
+            if note is not None:
+                issued.append(note)
+        for period in sorted({note.period for note in issued}):
+            self._report(request, invoices_generate, period=period)  # the corrected drafts
+        if issued:
+            self.message_user(
+                request,
+                f"{len(issued)} credit notes issued ({', '.join(n.number for n in issued)}); "
+                "the corrected invoices are new drafts.",
+            )
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("summary/", wrap(self.summary_view), name="billing_invoice_summary"),
+            path("export/", wrap(self.export_view), name="billing_invoice_export"),
+            *super().get_urls(),
+        ]
+
+    def _period_param(self, request):
+        value = request.GET.get("period")
+        if not value:
+            return previous_month(month_start(timezone.now().date()))
+        try:
+            return period_parse(value)
+        except ValueError:
+            return None
+
+    def export_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        period = self._period_param(request)
+        if period is None:
+            return HttpResponseBadRequest("period must be YYYY-MM")
+        return _csv_response(invoices_for_period(period=period), f"invoices-{period_str(period)}.csv")
+
+    def summary_view(self, request):
+        """Finance's month: revenue, provider cost, shared cost and margin per tenant."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        period = self._period_param(request)
+        if period is None:
+            return HttpResponseBadRequest("period must be YYYY-MM")
+        per_tenant: dict[tuple[str, str], dict] = {}
+        documents = finance_summary(period=period)
+        for row in documents:
+            entry = per_tenant.setdefault(
+                (row.tenant, row.currency),
+                {"tenant": row.tenant, "currency": row.currency, "documents": [], **dict.fromkeys(MONEY_KEYS, ZERO)},
+            )
+            entry["documents"].append(f"{row.number} ({row.status})")
+            for key in MONEY_KEYS:
+                entry[key] += getattr(row, key)
+        totals: dict[str, dict] = {}
+        for entry in per_tenant.values():
+            currency = entry["currency"]
+            total = totals.setdefault(currency, {"currency": currency, **dict.fromkeys(MONEY_KEYS, ZERO)})
+            for key in MONEY_KEYS:
+                total[key] += entry[key]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Finance summary {period_str(period)}",
+            "period": period_str(period),
+            "previous": period_str(previous_month(period)),
+            "next": period_str(month_start(period + timedelta(days=32))),
+            "rows": list(per_tenant.values()),
+            "totals": list(totals.values()),
+            "shared_costs": SharedCost.objects.filter(period=period).order_by("description"),
+        }
+        return TemplateResponse(request, "admin/billing/invoice/summary.html", context)
+
+
+MONEY_KEYS = ("revenue", "provider_cost", "shared_cost", "margin")
+ZERO = Decimal(0)

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 
 from tenants.models import ApiKey, CatalogModel, Tenant
 
@@ -27,6 +28,11 @@ class Plan(models.Model):
         **MONEY_DIGITS, default=Decimal("0"), help_text="Usage (after markup) included in the base fee."
     )
     markup_percent = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal("0"))
+    minimum_commitment = models.DecimalField(
+        **MONEY_DIGITS,
+        default=Decimal("0"),
+        help_text="The least a monthly invoice comes to; a shortfall is billed as a true-up line.",
+    )
     default_monthly_budget = models.DecimalField(**MONEY_DIGITS, null=True, blank=True)
 
     class Meta:
@@ -128,3 +134,217 @@ class UsageRecord(models.Model):
     @property
     def is_error(self) -> bool:
         return self.status_code >= 400
+
+
+# --- rollups -------------------------------------------------------------------------------
+
+
+class UsageRollup(models.Model):
+    """Usage of one UTC day, summed per tenant, model, endpoint, outcome and price row.
+
+    The outcome is the status code, the error type and whether the answer came from the
+    cache. The price row is part of the key so that invoices, which bill each request at the
+    price in force when it was made, can be computed from rollups alone. A day is always
+    rolled up whole (delete and insert under the lock of its `UsageRollupDay` row), so running
+    the rollup again, or twice at once, gives the same rows.
+    """
+
+    day = models.DateField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    model = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=16, choices=UsageRecord.Endpoint.choices)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True)
+    cache_hit = models.BooleanField(default=False)
+    price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    requests = models.PositiveBigIntegerField(default=0)
+    streamed = models.PositiveBigIntegerField(default=0)
+    estimated = models.PositiveBigIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=28, decimal_places=12, default=Decimal("0"))
+    latency_ms = models.PositiveBigIntegerField(default=0, help_text="Sum over the requests, for averages.")
+
+    class Meta:
+        ordering = ["-day", "tenant", "model"]
+        indexes = [models.Index(fields=["tenant", "day"], name="rollup_tenant_day")]
+        constraints = [
+            # NULL prices (errors) must collide too, hence the COALESCE.
+            models.UniqueConstraint(
+                models.F("day"),
+                models.F("tenant"),
+                models.F("model"),
+                models.F("endpoint"),
+                models.F("status_code"),
+                models.F("error_type"),
+                models.F("cache_hit"),
+                Coalesce(models.F("price"), models.Value(0)),
+                name="rollup_one_row_per_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tenant_id} {self.model} {self.endpoint} {self.status_code}"
+
+
+class UsageRollupDay(models.Model):
+    """A UTC day whose usage is rolled up, with the number of raw records the rollup saw.
+
+    When the day's raw records no longer number `records` (a late record came in), the next
+    rollup run does the day again. A pruned day's raw records were deleted by the retention
+    job: its rollups are all that is left and are never recomputed.
+    """
+
+    day = models.DateField(unique=True)
+    records = models.PositiveBigIntegerField(default=0)
+    rolled_up_at = models.DateTimeField(null=True, blank=True)
+    pruned = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.records} records"
+
+
+# --- invoices ------------------------------------------------------------------------------
+
+
+class SharedCost(models.Model):
+    """Shared infrastructure cost of a month, entered by staff, split among the tenants billed
+    in that currency pro rata to their provider cost (largest remainder, to the cent)."""
+
+    period = models.DateField(help_text="The first day of the month.")
+    description = models.CharField(max_length=200)
+    amount = models.DecimalField(**MONEY_DIGITS)
+    currency = models.CharField(max_length=3, default="USD")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-period", "description"]
+        verbose_name = "shared infrastructure cost"
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0), name="sharedcost_not_negative"),
+            models.CheckConstraint(condition=Q(period__day=1), name="sharedcost_period_is_first_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period:%Y-%m} {self.description}: {self.amount} {self.currency}"
+
+
+class InvoiceRun(models.Model):
+    """One row per month, locked while its invoices are generated: runs of a month take turns.
+
+    `closed_at` is set when the automatic run finalized the month after its grace period; the
+    beat job leaves the month alone from then on (a correction is staff's work).
+    """
+
+    period = models.DateField(unique=True)
+    generated_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.period:%Y-%m}"
+
+
+class Invoice(models.Model):
+    """A tenant's invoice for one month, or a credit note cancelling a finalized one.
+
+    A draft is regenerated freely; a finalized document never changes (on PostgreSQL a trigger
+    refuses it). A correction is a credit note reversing the invoice, after which the next
+    generation issues a new draft with the next sequence number.
+    """
+
+    class Kind(models.TextChoices):
+        INVOICE = "invoice", "Invoice"
+        CREDIT_NOTE = "credit_note", "Credit note"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        FINALIZED = "finalized", "Finalized"
+
+    number = models.CharField(max_length=40, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.INVOICE)
+    sequence = models.PositiveSmallIntegerField(default=1)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
+    period = models.DateField(help_text="The first day of the month.")
+    period_end = models.DateField(help_text="The last day of the month.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    currency = models.CharField(max_length=3, default="USD")
+    plan_name = models.CharField(max_length=64, blank=True)
+    corrects = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="credit_notes")
+    note = models.CharField(max_length=200, blank=True)
+    provider_cost = models.DecimalField(
+        max_digits=28, decimal_places=12, default=Decimal("0"), help_text="Exact provider cost of the usage billed."
+    )
+    subtotal = models.DecimalField(**MONEY_DIGITS, default=Decimal("0"))
+    total = models.DecimalField(**MONEY_DIGITS, default=Decimal("0"))
+    generated_at = models.DateTimeField()
+    finalized_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period", "kind", "sequence"], name="invoice_one_per_sequence"),
+            models.CheckConstraint(
+                condition=Q(status="draft", finalized_at__isnull=True)
+                | Q(status="finalized", finalized_at__isnull=False),
+                name="invoice_finalized_has_date",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="invoice", corrects__isnull=True) | Q(kind="credit_note", corrects__isnull=False),
+                name="invoice_credit_note_corrects",
+            ),
+            models.CheckConstraint(condition=Q(period__day=1), name="invoice_period_is_first_day"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+    @property
+    def is_finalized(self) -> bool:
+        return self.status == self.Status.FINALIZED
+
+
+class InvoiceLine(models.Model):
+    """One line: quantity × unit price, rounded half-up to the cent once, here.
+
+    Usage lines are per price row and token type: quantity in tokens, unit price per 1M tokens
+    (unit "1M tokens"), so amount = quantity × unit price / 1,000,000. `key` names the line
+    within its invoice, so that a regeneration updates the same rows.
+    """
+
+    class Type(models.TextChoices):
+        INPUT = "input", "Input tokens"
+        CACHED_INPUT = "cached_input", "Cached input tokens"
+        CACHE_WRITE = "cache_write", "Cache write tokens"
+        OUTPUT = "output", "Output tokens"
+        MARKUP = "markup", "Markup on provider cost"
+        BASE_FEE = "base_fee", "Base fee"
+        ALLOWANCE_CREDIT = "allowance_credit", "Included allowance"
+        SHARED_COST = "shared_cost", "Shared infrastructure"
+        MINIMUM_COMMITMENT = "minimum_commitment", "Minimum commitment true-up"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    key = models.CharField(max_length=64)
+    position = models.PositiveIntegerField()
+    line_type = models.CharField(max_length=24, choices=Type.choices)
+    model = models.CharField(max_length=100, blank=True)
+    price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    description = models.CharField(max_length=200, blank=True)
+    quantity = models.DecimalField(max_digits=28, decimal_places=12)
+    unit = models.CharField(max_length=16)
+    unit_price = models.DecimalField(max_digits=24, decimal_places=12)
+    amount = models.DecimalField(**MONEY_DIGITS)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "key"], name="invoiceline_one_per_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.invoice.number} {self.description}: {self.amount}"

@@ -1,12 +1,34 @@
-"""Reads on billing data."""
+"""Reads on billing data.
 
-from datetime import UTC, date, datetime, time, timedelta
+Usage of past days comes from the daily rollups (`UsageRollup`), usage of today and of days
+not rolled up yet from the raw records: every report here is "rollups plus raw", and gives
+what the raw records alone would give once the rollup is current.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
-from .models import ModelPrice, Subscription, UsageRecord
+from .models import (
+    Invoice,
+    InvoiceRun,
+    ModelPrice,
+    SharedCost,
+    Subscription,
+    UsageRecord,
+    UsageRollup,
+    UsageRollupDay,
+)
+from .periods import PeriodState, day_runs, day_start, days, month_start, period_bounds, period_state, previous_month
+
+_ZERO = Decimal(0)
 
 
 def price_in_force(*, model_id: int, at: datetime) -> ModelPrice | None:
@@ -23,51 +45,154 @@ def money_str(amount: Decimal) -> str:
     return f"{whole}.{fraction.ljust(2, '0')}"
 
 
-def _day_range(start: date, end: date) -> tuple[datetime, datetime]:
-    return datetime.combine(start, time.min, tzinfo=UTC), datetime.combine(
-        end + timedelta(days=1), time.min, tzinfo=UTC
+def utc_today() -> date:
+    return timezone.now().astimezone(UTC).date()
+
+
+# --- where usage comes from ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSources:
+    """Rollup rows for the rolled-up days of a range, raw records for the others."""
+
+    rollups: QuerySet | None
+    raw: QuerySet | None
+
+
+def usage_sources(*, start: date, end: date, tenant_id: int | None = None, today: date | None = None) -> UsageSources:
+    """Days before today with a rollup are read from rollups; the rest (today included) raw."""
+    today = today or utc_today()
+    rolled = set(
+        UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today).values_list("day", flat=True)
     )
+    rollups = raw = None
+    if rolled:
+        rollups = UsageRollup.objects.filter(day__in=sorted(rolled))
+        if tenant_id is not None:
+            rollups = rollups.filter(tenant_id=tenant_id)
+    runs = day_runs(day for day in days(start, end) if day not in rolled)
+    if runs:
+        where = Q()
+        for first, last in runs:
+            where |= Q(created_at__gte=day_start(first), created_at__lt=day_start(last + timedelta(days=1)))
+        raw = UsageRecord.objects.filter(where)
+        if tenant_id is not None:
+            raw = raw.filter(tenant_id=tenant_id)
+    return UsageSources(rollups=rollups, raw=raw)
 
 
-_ZERO = Decimal(0)
+def _union_grouped(parts: list[QuerySet], key: str, columns: dict[str, type]) -> list[dict]:
+    """Re-group per-source groupings in SQL, so that the order is the database's, as before.
 
-
-def _totals(qs) -> dict:
-    return qs.aggregate(
-        requests=Count("id"),
-        errors=Count("id", filter=Q(status_code__gte=400) | ~Q(error_type="")),
-        cache_hits=Count("id", filter=Q(cache_hit=True)),
-        input_tokens=Coalesce(Sum("input_tokens"), 0),
-        output_tokens=Coalesce(Sum("output_tokens"), 0),
-        cost=Coalesce(Sum("cost"), _ZERO),
+    Each part is `.values(key).annotate(s_<column>=..., in the order of `columns`)`; the outer
+    query sums each column per key and orders by key with the database's collation.
+    """
+    sqls, params = [], []
+    for index, part in enumerate(parts):
+        sql, part_params = part.order_by().query.sql_with_params()
+        sqls.append(f"SELECT * FROM ({sql}) AS part{index}")  # noqa: S608 (SQL of our querysets)
+        params.extend(part_params)
+    quote = connection.ops.quote_name
+    sums = ", ".join(f"COALESCE(SUM({quote('s_' + name)}), 0)" for name in columns)
+    query = (
+        f"SELECT {quote(key)}, {sums} FROM ({' UNION ALL '.join(sqls)}) AS parts "  # noqa: S608 (our own names)
+        f"GROUP BY {quote(key)} ORDER BY {quote(key)}"
     )
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        rows = cursor.fetchall()
+    return [
+        {key: row[0], **{name: _as(kind, value) for (name, kind), value in zip(columns.items(), row[1:], strict=True)}}
+        for row in rows
+    ]
+
+
+def _as(kind: type, value):
+    if kind is int:
+        return int(value)
+    # SQLite (the demo) hands sums of decimals back as floats.
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _merge_totals(totals: Iterable[dict]) -> dict:
+    merged: dict = {}
+    for part in totals:
+        for alias, value in part.items():
+            name = alias.removeprefix("s_")
+            merged[name] = merged.get(name, 0) + value
+    return merged
+
+
+# Aliased s_<name>: an aggregate may not take the name of a field it sums.
+_RAW_TOTALS = {
+    "s_requests": Count("id"),
+    "s_errors": Count("id", filter=Q(status_code__gte=400) | ~Q(error_type="")),
+    "s_cache_hits": Count("id", filter=Q(cache_hit=True)),
+    "s_input_tokens": Coalesce(Sum("input_tokens"), 0),
+    "s_output_tokens": Coalesce(Sum("output_tokens"), 0),
+    "s_cost": Coalesce(Sum("cost"), _ZERO),
+}
+_ROLLUP_TOTALS = {
+    "s_requests": Coalesce(Sum("requests"), 0),
+    "s_errors": Coalesce(Sum("requests", filter=Q(status_code__gte=400) | ~Q(error_type="")), 0),
+    "s_cache_hits": Coalesce(Sum("requests", filter=Q(cache_hit=True)), 0),
+    "s_input_tokens": Coalesce(Sum("input_tokens"), 0),
+    "s_output_tokens": Coalesce(Sum("output_tokens"), 0),
+    "s_cost": Coalesce(Sum("cost"), _ZERO),
+}
 
 
 def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
     """A tenant's usage between two dates, both included (UTC days), in the /v1/usage shape."""
-    since, until = _day_range(start, end)
-    qs = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since, created_at__lt=until)
-    totals = _totals(qs)
-    totals["cost"] = money_str(totals["cost"])
-    by_model = [
-        {**row, "cost": money_str(row["cost"])}
-        for row in qs.values("model")
-        .annotate(
-            requests=Count("id"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            cost=Sum("cost"),
-        )
-        .order_by("model")
-    ]
-    by_endpoint = [
-        {**row, "cost": money_str(row["cost"])}
-        for row in qs.values("endpoint")
-        .annotate(requests=Count("id"), errors=Count("id", filter=Q(status_code__gte=400)), cost=Sum("cost"))
-        .order_by("endpoint")
-    ]
-    by_error_type = list(
-        qs.exclude(error_type="").values("error_type").annotate(requests=Count("id")).order_by("error_type")
+    sources = usage_sources(start=start, end=end, tenant_id=tenant_id)
+    raw, rollups = sources.raw, sources.rollups
+    parts = []
+    if rollups is not None:
+        parts.append((rollups, True))
+    if raw is not None:
+        parts.append((raw, False))
+
+    totals = _merge_totals(qs.aggregate(**(_ROLLUP_TOTALS if is_rollup else _RAW_TOTALS)) for qs, is_rollup in parts)
+    totals["cost"] = money_str(_as(Decimal, totals["cost"]))
+    by_model = _union_grouped(
+        [
+            qs.values("model").annotate(
+                s_requests=Sum("requests") if is_rollup else Count("id"),
+                s_input_tokens=Sum("input_tokens"),
+                s_output_tokens=Sum("output_tokens"),
+                s_cost=Sum("cost"),
+            )
+            for qs, is_rollup in parts
+        ],
+        "model",
+        {"requests": int, "input_tokens": int, "output_tokens": int, "cost": Decimal},
+    )
+    by_endpoint = _union_grouped(
+        [
+            qs.values("endpoint").annotate(
+                s_requests=Sum("requests") if is_rollup else Count("id"),
+                s_errors=(
+                    Coalesce(Sum("requests", filter=Q(status_code__gte=400)), 0)
+                    if is_rollup
+                    else Count("id", filter=Q(status_code__gte=400))
+                ),
+                s_cost=Sum("cost"),
+            )
+            for qs, is_rollup in parts
+        ],
+        "endpoint",
+        {"requests": int, "errors": int, "cost": Decimal},
+    )
+    by_error_type = _union_grouped(
+        [
+            qs.exclude(error_type="")
+            .values("error_type")
+            .annotate(s_requests=Sum("requests") if is_rollup else Count("id"))
+            for qs, is_rollup in parts
+        ],
+        "error_type",
+        {"requests": int},
     )
     subscription = Subscription.objects.select_related("plan").filter(tenant_id=tenant_id).first()
     return {
@@ -75,7 +200,185 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
         "end": end.isoformat(),
         "currency": subscription.plan.currency if subscription else "USD",
         "totals": totals,
-        "by_model": by_model,
-        "by_endpoint": by_endpoint,
+        "by_model": [{**row, "cost": money_str(row["cost"])} for row in by_model],
+        "by_endpoint": [{**row, "cost": money_str(row["cost"])} for row in by_endpoint],
         "by_error_type": by_error_type,
     }
+
+
+# --- billable usage ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BillableUsage:
+    """Sums of a tenant's billable records at one price row (cache hits and unpriced excluded)."""
+
+    tenant_id: int
+    price_id: int
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = _ZERO
+
+
+def billable_usage(*, start: date, end: date, today: date | None = None) -> list[BillableUsage]:
+    """Per tenant and price row, in SQL over rollups plus raw records; a handful of rows."""
+    sources = usage_sources(start=start, end=end, today=today)
+    merged: dict[tuple[int, int], BillableUsage] = {}
+    for qs in (sources.rollups, sources.raw):
+        if qs is None:
+            continue
+        rows = (
+            qs.filter(cache_hit=False, price__isnull=False)
+            .values("tenant_id", "price_id")
+            .annotate(
+                input_sum=Sum("input_tokens"),
+                cached_sum=Sum("cached_input_tokens"),
+                write_sum=Sum("cache_write_tokens"),
+                output_sum=Sum("output_tokens"),
+                cost_sum=Sum("cost"),
+            )
+            .order_by()
+        )
+        for row in rows:
+            key = (row["tenant_id"], row["price_id"])
+            usage = merged.setdefault(key, BillableUsage(tenant_id=key[0], price_id=key[1]))
+            usage.input_tokens += int(row["input_sum"])
+            usage.cached_input_tokens += int(row["cached_sum"])
+            usage.cache_write_tokens += int(row["write_sum"])
+            usage.output_tokens += int(row["output_sum"])
+            usage.cost += _as(Decimal, row["cost_sum"])
+    return [merged[key] for key in sorted(merged)]
+
+
+def spend_by_tenant(*, start: date, end: date, today: date | None = None) -> dict[int, Decimal]:
+    """Exact provider cost per tenant over a range of days (rollups plus raw)."""
+    spend: dict[int, Decimal] = {}
+    for usage in billable_usage(start=start, end=end, today=today):
+        spend[usage.tenant_id] = spend.get(usage.tenant_id, _ZERO) + usage.cost
+    return spend
+
+
+# --- invoices ------------------------------------------------------------------------------
+
+
+def invoices_for_period(*, period: date) -> QuerySet[Invoice]:
+    """Every invoice and credit note of a month, in a stable order (by number)."""
+    return Invoice.objects.filter(period=period).select_related("tenant").order_by("number")
+
+
+def shared_cost_total(*, period: date) -> dict[str, Decimal]:
+    """The month's shared infrastructure cost per currency."""
+    rows = SharedCost.objects.filter(period=period).values("currency").annotate(total=Sum("amount")).order_by()
+    return {row["currency"]: row["total"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceRow:
+    tenant: str
+    number: str
+    status: str
+    currency: str
+    revenue: Decimal
+    provider_cost: Decimal
+    shared_cost: Decimal
+    margin: Decimal
+
+
+def finance_summary(*, period: date) -> list[FinanceRow]:
+    """Revenue, provider cost, shared cost and margin per tenant for a month.
+
+    Revenue is what the tenant's documents of the month come to (invoices plus credit notes);
+    provider cost is the sum of the usage lines, what the providers charge us for that usage;
+    margin = revenue − provider cost − shared infrastructure cost.
+    """
+    usage_types = ["input", "cached_input", "cache_write", "output"]
+    invoices = (
+        Invoice.objects.filter(period=period)
+        .select_related("tenant")
+        .annotate(
+            usage_amount=Coalesce(Sum("lines__amount", filter=Q(lines__line_type__in=usage_types)), _ZERO),
+            shared_amount=Coalesce(Sum("lines__amount", filter=Q(lines__line_type="shared_cost")), _ZERO),
+        )
+        .order_by("tenant__slug", "number")
+    )
+    rows = []
+    for invoice in invoices:
+        rows.append(
+            FinanceRow(
+                tenant=invoice.tenant.slug,
+                number=invoice.number,
+                status=invoice.get_status_display() if invoice.kind == Invoice.Kind.INVOICE else "credit note",
+                currency=invoice.currency,
+                revenue=invoice.total,
+                provider_cost=invoice.usage_amount,
+                shared_cost=invoice.shared_amount,
+                margin=invoice.total - invoice.usage_amount - invoice.shared_amount,
+            )
+        )
+    return rows
+
+
+def period_has_finalized_invoices(*, period: date) -> bool:
+    return Invoice.objects.filter(period=period, status=Invoice.Status.FINALIZED).exists()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    tenant: str
+    budget: Decimal
+    spend: Decimal
+
+    @property
+    def ratio(self) -> float:
+        return float(self.spend / self.budget) if self.budget else float("inf")
+
+
+def budget_statuses(*, now: datetime) -> list[BudgetStatus]:
+    """Month-to-date provider cost of every tenant with a budget, against that budget."""
+    today = now.astimezone(UTC).date()
+    spend = spend_by_tenant(start=today.replace(day=1), end=today, today=today)
+    statuses = []
+    for subscription in Subscription.objects.select_related("tenant", "plan").order_by("tenant__slug"):
+        budget = subscription.effective_budget
+        if budget is None:
+            continue
+        statuses.append(
+            BudgetStatus(tenant=subscription.tenant.slug, budget=budget, spend=spend.get(subscription.tenant_id, _ZERO))
+        )
+    return statuses
+
+
+@dataclass(frozen=True, slots=True)
+class DuePeriod:
+    period: date
+    finalize: bool
+
+
+def invoice_periods_due(*, now: datetime, months_back: int = 3) -> list[DuePeriod]:
+    """The months the daily job generates: the open month and a month in grace as drafts; a month
+    whose grace has passed is finalized, once (`InvoiceRun.closed_at`), if it has anything to bill.
+    Months before the platform's first usage are left alone."""
+    grace = settings.BILLING_INVOICE_GRACE_DAYS
+    current = month_start(now.astimezone(UTC).date())
+    due = [DuePeriod(current, finalize=False)]
+    closed = set(InvoiceRun.objects.filter(closed_at__isnull=False).values_list("period", flat=True))
+    period = current
+    for _ in range(months_back):
+        period = previous_month(period)
+        state = period_state(period, now=now, grace_days=grace)
+        if state is PeriodState.GRACE:
+            due.append(DuePeriod(period, finalize=False))
+        elif state is PeriodState.CLOSED and period not in closed and _has_usage_or_run(period):
+            due.append(DuePeriod(period, finalize=True))
+    return due
+
+
+def _has_usage_or_run(period: date) -> bool:
+    start, end = period_bounds(period)
+    return (
+        InvoiceRun.objects.filter(period=period).exists()
+        or UsageRollupDay.objects.filter(day__gte=period, day__lt=end.date()).exists()
+        or UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end).exists()
+    )

@@ -1,0 +1,94 @@
+"""The finance CSV of invoices (DESIGN §5, `export_invoices`; columns documented in the README).
+
+One row per invoice line (an invoice without lines gets one row with the line columns empty),
+UTF-8, one header row, CRLF line ends, ordered by period, invoice number and line position.
+Amounts are plain decimals with two places; quantities and unit prices carry their full
+precision without trailing zeros. Text that a spreadsheet would take for a formula is quoted
+with a leading apostrophe.
+"""
+
+import csv
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import TextIO
+
+from django.db.models import QuerySet
+
+from .models import Invoice, InvoiceLine
+from .selectors import money_str
+
+CSV_COLUMNS = [
+    "invoice number",
+    "tenant",
+    "period start",
+    "period end",
+    "status",
+    "currency",
+    "line type",
+    "model",
+    "quantity",
+    "unit",
+    "unit price",
+    "amount",
+    "invoice subtotal",
+    "invoice total",
+]
+
+
+def _text(value: str) -> str:
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _plain(value: Decimal) -> str:
+    """Full precision, no exponent, no trailing zeros: "1234567", "0.075", "12.3456789"."""
+    text = f"{value.normalize():f}"
+    return "0" if text in ("-0", "0") else text
+
+
+def _cents(value: Decimal) -> str:
+    return f"{value:.2f}"
+
+
+def _invoice_columns(invoice: Invoice) -> list[str]:
+    return [
+        _text(invoice.number),
+        _text(invoice.tenant.slug),
+        invoice.period.isoformat(),
+        invoice.period_end.isoformat(),
+        invoice.status,
+        _text(invoice.currency),
+    ]
+
+
+def _rows(invoices: QuerySet[Invoice]) -> Iterable[list[str]]:
+    lines: dict[int, list[InvoiceLine]] = {}
+    for line in InvoiceLine.objects.filter(invoice__in=invoices).order_by("invoice_id", "position"):
+        lines.setdefault(line.invoice_id, []).append(line)
+    for invoice in invoices.select_related("tenant").order_by("period", "number"):
+        head = _invoice_columns(invoice)
+        tail = [_cents(invoice.subtotal), _cents(invoice.total)]
+        if not lines.get(invoice.id):
+            yield [*head, "", "", "", "", "", "", *tail]
+            continue
+        for line in lines[invoice.id]:
+            yield [
+                *head,
+                line.line_type,
+                _text(line.model),
+                _plain(line.quantity),
+                _text(line.unit),
+                money_str(line.unit_price) if line.unit_price >= 0 else "-" + money_str(-line.unit_price),
+                _cents(line.amount),
+                *tail,
+            ]
+
+
+def invoices_csv_write(*, invoices: QuerySet[Invoice], out: TextIO) -> int:
+    """Write the CSV of these invoices to `out` (opened with newline=""); returns the data rows."""
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    for row in _rows(invoices):
+        writer.writerow(row)
+        count += 1
+    return count

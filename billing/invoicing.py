@@ -1,0 +1,248 @@
+"""The lines of one invoice, from a tenant's usage and plan. Pure: no ORM, no I/O.
+
+Rules (documented in the README, "Invoices"):
+- Usage lines: one per price row and token type (uncached input, cached input, cache write,
+  output), quantity in tokens, unit price per 1M tokens, amount = quantity × price / 1M
+  rounded half-up to the cent. A price change mid-month gives two lines for the same model
+  and token type. Cache hits and requests without a price (refused, failed) are not billed.
+- Markup: one line, the plan's percentage of the exact provider cost (the sum of the usage
+  records' costs, unrounded), rounded once.
+- Base fee: the plan's monthly fee.
+- Allowance credit: minus the included allowance, at most what usage and markup came to.
+- Shared infrastructure: the tenant's share of the month's shared cost (`shared_cost_allocate`).
+- Minimum commitment: when everything above is less than the plan's commitment, a true-up
+  line makes up the difference.
+Every line is rounded once; the invoice total is the sum of its lines.
+"""
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, localcontext
+from fractions import Fraction
+
+from .pricing import ONE_MILLION, Price
+
+CENT = Decimal("0.01")
+ZERO = Decimal(0)
+UNIT_TOKENS = "1M tokens"
+UNIT_MONTH = "month"
+
+
+class LineType(enum.StrEnum):
+    INPUT = "input"
+    CACHED_INPUT = "cached_input"
+    CACHE_WRITE = "cache_write"
+    OUTPUT = "output"
+    MARKUP = "markup"
+    BASE_FEE = "base_fee"
+    ALLOWANCE_CREDIT = "allowance_credit"
+    SHARED_COST = "shared_cost"
+    MINIMUM_COMMITMENT = "minimum_commitment"
+
+
+TOKEN_TYPES = (LineType.INPUT, LineType.CACHED_INPUT, LineType.CACHE_WRITE, LineType.OUTPUT)
+_TOKEN_LABELS = {
+    LineType.INPUT: "input tokens",
+    LineType.CACHED_INPUT: "cached input tokens",
+    LineType.CACHE_WRITE: "cache write tokens",
+    LineType.OUTPUT: "output tokens",
+}
+
+
+class CostMismatch(Exception):
+    """The stored costs of a price row's records are not what their tokens cost at that price."""
+
+
+def round_cents(amount: Decimal) -> Decimal:
+    """Half-up to the cent: the one rounding of a line (DESIGN §3)."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceUsage:
+    """A tenant's billable usage in the month at one price row (cache hits excluded)."""
+
+    price_id: int
+    model: str
+    effective_from: datetime
+    price: Price
+    input_tokens: int  # the whole prompt, cached and cache-write tokens included
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    cost: Decimal  # the exact sum of the records' stored costs
+
+    def quantities(self) -> dict[LineType, tuple[int, Decimal]]:
+        """Tokens and price per 1M, per token type."""
+        price = self.price
+        return {
+            LineType.INPUT: (
+                self.input_tokens - self.cached_input_tokens - self.cache_write_tokens,
+                price.input_per_1m,
+            ),
+            LineType.CACHED_INPUT: (
+                self.cached_input_tokens,
+                price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m,
+            ),
+            LineType.CACHE_WRITE: (
+                self.cache_write_tokens,
+                price.input_per_1m if price.cache_write_per_1m is None else price.cache_write_per_1m,
+            ),
+            LineType.OUTPUT: (self.output_tokens, price.output_per_1m),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """The plan's terms, as they are when the invoice is generated."""
+
+    currency: str = "USD"
+    base_fee: Decimal = ZERO
+    included_allowance: Decimal = ZERO
+    markup_percent: Decimal = ZERO
+    minimum_commitment: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    key: str
+    line_type: LineType
+    description: str
+    quantity: Decimal
+    unit: str
+    unit_price: Decimal
+    amount: Decimal
+    model: str = ""
+    price_id: int | None = None
+
+
+def provider_cost(usage: Sequence[PriceUsage]) -> Decimal:
+    return sum((u.cost for u in usage), ZERO)
+
+
+def _usage_lines(usage: Sequence[PriceUsage]) -> list[Line]:
+    lines = []
+    for group in sorted(usage, key=lambda u: (u.model, u.effective_from, u.price_id)):
+        exact_total = ZERO
+        for line_type, (tokens, per_1m) in group.quantities().items():
+            exact = tokens * per_1m / ONE_MILLION
+            exact_total += exact
+            if tokens == 0:
+                continue
+            lines.append(
+                Line(
+                    key=f"{line_type}:{group.price_id}",
+                    line_type=line_type,
+                    description=(
+                        f"{group.model} {_TOKEN_LABELS[line_type]} at {per_1m.normalize():f} per 1M "
+                        f"(price from {group.effective_from:%Y-%m-%d})"
+                    ),
+                    quantity=Decimal(tokens),
+                    unit=UNIT_TOKENS,
+                    unit_price=per_1m,
+                    amount=round_cents(exact),
+                    model=group.model,
+                    price_id=group.price_id,
+                )
+            )
+        if exact_total != group.cost:
+            raise CostMismatch(
+                f"records of {group.model} at price #{group.price_id} cost {group.cost} as stored, "
+                f"but their tokens cost {exact_total} at that price"
+            )
+    return lines
+
+
+def _month_line(line_type: LineType, description: str, amount: Decimal) -> Line:
+    return Line(
+        key=str(line_type),
+        line_type=line_type,
+        description=description,
+        quantity=Decimal(1),
+        unit=UNIT_MONTH,
+        unit_price=amount,
+        amount=amount,
+    )
+
+
+def invoice_lines(*, usage: Sequence[PriceUsage], terms: Terms, shared_cost: Decimal = ZERO) -> list[Line]:
+    """Every line of the invoice, in their order. Raises CostMismatch on inconsistent records."""
+    with localcontext() as context:
+        context.prec = 60  # token counts × prices × percentages never come near this
+        lines = _usage_lines(usage)
+        usage_amount = sum((line.amount for line in lines), ZERO)
+        cost = provider_cost(usage)
+        markup_amount = ZERO
+        if terms.markup_percent and cost:
+            rate = terms.markup_percent / 100
+            markup_amount = round_cents(cost * rate)
+            lines.append(
+                Line(
+                    key=str(LineType.MARKUP),
+                    line_type=LineType.MARKUP,
+                    description=f"Markup of {terms.markup_percent.normalize():f}% on provider cost",
+                    quantity=cost,
+                    unit=terms.currency,
+                    unit_price=rate,
+                    amount=markup_amount,
+                )
+            )
+        if terms.base_fee:
+            lines.append(_month_line(LineType.BASE_FEE, "Monthly base fee", round_cents(terms.base_fee)))
+        credit = min(round_cents(terms.included_allowance), max(usage_amount + markup_amount, ZERO))
+        if credit > 0:
+            lines.append(
+                _month_line(
+                    LineType.ALLOWANCE_CREDIT,
+                    f"Included allowance (up to {terms.included_allowance:f})",
+                    -credit,
+                )
+            )
+        if shared_cost:
+            lines.append(_month_line(LineType.SHARED_COST, "Share of shared infrastructure cost", shared_cost))
+        before_true_up = sum((line.amount for line in lines), ZERO)
+        commitment = round_cents(terms.minimum_commitment)
+        if commitment > before_true_up:
+            lines.append(
+                _month_line(
+                    LineType.MINIMUM_COMMITMENT,
+                    f"Minimum commitment true-up (commitment {commitment:f})",
+                    commitment - before_true_up,
+                )
+            )
+    return lines
+
+
+def invoice_total(lines: Sequence[Line]) -> Decimal:
+    return sum((line.amount for line in lines), ZERO)
+
+
+def shared_cost_allocate(*, total: Decimal, weights: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    """Split `total` (whole cents) pro rata to `weights`; the shares add up to it to the cent.
+
+    Each key gets the cents of its exact share rounded down; the cents left over go one each
+    to the largest remainders, ties broken by key (the tenant slug), so the result is the same
+    on every run. All weights zero: an equal split.
+    """
+    if not weights or not total:
+        return dict.fromkeys(weights, ZERO)
+    cents = total * 100
+    if cents != cents.to_integral_value() or cents < 0:
+        raise ValueError(f"a shared cost is a non-negative amount in cents, not {total}")
+    cents_int = int(cents)
+    exact = {key: Fraction(value) for key, value in weights.items()}
+    if any(value < 0 for value in exact.values()):
+        raise ValueError("weights cannot be negative")
+    whole = sum(exact.values())
+    if whole == 0:
+        exact = dict.fromkeys(exact, Fraction(1))
+        whole = Fraction(len(exact))
+    shares = {key: cents_int * value / whole for key, value in exact.items()}
+    floors = {key: share.numerator // share.denominator for key, share in shares.items()}
+    left = cents_int - sum(floors.values())
+    by_remainder = sorted(shares, key=lambda key: (-(shares[key] - floors[key]), key))
+    for key in by_remainder[:left]:
+        floors[key] += 1
+    return {key: Decimal(value).scaleb(-2).quantize(CENT, rounding=ROUND_FLOOR) for key, value in floors.items()}

@@ -1,0 +1,34 @@
+"""`manage.py rollup_usage [--since DAY] [--until DAY]` (DESIGN §5): what the beat task does."""
+
+from datetime import date
+
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.services import usage_rollup
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"a day is YYYY-MM-DD, not {value!r}") from None
+
+
+class Command(BaseCommand):
+    help = (
+        "Roll up the usage of closed UTC days whose records changed since their last rollup "
+        "(by default the last BILLING_ROLLUP_LOOKBACK_DAYS days). Safe to run at any time, and twice."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--since", type=_day, help="first day to look at (YYYY-MM-DD)")
+        parser.add_argument("--until", type=_day, help="last day to look at (YYYY-MM-DD); never today or later")
+
+    def handle(self, *args, since: date | None, until: date | None, **options):
+        result = usage_rollup(since=since, until=until)
+        if result.days:
+            self.stdout.write(
+                f"rolled up {len(result.days)} days ({result.days[0]} to {result.days[-1]}), {result.records} records"
+            )
+        else:
+            self.stdout.write("nothing to roll up: every day is current")
