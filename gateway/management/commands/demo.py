@@ -47,6 +47,12 @@ class Command(BaseCommand):
             end = timezone.now().replace(minute=0, second=0, microsecond=0)
             count = synthetic_usage_create(start=end - timedelta(days=30), end=end, requests_per_tenant_day=60)
             self.stdout.write(f"generated {count} usage records for the last 30 days")
+            call_command("rollup_usage", stdout=io.StringIO())
+            this_month = end.date().replace(day=1)
+            last_month = (this_month - timedelta(days=1)).replace(day=1)
+            for month in (last_month, this_month):
+                call_command("generate_invoices", "--period", f"{month:%Y-%m}", stdout=io.StringIO())
+            self.stdout.write("rolled up usage and drafted invoices for last month and this month")
         if no_serve:
             self.stdout.write(f"demo key for tenant_a: {key}")
             return
