@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
@@ -17,6 +18,7 @@ from billing.pricing import Tokens
 from billing.services import Metered, usage_record_create
 from tenants.models import ApiKey, RequestLog
 
+from .limits import Admission
 from .tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,8 @@ class LogEntry:
     response: dict | None
 
 
-def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> None:
-    usage_record_create(metered=metered)
+def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> Decimal:
+    cost = usage_record_create(metered=metered).cost
     if log_entry is not None:
         # Separately, after the usage record: a log that cannot be stored must never cost a record.
         try:
@@ -103,6 +105,7 @@ def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> Non
     if touch_key:
         # Outside the transaction: a lost race on last_used_at must never cost a usage record.
         ApiKey.objects.filter(id=metered.api_key_id).update(last_used_at=metered.created_at)
+    return cost
 
 
 def _without_nul(value):
@@ -127,23 +130,30 @@ def _due_for_touch(key_id: int | None) -> bool:
     return True
 
 
-async def record(metered: Metered, log_entry: LogEntry | None = None) -> None:
-    """Commit the usage record (and request log). Awaited before the response ends (DESIGN §2 step 6)."""
-    await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id))
+async def record(metered: Metered, log_entry: LogEntry | None = None, admission: Admission | None = None) -> None:
+    """Commit the usage record (and request log), then settle the request's limits with its real
+    tokens and cost. Awaited before the response ends (DESIGN §2 step 6).
+    """
+    cost = await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id))
+    if admission is not None:
+        tokens = metered.tokens
+        await admission.settle(tokens=tokens.input + tokens.output, cost=cost)
 
 
-def record_detached(metered: Metered, log_entry: LogEntry | None = None) -> None:
+def record_detached(metered: Metered, log_entry: LogEntry | None = None, admission: Admission | None = None) -> None:
     """Record from a request being cancelled: the write continues on its own task."""
-    task = asyncio.get_running_loop().create_task(_record_logged(metered, log_entry))
+    task = asyncio.get_running_loop().create_task(_record_logged(metered, log_entry, admission))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 
 
-async def _record_logged(metered: Metered, log_entry: LogEntry | None) -> None:
+async def _record_logged(metered: Metered, log_entry: LogEntry | None, admission: Admission | None) -> None:
     try:
-        await record(metered, log_entry)
+        await record(metered, log_entry, admission)
     except Exception:
         log.exception("usage record %s could not be written", metered.request_id)
+        if admission is not None:
+            await admission.release()
 
 
 async def drain_pending() -> None:

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
-from billing.pricing import Tokens
+from billing.pricing import Tokens, worst_case_cost
 from billing.services import Metered
 
 from . import translate
 from .errors import GatewayError
+from .limits import Admission, admit
 from .metering import (
     LogEntry,
     estimate_output_tokens,
@@ -30,7 +32,7 @@ from .metering import (
     tokens_from_usage,
 )
 from .providers import Adapter, EventStream, ProviderError, adapter_for
-from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, policy
+from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, month_to_date, policy
 from .streams import StreamError, processor_for
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Call:
     model: ModelView | None = None
     price: PriceView | None = None
     deployment: DeploymentView | None = None
+    admission: Admission | None = None  # the request's place in its limits, once admitted
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -159,6 +162,23 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
     body[field_name] = min(body.get(field_name) or cap, cap)
 
 
+async def admit_call(call: Call) -> None:
+    """Take the request's place in its limits (rate, tokens, concurrency, budget) or refuse it."""
+    tenant = call.caller.tenant
+    prompt = estimate_prompt_tokens(call.body)
+    max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
+    reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
+    call.admission = await admit(
+        caller=call.caller,
+        request_id=call.request_id,
+        prompt_tokens=prompt,
+        max_output_tokens=max_output if isinstance(max_output, int) else None,
+        worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=reserve, price=call.price.price),
+        budget=tenant.monthly_budget,
+        month_to_date=lambda: month_to_date(tenant.id),
+    )
+
+
 def upstream_body(call: Call, deployment: DeploymentView, family: str) -> dict:
     if family == call.client_family:
         return {**call.body, "model": deployment.upstream}
@@ -225,6 +245,7 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
 
 async def complete(call: Call) -> HttpResponse:
     deployments = await resolve(call)
+    await admit_call(call)
 
     async def operation(adapter: Adapter, body: dict) -> dict:
         return await adapter.complete(body)
@@ -243,12 +264,13 @@ async def complete(call: Call) -> HttpResponse:
         )
     else:
         result = translate.openai_response_to_anthropic(result, model=call.requested_model)
-    await record(call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry(result))
+    await record(call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry(result), call.admission)
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
 
 async def stream(call: Call) -> StreamingHttpResponse:
     deployments = await resolve(call)
+    await admit_call(call)
 
     async def operation(adapter: Adapter, body: dict) -> EventStream:
         return await adapter.open_stream(body)
@@ -300,6 +322,7 @@ async def _relay(call: Call, events: EventStream, processor):
         record_detached(
             call.metered(status=499, error_type="client_disconnected", tokens=tokens, estimated=True),
             call.log_entry({"content": processor.text, "incomplete": "client_disconnected"}),
+            call.admission,
         )
         raise
     if error is None:
@@ -314,6 +337,7 @@ async def _relay(call: Call, events: EventStream, processor):
     await record(
         call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated),
         call.log_entry({"content": processor.text, "incomplete": error[0]}),
+        call.admission,
     )
     for frame in processor.error_frame(*error):
         yield frame

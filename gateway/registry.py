@@ -9,13 +9,14 @@ Each loader runs in one `sync_to_async` hop, so a cache miss costs one thread sw
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
-from billing.models import ModelPrice
+from billing.models import ModelPrice, Subscription, UsageRecord
 from billing.pricing import Price
 from tenants.crypto import decrypt
 from tenants.keys import key_hash, key_is_well_formed
@@ -37,6 +38,7 @@ class TenantView:
     default_params: dict
     max_tokens_cap: int | None
     log_requests: bool
+    monthly_budget: Decimal | None  # the subscription's budget, or its plan's default; None: no budget
     # provider -> (secret, base_url) of the tenant's own account (bring your own key)
     credentials: dict[str, tuple[str, str]]
 
@@ -177,6 +179,7 @@ def _load_tenant(tenant_id: int) -> TenantView | None:
     tenant = Tenant.objects.filter(id=tenant_id).first()
     if tenant is None:
         return None
+    subscription = Subscription.objects.select_related("plan").filter(tenant_id=tenant_id).first()
     credentials = {
         c.provider: (decrypt(c.encrypted_secret), c.base_url)
         for c in ProviderCredential.objects.filter(tenant_id=tenant_id, active=True)
@@ -195,6 +198,7 @@ def _load_tenant(tenant_id: int) -> TenantView | None:
         default_params=dict(tenant.default_params or {}),
         max_tokens_cap=tenant.max_tokens_cap,
         log_requests=tenant.log_requests,
+        monthly_budget=subscription.effective_budget if subscription else None,
         credentials=credentials,
     )
 
@@ -240,6 +244,18 @@ def _load_catalog() -> dict[str, ModelView]:
         )
         for m in CatalogModel.objects.filter(active=True)
     }
+
+
+def _month_to_date(tenant_id: int) -> Decimal:
+    now = timezone.now()
+    since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since).aggregate(total=Sum("cost"))["total"]
+    return total or Decimal(0)
+
+
+async def month_to_date(tenant_id: int) -> Decimal:
+    """The tenant's spend this (UTC) month from the database: seeds the budget counter."""
+    return await sync_to_async(_month_to_date)(tenant_id)
 
 
 async def caller_for_key(raw_key: str) -> Caller | None:

@@ -179,7 +179,12 @@ async def _completion(
         if call is not None:
             # A failed request of a known tenant is billed at zero but never forgotten.
             await record(call.metered(status=error.status, error_type=error.code))
+            if call.admission is not None:
+                await call.admission.release()
         response = render(error)
+    if call is not None and call.admission is not None:
+        for name, value in call.admission.headers.items():
+            response.setdefault(name, value)
     response["x-request-id"] = request_id
     return response
 

@@ -112,7 +112,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # A Redis that accepts connections but never answers must not hang a request.
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -195,6 +202,13 @@ GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 2)
 # key stops working on every process within this many seconds (DESIGN §2 asks for 5).
 GATEWAY_AUTH_CACHE_SECONDS = env_float("GATEWAY_AUTH_CACHE_SECONDS", 4.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+# Limits (gateway/limits.py): the tokens-per-minute window, the age after which a slot or budget
+# hold of a crashed process is dropped, Redis timeouts, and the output reserved for a budget
+# check when a request sets no max_tokens.
+GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)
+GATEWAY_CONCURRENCY_HORIZON_SECONDS = env_int("GATEWAY_CONCURRENCY_HORIZON_SECONDS", 900)
+GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
+GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
 
 LOGGING = {
     "version": 1,

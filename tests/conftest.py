@@ -198,3 +198,15 @@ def gateway(django_db_setup, mock_llm):
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_redis():
+    """The test Redis database starts empty: counters of an earlier run must not leak into this one."""
+    import redis
+
+    url = os.environ.get("REDIS_URL")
+    if url:
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()

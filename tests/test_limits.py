@@ -1,0 +1,731 @@
+"""Admission limits (gateway/limits.py) against a real Redis: requests, tokens and concurrency per
+tenant and per key, the monthly budget, settlement, and failing closed while Redis is down.
+
+The tests need no database: callers are built directly and the month's spend from the database
+is a callable. Ids are random so runs never share counters. Tests of the logic run twice: on Redis
+and on the in-process store used without REDIS_URL.
+"""
+
+import asyncio
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from django_ratelimit.core import _get_window
+
+from gateway import limits
+from gateway.errors import GatewayError
+from gateway.registry import Caller, KeyView, TenantView
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/6"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_caches(url: str) -> dict:
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+
+
+@pytest.fixture(autouse=True)
+def shared_redis(settings):
+    """Limits and django-ratelimit's cache both on the test Redis, whatever the environment said."""
+    settings.REDIS_URL = REDIS_URL
+    settings.CACHES = redis_caches(REDIS_URL)
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 60
+    limits._memory_store.clear()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend(request, settings):
+    if request.param == "memory":
+        settings.REDIS_URL = ""
+    return request.param
+
+
+def fresh_id() -> int:
+    """An id never used before whose django-ratelimit minute has at least 25 s left for both
+    "tenant:<id>" and "key:<id>", so that no window rolls over in the middle of a test."""
+    while True:
+        candidate = random.randrange(10**9, 2 * 10**9)
+        now = int(time.time())
+        if all(_get_window(f"{scope}:{candidate}", 60) - now >= 25 for scope in ("tenant", "key")):
+            return candidate
+
+
+def make_caller(
+    *, tenant_id=None, rpm=None, tpm=None, concurrent=None, key_rpm=None, key_tpm=None, key_concurrent=None
+):
+    tenant_id = tenant_id or fresh_id()
+    tenant = TenantView(
+        id=tenant_id,
+        slug=f"t{tenant_id}",
+        active=True,
+        region="",
+        allowed_providers=frozenset(),
+        allowed_model_ids=frozenset(),
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+        max_concurrent=concurrent,
+        model_aliases={},
+        default_params={},
+        max_tokens_cap=None,
+        log_requests=False,
+        monthly_budget=None,
+        credentials={},
+    )
+    key = KeyView(
+        id=fresh_id(),
+        tenant_id=tenant_id,
+        allowed_model_ids=frozenset(),
+        requests_per_minute=key_rpm,
+        tokens_per_minute=key_tpm,
+        max_concurrent=key_concurrent,
+    )
+    return Caller(key=key, tenant=tenant)
+
+
+def another_key(caller: Caller, **limits_of_key) -> Caller:
+    fields = {"requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None, **limits_of_key}
+    key = KeyView(id=fresh_id(), tenant_id=caller.tenant.id, allowed_model_ids=frozenset(), **fields)
+    return Caller(key=key, tenant=caller.tenant)
+
+
+def run(coroutine):
+    async def and_close():
+        try:
+            return await coroutine
+        finally:
+            await limits.aclose()
+
+    return asyncio.run(and_close())
+
+
+def from_db(amount: str, calls: list | None = None):
+    async def month_to_date() -> Decimal:
+        if calls is not None:
+            calls.append(1)
+        await asyncio.sleep(0.01)  # a real query yields to the loop
+        return Decimal(amount)
+
+    return month_to_date
+
+
+async def attempt(caller, *, prompt=10, max_output=None, worst=None, budget=None, mtd=None, request_id=None):
+    """admit(), returning the Admission or the GatewayError it raised."""
+    try:
+        return await limits.admit(
+            caller=caller,
+            request_id=request_id or f"req-{random.getrandbits(64):x}",
+            prompt_tokens=prompt,
+            max_output_tokens=max_output,
+            worst_case_cost=None if worst is None else Decimal(worst),
+            budget=None if budget is None else Decimal(budget),
+            month_to_date=mtd or from_db("0"),
+        )
+    except GatewayError as error:
+        return error
+
+
+def admitted(results) -> list[limits.Admission]:
+    return [r for r in results if isinstance(r, limits.Admission)]
+
+
+def refused(results, status=429) -> list[GatewayError]:
+    errors = [r for r in results if isinstance(r, GatewayError)]
+    assert all(e.status == status for e in errors), [str(e) for e in errors]
+    return errors
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds of a Go-style duration ("1m0s", "1.5s", "12ms")."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:([\d.]+)s)?(?:(\d+)ms)?", text)
+    assert text, text
+    assert match, text
+    hours, minutes, seconds, millis = match.groups()
+    return (
+        int(hours or 0) * 3_600_000 + int(minutes or 0) * 60_000 + int(Decimal(seconds or 0) * 1000) + int(millis or 0)
+    )
+
+
+def at_window_start(seconds: float) -> None:
+    """Sleep until just after the next boundary of the epoch-aligned token windows."""
+    time.sleep(seconds - time.time() % seconds + 0.02)
+
+
+def spend_key(tenant_id: int) -> str:
+    from django.utils import timezone
+
+    return f"gw:spend:{tenant_id}:{timezone.now():%Y-%m}"
+
+
+# --- formats ---
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (0, "0s"),
+        (12, "12ms"),
+        (999, "999ms"),
+        (1000, "1s"),
+        (1500, "1.5s"),
+        (59_941, "59.941s"),
+        (60_000, "1m0s"),
+        (360_000, "6m0s"),
+        (90_500, "1m30.5s"),
+        (3_600_000, "1h0m0s"),
+    ],
+)
+def test_durations_are_written_like_openai_writes_them(ms, text):
+    assert limits.duration(ms) == text
+    assert parse_duration(text) == ms
+
+
+def test_admission_headers_describe_the_binding_limits():
+    caller = make_caller(rpm=10, key_rpm=3, tpm=1000, key_tpm=500)
+
+    async def scenario():
+        first = await attempt(caller, prompt=100, max_output=50)
+        second = await attempt(caller, prompt=100)
+        return first, second
+
+    first, second = run(scenario())
+    # The key's limits bind: it allows fewer requests and tokens than its tenant.
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert 25_000 <= parse_duration(first.headers["x-ratelimit-reset-requests"]) <= 60_000
+    assert first.headers["x-ratelimit-limit-tokens"] == "500"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "350"
+    assert 0 < parse_duration(first.headers["x-ratelimit-reset-tokens"]) <= 60_000
+    assert second.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second.headers["x-ratelimit-remaining-tokens"] == "250"
+    # Only the limits that apply have headers.
+    assert set(run(attempt(make_caller(rpm=5))).headers) == {
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    }
+    assert set(run(attempt(make_caller(concurrent=5))).headers) == set()
+
+
+def test_a_caller_without_limits_never_touches_redis(settings):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = dead
+    settings.CACHES = redis_caches(dead)
+    caller = make_caller()
+
+    async def scenario():
+        admission = await attempt(caller, prompt=10**6, max_output=10**6)
+        await admission.settle(tokens=10, cost=Decimal("1"))
+        await admission.release()
+        return admission
+
+    assert run(scenario()).headers == {}
+
+
+# --- requests per minute ---
+
+CHILD = """
+import asyncio, sys, time
+import django
+django.setup()
+from tests.test_limits import child_attempts
+print(child_attempts(*map(int, sys.argv[1:])))
+"""
+
+
+def child_attempts(rpm_tenant: int, budget_tenant: int, start_at: int) -> str:
+    """In a separate process: 10 admissions against a limit of 5 requests per minute, then 10
+    against a budget that fits 5; reports how many were admitted of each."""
+    from django.conf import settings
+
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 60
+    rpm_caller = make_caller(tenant_id=rpm_tenant, rpm=5, tpm=10**6)
+    budget_caller = make_caller(tenant_id=budget_tenant)
+
+    async def scenario():
+        await asyncio.sleep(max(0.0, start_at / 1000 - time.time()))
+        first = await asyncio.gather(*(attempt(rpm_caller, prompt=1) for _ in range(10)))
+        for admission in admitted(first):
+            await admission.settle(tokens=1, cost=Decimal(0))
+        second = await asyncio.gather(
+            *(attempt(budget_caller, worst="0.2", budget="1.00", mtd=from_db("0")) for _ in range(10))
+        )
+        return f"{len(admitted(first))} {len(admitted(second))}"
+
+    return run(scenario())
+
+
+def test_requests_per_minute_are_exact_across_processes():
+    rpm_tenant, budget_tenant = fresh_id(), fresh_id()
+    start_at = int((time.time() + 4) * 1000)  # both children start counting at the same moment
+    env = {**os.environ, "REDIS_URL": REDIS_URL, "DJANGO_SETTINGS_MODULE": "proxy_platform.settings"}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(rpm_tenant), str(budget_tenant), str(start_at)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [child.communicate(timeout=60)[0] for child in children]
+    assert all(child.returncode == 0 for child in children), outputs
+    counts = [tuple(map(int, output.split()[-2:])) for output in outputs]
+    assert sum(rpm for rpm, _ in counts) == 5, counts
+    assert sum(budget for _, budget in counts) == 5, counts
+    # And this process, a third one, is refused too.
+    error = run(attempt(make_caller(tenant_id=rpm_tenant, rpm=5)))
+    assert isinstance(error, GatewayError)
+    assert error.code == "rate_limit_requests"
+    assert run(limits.spend_this_month(budget_tenant)) == Decimal("1")
+
+
+def test_a_key_limit_is_independent_of_the_tenant_limit():
+    caller = make_caller(rpm=100, key_rpm=2)
+    sibling = another_key(caller, requests_per_minute=2)
+    unlimited_key = another_key(caller)
+
+    async def scenario():
+        own = [await attempt(caller) for _ in range(3)]
+        other = [await attempt(sibling) for _ in range(3)]
+        free = [await attempt(unlimited_key) for _ in range(3)]
+        return own, other, free
+
+    own, other, free = run(scenario())
+    assert len(admitted(own)) == 2
+    (error,) = refused(own)
+    assert error.code == "rate_limit_requests"
+    assert "this API key allows 2" in error.message
+    assert "tenant" not in error.message
+    assert 1 <= int(error.headers["retry-after"]) <= 60
+    assert error.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(admitted(other)) == 2  # its own count, not the first key's
+    assert len(admitted(free)) == 3
+
+
+def test_a_tenant_limit_covers_all_of_its_keys():
+    caller = make_caller(rpm=3, key_rpm=10)
+    sibling = another_key(caller)
+
+    async def scenario():
+        return [await attempt(c) for c in (caller, sibling, caller, sibling)]
+
+    results = run(scenario())
+    assert len(admitted(results)) == 3
+    (error,) = refused(results)
+    assert "this tenant allows 3" in error.message
+    assert "API key" not in error.message
+
+
+def test_another_tenant_is_unaffected_while_one_is_limited(backend):
+    alice = make_caller(rpm=2, tpm=100, concurrent=1)
+    bob = make_caller(rpm=2, tpm=100, concurrent=1)
+
+    async def scenario():
+        held = await attempt(alice, prompt=50)
+        alice_results = [await attempt(alice, prompt=10), await attempt(alice, prompt=10)]
+        bob_first = await attempt(bob, prompt=100)
+        await bob_first.settle(tokens=100, cost=Decimal(0))
+        await held.release()
+        return alice_results, bob_first
+
+    alice_results, bob_first = run(scenario())
+    assert [e.code for e in refused(alice_results)] == ["concurrency_limit", "rate_limit_requests"]
+    assert isinstance(bob_first, limits.Admission)
+    assert bob_first.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+# --- tokens per minute ---
+
+
+def test_tokens_are_refused_with_a_retry_after_that_tells_the_truth(settings, backend):
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 2
+    caller = make_caller(tpm=100)
+
+    async def scenario():
+        at_window_start(2)
+        window_end = (time.time() // 2 + 1) * 2
+        full = await attempt(caller, prompt=60, max_output=40)
+        assert isinstance(full, limits.Admission)
+        assert full.headers["x-ratelimit-remaining-tokens"] == "0"
+        error = await attempt(caller, prompt=1)
+        assert isinstance(error, GatewayError)
+        assert error.status == 429
+        assert error.code == "rate_limit_tokens"
+        assert "this tenant allows 100, 100 are used" in error.message
+        wait = int(error.headers["retry-after"])
+        reset_ms = parse_duration(error.headers["x-ratelimit-reset-tokens"])
+        left = window_end - time.time()
+        assert 1 <= wait <= 2
+        assert wait >= left  # waiting retry-after is always enough...
+        assert abs(reset_ms / 1000 - left) < 0.15  # ...and the reset header is the window's end
+        time.sleep(max(0.0, reset_ms / 1000 - 0.3))
+        still = await attempt(caller, prompt=1)
+        assert isinstance(still, GatewayError), "admitted before the reset the headers announced"
+        time.sleep(max(0.0, window_end - time.time()) + 0.05)
+        later = await attempt(caller, prompt=1)
+        assert isinstance(later, limits.Admission), later
+        assert later.headers["x-ratelimit-remaining-tokens"] == "99"
+
+    run(scenario())
+
+
+def test_settlement_corrects_the_token_count_both_ways(settings, backend):
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 5
+    caller = make_caller(tpm=1000, key_tpm=10_000)
+
+    async def scenario():
+        at_window_start(5)
+        a = await attempt(caller, prompt=100, max_output=100)
+        assert a.headers["x-ratelimit-remaining-tokens"] == "800"
+        await a.settle(tokens=50, cost=Decimal(0))  # used less than reserved
+        await a.settle(tokens=900, cost=Decimal(0))  # a second settlement is a no-op
+        b = await attempt(caller, prompt=10)  # no max_tokens: only the prompt is reserved
+        assert b.headers["x-ratelimit-remaining-tokens"] == str(1000 - 50 - 10)
+        await b.settle(tokens=310, cost=Decimal(0))  # used more than reserved
+        c = await attempt(caller, prompt=1)
+        assert c.headers["x-ratelimit-remaining-tokens"] == str(1000 - 50 - 310 - 1)
+        await c.release()  # nothing billable: its reservation is given back
+        d = await attempt(caller, prompt=0, max_output=640)
+        assert d.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert (await attempt(caller, prompt=1)).code == "rate_limit_tokens"
+
+    run(scenario())
+
+
+def test_an_overrun_settled_after_its_window_counts_in_the_current_one(settings, backend):
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 2
+    caller = make_caller(tpm=1000)
+
+    async def scenario():
+        at_window_start(2)
+        early = await attempt(caller, prompt=100)
+        short = await attempt(caller, prompt=100)
+        at_window_start(2)
+        await early.settle(tokens=400, cost=Decimal(0))  # 300 more than reserved, now
+        await short.settle(tokens=10, cost=Decimal(0))  # the old window's underrun is gone with it
+        probe = await attempt(caller, prompt=1)
+        assert probe.headers["x-ratelimit-remaining-tokens"] == str(1000 - 300 - 1)
+
+    run(scenario())
+
+
+def test_a_request_larger_than_the_whole_token_limit_is_refused_without_false_hope(backend):
+    caller = make_caller(tpm=10_000, key_tpm=500)
+    error = run(attempt(caller, prompt=300, max_output=300))
+    assert error.status == 429
+    assert error.code == "rate_limit_tokens"
+    assert "this API key allows 500 per minute" in error.message
+    assert "retry-after" not in error.headers  # no window will ever hold it
+    # Nothing was reserved by the refusal.
+    assert run(attempt(caller, prompt=500)).headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+# --- concurrency ---
+
+
+def test_concurrent_requests_are_limited_and_released(backend):
+    caller = make_caller(concurrent=2)
+
+    async def scenario():
+        a, b = await attempt(caller), await attempt(caller)
+        third = await attempt(caller)
+        assert third.status == 429
+        assert third.code == "concurrency_limit"
+        assert "this tenant allows 2 in flight" in third.message
+        assert third.headers["retry-after"] == "1"
+        await a.release()
+        c = await attempt(caller)
+        assert isinstance(c, limits.Admission)
+        await b.settle(tokens=10, cost=Decimal(0))
+        d = await attempt(caller)
+        assert isinstance(d, limits.Admission)
+        await a.release()  # idempotent: does not free someone else's slot
+        await b.settle(tokens=10, cost=Decimal(0))
+        assert (await attempt(caller)).code == "concurrency_limit"
+        await asyncio.gather(c.release(), d.release())
+        assert len(admitted(await asyncio.gather(*(attempt(caller) for _ in range(10))))) == 2
+
+    run(scenario())
+
+
+def test_a_key_concurrency_limit_leaves_the_other_keys_alone(backend):
+    caller = make_caller(concurrent=3, key_concurrent=1)
+    sibling = another_key(caller)
+
+    async def scenario():
+        held = await attempt(caller)
+        error = await attempt(caller)
+        assert error.code == "concurrency_limit"
+        assert "this API key allows 1 in flight" in error.message
+        assert isinstance(await attempt(sibling), limits.Admission)
+        assert isinstance(await attempt(sibling), limits.Admission)
+        assert "this tenant allows 3 in flight" in (await attempt(sibling)).message
+        await held.settle(tokens=1, cost=Decimal(0))
+
+    run(scenario())
+
+
+def test_the_slot_of_a_crashed_process_comes_back_after_the_horizon(settings, backend):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 1
+    caller = make_caller(concurrent=1)
+
+    async def scenario():
+        await attempt(caller)  # never settled: its process died
+        assert (await attempt(caller)).code == "concurrency_limit"
+        await asyncio.sleep(1.1)
+        assert isinstance(await attempt(caller), limits.Admission)
+
+    run(scenario())
+
+
+def test_a_cancelled_settlement_still_frees_the_slot(backend):
+    caller = make_caller(concurrent=1)
+
+    async def scenario():
+        admission = await attempt(caller)
+        task = asyncio.ensure_future(admission.settle(tokens=1, cost=Decimal(0)))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert isinstance(await attempt(caller), limits.Admission)
+
+    run(scenario())
+
+
+# --- monthly budget ---
+
+
+def test_concurrent_admissions_never_reserve_more_than_the_budget(backend):
+    caller = make_caller()
+    calls: list = []
+
+    async def scenario():
+        results = await asyncio.gather(
+            *(attempt(caller, worst="0.2", budget="1.00", mtd=from_db("0", calls)) for _ in range(50))
+        )
+        return results, await limits.spend_this_month(caller.tenant.id)
+
+    results, spend = run(scenario())
+    assert len(admitted(results)) == 5
+    errors = refused(results, status=402)
+    assert len(errors) == 45
+    assert {e.code for e in errors} == {"budget_exhausted"}
+    assert "monthly budget of 1.00 USD is exhausted" in errors[0].message
+    assert spend == Decimal("1.00")
+    assert len(calls) == 1  # the database was asked once for 50 concurrent admissions
+    if backend == "redis":
+        # The counter is an integer of 1e-12 USD.
+        assert redis.Redis.from_url(REDIS_URL).get(spend_key(caller.tenant.id)) == b"1000000000000"
+
+
+def test_settling_below_the_reservation_frees_the_rest(backend):
+    caller = make_caller()
+
+    async def scenario():
+        first = admitted(await asyncio.gather(*(attempt(caller, worst="0.2", budget="1") for _ in range(6))))
+        assert len(first) == 5
+        for admission in first[:3]:
+            await admission.settle(tokens=100, cost=Decimal("0.000123456789"))
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("0.400370370367")
+        second = await asyncio.gather(*(attempt(caller, worst="0.2", budget="1") for _ in range(4)))
+        assert len(admitted(second)) == 2
+        await first[3].settle(tokens=100, cost=Decimal("0.25"))  # more than reserved: the truth counts
+        await first[4].release()
+        for admission in admitted(second):
+            await admission.release()
+        return await limits.spend_this_month(caller.tenant.id)
+
+    assert run(scenario()) == Decimal("0.000370370367") + Decimal("0.25")
+
+
+def test_the_counter_starts_from_the_database_and_is_initialised_once(backend):
+    caller = make_caller()
+
+    async def scenario():
+        assert await limits.spend_this_month(caller.tenant.id) is None
+        over = await attempt(caller, worst="0.2", budget="1", mtd=from_db("0.9"))
+        fits = await attempt(caller, worst="0.1", budget="1", mtd=from_db("0.9"))
+        # Another process (or a later call) brings another total: the first one stays.
+        again = await attempt(caller, worst="0", budget="1", mtd=from_db("0"))
+        return over, fits, again, await limits.spend_this_month(caller.tenant.id)
+
+    over, fits, again, spend = run(scenario())
+    assert over.code == "budget_exhausted"
+    assert "This request may cost up to 0.2 USD; 0.1 USD remain." in over.message
+    assert isinstance(fits, limits.Admission)
+    assert again.code == "budget_exhausted"  # nothing left, even for a request of unknown cost
+    assert spend == Decimal("1.0")
+    # For alerts: a tenant with no counter yet is initialised on demand, or reported as unknown.
+    quiet = fresh_id()
+    assert run(limits.spend_this_month(quiet)) is None
+    assert run(limits.spend_this_month(quiet, month_to_date=from_db("2.5"))) == Decimal("2.5")
+
+
+def test_budgets_beyond_double_precision_are_exact(backend):
+    """2e16 units is past 2**53, where a float (or a Lua number) can no longer count by one."""
+    caller = make_caller()
+
+    async def scenario():
+        mtd = from_db("19999.999999999998")
+        one = await attempt(caller, worst="0.000000000001", budget="20000", mtd=mtd)
+        two = await attempt(caller, worst="0.000000000001", budget="20000", mtd=mtd)
+        three = await attempt(caller, worst="0.000000000001", budget="20000", mtd=mtd)
+        return one, two, three, await limits.spend_this_month(caller.tenant.id)
+
+    one, two, three, spend = run(scenario())
+    assert isinstance(one, limits.Admission)
+    assert isinstance(two, limits.Admission)
+    assert three.code == "budget_exhausted"
+    assert spend == Decimal("20000")
+
+
+def test_reconcile_resets_from_the_database_and_keeps_requests_in_flight(settings, backend):
+    caller = make_caller()
+
+    async def scenario():
+        a = await attempt(caller, worst="0.2", budget="10", mtd=from_db("3"))
+        b = await attempt(caller, worst="0.3", budget="10")
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("3.5")
+        # The database knows 1.5 more than the counter did (say, a request settled elsewhere lost).
+        assert await limits.reconcile(caller.tenant.id, Decimal("4.5")) == Decimal("5.0")
+        await a.settle(tokens=1, cost=Decimal("0.05"))
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("4.85")
+        await b.release()
+        return await limits.spend_this_month(caller.tenant.id)
+
+    assert run(scenario()) == Decimal("4.55")
+
+
+def test_reconcile_drops_the_reservations_of_dead_processes(settings, backend):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 1
+    caller = make_caller()
+
+    async def scenario():
+        lost = await attempt(caller, worst="0.4", budget="1", mtd=from_db("0.5"))
+        assert isinstance(lost, limits.Admission)  # its process dies: never settled
+        assert (await attempt(caller, worst="0.4", budget="1")).code == "budget_exhausted"
+        await asyncio.sleep(1.1)
+        assert await limits.reconcile(caller.tenant.id, Decimal("0.5")) == Decimal("0.5")
+        assert isinstance(await attempt(caller, worst="0.4", budget="1"), limits.Admission)
+        # Had it lived after all, its settlement adds its whole cost: the reservation is gone.
+        await lost.settle(tokens=1, cost=Decimal("0.01"))
+        return await limits.spend_this_month(caller.tenant.id)
+
+    assert run(scenario()) == Decimal("0.91")
+
+
+def test_reconcile_from_synchronous_code():
+    caller = make_caller()
+    run(attempt(caller, worst="0.5", budget="2", mtd=from_db("0")))
+    assert limits.reconcile_sync(caller.tenant.id, Decimal("1.25")) == Decimal("1.75")
+    assert run(limits.spend_this_month(caller.tenant.id)) == Decimal("1.75")
+
+
+# --- Redis outage ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SpareRedis:
+    """A redis-server of our own, to stop and start under the gateway's feet."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--save", ""]
+            + ["--appendonly", "no", "--daemonize", "yes", "--dir", str(self.directory)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], check=False, capture_output=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("the spare redis-server did not stop")
+
+
+@pytest.fixture
+def spare_redis(settings, tmp_path):
+    server = SpareRedis(tmp_path)
+    server.start()
+    settings.REDIS_URL = server.url
+    settings.CACHES = redis_caches(server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_redis_outage_fails_closed_and_recovery_needs_no_restart(spare_redis):
+    limited = make_caller(rpm=100, tpm=10_000, concurrent=5)
+    rpm_only = make_caller(rpm=100)
+    budget_only = make_caller()
+    unlimited = make_caller()
+
+    async def scenario():
+        before = await attempt(limited, prompt=10)
+        assert isinstance(before, limits.Admission)
+        spare_redis.stop()
+        started = time.monotonic()
+        outcomes = [
+            await attempt(limited, prompt=10),
+            await attempt(rpm_only),
+            await attempt(budget_only, worst="0.1", budget="5"),
+        ]
+        assert time.monotonic() - started < 5  # short timeouts, no retry storm
+        for error in outcomes:
+            assert isinstance(error, GatewayError)
+            assert (error.status, error.code) == (503, "limits_unavailable")
+            assert "unavailable" in error.message
+        assert isinstance(await attempt(unlimited), limits.Admission)
+        await before.settle(tokens=10, cost=Decimal(0))  # logged, never raised
+        spare_redis.start()  # same port, empty data: the same event loop and client carry on
+        after = [
+            await attempt(limited, prompt=10),
+            await attempt(rpm_only),
+            await attempt(budget_only, worst="0.1", budget="5", mtd=from_db("1")),
+        ]
+        assert all(isinstance(a, limits.Admission) for a in after), after
+        assert await limits.spend_this_month(budget_only.tenant.id) == Decimal("1.1")
+
+    run(scenario())

@@ -1,0 +1,122 @@
+"""Limits and budgets with two real gateway processes sharing one Redis (issue 4's proofs)."""
+
+import re
+import threading
+import time
+from decimal import Decimal
+
+import httpx2
+import pytest
+
+from billing.models import UsageRecord
+
+from .conftest import start_gateway, stop
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def two_gateways(mock_llm, django_db_setup):
+    processes = [
+        start_gateway(mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0", GATEWAY_LIMIT_WINDOW_SECONDS="4") for _ in range(2)
+    ]
+    yield [url for _, url in processes]
+    for process, _ in processes:
+        stop(process)
+
+
+def post(url: str, key: str, content: str = "hi", **extra) -> httpx2.Response:
+    return httpx2.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": content}], **extra},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def seconds(duration: str) -> float:
+    """`6m0s`, `1.5s`, `12ms` -> seconds."""
+    total = 0.0
+    for number, unit in re.findall(r"([\d.]+)(ms|m|s)", duration):
+        total += float(number) * {"ms": 0.001, "s": 1, "m": 60}[unit]
+    return total
+
+
+def test_five_requests_a_minute_means_five_across_both_processes(two_gateways, catalog, alice, alice_key, bob_key):
+    alice.requests_per_minute = 5
+    alice.save()
+    first = post(two_gateways[0], alice_key)
+    if seconds(first.headers["x-ratelimit-reset-requests"]) < 10:  # too close to a window edge: next window
+        time.sleep(seconds(first.headers["x-ratelimit-reset-requests"]) + 0.5)
+        first = post(two_gateways[0], alice_key)
+    responses = [first] + [post(two_gateways[i % 2], alice_key) for i in range(1, 20)]
+    bob = [post(two_gateways[i % 2], bob_key) for i in range(10)]
+
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 5
+    assert statuses.count(429) == 15
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in responses if r.status_code == 200] == [
+        "4",
+        "3",
+        "2",
+        "1",
+        "0",
+    ]
+    for refused in (r for r in responses if r.status_code == 429):
+        assert refused.json()["error"]["code"] == "rate_limit_requests"
+        assert refused.headers["x-ratelimit-limit-requests"] == "5"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert all(r.status_code == 200 for r in bob)
+    assert "x-ratelimit-limit-requests" not in bob[0].headers  # bob has no limit of his own
+
+
+def test_a_budget_that_fits_five_is_never_overspent_by_fifty_concurrent_requests(
+    two_gateways, catalog, alice, alice_key
+):
+    alice.subscription.monthly_budget = Decimal("0.01")
+    alice.subscription.save()
+    # Worst case of one request: ~10 prompt tokens × 0.15 + 3000 output × 0.60 per 1M ≈ $0.0018: five fit in $0.01.
+    results = []
+
+    def one(i: int) -> None:
+        response = post(two_gateways[i % 2], alice_key, content="[[mock:latency_ms=5000]] hi", max_tokens=3000)
+        results.append(response)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    statuses = [r.status_code for r in results]
+    assert len(statuses) == 50
+    assert statuses.count(200) == 5
+    assert statuses.count(402) == 45
+    refused = next(r for r in results if r.status_code == 402)
+    assert refused.json()["error"]["code"] == "budget_exhausted"
+    assert refused.json()["error"]["type"] == "insufficient_quota"
+    spent = sum(r.cost for r in UsageRecord.objects.filter(tenant=alice))
+    assert 0 < spent <= Decimal("0.01")
+
+
+def test_a_tenant_at_its_token_limit_waits_as_long_as_retry_after_says(two_gateways, catalog, alice, alice_key):
+    alice.tokens_per_minute = 60
+    alice.save()
+    # Each request reserves its prompt (~10 tokens) + max_tokens 20; two fit in 60, a third does not.
+    window_edge = 4 - (time.time() % 4)
+    if window_edge < 2:
+        time.sleep(window_edge + 0.05)
+    assert post(two_gateways[0], alice_key, max_tokens=20).status_code == 200
+    assert post(two_gateways[1], alice_key, max_tokens=20).status_code == 200
+    refused = post(two_gateways[0], alice_key, max_tokens=20)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_tokens"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "60"
+    wait = int(refused.headers["retry-after"])
+    assert 0 < wait <= 4
+    time.sleep(max(wait - 1.0, 0))
+    if wait > 1:  # one second before the promised time: still refused
+        assert post(two_gateways[1], alice_key, max_tokens=20).status_code == 429
+    time.sleep(1.05)
+    assert post(two_gateways[1], alice_key, max_tokens=20).status_code == 200
