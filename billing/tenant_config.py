@@ -40,10 +40,32 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
           "models": ["gpt-4", "claude-3-opus"],  # [] = every active catalog model
           "billing_plan": "enterprise",     # required for a new tenant
           "monthly_budget": "500.00" | null,  # null = the plan's default budget
-          "region": "us"                   # "" = any; pins the tenant to deployments there
+          "region": "us",                  # "" = any; pins the tenant to deployments there
+          "model_aliases": {"fast": "gpt-4o-mini"},  # extension: the tenant's own names for
+                                           # catalog models it may use; an alias never shadows
+                                           # a catalog name
+          "default_params": {"temperature": 0.2},  # extension: filled in when a request leaves
+                                           # them out; only temperature, top_p, max_tokens,
+                                           # presence_penalty, frequency_penalty, stop, seed, user
+          "max_tokens_cap": 4096 | null,   # extension: ceiling on max_tokens (null: none)
+          "log_requests": false,           # extension: keep prompts and responses
+          "log_retention_days": 30         # extension: 1..3650, request logs older are deleted
         }
+      },
+      "policy": {                          # extension, optional: rules over every tenant
+        "blocked_models": ["gpt-4"],       # catalog model names refused for everyone (403)
+        "blocked_providers": ["azure"],    # providers refused for everyone (403)
+        "killed_providers": [],            # kill switch: deployments skipped (503 if none left)
+        "max_tokens_cap": 8192 | null,     # ceiling on max_tokens for everyone
+        "maintenance_message": ""          # non-empty: every gateway request gets 503 with it
       }
     }
+
+The tenant profile (model_aliases, default_params, max_tokens_cap, log_retention_days) and the
+policy are validated by tenants.profiles, the same checks as the staff admin. An alias must
+name a model the tenant may use after the import (its models and providers, from the file or
+the database); a default max_tokens above the tenant's max_tokens_cap is an error. Numbers in
+default_params are sampling parameters, not money: JSON numbers are expected there.
 
 Import is an upsert, section by section and key by key: what the file says is set, what it
 leaves out is kept (a new object gets the default), nothing is ever deleted. In detail:
@@ -59,7 +81,8 @@ leaves out is kept (a new object gets the default), nothing is ever deleted. In 
   "config" key is revoked and the new one stored (hashed, name "config"). A key of another
   tenant, a revoked or expired key, or one key for two tenants is an error.
 - providers/models: every listed model's provider must be among the tenant's providers (when
-  providers are restricted). A region-pinned tenant listing a model without a deployment in
+  providers are restricted), and the tenant's aliases (from the file, else the database) must
+  still name models it may use. A region-pinned tenant listing a model without a deployment in
   its region is a warning, not an error: the tenant simply cannot use that model.
 
 Invalid input is refused whole, with every error listed at a JSON-path-like location
@@ -68,10 +91,12 @@ dots are bracketed: `models["gpt-4.1"].input_per_1m`). A valid file is applied i
 transaction; a dry run computes the same change list and writes nothing.
 
 Export writes the same format with every key present (null where empty), all active catalog
-models with the price in force now, all plans and all tenants, never an api_key; keys and
-lists sorted. Importing an export changes nothing.
+models with the price in force now, all plans, all tenants (never an api_key) and the policy
+(its defaults when staff never set one); keys and lists sorted. Importing an export changes
+nothing.
 """
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable
@@ -86,13 +111,26 @@ from django.utils import timezone
 
 from tenants.keys import key_display_parts, key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant
-from tenants.services import api_key_create, api_key_revoke
+from tenants.profiles import (
+    LOG_RETENTION_DAYS_MAX,
+    POLICY_FIELDS,
+    ModelScope,
+    Problem,
+    default_max_tokens_problems,
+    default_params_clean,
+    model_aliases_problems,
+    model_aliases_shape,
+    policy_problems,
+    positive_int_problems,
+)
+from tenants.selectors import platform_policy
+from tenants.services import api_key_create, api_key_revoke, platform_policy_update
 
 from .models import MONEY_DIGITS, PRICE_DIGITS, ModelPrice, Plan, Subscription
 
 CONFIG_KEY_NAME = "config"
 
-TOP_KEYS = ("models", "plans", "tenants")
+TOP_KEYS = ("models", "plans", "tenants", "policy")
 MODEL_KEYS = (
     "provider",
     "upstream",
@@ -116,7 +154,15 @@ TENANT_KEYS = (
     "billing_plan",
     "monthly_budget",
     "region",
+    "model_aliases",
+    "default_params",
+    "max_tokens_cap",
+    "log_requests",
+    "log_retention_days",
 )
+PROFILE_KEYS = ("model_aliases", "default_params", "max_tokens_cap", "log_requests", "log_retention_days")
+POLICY_KEYS = POLICY_FIELDS
+POLICY_LIST_KEYS = ("blocked_models", "blocked_providers", "killed_providers")
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")  # Django's validate_slug
@@ -255,13 +301,27 @@ def config_export() -> dict:
             },
             "region": tenant.region,
             "status": tenant.status,
+            "model_aliases": dict(sorted((tenant.model_aliases or {}).items())),
+            "default_params": dict(sorted((tenant.default_params or {}).items())),
+            "max_tokens_cap": tenant.max_tokens_cap,
+            "log_requests": tenant.log_requests,
+            "log_retention_days": tenant.log_retention_days,
         }
         subscription = getattr(tenant, "subscription", None)
         if subscription is not None:  # a tenant made in the admin may have none yet
             entry["billing_plan"] = subscription.plan.name
             entry["monthly_budget"] = _fmt(subscription.monthly_budget)
         tenants[tenant.slug] = dict(sorted(entry.items()))
-    return {"models": models, "plans": plans, "tenants": dict(sorted(tenants.items()))}
+    policy = platform_policy()
+    policy_entry = {name: getattr(policy, name) for name in POLICY_KEYS}
+    for name in POLICY_LIST_KEYS:
+        policy_entry[name] = sorted(policy_entry[name] or [])
+    return {
+        "models": models,
+        "plans": plans,
+        "policy": dict(sorted(policy_entry.items())),
+        "tenants": dict(sorted(tenants.items())),
+    }
 
 
 def config_dumps(*, document: dict) -> str:
@@ -295,11 +355,12 @@ class _Config:
     models: dict[str, dict[str, Any]]
     plans: dict[str, dict[str, Any]]
     tenants: dict[str, dict[str, Any]]
+    policy: dict[str, Any]
 
 
 class _Checked:
     def __init__(self) -> None:
-        self.config = _Config(models={}, plans={}, tenants={})
+        self.config = _Config(models={}, plans={}, tenants={}, policy={})
         self.errors: list[ConfigError] = []
         self.warnings: list[ConfigError] = []
         self.bad_paths: set[Path] = set()  # reported already: later checks stay quiet about them
@@ -310,6 +371,11 @@ class _Checked:
 
     def warn(self, path: Path, message: str) -> None:
         self.warnings.append(ConfigError(_render(path), message))
+
+    def problems(self, path: Path, problems: Iterable[Problem]) -> None:
+        """Problems found by tenants.profiles, under `path` (their own path starts with the key)."""
+        for problem in problems:
+            self.error((*path, *problem.path), problem.message)
 
 
 _INVALID = object()  # a value that already produced an error
@@ -330,6 +396,8 @@ def _check(document: Any) -> _Checked:
         if section in root:
             for name, raw in _mapping(checked, root[section], (section,), pattern, max_length, what).items():
                 into[name] = parse(checked, raw, (section, name))
+    if "policy" in root:
+        checked.config.policy = _policy_entry(checked, root["policy"], ("policy",))
     _check_duplicate_keys(checked)
     _check_references(checked)
     return checked
@@ -558,7 +626,42 @@ def _tenant_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
         )
     if "region" in obj:
         entry["region"] = _region(checked, obj["region"], (*path, "region"))
+    _profile_entry(checked, obj, path, entry)
     return _keep_valid(entry)
+
+
+def _profile_entry(checked: _Checked, obj: dict, path: Path, entry: dict[str, Any]) -> None:
+    """The tenant's profile keys, shape only; references and the cap are checked later."""
+    if "model_aliases" in obj:
+        aliases, problems = model_aliases_shape(obj["model_aliases"])
+        checked.problems(path, problems)
+        # Well-formed aliases are kept even next to bad ones, so that their targets are checked too.
+        entry["model_aliases"] = aliases if aliases or not problems else _INVALID
+    if "default_params" in obj:
+        params, problems = default_params_clean(obj["default_params"])
+        checked.problems(path, problems)
+        entry["default_params"] = _INVALID if problems else params
+    for key, maximum, nullable in (
+        ("max_tokens_cap", _MAX_INT, True),
+        ("log_retention_days", LOG_RETENTION_DAYS_MAX, False),
+    ):
+        if key in obj:
+            problems = positive_int_problems(obj[key], key, maximum=maximum, nullable=nullable)
+            checked.problems(path, problems)
+            entry[key] = _INVALID if problems else obj[key]
+    if "log_requests" in obj:
+        if isinstance(obj["log_requests"], bool):
+            entry["log_requests"] = obj["log_requests"]
+        else:
+            checked.error((*path, "log_requests"), "must be true or false")
+
+
+def _policy_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
+    """The policy's shape; its names are checked against the catalog with the references."""
+    obj = _object(checked, raw, path, POLICY_KEYS)
+    if obj is None:
+        return {}
+    return {key: obj[key] for key in POLICY_KEYS if key in obj}
 
 
 def _name_list(checked: _Checked, value: Any, path: Path, item) -> Any:
@@ -630,6 +733,19 @@ def _check_references(checked: _Checked) -> None:
             regions.add(entry.get("region", primary.region if primary else ""))
         return regions
 
+    # The catalog as it will be after the import: the file's models are created or activated.
+    scope_catalog = {name: model.provider for name, model in catalog.items()}
+    for name, entry in config.models.items():
+        if "provider" in entry or name not in scope_catalog:
+            scope_catalog[name] = entry.get("provider", "")
+    scope_active = {name for name, model in catalog.items() if model.active} | set(config.models)
+
+    if config.policy:
+        problems = policy_problems(catalog=set(scope_catalog), **config.policy)
+        checked.problems(("policy",), problems)
+        if problems:
+            config.policy = {}
+
     hashes = {
         slug: key_hash(entry["api_key"], pepper=settings.API_KEY_PEPPER)
         for slug, entry in config.tenants.items()
@@ -688,6 +804,35 @@ def _check_references(checked: _Checked) -> None:
                     where, f"model {json.dumps(name)} has no deployment in region {region}; this tenant cannot use it"
                 )
 
+        after = ModelScope(
+            catalog=scope_catalog, active=scope_active, models={name for _, name in listed}, providers=providers
+        )
+        _check_profile(checked, path, entry, tenant, scope=after)
+
+
+def _check_profile(checked: _Checked, path: Path, entry: dict, tenant: Tenant | None, *, scope: ModelScope) -> None:
+    """Aliases against the tenant's models after the import; the default max_tokens under the cap."""
+    if "model_aliases" in entry:
+        checked.problems(path, model_aliases_problems(entry["model_aliases"], scope=scope))
+    elif tenant is not None and ("models" in entry or "providers" in entry):
+        # The file narrows the tenant's models: the aliases it keeps must still point somewhere.
+        # Only those this file breaks: one broken before (a catalog edit) is not the file's doing.
+        aliases = tenant.model_aliases or {}
+        before = dataclasses.replace(
+            scope,
+            models={m.name for m in tenant.allowed_models.all()},
+            providers=set(tenant.allowed_providers or []),
+        )
+        broken_before = {problem.path[1] for problem in model_aliases_problems(aliases, scope=before)}
+        where = (*path, "models" if "models" in entry else "providers")
+        for problem in model_aliases_problems(aliases, scope=scope):
+            if problem.path[1] not in broken_before:
+                checked.error(where, f"alias {json.dumps(problem.path[1])}: {problem.message}")
+    if "default_params" in entry or "max_tokens_cap" in entry:
+        params = entry.get("default_params", tenant.default_params if tenant else {}) or {}
+        cap = entry.get("max_tokens_cap", tenant.max_tokens_cap if tenant else None)
+        checked.problems(path, default_max_tokens_problems(params, max_tokens_cap=cap))
+
 
 # --------------------------------------------------------------------------------------------
 # Applying a valid document
@@ -707,6 +852,8 @@ def _fmt(value: Decimal | None) -> str | None:
 def _show(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool | dict):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
     if isinstance(value, Decimal):
         return _fmt(value)
     if isinstance(value, list):
@@ -742,6 +889,7 @@ class _Applier:
     def run(self) -> list[str]:
         plans = self._plans()
         catalog = self._models()
+        self._policy()
         for slug, entry in self.config.tenants.items():
             self._tenant(slug, entry, plans=plans, catalog=catalog)
         return self.changes
@@ -768,6 +916,22 @@ class _Applier:
                 plans[name] = Plan.objects.create(name=name)
                 self.changes.append(f"create plan {name} (not defined in the file: zero fees)")
         return plans
+
+    def _policy(self) -> None:
+        wanted = self.config.policy
+        if not wanted:
+            return
+        current = platform_policy()
+        changes = {}
+        for key, value in wanted.items():
+            old = getattr(current, key)
+            if key in POLICY_LIST_KEYS:
+                old, value = sorted(old or []), sorted(value)
+            if value != old:
+                changes[key] = value
+                self.changes.append(f"update policy.{key}: {_show(old)} → {_show(value)}")
+        if changes:
+            platform_policy_update(changes=changes)
 
     def _models(self) -> dict[str, CatalogModel]:
         catalog = {m.name: m for m in CatalogModel.objects.prefetch_related("deployments")}
@@ -859,7 +1023,7 @@ class _Applier:
             tenant = Tenant(slug=slug, name=slug.replace("_", " ").replace("-", " ").title(), allowed_providers=[])
             self.changes.append(f"create tenant {slug}")
         wanted: dict[str, Any] = {
-            key: entry.get(key, _MISSING) for key in ("name", "status", "region", *RATE_LIMIT_KEYS)
+            key: entry.get(key, _MISSING) for key in ("name", "status", "region", *RATE_LIMIT_KEYS, *PROFILE_KEYS)
         }
         if "providers" in entry:
             wanted["allowed_providers"] = sorted(name for _, name in entry["providers"])

@@ -1,11 +1,15 @@
 """Reads on tenants: the one place that decides what a tenant may see."""
 
+from collections.abc import Collection
+
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from .crypto import decrypt
 from .keys import key_hash
-from .models import ApiKey, CatalogModel, Deployment, Tenant
+from .models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
+from .profiles import ModelScope
 
 
 def api_key_for_secret(*, raw_key: str) -> ApiKey | None:
@@ -34,3 +38,57 @@ def model_deployments(*, model: CatalogModel, region: str = "") -> list[Deployme
     if region:
         qs = qs.filter(region=region)
     return list(qs.order_by("priority", "id"))
+
+
+def api_key_models(*, key: ApiKey) -> QuerySet[CatalogModel]:
+    """Active catalog models this key may call: its tenant's, narrowed by the key's own scope.
+
+    A key's scope is never wider than its tenant: a model removed from the tenant is gone for
+    every key of the tenant, even one that still lists it.
+    """
+    qs = tenant_models(tenant=key.tenant)
+    if key.allowed_models.exists():
+        qs = qs.filter(pk__in=key.allowed_models.values("pk"))
+    return qs
+
+
+def model_scope(*, models: Collection[str] = (), providers: Collection[str] = ()) -> ModelScope:
+    """The catalog as validation needs it (tenants.profiles), with the given restrictions."""
+    rows = CatalogModel.objects.values_list("name", "provider", "active")
+    catalog = {}
+    active = set()
+    for name, provider, is_active in rows:
+        catalog[name] = provider
+        if is_active:
+            active.add(name)
+    return ModelScope(
+        catalog=catalog, active=frozenset(active), models=frozenset(models), providers=frozenset(providers)
+    )
+
+
+def tenant_model_scope(*, tenant: Tenant) -> ModelScope:
+    """What this tenant may use now, for validating a key's scope or an alias."""
+    return model_scope(
+        models=set(tenant.allowed_models.values_list("name", flat=True)),
+        providers=set(tenant.allowed_providers or []),
+    )
+
+
+def credential_secret(*, tenant_id: int | None, provider: str) -> tuple[str, str] | None:
+    """(secret, base_url) of the active credential of this tenant (None: the platform's own) for
+    this provider, decrypted; None when there is none. No fallback from a tenant to the platform:
+    the caller decides whether a tenant without its own key may use the platform's.
+    """
+    row = (
+        ProviderCredential.objects.filter(tenant_id=tenant_id, provider=provider, active=True)
+        .values_list("encrypted_secret", "base_url")
+        .first()
+    )
+    if row is None:
+        return None
+    return decrypt(row[0]), row[1]
+
+
+def platform_policy() -> PlatformPolicy:
+    """The platform policy; an unsaved default when staff never set one (reading writes nothing)."""
+    return PlatformPolicy.objects.filter(pk=1).first() or PlatformPolicy()

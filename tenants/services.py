@@ -1,29 +1,85 @@
-"""Writes on tenants and their keys."""
+"""Writes on tenants, their keys, profiles, provider credentials, the platform policy and the
+data kept for tenants (request logs, prompt templates).
 
-from datetime import datetime
+Expected refusals raise `Refused` (or its subclass `InvalidKey`) with every problem listed;
+nothing is written then. Writes to several rows are one transaction, locking rows in primary
+key order (two bulk edits over overlapping tenants then queue instead of deadlocking).
+"""
 
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.fernet import InvalidToken
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from .crypto import encrypt, reencrypt
 from .keys import key_display_parts, key_generate, key_hash, key_is_well_formed
-from .models import ApiKey, Tenant
+from .models import (
+    ApiKey,
+    CatalogModel,
+    PlatformPolicy,
+    PromptTemplate,
+    Provider,
+    ProviderCredential,
+    RequestLog,
+    Tenant,
+)
+from .profiles import (
+    POLICY_FIELDS,
+    PROVIDERS,
+    Problem,
+    key_models_problems,
+    model_aliases_problems,
+    policy_problems,
+    positive_int_problems,
+)
+from .selectors import model_scope, tenant_model_scope
+
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+CREDENTIAL_SECRET_MIN = 8  # shorter, and `last4` would give away half of it
 
 
-class InvalidKey(ValueError):
-    pass
+class Refused(ValueError):
+    """An expected refusal: the input breaks a rule. `problems` says which, one line each."""
+
+    def __init__(self, problems: Iterable[str | Problem]) -> None:
+        self.problems = [p if isinstance(p, str) else f"{'.'.join(map(str, p.path))}: {p.message}" for p in problems]
+        super().__init__("; ".join(self.problems))
 
 
-def api_key_create(
-    *, tenant: Tenant, name: str = "default", raw_key: str | None = None, expires_at: datetime | None = None
-) -> tuple[ApiKey, str]:
-    """Create a key and return it with its secret, which is never available again.
+class InvalidKey(Refused):
+    def __init__(self, message: str) -> None:
+        super().__init__([message])
 
-    `raw_key` is for keys that come from a configuration file; otherwise one is generated.
-    """
-    raw = raw_key or key_generate()
-    if not key_is_well_formed(raw):
-        raise InvalidKey("the key is malformed (characters, length or checksum)")
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def _limits_problems(limits: Mapping[str, Any]) -> list[Problem]:
+    problems = []
+    for name, value in limits.items():
+        if name not in LIMIT_FIELDS:
+            raise TypeError(f"unknown limit {name!r}")
+        problems += positive_int_problems(value, name)
+    return problems
+
+
+def _api_key_insert(
+    *,
+    tenant: Tenant,
+    name: str,
+    raw: str,
+    expires_at: datetime | None,
+    models: Collection[CatalogModel],
+    limits: Mapping[str, int | None],
+) -> ApiKey:
     prefix, last4 = key_display_parts(raw)
     key = ApiKey.objects.create(
         tenant=tenant,
@@ -32,8 +88,97 @@ def api_key_create(
         prefix=prefix,
         last4=last4,
         expires_at=expires_at,
+        **limits,
     )
+    if models:
+        key.allowed_models.set(models)
+    return key
+
+
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str = "default",
+    raw_key: str | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: Collection[CatalogModel] = (),
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    max_concurrent: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never available again.
+
+    `raw_key` is for keys that come from a configuration file; otherwise one is generated.
+    `allowed_models` narrows the key to some of the tenant's models (empty: all of the
+    tenant's); the limits are the key's own, on top of the tenant's (None: none of its own).
+    """
+    raw = raw_key or key_generate()
+    if not key_is_well_formed(raw):
+        raise InvalidKey("the key is malformed (characters, length or checksum)")
+    limits = {
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+        "max_concurrent": max_concurrent,
+    }
+    problems = _limits_problems(limits)
+    if allowed_models:
+        problems += key_models_problems({m.name for m in allowed_models}, scope=tenant_model_scope(tenant=tenant))
+    if problems:
+        raise Refused(problems)
+    with transaction.atomic():
+        key = _api_key_insert(
+            tenant=tenant, name=name, raw=raw, expires_at=expires_at, models=allowed_models, limits=limits
+        )
     return key, raw
+
+
+def api_key_set_models(*, key: ApiKey, models: Collection[CatalogModel]) -> ApiKey:
+    """Narrow (or, with no models, widen back to the tenant's) the models a key may use.
+
+    Models added must be the tenant's; models the key keeps are not checked again (one may
+    have left the tenant since: the key simply cannot use it, see selectors.api_key_models).
+    """
+    added = {m.name for m in models} - set(key.allowed_models.values_list("name", flat=True))
+    if added:
+        problems = key_models_problems(added, scope=tenant_model_scope(tenant=key.tenant))
+        if problems:
+            raise Refused(problems)
+    key.allowed_models.set(models)
+    return key
+
+
+def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
+    """A new key with the same tenant, name, model scope, limits and (future) expiry; the old
+    key keeps working for `grace` more (0: ends now), never longer than it would have anyway.
+
+    Only an active key can be rotated: a revoked key stays dead, an expired one gets a new key
+    through "create". The new key's secret is returned once, like `api_key_create`.
+    """
+    if grace < timedelta(0):
+        raise Refused(["the grace period must not be negative"])
+    with transaction.atomic():
+        # Locked: two staff members rotating the same key at once get two new keys, but the
+        # old one's end is computed from the committed row, never from a stale copy.
+        old = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+        now = timezone.now()
+        status = old.status_at(now)
+        if status != "active":
+            raise InvalidKey(f"{old.display} is {status}; only an active key can be rotated")
+        limits = {name: getattr(old, name) for name in LIMIT_FIELDS}
+        new = _api_key_insert(
+            tenant=old.tenant,
+            name=old.name,
+            raw=(raw := key_generate()),
+            expires_at=old.expires_at,
+            models=list(old.allowed_models.all()),
+            limits=limits,
+        )
+        ends = now + grace
+        if old.expires_at is None or ends < old.expires_at:
+            old.expires_at = ends
+            old.save(update_fields=["expires_at"])
+    key.expires_at = old.expires_at
+    return new, raw
 
 
 def api_key_revoke(*, key: ApiKey) -> ApiKey:
@@ -43,8 +188,233 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
     return key
 
 
+# --- tenants ----------------------------------------------------------------------------------
+
+
 @transaction.atomic
 def tenant_set_status(*, tenant: Tenant, status: str) -> Tenant:
     tenant.status = status
     tenant.save(update_fields=["status", "updated_at"])
     return tenant
+
+
+def _locked(tenants: Iterable[Tenant]) -> list[Tenant]:
+    ids = sorted({t.pk for t in tenants})
+    return list(Tenant.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+
+
+def tenants_set_limits(*, tenants: Iterable[Tenant], limits: Mapping[str, int | None]) -> int:
+    """Set the given limits (None: clear) on every tenant at once; limits left out are kept.
+
+    One UPDATE: all tenants or none. Returns the number of tenants updated.
+    """
+    problems = _limits_problems(limits)
+    if problems:
+        raise Refused(problems)
+    if not limits:
+        return 0
+    ids = sorted({t.pk for t in tenants})
+    return Tenant.objects.filter(pk__in=ids).update(**limits, updated_at=timezone.now())
+
+
+def tenants_set_models(
+    *,
+    tenants: Iterable[Tenant],
+    enable: Collection[CatalogModel] = (),
+    disable: Collection[CatalogModel] = (),
+) -> list[str]:
+    """Add models to and remove models from the tenants' allowed models, all or nothing.
+
+    Refused whole (Refused, listing every problem) when for any tenant an enabled model is
+    inactive or of a provider the tenant excludes, an alias of the tenant would point at a
+    disabled model, or disabling would leave an empty list (which means "every model").
+    A tenant allowed every model keeps that when models are enabled (it has them already);
+    disabling a model turns its "every model" into the explicit list of the others.
+    Returns one line per tenant changed.
+    """
+    enable_names = {m.name for m in enable}
+    disable_names = {m.name for m in disable}
+    both = sorted(enable_names & disable_names)
+    if both:
+        raise Refused([f"{', '.join(both)}: cannot be enabled and disabled at once"])
+    with transaction.atomic():
+        locked = _locked(tenants)
+        scope = model_scope()
+        problems: list[str] = []
+        plans: list[tuple[Tenant, set[str], set[str]]] = []
+        current_by_tenant: dict[int, set[str]] = {}
+        for tenant_id, name in Tenant.allowed_models.through.objects.filter(
+            tenant_id__in=[t.pk for t in locked]
+        ).values_list("tenant_id", "catalogmodel__name"):
+            current_by_tenant.setdefault(tenant_id, set()).add(name)
+        for tenant in locked:
+            current = current_by_tenant.get(tenant.pk, set())
+            providers = set(tenant.allowed_providers or [])
+            for model in sorted(enable, key=lambda m: m.name):
+                if not model.active:
+                    problems.append(f"{tenant.slug}: model {model.name} is not active in the catalog")
+                elif providers and model.provider not in providers:
+                    problems.append(
+                        f"{tenant.slug}: model {model.name} is served by {model.provider}, "
+                        "not among the tenant's providers"
+                    )
+            if current:
+                wanted = (current | enable_names) - disable_names
+            elif disable_names:
+                every = {name for name in scope.active if not providers or scope.catalog[name] in providers}
+                wanted = every - disable_names
+            else:
+                wanted = current  # every model already, the enabled ones included
+            if not wanted and (current or disable_names):
+                problems.append(
+                    f"{tenant.slug}: disabling would leave no model, and an empty list means every model "
+                    "(suspend the tenant instead)"
+                )
+                continue
+            # Only aliases this change breaks: one broken before (a catalog edit) is not ours to refuse.
+            tenant_scope = dataclasses.replace(scope, models=wanted, providers=providers)
+            before = dataclasses.replace(scope, models=current, providers=providers)
+            aliases = tenant.model_aliases or {}
+            broken_before = {p.path[1] for p in model_aliases_problems(aliases, scope=before)}
+            for problem in model_aliases_problems(aliases, scope=tenant_scope):
+                if problem.path[1] not in broken_before:
+                    problems.append(f"{tenant.slug}: alias {problem.path[1]}: {problem.message}")
+            if wanted != current:
+                plans.append((tenant, current, wanted))
+        if problems:
+            raise Refused(problems)
+        by_name = {m.name: m for m in CatalogModel.objects.filter(name__in=set().union(*(w for _, _, w in plans)))}
+        changes = []
+        for tenant, current, wanted in plans:
+            tenant.allowed_models.set([by_name[name] for name in sorted(wanted)])
+            Tenant.objects.filter(pk=tenant.pk).update(updated_at=timezone.now())
+            if current:
+                diff = [f"+{n}" for n in sorted(wanted - current)] + [f"-{n}" for n in sorted(current - wanted)]
+                changes.append(f"{tenant.slug}: {' '.join(diff)}")
+            else:
+                changes.append(
+                    f"{tenant.slug}: every model → {len(wanted)} listed (without {', '.join(sorted(disable_names))})"
+                )
+    return changes
+
+
+# --- provider credentials ---------------------------------------------------------------------
+
+
+def credential_set(*, tenant: Tenant | None, provider: str, secret: str, base_url: str = "") -> ProviderCredential:
+    """Store a provider key (encrypted) as the active one of this tenant (None: the platform's)
+    and provider, deactivating the previous one. Staff only: `base_url` is where we connect.
+
+    Two concurrent calls for the same tenant and provider: the loser fails on the unique
+    constraint of active credentials and writes nothing.
+    """
+    secret = secret.strip()  # a pasted key brings a newline along
+    problems = []
+    if provider not in PROVIDERS:
+        problems.append(f"unknown provider {provider!r} (expected one of: {', '.join(PROVIDERS)})")
+    if len(secret) < CREDENTIAL_SECRET_MIN or any(c.isspace() for c in secret) or not secret.isprintable():
+        problems.append(f"the secret must be at least {CREDENTIAL_SECRET_MIN} printable characters without spaces")
+    if base_url:
+        try:
+            URLValidator(schemes=["http", "https"])(base_url)
+        except ValidationError:
+            problems.append("base_url must be an http(s) URL")
+    if problems:
+        raise Refused(problems)
+    with transaction.atomic():
+        ProviderCredential.objects.filter(tenant=tenant, provider=provider, active=True).update(active=False)
+        return ProviderCredential.objects.create(
+            tenant=tenant,
+            provider=Provider(provider).value,
+            encrypted_secret=encrypt(secret),
+            last4=secret[-4:],
+            base_url=base_url,
+        )
+
+
+def credential_deactivate(*, credential: ProviderCredential) -> ProviderCredential:
+    if credential.active:
+        credential.active = False
+        credential.save(update_fields=["active"])
+    return credential
+
+
+def credentials_reencrypt() -> int:
+    """Re-encrypt every credential (active or not) under the newest FIELD_ENCRYPTION_KEYS key,
+    so that older keys can then be removed. All or nothing; returns the number of rows.
+
+    Refused (nothing written) when a credential cannot be decrypted with any configured key.
+    """
+    with transaction.atomic():
+        rows = list(ProviderCredential.objects.select_for_update().order_by("pk"))
+        undecryptable = []
+        for row in rows:
+            try:
+                row.encrypted_secret = reencrypt(row.encrypted_secret)
+            except InvalidToken:
+                undecryptable.append(row)
+        if undecryptable:
+            raise Refused(
+                [f"credential {row.pk} ({row}) cannot be decrypted with any configured key" for row in undecryptable]
+            )
+        ProviderCredential.objects.bulk_update(rows, ["encrypted_secret"], batch_size=500)
+    return len(rows)
+
+
+# --- the platform policy ----------------------------------------------------------------------
+
+
+def platform_policy_update(*, changes: Mapping[str, Any]) -> PlatformPolicy:
+    """Set some fields of the platform policy (the one row, created when missing).
+
+    Lists are sets: stored sorted. Refused when a name is unknown (model or provider).
+    """
+    unknown = set(changes) - set(POLICY_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown policy field(s): {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        policy, _ = PlatformPolicy.objects.select_for_update().get_or_create(pk=1)
+        values = {name: getattr(policy, name) for name in POLICY_FIELDS}
+        values.update(changes)
+        catalog = set(CatalogModel.objects.values_list("name", flat=True))
+        problems = policy_problems(catalog=catalog, **values)
+        if problems:
+            raise Refused(problems)
+        for name in changes:
+            value = values[name]
+            setattr(policy, name, sorted(value) if isinstance(value, list | tuple) else value)
+        if changes:
+            policy.save(update_fields=[*changes, "updated_at"])
+    return policy
+
+
+# --- data kept for tenants --------------------------------------------------------------------
+
+
+def tenant_data_purge(*, tenant: Tenant) -> dict[str, int]:
+    """Delete every request log (prompts and responses) and prompt template of this tenant.
+
+    Billing (usage records, invoices) is kept: nothing there refers to these rows.
+    """
+    with transaction.atomic():
+        logs, _ = RequestLog.objects.filter(tenant=tenant).delete()
+        templates, _ = PromptTemplate.objects.filter(tenant=tenant).delete()
+    return {"request_logs": logs, "prompt_templates": templates}
+
+
+def request_logs_purge_expired(*, now: datetime) -> int:
+    """Delete request logs older than their tenant's `log_retention_days`; the number deleted.
+
+    One DELETE per tenant that has logs (on the tenant/created_at index), each committed on its
+    own: a long purge holds no lock on other tenants' rows, and a failure keeps what is done.
+    """
+    deleted = 0
+    tenants = (
+        Tenant.objects.filter(Exists(RequestLog.objects.filter(tenant_id=OuterRef("pk"))))
+        .values_list("pk", "log_retention_days")
+        .order_by("pk")
+    )
+    for tenant_id, days in tenants:
+        count, _ = RequestLog.objects.filter(tenant_id=tenant_id, created_at__lt=now - timedelta(days=days)).delete()
+        deleted += count
+    return deleted

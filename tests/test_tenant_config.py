@@ -105,6 +105,11 @@ COMPLETE = {
             "billing_plan": "gold",
             "monthly_budget": "75.50",
             "region": "",
+            "model_aliases": {"smart": "claude-3.7-custom", "eu.fast": "gpt-4o-eu"},
+            "default_params": {"temperature": 0.2, "stop": ["END", "STOP"], "max_tokens": 512, "user": "acme"},
+            "max_tokens_cap": 1024,
+            "log_requests": True,
+            "log_retention_days": 7,
         },
         "globex": {
             "name": "Globex",
@@ -116,7 +121,19 @@ COMPLETE = {
             "billing_plan": "gold",
             "monthly_budget": None,
             "region": "eu",
+            "model_aliases": {},
+            "default_params": {},
+            "max_tokens_cap": None,
+            "log_requests": False,
+            "log_retention_days": 30,
         },
+    },
+    "policy": {
+        "blocked_models": ["claude-3.7-custom"],
+        "blocked_providers": [],
+        "killed_providers": ["azure"],
+        "max_tokens_cap": 8192,
+        "maintenance_message": "",
     },
 }
 
@@ -383,13 +400,14 @@ def test_unknown_keys_are_refused_at_every_level(db):
         "tenants": {"acme": tenant_doc(apikey="x_1", rate_limit={"rpm": 5})},
     }
     assert errors_of(document) == {
-        "version: unknown key (expected one of: models, plans, tenants)",
+        "version: unknown key (expected one of: models, plans, tenants, policy)",
         "models.gpt-4o.discount: unknown key (expected one of: provider, upstream, region, input_per_1m, "
         "output_per_1m, cached_input_per_1m, cache_write_per_1m)",
         "plans.gold.fee: unknown key (expected one of: description, currency, monthly_base_fee, "
         "included_allowance, default_monthly_budget, markup_percent)",
         "tenants.acme.apikey: unknown key (expected one of: name, status, api_key, providers, rate_limit, models, "
-        "billing_plan, monthly_budget, region)",
+        "billing_plan, monthly_budget, region, model_aliases, default_params, max_tokens_cap, log_requests, "
+        "log_retention_days)",
         "tenants.acme.rate_limit.rpm: unknown key (expected one of: requests_per_minute, tokens_per_minute, "
         "max_concurrent)",
     }
@@ -513,6 +531,7 @@ def test_export_then_import_gives_back_the_same_document_without_keys(db):
     }
     assert exported["tenants"] == expected_tenants
     assert exported["plans"] == COMPLETE["plans"]
+    assert exported["policy"] == COMPLETE["policy"]
     for name, entry in COMPLETE["models"].items():
         assert exported["models"][name] == entry
     assert exported["models"]["gpt-4o"]["input_per_1m"] == "2.50"  # the default catalog is in it too
@@ -558,7 +577,7 @@ def test_import_command_refuses_an_invalid_file_listing_every_error(db, tmp_path
         call_command("import_tenants", str(path), stdout=io.StringIO(), stderr=err)
 
     assert err.getvalue().splitlines() == [
-        "extra: unknown key (expected one of: models, plans, tenants)",
+        "extra: unknown key (expected one of: models, plans, tenants, policy)",
         "tenants.a.status: must be one of: active, suspended",
         "tenants.b.billing_plan: must be a string",
         'tenants.a: a new tenant needs "billing_plan"',

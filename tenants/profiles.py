@@ -1,0 +1,354 @@
+"""Validation of a tenant's configuration profile and of the platform policy. Pure: no ORM.
+
+The one place that says what a valid `model_aliases`, `default_params`, `max_tokens_cap`,
+`log_retention_days`, API key scope or platform policy is. The staff admin forms and the
+configuration file import (billing/tenant_config.py) both call these functions, so a value
+the admin refuses is refused by the import too, with the same words.
+
+Every check returns a list of `Problem`s (empty: valid). A problem's `path` starts with the
+field name, which is also the key in the configuration file, then the key or index inside
+the value: ("default_params", "temperature"), ("model_aliases", "fast"), ("blocked_models", 2).
+The admin reports a problem on the field `path[0]`; the import prefixes it with the tenant's path.
+
+What a tenant may use is described by a `ModelScope` (the catalog plus the tenant's own
+restrictions), built by `tenants.selectors.model_scope()` from the database, or by the import
+from the database and the file together.
+"""
+
+import json
+import math
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .models import Provider
+
+PROVIDERS = tuple(sorted(p.value for p in Provider))
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # what the config file accepts as a model name
+MODEL_NAME_MAX = 100  # CatalogModel.name
+ALIASES_MAX = 100
+_ALIAS_HINT = f"is not a usable alias (letters, digits, '.', '_', ':', '/', '-'; at most {MODEL_NAME_MAX})"
+LOG_RETENTION_DAYS_MAX = 3650
+MAINTENANCE_MESSAGE_MAX = 300  # PlatformPolicy.maintenance_message
+INT_MAX = 2_147_483_647  # PositiveIntegerField on PostgreSQL
+STOP_MAX = 4  # OpenAI accepts at most 4 stop sequences
+STOP_CHARS_MAX = 100
+USER_CHARS_MAX = 256
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: tuple[str | int, ...]
+    message: str
+
+    @property
+    def field(self) -> str:
+        return str(self.path[0])
+
+    @property
+    def detail(self) -> str:
+        """The message, led by the key inside the field when there is one (for a form field)."""
+        inner = self.path[1:]
+        if not inner:
+            return self.message
+        where = "".join(f"[{p}]" if isinstance(p, int) else f"{p}" if i == 0 else f".{p}" for i, p in enumerate(inner))
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScope:
+    """The catalog and one tenant's restrictions on it (after the change being validated).
+
+    `catalog` maps every catalog model name (active or not) to its provider; `models` and
+    `providers` are the tenant's allowed sets, empty meaning "every" as on Tenant.
+    """
+
+    catalog: Mapping[str, str]
+    active: Collection[str]
+    models: Collection[str] = field(default_factory=frozenset)
+    providers: Collection[str] = field(default_factory=frozenset)
+
+    def refusal(self, name: str) -> str | None:
+        """Why this tenant may not use the model `name`, or None when it may."""
+        quoted = json.dumps(name)
+        if name not in self.catalog:
+            return f"unknown model {quoted}"
+        if name not in self.active:
+            return f"model {quoted} is not active in the catalog"
+        if self.models and name not in self.models:
+            return f"model {quoted} is not among the tenant's models"
+        provider = self.catalog[name]
+        if self.providers and provider not in self.providers:
+            return f"model {quoted} is served by {provider}, not among the tenant's providers"
+        return None
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    # Decimal comes from the configuration file's parser (floats are parsed as Decimal there).
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    try:
+        return isinstance(value, float | Decimal) and math.isfinite(value)
+    except (TypeError, ValueError):  # pragma: no cover - a Decimal NaN signalling
+        return False
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    # 5.0 from a JSON editor is 5; 5.5 is not an integer.
+    return _is_number(value) and not isinstance(value, int) and value == int(value)
+
+
+def _as_number(value: Any) -> int | float:
+    """JSON-storable: Decimal → float (these are sampling parameters, not money), int stays int."""
+    if isinstance(value, int):
+        return value
+    return float(value)
+
+
+def positive_int_problems(
+    value: Any, field_name: str, *, maximum: int = INT_MAX, nullable: bool = True
+) -> list[Problem]:
+    if value is None and nullable:
+        return []
+    if not _is_int(value) or not 0 < value <= maximum:
+        tail = " (or null for none)" if nullable else ""
+        return [Problem((field_name,), f"must be a whole number from 1 to {maximum}{tail}")]
+    return []
+
+
+# --- default parameters -----------------------------------------------------------------------
+
+
+def _range(low: float, high: float):
+    def check(value: Any) -> str | None:
+        if not _is_number(value) or not low <= value <= high:
+            return f"must be a number from {low:g} to {high:g}"
+        return None
+
+    return check
+
+
+def _max_tokens(value: Any) -> str | None:
+    if not _is_int(value) or not 0 < value <= INT_MAX:
+        return "must be a positive whole number"
+    return None
+
+
+def _seed(value: Any) -> str | None:
+    if not _is_int(value) or not SEED_MIN <= value <= SEED_MAX:
+        return "must be a whole number (64-bit)"
+    return None
+
+
+def _stop(value: Any) -> str | None:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not 1 <= len(items) <= STOP_MAX:
+        return f"must be a string or a list of 1 to {STOP_MAX} strings"
+    for item in items:
+        if not isinstance(item, str) or not item or len(item) > STOP_CHARS_MAX or "\x00" in item:
+            return f"each stop sequence must be a non-empty string of at most {STOP_CHARS_MAX} characters"
+    return None
+
+
+def _user(value: Any) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > USER_CHARS_MAX or "\x00" in value:
+        return f"must be a non-empty string of at most {USER_CHARS_MAX} characters"
+    return None
+
+
+# The parameters a tenant's profile may fill in, and their checks. Anything else (tools,
+# response_format, logit_bias, n, stream, model, messages...) changes what a request means or
+# costs, and is the caller's to send. Temperature is checked against OpenAI's range (0-2);
+# Anthropic models take 0-1 and answer a larger default with a 400 naming the parameter.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "temperature": _range(0, 2),
+    "top_p": _range(0, 1),
+    "max_tokens": _max_tokens,
+    "presence_penalty": _range(-2, 2),
+    "frequency_penalty": _range(-2, 2),
+    "stop": _stop,
+    "seed": _seed,
+    "user": _user,
+}
+
+
+def default_params_clean(value: Any, *, max_tokens_cap: int | None = None) -> tuple[dict, list[Problem]]:
+    """(the parameters as stored, problems). Numbers from the file's parser become floats."""
+    name = "default_params"
+    if not isinstance(value, dict):
+        return {}, [Problem((name,), "must be an object of parameter names to values")]
+    problems: list[Problem] = []
+    cleaned: dict[str, Any] = {}
+    for key, item in value.items():
+        check = DEFAULT_PARAMS.get(key)
+        if check is None:
+            allowed = ", ".join(DEFAULT_PARAMS)
+            problems.append(Problem((name, key), f"is not a parameter a profile may set (allowed: {allowed})"))
+            continue
+        message = check(item)
+        if message is not None:
+            problems.append(Problem((name, key), message))
+            continue
+        if isinstance(item, list):
+            cleaned[key] = list(item)
+        elif isinstance(item, str):
+            cleaned[key] = item
+        elif key in ("max_tokens", "seed"):
+            cleaned[key] = int(item)
+        else:
+            cleaned[key] = _as_number(item)
+    if not problems:
+        problems += default_max_tokens_problems(cleaned, max_tokens_cap=max_tokens_cap)
+    return cleaned, problems
+
+
+def default_max_tokens_problems(params: Mapping[str, Any], *, max_tokens_cap: int | None) -> list[Problem]:
+    """A default max_tokens above the tenant's own ceiling is a contradiction, not a default."""
+    value = params.get("max_tokens")
+    if max_tokens_cap is not None and isinstance(value, int) and value > max_tokens_cap:
+        return [Problem(("default_params", "max_tokens"), f"is above the tenant's max_tokens_cap ({max_tokens_cap})")]
+    return []
+
+
+# --- model aliases ----------------------------------------------------------------------------
+
+
+def model_aliases_shape(value: Any) -> tuple[dict[str, str], list[Problem]]:
+    """(the well-formed aliases, problems): names and targets only, no catalog needed."""
+    name = "model_aliases"
+    if not isinstance(value, dict):
+        return {}, [Problem((name,), 'must be an object of alias to catalog model name, e.g. {"fast": "gpt-4o-mini"}')]
+    if len(value) > ALIASES_MAX:
+        return {}, [Problem((name,), f"at most {ALIASES_MAX} aliases")]
+    problems: list[Problem] = []
+    good: dict[str, str] = {}
+    for alias, target in value.items():
+        if not isinstance(alias, str) or len(alias) > MODEL_NAME_MAX or not MODEL_NAME.match(alias):
+            problems.append(
+                Problem(
+                    (name, alias),
+                    _ALIAS_HINT,
+                )
+            )
+            continue
+        if not isinstance(target, str) or not target:
+            problems.append(Problem((name, alias), "must name a catalog model (a string)"))
+            continue
+        good[alias] = target
+    return good, problems
+
+
+def model_aliases_problems(aliases: Mapping[str, str], *, scope: ModelScope) -> list[Problem]:
+    """References of well-formed aliases: each target a model this tenant may use, no alias a
+    catalog name (a request for "gpt-4o" must always mean the catalog's gpt-4o)."""
+    problems = []
+    for alias, target in aliases.items():
+        if alias in scope.catalog:
+            problems.append(Problem(("model_aliases", alias), "is the name of a catalog model and would shadow it"))
+            continue
+        refusal = scope.refusal(target)
+        if refusal is not None:
+            if target in aliases and target not in scope.catalog:
+                refusal = f"{json.dumps(target)} is another alias; an alias must name a catalog model"
+            problems.append(Problem(("model_aliases", alias), refusal))
+    return problems
+
+
+def model_aliases_clean(value: Any, *, scope: ModelScope) -> tuple[dict[str, str], list[Problem]]:
+    aliases, problems = model_aliases_shape(value)
+    problems += model_aliases_problems(aliases, scope=scope)
+    return aliases, problems
+
+
+# --- the other profile fields -----------------------------------------------------------------
+
+
+def profile_problems(
+    *,
+    scope: ModelScope | None,
+    model_aliases: Any = None,
+    default_params: Any = None,
+    max_tokens_cap: Any = None,
+    log_retention_days: Any = 30,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """All of a tenant profile at once, as the admin form has it: (cleaned values, problems).
+
+    `scope` None checks the aliases' shape only (their targets were checked when they were set).
+    """
+    cap_problems = positive_int_problems(max_tokens_cap, "max_tokens_cap")
+    problems = cap_problems + positive_int_problems(
+        log_retention_days, "log_retention_days", maximum=LOG_RETENTION_DAYS_MAX, nullable=False
+    )
+    aliases, alias_problems = model_aliases_shape({} if model_aliases is None else model_aliases)
+    if scope is not None:
+        alias_problems += model_aliases_problems(aliases, scope=scope)
+    cap = None if cap_problems else max_tokens_cap
+    params, param_problems = default_params_clean({} if default_params is None else default_params, max_tokens_cap=cap)
+    cleaned = {"model_aliases": aliases, "default_params": params}
+    return cleaned, problems + alias_problems + param_problems
+
+
+# --- API key scope ----------------------------------------------------------------------------
+
+
+def key_models_problems(names: Collection[str], *, scope: ModelScope) -> list[Problem]:
+    """A key's models must be a subset of what its tenant may use (empty: the tenant's)."""
+    problems = []
+    for name in sorted(names):
+        refusal = scope.refusal(name)
+        if refusal is not None:
+            problems.append(Problem(("allowed_models",), refusal))
+    return problems
+
+
+# --- platform policy --------------------------------------------------------------------------
+
+POLICY_FIELDS = ("blocked_models", "blocked_providers", "killed_providers", "max_tokens_cap", "maintenance_message")
+
+
+def policy_problems(
+    *,
+    catalog: Collection[str],
+    blocked_models: Any = (),
+    blocked_providers: Any = (),
+    killed_providers: Any = (),
+    max_tokens_cap: Any = None,
+    maintenance_message: Any = "",
+) -> list[Problem]:
+    """Names that exist (catalog models, known providers), each once; a sane cap and message."""
+    problems: list[Problem] = []
+
+    def names(value: Any, field_name: str, known: Collection[str], what: str) -> None:
+        if not isinstance(value, list | tuple):
+            problems.append(Problem((field_name,), "must be a list"))
+            return
+        seen = set()
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or item not in known:
+                hint = f" (expected one of: {', '.join(PROVIDERS)})" if what == "provider" else ""
+                problems.append(Problem((field_name, index), f"unknown {what} {json.dumps(item)}{hint}"))
+            elif item in seen:
+                problems.append(Problem((field_name, index), f"{json.dumps(item)} is listed twice"))
+            seen.add(item if isinstance(item, str) else None)
+
+    names(blocked_models, "blocked_models", catalog, "model")
+    names(blocked_providers, "blocked_providers", PROVIDERS, "provider")
+    names(killed_providers, "killed_providers", PROVIDERS, "provider")
+    problems += positive_int_problems(max_tokens_cap, "max_tokens_cap")
+    if not isinstance(maintenance_message, str):
+        problems.append(Problem(("maintenance_message",), "must be a string"))
+    elif len(maintenance_message) > MAINTENANCE_MESSAGE_MAX or "\x00" in maintenance_message:
+        problems.append(Problem(("maintenance_message",), f"must be at most {MAINTENANCE_MESSAGE_MAX} characters"))
+    return problems
