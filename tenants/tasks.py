@@ -1,0 +1,12 @@
+"""Celery tasks of the tenants app: thin wrappers that call a service."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from .services import request_logs_purge_expired
+
+
+@shared_task(acks_late=True)
+def purge_expired_request_logs() -> int:
+    """Delete request logs past their tenant's retention period. Idempotent: a re-run deletes nothing more."""
+    return request_logs_purge_expired(now=timezone.now())
