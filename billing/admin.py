@@ -24,10 +24,26 @@ from tenants.admin import TenantAdmin
 from tenants.models import CatalogModel, Tenant
 
 from .exports import invoices_csv_write
-from .models import Invoice, InvoiceLine, ModelPrice, Plan, SharedCost, Subscription, UsageRecord, UsageRollup
+from .models import (
+    BudgetAlert,
+    Invoice,
+    InvoiceLine,
+    ModelPrice,
+    Plan,
+    SharedCost,
+    Subscription,
+    UsageRecord,
+    UsageRollup,
+)
 from .periods import PeriodState, month_start, period_parse, period_state, period_str, previous_month
 from .selectors import finance_summary, invoices_for_period, period_has_finalized_invoices, usage_summary
-from .services import BillingError, credit_note_create, invoices_finalize, invoices_generate
+from .services import (
+    BillingError,
+    credit_note_create,
+    invoices_finalize,
+    invoices_generate,
+    subscription_webhook_secret_set,
+)
 
 # --- plans and subscriptions ---------------------------------------------------------------
 
@@ -55,14 +71,68 @@ class PlanAdmin(admin.ModelAdmin):
         return obj._tenants
 
 
+class SubscriptionForm(forms.ModelForm):
+    """The webhook secret is write-only: typing one sets it, it is never displayed."""
+
+    webhook_secret = forms.CharField(
+        label="Alert webhook secret",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Signs the alert webhook (HMAC-SHA256). Leave empty to keep the current one.",
+    )
+    clear_webhook_secret = forms.BooleanField(label="Remove the webhook secret", required=False)
+    alert_webhook_url = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        help_text="Set by staff only. Alerts are POSTed here as signed JSON; empty: no webhook.",
+    )
+
+    class Meta:
+        model = Subscription
+        fields = ["tenant", "plan", "monthly_budget", "alert_thresholds", "alert_emails", "alert_webhook_url"]
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
-    list_display = ["tenant", "plan", "monthly_budget", "effective_budget"]
+    form = SubscriptionForm
+    list_display = ["tenant", "plan", "monthly_budget", "effective_budget", "alert_thresholds", "has_webhook"]
     list_select_related = ["tenant", "plan"]
     list_filter = ["plan"]
     search_fields = ["tenant__slug", "tenant__name"]
     autocomplete_fields = ["tenant"]
-    readonly_fields = ["effective_budget"]
+    readonly_fields = ["effective_budget", "webhook_secret_set"]
+    fieldsets = [
+        (None, {"fields": ["tenant", "plan", "monthly_budget", "effective_budget"]}),
+        (
+            "Budget alerts",
+            {
+                "fields": [
+                    "alert_thresholds",
+                    "alert_emails",
+                    "alert_webhook_url",
+                    "webhook_secret_set",
+                    "webhook_secret",
+                    "clear_webhook_secret",
+                ]
+            },
+        ),
+    ]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("clear_webhook_secret"):
+            subscription_webhook_secret_set(subscription=obj, secret="")
+        elif form.cleaned_data.get("webhook_secret"):
+            subscription_webhook_secret_set(subscription=obj, secret=form.cleaned_data["webhook_secret"])
+
+    @admin.display(description="webhook secret", boolean=True)
+    def webhook_secret_set(self, obj: Subscription) -> bool:
+        return bool(obj.alert_webhook_secret)
+
+    @admin.display(description="webhook", boolean=True)
+    def has_webhook(self, obj: Subscription) -> bool:
+        return bool(obj.alert_webhook_url)
 
     def get_readonly_fields(self, request, obj=None):
         # A subscription belongs to its tenant for good; moving it would be a new subscription.
@@ -678,3 +748,39 @@ class InvoiceAdmin(admin.ModelAdmin):
 
 MONEY_KEYS = ("revenue", "provider_cost", "shared_cost", "margin")
 ZERO = Decimal(0)
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    """Raised by `budget_alerts_check`, never by hand: read-only."""
+
+    list_display = [
+        "tenant",
+        "period",
+        "threshold",
+        "spend",
+        "budget",
+        "created_at",
+        "email_sent_at",
+        "webhook_delivered_at",
+        "webhook_attempts",
+    ]
+    list_select_related = ["tenant"]
+    list_filter = [
+        "period",
+        "threshold",
+        ("email_sent_at", admin.EmptyFieldListFilter),
+        ("webhook_delivered_at", admin.EmptyFieldListFilter),
+        "tenant",
+    ]
+    search_fields = ["tenant__slug", "tenant__name"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

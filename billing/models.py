@@ -6,6 +6,7 @@ they are kept with 12 decimal places; rounding to the cent happens once, on invo
 
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
@@ -42,12 +43,39 @@ class Plan(models.Model):
         return self.name
 
 
+def default_alert_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
+def validate_alert_thresholds(value) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(item, int) and not isinstance(item, bool) and 0 < item <= 1000 for item in value
+    ):
+        raise ValidationError("A list of whole percentages between 1 and 1000, e.g. [50, 80, 100].")
+
+
 class Subscription(models.Model):
-    """A tenant's commercial terms: its plan and its monthly budget (empty: the plan's default)."""
+    """A tenant's commercial terms: its plan and its monthly budget (empty: the plan's default),
+    and where budget alerts go (`BudgetAlert`).
+
+    `alert_webhook_secret` holds the signing secret encrypted (tenants.crypto); it is set and
+    read through `billing.services.subscription_webhook_secret_set` / `..._get`, never shown.
+    """
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="subscription")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
     monthly_budget = models.DecimalField(**MONEY_DIGITS, null=True, blank=True)
+    alert_thresholds = models.JSONField(
+        default=default_alert_thresholds,
+        blank=True,
+        validators=[validate_alert_thresholds],
+        help_text="Percentages of the monthly budget that raise an alert, once a month each: [50, 80, 100].",
+    )
+    alert_emails = models.TextField(blank=True, help_text="Comma-separated addresses; empty: no alert emails.")
+    alert_webhook_url = models.URLField(
+        blank=True, help_text="Set by staff only. Alerts are POSTed here as signed JSON; empty: no webhook."
+    )
+    alert_webhook_secret = models.TextField(blank=True, editable=False, help_text="Encrypted signing secret.")
 
     def __str__(self) -> str:
         return f"{self.tenant.slug} on {self.plan.name}"
@@ -348,3 +376,35 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.invoice.number} {self.description}: {self.amount}"
+
+
+# --- budget alerts -------------------------------------------------------------------------
+
+
+class BudgetAlert(models.Model):
+    """A tenant's month-to-date spend reached `threshold` percent of its monthly budget.
+
+    One row per tenant, month and threshold (the unique constraint): concurrent checkers race on
+    INSERT … ON CONFLICT DO NOTHING and only the one whose insert went through delivers it.
+    `email_sent_at` and `webhook_delivered_at` make delivery retries resume where they stopped.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budget_alerts")
+    period = models.DateField(help_text="The first day of the month.")
+    threshold = models.PositiveIntegerField(help_text="Percent of the budget.")
+    spend = models.DecimalField(**COST_DIGITS, help_text="Month-to-date cost when the alert was raised.")
+    budget = models.DecimalField(**MONEY_DIGITS)
+    created_at = models.DateTimeField()
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-period", "tenant", "threshold"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period", "threshold"], name="budgetalert_once_per_period"),
+            models.CheckConstraint(condition=Q(period__day=1), name="budgetalert_period_is_first_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.period:%Y-%m} {self.threshold}%"

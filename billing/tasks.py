@@ -11,11 +11,21 @@ from datetime import date
 
 from celery import shared_task
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db.models import Q
 from django.utils import timezone
 
+from .models import Subscription
 from .periods import period_parse, period_str
 from .selectors import budget_statuses, invoice_periods_due
-from .services import BillingError, invoices_generate, usage_retention_apply, usage_rollup
+from .services import (
+    BillingError,
+    WebhookError,
+    budget_alert_deliver,
+    budget_alerts_check,
+    invoices_generate,
+    usage_retention_apply,
+    usage_rollup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +75,16 @@ def close_invoice_periods() -> list[str]:
 
 @shared_task(**RETRY)
 def check_budgets() -> list[dict]:
-    """Tenants at or above 80 % of their monthly budget, logged (alerting is a later step)."""
+    """Raise the budget alerts due (`budget_alerts_check`, per tenant with a budget), and log the
+    tenants at or above 80 % of their monthly budget."""
+    now = timezone.now()
+    with_budget = Subscription.objects.filter(
+        Q(monthly_budget__isnull=False) | Q(plan__default_monthly_budget__isnull=False)
+    ).order_by("tenant_id")
+    for tenant_id in with_budget.values_list("tenant_id", flat=True):
+        budget_alerts_check(tenant_id=tenant_id, now=now)
     flagged = []
-    for status in budget_statuses(now=timezone.now()):
+    for status in budget_statuses(now=now):
         if status.ratio >= 1:
             log.warning("tenant %s over budget: %s of %s", status.tenant, status.spend, status.budget)
         elif status.ratio >= 0.8:
@@ -76,6 +93,19 @@ def check_budgets() -> list[dict]:
             continue
         flagged.append({"tenant": status.tenant, "spend": str(status.spend), "budget": str(status.budget)})
     return flagged
+
+
+# Backoff 30 s, 60 s, 2 min, … capped at an hour (with jitter): six retries span about half an hour.
+@shared_task(
+    autoretry_for=(WebhookError, OperationalError, InterfaceError),
+    retry_backoff=30,
+    retry_backoff_max=3600,
+    retry_jitter=True,
+    max_retries=6,
+)
+def deliver_budget_alert(alert_id: int) -> dict:
+    """Email (once) and webhook (until delivered) for one budget alert; see `budget_alert_deliver`."""
+    return budget_alert_deliver(alert_id=alert_id)
 
 
 @shared_task(autoretry_for=(DatabaseError,), retry_backoff=60, max_retries=3)

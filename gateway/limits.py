@@ -567,6 +567,11 @@ class Admission:
     _store: "_RedisStore | _MemoryStore | None" = field(default=None, repr=False)
     _done: bool = field(default=False, repr=False)
 
+    @property
+    def budgeted(self) -> bool:
+        """Whether the request counts against a monthly budget (and so may cross an alert threshold)."""
+        return self._ticket is not None and self._ticket.budget
+
     async def settle(self, *, tokens: int, cost: Decimal) -> None:
         await self._finish(tokens=max(0, tokens), units=max(0, to_units(cost)))
 

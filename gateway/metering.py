@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from billing.pricing import Tokens
-from billing.services import Metered, usage_record_create
+from billing.services import Metered, budget_alerts_check, usage_record_create
 from tenants.models import ApiKey, RequestLog
 
 from .limits import Admission
@@ -73,6 +73,9 @@ _pending: set[asyncio.Task] = set()
 # key id -> when this process last wrote its last_used_at (monotonic seconds)
 _key_touched: dict[int, float] = {}
 KEY_TOUCH_INTERVAL = 60.0
+# tenant id -> when this process last checked its budget alerts (monotonic seconds)
+_budget_checked: dict[int, float] = {}
+BUDGET_CHECK_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,7 @@ class LogEntry:
     response: dict | None
 
 
-def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> Decimal:
+def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool, check_budget: bool) -> Decimal:
     cost = usage_record_create(metered=metered).cost
     if log_entry is not None:
         # Separately, after the usage record: a log that cannot be stored must never cost a record.
@@ -105,6 +108,12 @@ def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool) -> Dec
     if touch_key:
         # Outside the transaction: a lost race on last_used_at must never cost a usage record.
         ApiKey.objects.filter(id=metered.api_key_id).update(last_used_at=metered.created_at)
+    if check_budget:
+        try:
+            # Exactly once per threshold and month is the database's job (a unique constraint).
+            budget_alerts_check(tenant_id=metered.tenant_id, now=metered.created_at)
+        except Exception:
+            log.exception("budget alerts of tenant %s could not be checked", metered.tenant_id)
     return cost
 
 
@@ -117,6 +126,18 @@ def _without_nul(value):
     if isinstance(value, list):
         return [_without_nul(v) for v in value]
     return value
+
+
+def _due_for_budget_check(tenant_id: int, cost_bearing: bool) -> bool:
+    """Budget thresholds are checked at most every BUDGET_CHECK_INTERVAL per tenant and process
+    (and every 15 minutes by beat), so an alert lags a crossing by seconds, not requests."""
+    if not cost_bearing:
+        return False
+    now = time.monotonic()
+    if now - _budget_checked.get(tenant_id, -BUDGET_CHECK_INTERVAL) < BUDGET_CHECK_INTERVAL:
+        return False
+    _budget_checked[tenant_id] = now
+    return True
 
 
 def _due_for_touch(key_id: int | None) -> bool:
@@ -134,7 +155,8 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, admission:
     """Commit the usage record (and request log), then settle the request's limits with its real
     tokens and cost. Awaited before the response ends (DESIGN §2 step 6).
     """
-    cost = await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id))
+    check_budget = _due_for_budget_check(metered.tenant_id, admission is not None and admission.budgeted)
+    cost = await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
     if admission is not None:
         tokens = metered.tokens
         await admission.settle(tokens=tokens.input + tokens.output, cost=cost)

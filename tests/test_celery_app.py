@@ -44,7 +44,14 @@ def test_without_redis_tasks_run_eagerly_and_with_redis_they_are_queued():
 
 def test_every_beat_entry_names_a_registered_task():
     schedule = settings.CELERY_BEAT_SCHEDULE
-    assert set(schedule) == {"rollup-usage", "close-invoice-periods", "check-budgets", "apply-usage-retention"}
+    assert set(schedule) == {
+        "rollup-usage",
+        "close-invoice-periods",
+        "check-budgets",
+        "apply-usage-retention",
+        "purge-request-logs",
+    }
+    app.loader.import_default_modules()  # what a worker does at boot: autodiscover every app's tasks
     registered = set(app.tasks)
     for entry in schedule.values():
         assert entry["task"] in registered, entry

@@ -120,3 +120,21 @@ def test_a_tenant_at_its_token_limit_waits_as_long_as_retry_after_says(two_gatew
         assert post(two_gateways[1], alice_key, max_tokens=20).status_code == 429
     time.sleep(1.05)
     assert post(two_gateways[1], alice_key, max_tokens=20).status_code == 200
+
+
+def test_crossing_a_budget_threshold_through_the_gateway_raises_the_alert_once(two_gateways, catalog, alice, alice_key):
+    from billing.models import BudgetAlert
+    from billing.services import budget_alerts_check
+
+    alice.subscription.monthly_budget = Decimal("0.01")
+    alice.subscription.alert_thresholds = [50]
+    alice.subscription.save()
+    # $0.0036 of output per request (6000 tokens × 0.60 per 1M): the second request crosses 50%.
+    for i in range(2):
+        response = post(two_gateways[i % 2], alice_key, content="[[mock:words=6000]] go", max_tokens=6000)
+        assert response.status_code == 200
+    alerts = list(BudgetAlert.objects.filter(tenant=alice))
+    assert [a.threshold for a in alerts] == [50]
+    assert alerts[0].spend >= Decimal("0.005")
+    assert budget_alerts_check(tenant_id=alice.id) == []  # once per period, whoever checks next
+    assert BudgetAlert.objects.filter(tenant=alice).count() == 1
