@@ -43,6 +43,7 @@ from .services import (
     invoices_finalize,
     invoices_generate,
     subscription_webhook_secret_set,
+    subscriptions_set_plan,
 )
 
 # --- plans and subscriptions ---------------------------------------------------------------
@@ -151,11 +152,28 @@ class SubscriptionInline(admin.StackedInline):
     can_delete = False
 
 
+class ChangePlanForm(forms.Form):
+    plan = forms.ModelChoiceField(queryset=Plan.objects.order_by("name"))
+
+
 class BillingTenantAdmin(TenantAdmin):
     list_display = [*TenantAdmin.list_display, "plan"]
     list_filter = [*TenantAdmin.list_filter, "subscription__plan"]
     list_select_related = [*TenantAdmin.list_select_related, "subscription__plan"]
     inlines = [SubscriptionInline, *TenantAdmin.inlines]
+    actions = [*TenantAdmin.actions, "change_plan"]
+
+    @admin.action(description="Change the plan of selected tenants…", permissions=["change"])
+    def change_plan(self, request, queryset):
+        form = ChangePlanForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            plan = form.cleaned_data["plan"]
+            count = subscriptions_set_plan(tenants=list(queryset), plan=plan)
+            for tenant in queryset:
+                self.log_change(request, tenant, f"Bulk plan change: {plan.name}.")
+            self.message_user(request, f"Put {count} tenant(s) on the plan {plan.name}.", messages.SUCCESS)
+            return None
+        return self.bulk_action_page(request, queryset, action="change_plan", title="Change plan", form=form)
 
     @admin.display(description="plan", ordering="subscription__plan__name")
     def plan(self, obj: Tenant) -> str:

@@ -39,6 +39,7 @@ from .models import (
     InvoiceLine,
     InvoiceRun,
     ModelPrice,
+    Plan,
     Subscription,
     UsageRecord,
     UsageRollup,
@@ -72,6 +73,21 @@ class Metered:
     streamed: bool
     estimated: bool
     cache_hit: bool = False
+
+
+@transaction.atomic
+def subscriptions_set_plan(*, tenants: list, plan: Plan) -> int:
+    """Put every given tenant on `plan`, all or nothing; tenants without a subscription get one.
+
+    Invoices already finalized keep the plan they were issued under (they snapshot its terms).
+    """
+    ids = sorted(t.pk for t in tenants)
+    existing = set(
+        Subscription.objects.select_for_update().filter(tenant_id__in=ids).values_list("tenant_id", flat=True)
+    )
+    Subscription.objects.filter(tenant_id__in=existing).update(plan=plan)
+    Subscription.objects.bulk_create([Subscription(tenant_id=i, plan=plan) for i in ids if i not in existing])
+    return len(ids)
 
 
 def usage_record_create(*, metered: Metered) -> UsageRecord:
