@@ -152,6 +152,8 @@ CELERY_BEAT_SCHEDULE = {
     "check-budgets": {"task": "billing.tasks.check_budgets", "schedule": 900.0},
     "apply-usage-retention": {"task": "billing.tasks.apply_usage_retention", "schedule": crontab(minute=0, hour=4)},
     # Prompts and responses are kept only as long as each tenant's log_retention_days.
+    # The Redis budget counters (gateway/limits.py) reset to the database's month-to-date spend.
+    "reconcile-budget-counters": {"task": "gateway.tasks.reconcile_budget_counters", "schedule": 300.0},
     "purge-request-logs": {"task": "tenants.tasks.purge_expired_request_logs", "schedule": crontab(minute=15, hour=4)},
 }
 # Days after a month ends during which its invoices stay drafts (late usage still comes in).
