@@ -1,7 +1,7 @@
 """The tenant's own data over REST: prompt templates and request logs (DESIGN §6, §9).
 
 Async DRF views (adrf). DRF's authentication classes are not used: the tenant key is checked
-in each handler through `registry.caller_for_key`, the same cached look-up as the completion
+in each handler through `auth.authenticate`, the same cached look-up as the completion
 endpoints, and every read or write is one `sync_to_async` hop into `tenants.prompting`, whose
 queries are all scoped by the caller's tenant. So another tenant's template or log is a 404,
 exactly like one that does not exist. Every error, DRF's own included, leaves in the OpenAI
@@ -21,30 +21,12 @@ from rest_framework.renderers import JSONRenderer
 from tenants import prompting
 from tenants.models import PromptTemplate
 
+from .auth import authenticate
 from .errors import GatewayError, bad_request, openai_error_response
-from .registry import Caller, caller_for_key
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_FIELDS = frozenset({"name", "description", "messages"})
-
-
-def _presented_key(request: HttpRequest) -> str:
-    authorization = request.headers.get("authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return request.headers.get("x-api-key") or request.headers.get("api-key") or ""
-
-
-async def authenticate(request: HttpRequest) -> Caller:
-    """The caller behind the request's key; 401 for a missing, unknown, revoked or expired key."""
-    raw = _presented_key(request)
-    if not raw:
-        raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
-    caller = await caller_for_key(raw)
-    if caller is None:
-        raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
-    return caller
 
 
 def _json(payload: object, status: int = 200) -> HttpResponse:

@@ -21,9 +21,10 @@ from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import proxy
+from .auth import authenticate
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .metering import record
-from .registry import Caller, caller_for_key, catalog
+from .registry import Caller, catalog
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +34,6 @@ ANTHROPIC_ROLES = frozenset({"user", "assistant"})
 
 def _request_id() -> str:
     return uuid.uuid4().hex
-
-
-def _api_key(request: HttpRequest) -> str:
-    authorization = request.headers.get("authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return request.headers.get("x-api-key") or request.headers.get("api-key") or ""
-
-
-async def _authenticate(request: HttpRequest) -> Caller:
-    raw = _api_key(request)
-    if not raw:
-        raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
-    caller = await caller_for_key(raw)
-    if caller is None:
-        raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
-    return caller
 
 
 def _json_body(request: HttpRequest) -> dict:
@@ -162,7 +146,7 @@ async def _completion(
     try:
         if request.method != "POST":
             raise GatewayError(405, "Use POST.", "method_not_allowed")
-        caller = await _authenticate(request)
+        caller = await authenticate(request)
         call = proxy.Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
         body = _json_body(request)
         if isinstance(body.get("model"), str):
@@ -207,7 +191,7 @@ async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitabl
     try:
         if request.method != "GET":
             raise GatewayError(405, "Use GET.", "method_not_allowed")
-        return await handler(await _authenticate(request))
+        return await handler(await authenticate(request))
     except GatewayError as error:
         return openai_error_response(error)
 
