@@ -49,7 +49,9 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
                                            # presence_penalty, frequency_penalty, stop, seed, user
           "max_tokens_cap": 4096 | null,   # extension: ceiling on max_tokens (null: none)
           "log_requests": false,           # extension: keep prompts and responses
-          "log_retention_days": 30         # extension: 1..3650, request logs older are deleted
+          "log_retention_days": 30,        # extension: 1..3650, request logs older are deleted
+          "response_cache_seconds": 300 | null  # extension: identical non-streaming requests are
+                                           # answered from the tenant's cache this long (null: off)
         }
       },
       "policy": {                          # extension, optional: rules over every tenant
@@ -114,6 +116,7 @@ from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant
 from tenants.profiles import (
     LOG_RETENTION_DAYS_MAX,
     POLICY_FIELDS,
+    RESPONSE_CACHE_SECONDS_MAX,
     ModelScope,
     Problem,
     default_max_tokens_problems,
@@ -159,8 +162,16 @@ TENANT_KEYS = (
     "max_tokens_cap",
     "log_requests",
     "log_retention_days",
+    "response_cache_seconds",
 )
-PROFILE_KEYS = ("model_aliases", "default_params", "max_tokens_cap", "log_requests", "log_retention_days")
+PROFILE_KEYS = (
+    "model_aliases",
+    "default_params",
+    "max_tokens_cap",
+    "log_requests",
+    "log_retention_days",
+    "response_cache_seconds",
+)
 POLICY_KEYS = POLICY_FIELDS
 POLICY_LIST_KEYS = ("blocked_models", "blocked_providers", "killed_providers")
 
@@ -306,6 +317,7 @@ def config_export() -> dict:
             "max_tokens_cap": tenant.max_tokens_cap,
             "log_requests": tenant.log_requests,
             "log_retention_days": tenant.log_retention_days,
+            "response_cache_seconds": tenant.response_cache_seconds,
         }
         subscription = getattr(tenant, "subscription", None)
         if subscription is not None:  # a tenant made in the admin may have none yet
@@ -644,6 +656,7 @@ def _profile_entry(checked: _Checked, obj: dict, path: Path, entry: dict[str, An
     for key, maximum, nullable in (
         ("max_tokens_cap", _MAX_INT, True),
         ("log_retention_days", LOG_RETENTION_DAYS_MAX, False),
+        ("response_cache_seconds", RESPONSE_CACHE_SECONDS_MAX, True),
     ):
         if key in obj:
             problems = positive_int_problems(obj[key], key, maximum=maximum, nullable=nullable)

@@ -424,6 +424,7 @@ class TenantForm(forms.ModelForm):
             "max_tokens_cap",
             "log_requests",
             "log_retention_days",
+            "response_cache_seconds",
         ]
         help_texts = {
             "default_params": (
@@ -437,7 +438,13 @@ class TenantForm(forms.ModelForm):
         cleaned = super().clean()
         for name in LIMIT_FIELDS:
             add_problems(self, positive_int_problems(cleaned.get(name), name))
-        profile_fields = ("model_aliases", "default_params", "max_tokens_cap", "log_retention_days")
+        profile_fields = (
+            "model_aliases",
+            "default_params",
+            "max_tokens_cap",
+            "log_retention_days",
+            "response_cache_seconds",
+        )
         if any(name in self.errors for name in (*profile_fields, "allowed_models", "allowed_providers")):
             return cleaned  # a field that did not parse: its own error says it
         scope = None
@@ -523,7 +530,7 @@ class TenantAdmin(admin.ModelAdmin):
         (None, {"fields": ["slug", "name", "status", "region"]}),
         ("Access", {"fields": ["allowed_providers", "allowed_models"]}),
         ("Limits", {"fields": ["requests_per_minute", "tokens_per_minute", "max_concurrent"]}),
-        ("Profile", {"fields": ["model_aliases", "default_params", "max_tokens_cap"]}),
+        ("Profile", {"fields": ["model_aliases", "default_params", "max_tokens_cap", "response_cache_seconds"]}),
         ("Request logs", {"fields": ["log_requests", "log_retention_days"]}),
         (None, {"fields": ["api_key_add_link", "created_at", "updated_at"]}),
     ]

@@ -47,6 +47,12 @@ class Tenant(models.Model):
     )
     log_requests = models.BooleanField(default=False, help_text="Store prompts and responses for this tenant.")
     log_retention_days = models.PositiveSmallIntegerField(default=30)
+    response_cache_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Answer an identical non-streaming request of this tenant from the cache for this many "
+        "seconds; empty: no cache. Never shared between tenants.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -31,6 +31,7 @@ MODEL_NAME_MAX = 100  # CatalogModel.name
 ALIASES_MAX = 100
 _ALIAS_HINT = f"is not a usable alias (letters, digits, '.', '_', ':', '/', '-'; at most {MODEL_NAME_MAX})"
 LOG_RETENTION_DAYS_MAX = 3650
+RESPONSE_CACHE_SECONDS_MAX = 7 * 24 * 3600
 MAINTENANCE_MESSAGE_MAX = 300  # PlatformPolicy.maintenance_message
 INT_MAX = 2_147_483_647  # PositiveIntegerField on PostgreSQL
 STOP_MAX = 4  # OpenAI accepts at most 4 stop sequences
@@ -282,6 +283,7 @@ def profile_problems(
     default_params: Any = None,
     max_tokens_cap: Any = None,
     log_retention_days: Any = 30,
+    response_cache_seconds: Any = None,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """All of a tenant profile at once, as the admin form has it: (cleaned values, problems).
 
@@ -290,6 +292,9 @@ def profile_problems(
     cap_problems = positive_int_problems(max_tokens_cap, "max_tokens_cap")
     problems = cap_problems + positive_int_problems(
         log_retention_days, "log_retention_days", maximum=LOG_RETENTION_DAYS_MAX, nullable=False
+    )
+    problems += positive_int_problems(
+        response_cache_seconds, "response_cache_seconds", maximum=RESPONSE_CACHE_SECONDS_MAX
     )
     aliases, alias_problems = model_aliases_shape({} if model_aliases is None else model_aliases)
     if scope is not None:

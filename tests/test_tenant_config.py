@@ -110,6 +110,7 @@ COMPLETE = {
             "max_tokens_cap": 1024,
             "log_requests": True,
             "log_retention_days": 7,
+            "response_cache_seconds": 120,
         },
         "globex": {
             "name": "Globex",
@@ -126,6 +127,7 @@ COMPLETE = {
             "max_tokens_cap": None,
             "log_requests": False,
             "log_retention_days": 30,
+            "response_cache_seconds": None,
         },
     },
     "policy": {
@@ -407,7 +409,7 @@ def test_unknown_keys_are_refused_at_every_level(db):
         "included_allowance, default_monthly_budget, markup_percent)",
         "tenants.acme.apikey: unknown key (expected one of: name, status, api_key, providers, rate_limit, models, "
         "billing_plan, monthly_budget, region, model_aliases, default_params, max_tokens_cap, log_requests, "
-        "log_retention_days)",
+        "log_retention_days, response_cache_seconds)",
         "tenants.acme.rate_limit.rpm: unknown key (expected one of: requests_per_minute, tokens_per_minute, "
         "max_concurrent)",
     }

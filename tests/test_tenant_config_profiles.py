@@ -1,5 +1,5 @@
 """The configuration file's profile keys (model_aliases, default_params, max_tokens_cap,
-log_requests, log_retention_days) and its `policy` section: import, errors, export, round trip.
+log_requests, log_retention_days, response_cache_seconds) and its `policy` section: import, errors, export, round trip.
 """
 
 import copy
@@ -34,7 +34,12 @@ def tenant(**fields):
 
 def state(slug: str) -> dict:
     return Tenant.objects.values(
-        "model_aliases", "default_params", "max_tokens_cap", "log_requests", "log_retention_days"
+        "model_aliases",
+        "default_params",
+        "max_tokens_cap",
+        "log_requests",
+        "log_retention_days",
+        "response_cache_seconds",
     ).get(slug=slug)
 
 
@@ -51,6 +56,7 @@ def test_each_profile_key_is_imported_and_listed_as_a_change(db):
                 max_tokens_cap=2048,
                 log_requests=True,
                 log_retention_days=7,
+                response_cache_seconds=300,
             )
         }
     }
@@ -62,12 +68,14 @@ def test_each_profile_key_is_imported_and_listed_as_a_change(db):
     assert "set acme.max_tokens_cap: null → 2048" in changes
     assert "set acme.log_requests: false → true" in changes
     assert "set acme.log_retention_days: 30 → 7" in changes
+    assert "set acme.response_cache_seconds: null → 300" in changes
     assert state("acme") == {
         "model_aliases": {"fast": "gpt-4o-mini", "smart": "gpt-4o"},
         "default_params": {"temperature": 0.2, "stop": ["END"]},
         "max_tokens_cap": 2048,
         "log_requests": True,
         "log_retention_days": 7,
+        "response_cache_seconds": 300,
     }
     assert config_apply(document=document) == []
 
@@ -134,6 +142,14 @@ def test_floats_from_json_text_become_plain_numbers(db):
         ({"log_requests": "yes"}, "tenants.acme.log_requests: must be true or false"),
         ({"log_retention_days": None}, "tenants.acme.log_retention_days: must be a whole number from 1 to 3650"),
         ({"log_retention_days": 5000}, "tenants.acme.log_retention_days: must be a whole number from 1 to 3650"),
+        (
+            {"response_cache_seconds": 0},
+            "tenants.acme.response_cache_seconds: must be a whole number from 1 to 604800 (or null for none)",
+        ),
+        (
+            {"response_cache_seconds": "300"},
+            "tenants.acme.response_cache_seconds: must be a whole number from 1 to 604800 (or null for none)",
+        ),
     ],
 )
 def test_invalid_profile_values_are_refused_with_their_path(db, fields, expected):
@@ -279,7 +295,7 @@ def test_export_has_every_profile_key_and_the_policy_but_never_a_key(db):
     exported = config_export()
     entry = exported["tenants"]["acme"]
     assert (entry["model_aliases"], entry["default_params"], entry["max_tokens_cap"]) == ({"f": "gpt-4o"}, {}, 9)
-    assert (entry["log_requests"], entry["log_retention_days"]) == (False, 30)
+    assert (entry["log_requests"], entry["log_retention_days"], entry["response_cache_seconds"]) == (False, 30, None)
     assert "api_key" not in entry
     assert "keys" not in entry
     assert "acme_secret_1" not in json.dumps(exported)
@@ -307,6 +323,7 @@ def test_the_exported_text_imports_back_to_the_same_document(db):
                 max_tokens_cap=1000,
                 log_requests=True,
                 log_retention_days=1,
+                response_cache_seconds=60,
             ),
             "globex": tenant(),
         },
