@@ -19,7 +19,8 @@ Definitions (the admin pages say them too):
   approximate within one bucket.
 """
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -35,6 +36,8 @@ from .models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
 from .periods import day_start, days, month_start
 from .pricing import Price, Tokens, request_cost
 from .selectors import usage_sources, utc_today
+
+log = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
 CENT = Decimal("0.01")
@@ -681,3 +684,32 @@ def comparison_sort(rows: list[ComparisonRow], sort: str) -> list[ComparisonRow]
     present.sort(key=lambda row: row.slug)  # ties in tenant order, whatever the direction
     present.sort(key=key, reverse=descending)
     return present + missing
+
+
+# --- live limit counters: read by the gateway's function, handed over at start-up ----------
+
+_live_limits_provider: Callable[[int], object] | None = None
+
+
+def live_limits_provider_set(provider: Callable[[int], object] | None) -> None:
+    """Called by the gateway app when it is ready (billing must not import the gateway)."""
+    global _live_limits_provider
+    _live_limits_provider = provider
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLimits:
+    usage: object | None  # gateway.limits.LiveUsage
+    error: str = ""
+
+
+def live_limits(*, tenant_id: int) -> LiveLimits | None:
+    """The tenant's current-window counters from the limits store; None when no gateway is
+    installed. A store that cannot be read is reported, never raised: the page still renders."""
+    if _live_limits_provider is None:
+        return None
+    try:
+        return LiveLimits(usage=_live_limits_provider(tenant_id))
+    except Exception as exc:  # noqa: BLE001 (Redis down or slow: say so on the page)
+        log.warning("live limit counters of tenant %s unreadable: %s", tenant_id, exc)
+        return LiveLimits(usage=None, error=f"the limits store could not be read ({type(exc).__name__})")
