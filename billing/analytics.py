@@ -21,7 +21,7 @@ Definitions (the admin pages say them too):
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -336,14 +336,9 @@ class Share:
     revenue: Decimal = ZERO
 
 
-def _markups() -> dict[int, tuple[Decimal, str]]:
-    """Markup percent and plan name per tenant with a subscription (one small query)."""
-    return {
-        tenant_id: (markup, plan)
-        for tenant_id, markup, plan in Subscription.objects.values_list(
-            "tenant_id", "plan__markup_percent", "plan__name"
-        )
-    }
+def _markups() -> dict[int, Decimal]:
+    """Markup percent per tenant with a subscription (one small query)."""
+    return dict(Subscription.objects.values_list("tenant_id", "plan__markup_percent"))
 
 
 def _revenue(cost: Decimal, markup_percent: Decimal | None) -> Decimal:
@@ -414,7 +409,6 @@ class Dashboard:
     daily: list[DayPoint]  # the last CHART_DAYS days, whatever the period
     tenants: int = 0
     active_tenants: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def dashboard_summary(*, start: date, end: date, today: date | None = None, top: int = 10) -> Dashboard:
@@ -430,7 +424,7 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
     tenants = []
     for row in by_tenant:
         tenant_totals = Totals.of(row)
-        tenant_revenue = _revenue(tenant_totals.cost, markups.get(row["tenant_id"], (None, ""))[0])
+        tenant_revenue = _revenue(tenant_totals.cost, markups.get(row["tenant_id"]))
         revenue += tenant_revenue
         tenants.append(
             Share(
