@@ -7,8 +7,12 @@ STAMP := $(VENV)/.installed
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# The browser test (tests/test_admin_browser.py) drives Debian's Chromium through Playwright;
+# Playwright never downloads a browser here.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-admin chromium clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,7 +25,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) manage.py demo
 
-test: $(STAMP)
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@test -x $(CHROMIUM)
+
+test: $(STAMP) chromium
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
@@ -31,6 +40,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/gateway_overhead.py
+
+bench-admin: $(STAMP)
+	$(PY) bench/admin_pages.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 var/

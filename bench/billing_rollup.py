@@ -2,7 +2,8 @@
 
 Self-contained: creates (if missing) and migrates a PostgreSQL database of its own, sets up
 tenants on three plans and a mid-month price change, generates a month of records with
-`billing.synthetic` (priced exactly like the gateway's), loads them with COPY, then times:
+`billing.synthetic.synthetic_usage_create` (priced exactly like the gateway's, COPY on
+PostgreSQL; also behind `manage.py generate_usage`), then times:
 
     the rollup of the month (SQL aggregation per UTC day),
     the invoice generation of the month (every tenant, from the rollups),
@@ -20,7 +21,6 @@ database; it is emptied of usage and invoices first (--keep reuses the records a
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import time
@@ -34,28 +34,6 @@ DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_billing"
 PERIOD = date(2024, 5, 1)
 PERIOD_END = date(2024, 5, 31)
 AFTER = datetime(2024, 6, 20, tzinfo=UTC)  # the month is closed: everything is rolled up
-COLUMNS = [
-    "request_id",
-    "created_at",
-    "tenant_id",
-    "api_key_id",
-    "model",
-    "provider",
-    "upstream_model",
-    "endpoint",
-    "status_code",
-    "error_type",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "cost",
-    "price_id",
-    "latency_ms",
-    "streamed",
-    "estimated",
-    "cache_hit",
-]
 
 
 def ensure_database(url: str) -> None:
@@ -143,31 +121,12 @@ def empty(keep: bool) -> None:
 
 
 def load(records: int) -> int:
-    """Generate with billing.synthetic and COPY into the usage table."""
-    from django.db import connection
+    """Exactly `records` records of the month, generated and COPYed by billing.synthetic."""
+    from billing.synthetic import synthetic_usage_create
 
-    from billing.synthetic import synthetic_values
-    from tenants.models import Tenant
-
-    tenants = Tenant.objects.filter(slug__startswith="bench-", status="active").count()
-    days = (PERIOD_END - PERIOD).days + 1
-    # A little more than asked, cut at exactly `records` (the last tenant's month ends early).
-    per_day = max(1, round(records / (tenants * days) * 1.15))
     start = datetime(2024, 5, 1, tzinfo=UTC)
-    end = start + timedelta(days=days)
-    count = 0
-    records_iter = synthetic_values(start=start, end=end, requests_per_tenant_day=per_day, seed=11)
-    # The generator reads tenants and prices before its first record: not while the COPY holds the connection.
-    first = next(records_iter)
-    raw = connection.connection
-    with raw.cursor() as cursor:
-        with cursor.copy(f"COPY billing_usagerecord ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for values in itertools.islice(itertools.chain([first], records_iter), records):
-                copy.write_row([values[name] for name in COLUMNS])
-                count += 1
-        cursor.execute("ANALYZE billing_usagerecord")
-    raw.commit()
-    return count
+    end = start + timedelta(days=(PERIOD_END - PERIOD).days + 1)
+    return synthetic_usage_create(start=start, end=end, total=records, seed=11)
 
 
 def main() -> int:

@@ -11,9 +11,10 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -23,6 +24,8 @@ from django.utils.http import urlencode
 from tenants.admin import TenantAdmin
 from tenants.models import CatalogModel, Tenant
 
+from .analytics import live_limits, tenant_overview
+from .dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
 from .exports import invoices_csv_write
 from .models import (
     BudgetAlert,
@@ -36,7 +39,13 @@ from .models import (
     UsageRollup,
 )
 from .periods import PeriodState, month_start, period_parse, period_state, period_str, previous_month
-from .selectors import finance_summary, invoices_for_period, period_has_finalized_invoices, usage_summary
+from .selectors import (
+    finance_summary,
+    invoices_for_period,
+    period_has_finalized_invoices,
+    usage_summary,
+    utc_today,
+)
 from .services import (
     BillingError,
     credit_note_create,
@@ -157,11 +166,12 @@ class ChangePlanForm(forms.Form):
 
 
 class BillingTenantAdmin(TenantAdmin):
-    list_display = [*TenantAdmin.list_display, "plan"]
+    list_display = [*TenantAdmin.list_display, "plan", "overview_link"]
     list_filter = [*TenantAdmin.list_filter, "subscription__plan"]
     list_select_related = [*TenantAdmin.list_select_related, "subscription__plan"]
     inlines = [SubscriptionInline, *TenantAdmin.inlines]
     actions = [*TenantAdmin.actions, "change_plan"]
+    change_form_template = "admin/billing/tenant/change_form.html"
 
     @admin.action(description="Change the plan of selected tenants…", permissions=["change"])
     def change_plan(self, request, queryset):
@@ -179,6 +189,55 @@ class BillingTenantAdmin(TenantAdmin):
     def plan(self, obj: Tenant) -> str:
         subscription = getattr(obj, "subscription", None)  # a missing one-to-one raises AttributeError
         return subscription.plan.name if subscription else "—"
+
+    # --- the tenant's overview page: usage, limits, keys, alerts, invoices, errors ---
+
+    @admin.display(description="overview")
+    def overview_link(self, obj: Tenant) -> str:
+        url = reverse("admin:tenants_tenant_overview", args=[obj.pk], current_app=self.admin_site.name)
+        return format_html('<a href="{}" class="overview-link">Overview</a>', url)
+
+    def get_urls(self):
+        overview = self.admin_site.admin_view(self.overview_view)
+        return [path("<int:object_id>/overview/", overview, name="tenants_tenant_overview"), *super().get_urls()]
+
+    def overview_view(self, request, object_id: int):
+        """Thin: the period from the query string, the figures from `billing.analytics.tenant_overview`."""
+        if not (self.has_view_permission(request) and request.user.has_perm(FIGURES_PERMISSION)):
+            raise PermissionDenied
+        today = utc_today()
+        form, period, status = period_from_request(request, today=today)
+        try:
+            overview = tenant_overview(tenant_id=object_id, start=period.start, end=period.end, today=today)
+        except Tenant.DoesNotExist:
+            raise Http404("No such tenant.") from None
+        tenant = overview.tenant
+        name = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{tenant.name} ({tenant.slug})",
+            "overview": overview,
+            "tenant": tenant,
+            "period_form": form,
+            "period": period,
+            "period_query": form.query(),
+            "charts": daily_charts(overview.daily, prefix="tenant-chart"),
+            "live_limits": live_limits(tenant_id=tenant.pk),
+            "change_url": reverse("admin:tenants_tenant_change", args=[tenant.pk], current_app=name),
+            "tenant_changelist_url": reverse("admin:tenants_tenant_changelist", current_app=name),
+            "key_add_url": reverse("admin:tenants_apikey_add", current_app=name) + f"?tenant={tenant.pk}",
+            "key_changelist_url": reverse("admin:tenants_apikey_changelist", current_app=name),
+            "invoices_url": reverse("admin:billing_invoice_changelist", current_app=name)
+            + f"?tenant__id__exact={tenant.pk}",
+            "usage_url": reverse("admin:billing_usagerecord_changelist", current_app=name)
+            + f"?tenant__id__exact={tenant.pk}",
+            "alerts_url": reverse("admin:billing_budgetalert_changelist", current_app=name)
+            + f"?tenant__id__exact={tenant.pk}",
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        request.current_app = name
+        return TemplateResponse(request, "admin/billing/tenant/overview.html", context, status=status)
 
 
 admin.site.unregister(Tenant)

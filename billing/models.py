@@ -194,6 +194,23 @@ class UsageRollup(models.Model):
     output_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=28, decimal_places=12, default=Decimal("0"))
     latency_ms = models.PositiveBigIntegerField(default=0, help_text="Sum over the requests, for averages.")
+    # Requests per latency bucket (billing/latency.py): percentiles from rollups alone.
+    lat_lt_50 = models.PositiveBigIntegerField(default=0)
+    lat_lt_100 = models.PositiveBigIntegerField(default=0)
+    lat_lt_200 = models.PositiveBigIntegerField(default=0)
+    lat_lt_300 = models.PositiveBigIntegerField(default=0)
+    lat_lt_500 = models.PositiveBigIntegerField(default=0)
+    lat_lt_750 = models.PositiveBigIntegerField(default=0)
+    lat_lt_1000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_1500 = models.PositiveBigIntegerField(default=0)
+    lat_lt_2000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_3000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_5000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_10000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_20000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_30000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_60000 = models.PositiveBigIntegerField(default=0)
+    lat_ge_60000 = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["-day", "tenant", "model"]

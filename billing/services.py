@@ -22,6 +22,7 @@ from django.utils import timezone
 from tenants.crypto import decrypt, encrypt
 from tenants.models import Tenant
 
+from . import latency
 from .invoicing import (
     ZERO,
     CostMismatch,
@@ -153,11 +154,14 @@ def _rollup_insert_sql() -> str:
         *_ROLLUP_SUMS,
     ]
     sums = ", ".join(f"SUM({quote(c)})" for c in _ROLLUP_SUMS)
+    histogram = latency.bucket_sql(quote("latency_ms"))
+    columns += [name for name, _ in histogram]
+    buckets = ", ".join(expression for _, expression in histogram)
     return (
         f"INSERT INTO {quote(UsageRollup._meta.db_table)} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608
         f"SELECT %s, {key}, COUNT(*), "
         f"SUM(CASE WHEN {quote('streamed')} THEN 1 ELSE 0 END), "
-        f"SUM(CASE WHEN {quote('estimated')} THEN 1 ELSE 0 END), {sums} "
+        f"SUM(CASE WHEN {quote('estimated')} THEN 1 ELSE 0 END), {sums}, {buckets} "
         f"FROM {quote(UsageRecord._meta.db_table)} "
         f"WHERE {quote('created_at')} >= %s AND {quote('created_at')} < %s "
         f"GROUP BY {key}"

@@ -5,17 +5,18 @@ at its time, the cost from `pricing.request_cost`, a realistic mix of errors, st
 cached prompts. Deterministic for a given seed.
 """
 
+import itertools
 import random
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from tenants.models import ApiKey, CatalogModel, Tenant
 
-from .models import ModelPrice, UsageRecord
+from .models import ModelPrice, Plan, Subscription, UsageRecord
 from .pricing import Price, Tokens, request_cost
 
 _ERRORS = [
@@ -41,12 +42,59 @@ def _tenant_models(tenant: Tenant, models: list[CatalogModel]) -> list[CatalogMo
     return usable or models
 
 
-def synthetic_values(*, start: datetime, end: datetime, requests_per_tenant_day: int, seed: int = 7) -> Iterator[dict]:
-    """The field values of records spread over [start, end) for every active tenant.
+def _day_counts(
+    rng: random.Random,
+    tenant_ids: list[int],
+    *,
+    start: datetime,
+    end: datetime,
+    per_tenant_day: float | None,
+    total: int | None,
+) -> list[tuple[int, datetime, datetime, int]]:
+    """(tenant, from, until, records) per tenant and day of [start, end).
+
+    Tenants differ in size and trend (some grow over the range, some shrink), days vary; a
+    last, shorter day gets its share. With `total`, the counts are scaled to add up to
+    exactly that many records (largest remainder).
+    """
+    length = end - start
+    day_count = max(1, -(-length // timedelta(days=1)))  # ceiling
+    cells: list[tuple[int, datetime, datetime, float]] = []
+    for tenant_id in tenant_ids:
+        size, trend = rng.uniform(0.4, 1.6), rng.uniform(-0.8, 0.8)
+        for day in range(day_count):
+            begin = start + timedelta(days=day)
+            until = min(begin + timedelta(days=1), end)
+            fraction = (until - begin) / timedelta(days=1)
+            position = (day + 0.5) / day_count - 0.5  # -0.5 … 0.5 across the range
+            cells.append((tenant_id, begin, until, size * (1 + trend * position) * rng.uniform(0.7, 1.3) * fraction))
+    if total is None:
+        return [(t, b, u, int((per_tenant_day or 0) * weight)) for t, b, u, weight in cells]
+    weights = sum(weight for *_, weight in cells) or 1.0
+    exact = [weight * total / weights for *_, weight in cells]
+    counts = [int(value) for value in exact]
+    by_remainder = sorted(range(len(cells)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for index in by_remainder[: total - sum(counts)]:
+        counts[index] += 1
+    return [(t, b, u, count) for (t, b, u, _), count in zip(cells, counts, strict=True)]
+
+
+def synthetic_values(
+    *,
+    start: datetime,
+    end: datetime,
+    requests_per_tenant_day: int | None = None,
+    total: int | None = None,
+    seed: int = 7,
+) -> Iterator[dict]:
+    """The field values of records spread over [start, end) for every active tenant: about
+    `requests_per_tenant_day` per tenant and day, or exactly `total` in all.
 
     All reads happen before the first value is yielded (so that a caller may stream the values
     into a COPY on the same connection).
     """
+    if (requests_per_tenant_day is None) == (total is None):
+        raise ValueError("give requests_per_tenant_day or total")
     rng = random.Random(seed)
     models = list(CatalogModel.objects.filter(active=True).prefetch_related("deployments"))
     prices = _prices_by_model()
@@ -64,29 +112,29 @@ def synthetic_values(*, start: datetime, end: datetime, requests_per_tenant_day:
         for rows in prices.values()
         for row in rows
     }
-    days = max(1, (end - start).days)
-    for tenant in tenants:
-        usable = usable_by_tenant[tenant.id]
-        if not usable:
-            continue
-        weight = rng.uniform(0.4, 1.6)  # tenants differ in size
-        for day in range(days):
-            day_start = start + timedelta(days=day)
-            for _ in range(int(requests_per_tenant_day * weight * rng.uniform(0.7, 1.3))):
-                at = day_start + timedelta(seconds=rng.randrange(86_400))
-                if at >= end:
-                    continue
-                model = rng.choice(usable)
-                yield _values(
-                    rng, tenant.id, keys.get(tenant.id), model, deployments[model.id], prices, price_values, at
-                )
+    tenant_ids = [tenant.id for tenant in tenants if usable_by_tenant[tenant.id]]
+    plan = _day_counts(rng, tenant_ids, start=start, end=end, per_tenant_day=requests_per_tenant_day, total=total)
+    for tenant_id, begin, until, count in plan:
+        usable = usable_by_tenant[tenant_id]
+        seconds = max(1, int((until - begin).total_seconds()))
+        for _ in range(count):
+            at = begin + timedelta(seconds=rng.randrange(seconds))
+            model = rng.choice(usable)
+            yield _values(rng, tenant_id, keys.get(tenant_id), model, deployments[model.id], prices, price_values, at)
 
 
 def synthetic_records(
-    *, start: datetime, end: datetime, requests_per_tenant_day: int, seed: int = 7
+    *,
+    start: datetime,
+    end: datetime,
+    requests_per_tenant_day: int | None = None,
+    total: int | None = None,
+    seed: int = 7,
 ) -> Iterator[UsageRecord]:
     """Unsaved records spread over [start, end) for every active tenant."""
-    for values in synthetic_values(start=start, end=end, requests_per_tenant_day=requests_per_tenant_day, seed=seed):
+    for values in synthetic_values(
+        start=start, end=end, requests_per_tenant_day=requests_per_tenant_day, total=total, seed=seed
+    ):
         yield UsageRecord(**values)
 
 
@@ -96,6 +144,8 @@ def _values(
     price_row = next((p for p in prices[model.id] if p.effective_from <= at), prices[model.id][-1])
     streamed = rng.random() < 0.4
     failed = rng.random() < 0.03
+    # A response-cache hit is recorded with the tokens it would have used, its price row and cost 0.
+    cache_hit = not failed and rng.random() < 0.05
     status, error = rng.choice(_ERRORS) if failed else (200, "")
     tokens = Tokens()
     if not failed:
@@ -117,29 +167,105 @@ def _values(
         "cached_input_tokens": tokens.cached_input,
         "cache_write_tokens": 0,
         "output_tokens": tokens.output,
-        "cost": request_cost(tokens=tokens, price=price_values[price_row.id]) if not failed else Decimal(0),
+        "cost": Decimal(0) if failed or cache_hit else request_cost(tokens=tokens, price=price_values[price_row.id]),
         "price_id": price_row.id if not failed else None,
-        "latency_ms": int(rng.lognormvariate(6.6, 0.5)) if not failed else rng.randrange(20, 400),
+        "latency_ms": _latency(rng, failed=failed, cache_hit=cache_hit),
         "streamed": streamed,
         "estimated": False,
-        "cache_hit": False,
+        "cache_hit": cache_hit,
     }
 
 
+def _latency(rng: random.Random, *, failed: bool, cache_hit: bool) -> int:
+    if failed:
+        return rng.randrange(20, 400)
+    if cache_hit:
+        return rng.randrange(2, 40)
+    return int(rng.lognormvariate(6.6, 0.5))
+
+
 def synthetic_usage_create(
-    *, start: datetime, end: datetime, requests_per_tenant_day: int, seed: int = 7, batch_size: int = 5000
+    *,
+    start: datetime,
+    end: datetime,
+    requests_per_tenant_day: int | None = None,
+    total: int | None = None,
+    seed: int = 7,
+    batch_size: int = 5000,
 ) -> int:
-    """Write synthetic records in batches; returns how many."""
-    count = 0
-    batch: list[UsageRecord] = []
+    """Write synthetic records: COPY on PostgreSQL (a million in well under a minute), bulk
+    inserts in batches elsewhere (the demo's SQLite). One transaction; returns how many."""
+    values = synthetic_values(
+        start=start, end=end, requests_per_tenant_day=requests_per_tenant_day, total=total, seed=seed
+    )
     with transaction.atomic():
-        for record in synthetic_records(
-            start=start, end=end, requests_per_tenant_day=requests_per_tenant_day, seed=seed
-        ):
-            batch.append(record)
+        if connection.vendor == "postgresql":
+            return _copy(values)
+        count = 0
+        batch: list[UsageRecord] = []
+        for row in values:
+            batch.append(UsageRecord(**row))
             if len(batch) >= batch_size:
                 UsageRecord.objects.bulk_create(batch)
                 count += len(batch)
                 batch = []
         UsageRecord.objects.bulk_create(batch)
-    return count + len(batch)
+        return count + len(batch)
+
+
+COPY_COLUMNS = [
+    "request_id",
+    "created_at",
+    "tenant_id",
+    "api_key_id",
+    "model",
+    "provider",
+    "upstream_model",
+    "endpoint",
+    "status_code",
+    "error_type",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost",
+    "price_id",
+    "latency_ms",
+    "streamed",
+    "estimated",
+    "cache_hit",
+]
+
+
+def _copy(values: Iterator[dict]) -> int:
+    # The generator reads tenants and prices before its first record: not while COPY holds the connection.
+    first = next(values, None)
+    if first is None:
+        return 0
+    count = 0
+    table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(name) for name in COPY_COLUMNS)
+    with connection.cursor() as cursor:
+        with cursor.connection.cursor() as raw, raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in itertools.chain([first], values):
+                copy.write_row([row[name] for name in COPY_COLUMNS])
+                count += 1
+        cursor.execute(f"ANALYZE {table}")
+    return count
+
+
+def synthetic_tenants_ensure(*, count: int, prefix: str = "synthetic") -> int:
+    """At least `count` active tenants, creating "<prefix>-000"… (on the first plan, or a new
+    "synthetic" plan) as needed; returns how many were created."""
+    missing = count - Tenant.objects.filter(status=Tenant.Status.ACTIVE).count()
+    if missing <= 0:
+        return 0
+    plan = Plan.objects.order_by("name").first() or Plan.objects.create(name="synthetic", markup_percent=Decimal(20))
+    existing = set(Tenant.objects.filter(slug__startswith=f"{prefix}-").values_list("slug", flat=True))
+    slugs = [slug for slug in (f"{prefix}-{i:03d}" for i in range(count + len(existing))) if slug not in existing]
+    with transaction.atomic():
+        tenants = Tenant.objects.bulk_create(
+            [Tenant(slug=slug, name=f"Synthetic {slug.rsplit('-', 1)[1]}") for slug in slugs[:missing]]
+        )
+        Subscription.objects.bulk_create([Subscription(tenant=tenant, plan=plan) for tenant in tenants])
+    return len(tenants)

@@ -59,7 +59,18 @@ from .registry import Caller
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Admission", "aclose", "admit", "duration", "reconcile", "reconcile_sync", "spend_this_month"]
+__all__ = [
+    "Admission",
+    "LiveUsage",
+    "aclose",
+    "admit",
+    "duration",
+    "live_usage",
+    "live_usage_sync",
+    "reconcile",
+    "reconcile_sync",
+    "spend_this_month",
+]
 
 # Failures that mean "the limits store cannot be reached", as opposed to a bug.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -422,6 +433,14 @@ class _RedisStore:
         )
         return int(reply)
 
+    async def peek(self, keys: _Keys, *, window: int, since_ms: int) -> tuple[int, int, int | None]:
+        async with _client().client.pipeline(transaction=False) as pipe:
+            pipe.get(f"{keys.tpm[0]}:{window}")
+            pipe.zcount(keys.concurrency[0], since_ms, "+inf")
+            pipe.get(keys.spend)
+            tokens, in_flight, spend = await pipe.execute()
+        return int(tokens or 0), int(in_flight or 0), None if spend is None else int(spend)
+
 
 # --- In-process implementation (no REDIS_URL): the same decisions, one process only ---
 
@@ -509,6 +528,12 @@ class _MemoryStore:
     async def spend(self, spend_key: str) -> int | None:
         with self._lock:
             return self._spend.get(spend_key)
+
+    async def peek(self, keys: _Keys, *, window: int, since_ms: int) -> tuple[int, int, int | None]:
+        with self._lock:
+            slots = self._concurrency.get(keys.concurrency[0], {})
+            in_flight = sum(1 for started in slots.values() if started >= since_ms)
+            return self._used(keys.tpm[0], window), in_flight, self._spend.get(keys.spend)
 
     async def reconcile(self, keys: _Keys, units: int) -> int:
         horizon = int(time.time() * 1000) - _horizon_ms()
@@ -837,6 +862,50 @@ def reconcile_sync(tenant_id: int, db_total: Decimal, *, month: str | None = Non
     async def run() -> Decimal:
         try:
             return await reconcile(tenant_id, db_total, month=month)
+        finally:
+            await aclose()
+
+    return asyncio.run(run())
+
+
+# --- A read-only look at a tenant's counters, for the staff admin ---
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUsage:
+    """What the limits store holds for a tenant now. Counted only for the limits the tenant has:
+    tokens when it has a tokens/min limit, requests in flight when it has a concurrency limit,
+    the spend counter once a request with a budget was admitted this month (None before)."""
+
+    tokens_this_window: int
+    window_seconds: int
+    in_flight: int
+    month_spend: Decimal | None
+
+
+async def live_usage(tenant_id: int) -> LiveUsage:
+    """Read, never write: the current tokens window, requests in flight, the month's spend counter
+    (reservations included). Requests per minute are django-ratelimit's and are not read here.
+    Raises redis' ConnectionError/TimeoutError when Redis is unreachable."""
+    now = int(time.time() * 1000)
+    keys = _keys(tenant_id, 0, _month())
+    tokens, in_flight, units = await _store().peek(keys, window=now // _window_ms(), since_ms=now - _horizon_ms())
+    return LiveUsage(
+        tokens_this_window=tokens,
+        window_seconds=_window_ms() // 1000,
+        in_flight=in_flight,
+        month_spend=None if units is None else from_units(units),
+    )
+
+
+def live_usage_sync(tenant_id: int) -> LiveUsage:
+    """`live_usage()` for synchronous code (the admin): in process without Redis, else its own loop."""
+    if not _redis_url():
+        return asyncio.run(live_usage(tenant_id))
+
+    async def run() -> LiveUsage:
+        try:
+            return await live_usage(tenant_id)
         finally:
             await aclose()
 

@@ -1,0 +1,709 @@
+"""Read-only selectors for the staff dashboard, the tenant overview and the cross-tenant analytics.
+
+Every figure is a SQL aggregate over "rollups for the closed days plus raw records for the
+rest" (`selectors.usage_sources`), merged in the database: the rollup part and the raw part of
+a report are one `UNION ALL` query, summed again per key, so that a page costs a few queries
+however many records there are. Python only folds the handful of rows that come back.
+
+Definitions (the admin pages say them too):
+- spend: provider cost, exact (12 decimals), rounded only for display;
+- usage revenue: spend × (1 + the plan's markup); base fees, allowances and shared cost are
+  monthly and live on the invoices;
+- error: status >= 400 or an error type (as in /v1/usage);
+- cache hit rate: requests answered from the gateway's response cache / all requests;
+- response-cache savings: what the cache hits would have cost at their price row (they are
+  recorded with their tokens, cost 0 and the price in force);
+- prompt-caching savings: cached input tokens billed at the cached price instead of the input
+  price (the provider's discount, already in the spend);
+- latency p50/p95: of successful requests, from the latency histogram (billing/latency.py),
+  approximate within one bucket.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import connection
+from django.db.models import Count, IntegerField, Q, QuerySet, Sum, Value
+from django.db.models.functions import TruncDate
+
+from tenants.models import ApiKey, Tenant
+
+from . import latency
+from .models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
+from .periods import day_start, days, month_start
+from .pricing import Price, Tokens, request_cost
+from .selectors import usage_sources, utc_today
+
+log = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+CENT = Decimal("0.01")
+NEAR_BUDGET = Decimal("0.8")  # "near": 80 % of the monthly budget spent; "over": 100 %
+CHART_DAYS = 30
+
+_ERROR = Q(status_code__gte=400) | ~Q(error_type="")
+_SUCCESS = Q(status_code__lt=400) & Q(error_type="")
+
+
+def money(amount: Decimal | None) -> str:
+    """Two places, half-up, for display and CSV: "12.35"."""
+    return f"{(amount or ZERO).quantize(CENT, rounding=ROUND_HALF_UP):f}"
+
+
+def ratio(part: int | Decimal, whole: int | Decimal) -> float | None:
+    """For display only (rates, shares); None when there is nothing to divide by."""
+    return float(part) / float(whole) if whole else None
+
+
+# --- one aggregate over rollups plus raw records ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """One column of a report: a sum of a rollup column, and over raw records a sum of the
+    same column or (`raw_field` None) a count of records. `where` filters both; `raw_where`
+    and `rollup_where` only one side (e.g. a latency bucket, or a period split by day)."""
+
+    rollup_field: str
+    raw_field: str | None = None
+    kind: type = int
+    where: Q | None = None
+    rollup_where: Q | None = None
+    raw_where: Q | None = None
+
+    @property
+    def rollup(self) -> Sum:
+        return Sum(self.rollup_field, filter=_and(self.where, self.rollup_where))
+
+    @property
+    def raw(self) -> Sum | Count:
+        where = _and(self.where, self.raw_where)
+        return Count("id", filter=where) if self.raw_field is None else Sum(self.raw_field, filter=where)
+
+    def restricted(self, *, rollup_where: Q, raw_where: Q) -> "Measure":
+        return replace(
+            self,
+            rollup_where=_and(self.rollup_where, rollup_where),
+            raw_where=_and(self.raw_where, raw_where),
+        )
+
+
+def _and(*conditions: Q | None) -> Q | None:
+    present = [c for c in conditions if c is not None]
+    if not present:
+        return None
+    result = present[0]
+    for condition in present[1:]:
+        result &= condition
+    return result
+
+
+def _requests(where: Q | None = None) -> Measure:
+    return Measure(rollup_field="requests", where=where)
+
+
+def _sum(name: str, where: Q | None = None, kind: type = int) -> Measure:
+    return Measure(rollup_field=name, raw_field=name, kind=kind, where=where)
+
+
+def _histogram() -> dict[str, Measure]:
+    """Latency bucket counts: the rollup's columns; raw records counted per bucket."""
+    measures = {}
+    for bucket in latency.BUCKETS:
+        within = Q(latency_ms__gte=bucket.lower)
+        if bucket.upper is not None:
+            within &= Q(latency_ms__lt=bucket.upper)
+        measures[bucket.field] = Measure(rollup_field=bucket.field, raw_where=within)
+    return measures
+
+
+_HISTOGRAM = _histogram()
+
+
+_USAGE = {
+    "requests": _requests(),
+    "errors": _requests(_ERROR),
+    "cache_hits": _requests(Q(cache_hit=True)),
+    "input_tokens": _sum("input_tokens"),
+    "output_tokens": _sum("output_tokens"),
+    "cost": _sum("cost", kind=Decimal),
+}
+
+
+def _value(kind: type, value):
+    if value is None:
+        return kind(0)
+    if kind is int:
+        return int(value)
+    # SQLite (the demo) hands sums of decimals back as floats.
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _day(value) -> date:
+    return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _aggregate(
+    *,
+    start: date,
+    end: date,
+    keys: Sequence[str] = (),
+    measures: dict[str, Measure],
+    tenant_id: int | None = None,
+    where: Q | None = None,
+    today: date | None = None,
+) -> list[dict]:
+    """`measures` per `keys` over [start, end] (UTC days), rollups plus raw, in one query.
+
+    A key is a column both tables have, or "day" (the rollup's day, the raw record's UTC date).
+    Rows come back unordered; every measure is an int or a Decimal, never None.
+    """
+    sources = usage_sources(start=start, end=end, tenant_id=tenant_id, today=today)
+    # Without keys, one constant column: Django leaves a constant out of GROUP BY, so the
+    # part is a plain aggregate over all its rows (one row back).
+    group_keys = list(keys) or ["_all"]
+    parts: list[QuerySet] = []
+    for queryset, is_rollup in ((sources.rollups, True), (sources.raw, False)):
+        if queryset is None:
+            continue
+        if where is not None:
+            queryset = queryset.filter(where)
+        if "day" in keys and not is_rollup:
+            queryset = queryset.annotate(day=TruncDate("created_at", tzinfo=UTC))
+        if not keys:
+            queryset = queryset.annotate(_all=Value(1, output_field=IntegerField()))
+        annotations = {f"s_{name}": m.rollup if is_rollup else m.raw for name, m in measures.items()}
+        parts.append(queryset.values(*group_keys).annotate(**annotations).values(*group_keys, *annotations).order_by())
+    if not parts:
+        return [] if keys else [{name: _value(m.kind, None) for name, m in measures.items()}]
+    quote = connection.ops.quote_name
+    sqls, params = [], []
+    for index, part in enumerate(parts):
+        sql, part_params = part.query.sql_with_params()
+        sqls.append(f"SELECT * FROM ({sql}) AS part{index}")  # noqa: S608 (SQL of our querysets)
+        params.extend(part_params)
+    sums = ", ".join(f"SUM({quote('s_' + name)})" for name in measures)
+    group = ", ".join(quote(key) for key in group_keys)
+    query = f"SELECT {group}, {sums} FROM ({' UNION ALL '.join(sqls)}) AS parts GROUP BY {group}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        rows = cursor.fetchall()
+    result = []
+    for row in rows:
+        item = dict(zip(keys, row[: len(keys)], strict=True)) if keys else {}
+        if "day" in item:
+            item["day"] = _day(item["day"])
+        for (name, m), value in zip(measures.items(), row[len(group_keys) :], strict=True):
+            item[name] = _value(m.kind, value)
+        result.append(item)
+    if not keys and not result:
+        result = [{name: _value(m.kind, None) for name, m in measures.items()}]
+    return result
+
+
+# --- pieces shared by the pages ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = ZERO
+
+    @classmethod
+    def of(cls, row: dict) -> "Totals":
+        return cls(**{name: row[name] for name in _USAGE})
+
+    @property
+    def error_rate(self) -> float | None:
+        return ratio(self.errors, self.requests)
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return ratio(self.cache_hits, self.requests)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def cost_per_1k_tokens(self) -> Decimal | None:
+        return self.cost * 1000 / self.tokens if self.tokens else None
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    p50: latency.Percentile | None
+    p95: latency.Percentile | None
+    requests: int  # the successful requests the histogram holds
+
+
+def _latency(row: dict) -> Latency:
+    counts = [row[name] for name in latency.FIELDS]
+    return Latency(p50=latency.percentile(counts, 0.5), p95=latency.percentile(counts, 0.95), requests=sum(counts))
+
+
+@dataclass(frozen=True, slots=True)
+class Savings:
+    """What caching saved: the gateway's response cache and the providers' prompt caching."""
+
+    response_cache: Decimal = ZERO
+    prompt_cache: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.response_cache + self.prompt_cache
+
+
+_SAVINGS = {
+    "input_tokens": _sum("input_tokens"),
+    "cached_input_tokens": _sum("cached_input_tokens"),
+    "cache_write_tokens": _sum("cache_write_tokens"),
+    "output_tokens": _sum("output_tokens"),
+}
+
+
+def _price(row: ModelPrice) -> Price:
+    return Price(
+        input_per_1m=row.input_per_1m,
+        output_per_1m=row.output_per_1m,
+        cached_input_per_1m=row.cached_input_per_1m,
+        cache_write_per_1m=row.cache_write_per_1m,
+    )
+
+
+def _savings(*, start: date, end: date, tenant_id: int | None = None, today: date | None = None) -> Savings:
+    """Per price row (a handful): a cache hit's tokens at its price; cached input at input − cached price."""
+    rows = _aggregate(
+        start=start,
+        end=end,
+        keys=["price_id", "cache_hit"],
+        measures=_SAVINGS,
+        tenant_id=tenant_id,
+        where=Q(price__isnull=False),
+        today=today,
+    )
+    prices = {p.id: _price(p) for p in ModelPrice.objects.filter(id__in={row["price_id"] for row in rows})}
+    response_cache = prompt_cache = ZERO
+    for row in rows:
+        price = prices[row["price_id"]]
+        if row["cache_hit"]:
+            tokens = Tokens(
+                input=row["input_tokens"],
+                cached_input=row["cached_input_tokens"],
+                cache_write=row["cache_write_tokens"],
+                output=row["output_tokens"],
+            )
+            response_cache += request_cost(tokens=tokens, price=price)
+        elif price.cached_input_per_1m is not None:
+            prompt_cache += row["cached_input_tokens"] * (price.input_per_1m - price.cached_input_per_1m) / 1_000_000
+    return Savings(response_cache=response_cache, prompt_cache=prompt_cache)
+
+
+@dataclass(frozen=True, slots=True)
+class DayPoint:
+    day: date
+    requests: int
+    errors: int
+    cost: Decimal
+
+
+def _daily(*, start: date, end: date, tenant_id: int | None = None, today: date | None = None) -> list[DayPoint]:
+    """One point per day of [start, end], days without usage included (as zeros)."""
+    measures = {"requests": _USAGE["requests"], "errors": _USAGE["errors"], "cost": _USAGE["cost"]}
+    rows = {
+        row["day"]: row
+        for row in _aggregate(start=start, end=end, keys=["day"], measures=measures, tenant_id=tenant_id, today=today)
+    }
+    empty = {"requests": 0, "errors": 0, "cost": ZERO}
+    return [DayPoint(day=day, **{name: rows.get(day, empty)[name] for name in measures}) for day in days(start, end)]
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A tenant's or a model's part of the period."""
+
+    key: str
+    totals: Totals
+    share: float | None  # of the period's spend
+    tenant_id: int | None = None
+    revenue: Decimal = ZERO
+
+
+def _markups() -> dict[int, Decimal]:
+    """Markup percent per tenant with a subscription (one small query)."""
+    return dict(Subscription.objects.values_list("tenant_id", "plan__markup_percent"))
+
+
+def _revenue(cost: Decimal, markup_percent: Decimal | None) -> Decimal:
+    return cost * (1 + (markup_percent or ZERO) / 100)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    tenant_id: int
+    slug: str
+    budget: Decimal
+    spend: Decimal
+
+    @property
+    def used(self) -> float:
+        return float(self.spend / self.budget) if self.budget else float("inf")
+
+    @property
+    def over(self) -> bool:
+        return self.spend >= self.budget
+
+
+def _month_to_date(*, today: date, tenant_id: int | None = None) -> dict[int, Decimal]:
+    rows = _aggregate(
+        start=month_start(today),
+        end=today,
+        keys=["tenant_id"],
+        measures={"cost": _USAGE["cost"]},
+        tenant_id=tenant_id,
+        today=today,
+    )
+    return {row["tenant_id"]: row["cost"] for row in rows}
+
+
+def budget_lines(*, today: date | None = None, near: Decimal = NEAR_BUDGET) -> list[BudgetLine]:
+    """Tenants whose month-to-date spend is at least `near` × their budget, fullest first."""
+    today = today or utc_today()
+    spend = _month_to_date(today=today)
+    lines = []
+    subscriptions = Subscription.objects.select_related("tenant", "plan").order_by("tenant__slug")
+    for subscription in subscriptions:
+        budget = subscription.effective_budget
+        if budget is None or budget <= 0:
+            continue
+        mtd = spend.get(subscription.tenant_id, ZERO)
+        if mtd >= budget * near:
+            lines.append(BudgetLine(subscription.tenant_id, subscription.tenant.slug, budget, mtd))
+    return sorted(lines, key=lambda line: (-line.used, line.slug))
+
+
+# --- the dashboard ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    start: date
+    end: date
+    totals: Totals
+    revenue: Decimal
+    errors_by_type: list[tuple[str, int, float | None]]  # type, requests, share of all requests
+    savings: Savings
+    latency: Latency
+    top_tenants: list[Share]
+    top_models: list[Share]
+    budgets: list[BudgetLine]
+    alerts: list[BudgetAlert]
+    invoices: list[Invoice]
+    daily: list[DayPoint]  # the last CHART_DAYS days, whatever the period
+    tenants: int = 0
+    active_tenants: int = 0
+
+
+def dashboard_summary(*, start: date, end: date, today: date | None = None, top: int = 10) -> Dashboard:
+    """Every tenant over [start, end] (UTC days, both included), for the admin's home page."""
+    today = today or utc_today()
+    by_tenant = _aggregate(start=start, end=end, keys=["tenant_id"], measures=_USAGE, today=today)
+    totals = Totals.of(
+        {name: sum((row[name] for row in by_tenant), _value(m.kind, None)) for name, m in _USAGE.items()}
+    )
+    markups = _markups()
+    slugs = dict(Tenant.objects.values_list("id", "slug"))
+    revenue = ZERO
+    tenants = []
+    for row in by_tenant:
+        tenant_totals = Totals.of(row)
+        tenant_revenue = _revenue(tenant_totals.cost, markups.get(row["tenant_id"]))
+        revenue += tenant_revenue
+        tenants.append(
+            Share(
+                key=slugs.get(row["tenant_id"], str(row["tenant_id"])),
+                tenant_id=row["tenant_id"],
+                totals=tenant_totals,
+                share=ratio(tenant_totals.cost, totals.cost),
+                revenue=tenant_revenue,
+            )
+        )
+    tenants.sort(key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
+
+    by_model = _aggregate(start=start, end=end, keys=["model"], measures=_USAGE, today=today)
+    models = [Share(key=row["model"], totals=Totals.of(row), share=ratio(row["cost"], totals.cost)) for row in by_model]
+    models.sort(key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
+
+    errors = _aggregate(
+        start=start, end=end, keys=["error_type"], measures={"requests": _requests()}, where=_ERROR, today=today
+    )
+    errors_by_type = sorted(
+        ((row["error_type"] or "(none)", row["requests"], ratio(row["requests"], totals.requests)) for row in errors),
+        key=lambda item: (-item[1], item[0]),
+    )
+    # Successful requests only: an error answered in 2 ms says nothing about the providers' latency.
+    histogram = _aggregate(start=start, end=end, measures=_HISTOGRAM, where=_SUCCESS, today=today)[0]
+    chart_start = today - timedelta(days=CHART_DAYS - 1)
+    status_counts = dict(Tenant.objects.values_list("status").annotate(n=Count("id")).order_by())
+    return Dashboard(
+        start=start,
+        end=end,
+        totals=totals,
+        revenue=revenue,
+        errors_by_type=errors_by_type,
+        savings=_savings(start=start, end=end, today=today),
+        latency=_latency(histogram),
+        top_tenants=tenants[:top],
+        top_models=models[:top],
+        budgets=budget_lines(today=today),
+        alerts=list(BudgetAlert.objects.select_related("tenant").order_by("-created_at", "-id")[:10]),
+        invoices=list(Invoice.objects.select_related("tenant").order_by("-generated_at", "-id")[:10]),
+        daily=_daily(start=chart_start, end=today, today=today),
+        tenants=sum(status_counts.values()),
+        active_tenants=status_counts.get(Tenant.Status.ACTIVE, 0),
+    )
+
+
+# --- one tenant ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLine:
+    id: int
+    name: str
+    display: str
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantOverview:
+    tenant: Tenant
+    subscription: Subscription | None
+    start: date
+    end: date
+    totals: Totals
+    revenue: Decimal
+    by_model: list[Share]
+    errors_by_type: list[tuple[str, int, float | None]]
+    savings: Savings
+    latency: Latency
+    daily: list[DayPoint]
+    month_to_date: Decimal
+    budget: Decimal | None
+    keys: list[KeyLine]
+    alerts: list[BudgetAlert]
+    invoices: list[Invoice]
+    recent_errors: list[UsageRecord]
+
+    @property
+    def budget_used(self) -> float | None:
+        return ratio(self.month_to_date, self.budget) if self.budget else None
+
+
+def tenant_overview(
+    *, tenant_id: int, start: date, end: date, today: date | None = None, now: datetime | None = None
+) -> TenantOverview:
+    """One tenant over [start, end]: usage per day and per model, limits, keys, alerts, invoices, errors.
+
+    Raises Tenant.DoesNotExist for an unknown id.
+    """
+    today = today or utc_today()
+    now = now or datetime.now(UTC)
+    tenant = Tenant.objects.get(pk=tenant_id)
+    subscription = Subscription.objects.select_related("plan").filter(tenant_id=tenant_id).first()
+    markup = subscription.plan.markup_percent if subscription else None
+
+    by_model_rows = _aggregate(start=start, end=end, keys=["model"], measures=_USAGE, tenant_id=tenant_id, today=today)
+    totals = Totals.of(
+        {name: sum((row[name] for row in by_model_rows), _value(m.kind, None)) for name, m in _USAGE.items()}
+    )
+    by_model = sorted(
+        (
+            Share(key=row["model"], totals=Totals.of(row), share=ratio(row["cost"], totals.cost))
+            for row in by_model_rows
+        ),
+        key=lambda s: (-s.totals.cost, -s.totals.requests, s.key),
+    )
+    errors = _aggregate(
+        start=start,
+        end=end,
+        keys=["error_type"],
+        measures={"requests": _requests()},
+        tenant_id=tenant_id,
+        where=_ERROR,
+        today=today,
+    )
+    histogram = _aggregate(start=start, end=end, measures=_HISTOGRAM, tenant_id=tenant_id, where=_SUCCESS, today=today)[
+        0
+    ]
+    keys = [
+        KeyLine(
+            id=key.id,
+            name=key.name,
+            display=key.display,
+            status=key.status_at(now),
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            last_used_at=key.last_used_at,
+        )
+        for key in ApiKey.objects.filter(tenant_id=tenant_id).order_by("revoked_at", "-created_at")
+    ]
+    recent_errors = list(
+        UsageRecord.objects.filter(_ERROR, tenant_id=tenant_id)
+        .only("request_id", "created_at", "model", "endpoint", "status_code", "error_type", "latency_ms")
+        .order_by("-created_at")[:20]
+    )
+    return TenantOverview(
+        tenant=tenant,
+        subscription=subscription,
+        start=start,
+        end=end,
+        totals=totals,
+        revenue=_revenue(totals.cost, markup),
+        by_model=by_model,
+        errors_by_type=sorted(
+            ((r["error_type"] or "(none)", r["requests"], ratio(r["requests"], totals.requests)) for r in errors),
+            key=lambda item: (-item[1], item[0]),
+        ),
+        savings=_savings(start=start, end=end, tenant_id=tenant_id, today=today),
+        latency=_latency(histogram),
+        daily=_daily(start=start, end=end, tenant_id=tenant_id, today=today),
+        month_to_date=_month_to_date(today=today, tenant_id=tenant_id).get(tenant_id, ZERO),
+        budget=subscription.effective_budget if subscription else None,
+        keys=keys,
+        alerts=list(BudgetAlert.objects.filter(tenant_id=tenant_id).order_by("-created_at", "-id")[:10]),
+        invoices=list(Invoice.objects.filter(tenant_id=tenant_id).order_by("-period", "-sequence", "kind")[:12]),
+        recent_errors=recent_errors,
+    )
+
+
+# --- tenants side by side --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonRow:
+    tenant_id: int
+    slug: str
+    name: str
+    status: str
+    plan: str
+    current: Totals
+    previous: Totals
+
+    @property
+    def spend(self) -> Decimal:
+        return self.current.cost
+
+    @property
+    def growth(self) -> float | None:
+        """Spend growth against the previous period, in percent; None when that spent nothing."""
+        if not self.previous.cost:
+            return None
+        return float((self.current.cost - self.previous.cost) * 100 / self.previous.cost)
+
+
+COMPARISON_SORTS = {
+    "tenant": lambda row: row.slug,
+    "spend": lambda row: row.current.cost,
+    "previous": lambda row: row.previous.cost,
+    "growth": lambda row: row.growth,
+    "requests": lambda row: row.current.requests,
+    "error_rate": lambda row: row.current.error_rate,
+    "tokens": lambda row: row.current.tokens,
+    "cost_per_1k": lambda row: row.current.cost_per_1k_tokens,
+}
+
+
+def previous_period(*, start: date, end: date) -> tuple[date, date]:
+    """The period of the same length just before [start, end]."""
+    length = (end - start).days + 1
+    return start - timedelta(days=length), start - timedelta(days=1)
+
+
+def tenant_comparison(
+    *, start: date, end: date, sort: str = "-spend", today: date | None = None
+) -> list[ComparisonRow]:
+    """Every tenant over [start, end] against the period of the same length before it.
+
+    One query over both periods (each measure twice, split by day); tenants without usage are
+    listed too, with zeros. `sort` is a key of COMPARISON_SORTS, "-" first for descending;
+    empty values (no growth, no rate) sort last either way.
+    """
+    before_start, _ = previous_period(start=start, end=end)
+    since = day_start(start)
+    measures = {}
+    for name, m in _USAGE.items():
+        measures[f"cur_{name}"] = m.restricted(rollup_where=Q(day__gte=start), raw_where=Q(created_at__gte=since))
+        measures[f"pre_{name}"] = m.restricted(rollup_where=Q(day__lt=start), raw_where=Q(created_at__lt=since))
+    rows = {
+        row["tenant_id"]: row
+        for row in _aggregate(start=before_start, end=end, keys=["tenant_id"], measures=measures, today=today)
+    }
+    plans = dict(Subscription.objects.values_list("tenant_id", "plan__name"))
+    empty = {name: _value(m.kind, None) for name, m in measures.items()}
+    result = []
+    for tenant in Tenant.objects.order_by("slug").only("id", "slug", "name", "status"):
+        row = rows.get(tenant.id, empty)
+        result.append(
+            ComparisonRow(
+                tenant_id=tenant.id,
+                slug=tenant.slug,
+                name=tenant.name,
+                status=tenant.status,
+                plan=plans.get(tenant.id, ""),
+                current=Totals.of({name: row[f"cur_{name}"] for name in _USAGE}),
+                previous=Totals.of({name: row[f"pre_{name}"] for name in _USAGE}),
+            )
+        )
+    return comparison_sort(result, sort)
+
+
+def comparison_sort(rows: list[ComparisonRow], sort: str) -> list[ComparisonRow]:
+    descending = sort.startswith("-")
+    key = COMPARISON_SORTS.get(sort.lstrip("-"))
+    if key is None:
+        raise ValueError(f"unknown sort {sort!r}")
+    present = [row for row in rows if key(row) is not None]
+    missing = [row for row in rows if key(row) is None]
+    present.sort(key=lambda row: row.slug)  # ties in tenant order, whatever the direction
+    present.sort(key=key, reverse=descending)
+    return present + missing
+
+
+# --- live limit counters: read by the gateway's function, handed over at start-up ----------
+
+_live_limits_provider: Callable[[int], object] | None = None
+
+
+def live_limits_provider_set(provider: Callable[[int], object] | None) -> None:
+    """Called by the gateway app when it is ready (billing must not import the gateway)."""
+    global _live_limits_provider
+    _live_limits_provider = provider
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLimits:
+    usage: object | None  # gateway.limits.LiveUsage
+    error: str = ""
+
+
+def live_limits(*, tenant_id: int) -> LiveLimits | None:
+    """The tenant's current-window counters from the limits store; None when no gateway is
+    installed. A store that cannot be read is reported, never raised: the page still renders."""
+    if _live_limits_provider is None:
+        return None
+    try:
+        return LiveLimits(usage=_live_limits_provider(tenant_id))
+    except Exception as exc:  # noqa: BLE001 (Redis down or slow: say so on the page)
+        log.warning("live limit counters of tenant %s unreadable: %s", tenant_id, exc)
+        return LiveLimits(usage=None, error=f"the limits store could not be read ({type(exc).__name__})")

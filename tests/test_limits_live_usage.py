@@ -1,0 +1,55 @@
+"""The admin's read-only look at a tenant's limit counters (gateway.limits.live_usage_sync),
+on Redis and on the in-process store: what an admitted request holds shows, and settles."""
+
+from decimal import Decimal
+
+import pytest
+
+from billing import analytics
+from gateway import limits
+from tests.test_limits import REDIS_URL, make_caller, redis_caches, run
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend(request, settings):
+    settings.REDIS_URL = REDIS_URL if request.param == "redis" else ""
+    settings.CACHES = redis_caches(REDIS_URL)
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 60
+    limits._memory_store.clear()
+    return request.param
+
+
+async def _month_to_date() -> Decimal:
+    return Decimal("1.5")
+
+
+def test_live_usage_shows_what_admitted_requests_hold_and_writes_nothing(backend):
+    caller = make_caller(tpm=10_000, concurrent=5)
+    tenant_id = caller.tenant.id
+    assert limits.live_usage_sync(tenant_id) == limits.LiveUsage(0, 60, 0, None)
+
+    async def admit_one(request_id: str):
+        return await limits.admit(
+            caller=caller,
+            request_id=request_id,
+            prompt_tokens=100,
+            max_output_tokens=50,
+            worst_case_cost=Decimal("0.01"),
+            budget=Decimal("100"),
+            month_to_date=_month_to_date,
+        )
+
+    admission = run(admit_one("live-1"))
+    held = limits.live_usage_sync(tenant_id)
+    assert (held.tokens_this_window, held.in_flight) == (150, 1)
+    assert held.month_spend == Decimal("1.51")  # the database's month to date plus the reservation
+    assert limits.live_usage_sync(tenant_id) == held  # reading changes nothing
+
+    run(admission.settle(tokens=120, cost=Decimal("0.002")))
+    settled = limits.live_usage_sync(tenant_id)
+    assert (settled.tokens_this_window, settled.in_flight, settled.month_spend) == (120, 0, Decimal("1.502"))
+
+
+def test_the_gateway_hands_its_reader_to_billing():
+    # Registered by GatewayConfig.ready(): billing never imports the gateway.
+    assert analytics._live_limits_provider is limits.live_usage_sync
