@@ -10,7 +10,7 @@ import os
 
 from celery import Celery
 from celery._state import get_current_task
-from celery.signals import setup_logging
+from celery.signals import celeryd_init, setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
 
@@ -37,8 +37,16 @@ def _json_logging(loglevel=None, **kwargs) -> None:
     from .jsonlog import configure
 
     configure(settings.LOGGING)
+    # Warnings (Celery's own, e.g. about running as root) are log lines too, not raw stderr.
+    logging.captureWarnings(True)
     root = logging.getLogger()
     if loglevel:
         root.setLevel(loglevel)  # the worker's --loglevel, as Celery itself would apply it
     for handler in root.handlers:
         handler.addFilter(TaskContext())
+
+
+@celeryd_init.connect
+def _json_logging_early(**kwargs) -> None:
+    """A worker warns about its privileges before Celery sets up logging: be ready by then."""
+    _json_logging()

@@ -165,9 +165,15 @@ def gateway_env(mock_url: str, **extra: str) -> dict:
     return env
 
 
-# Every gateway process of the run writes its stderr to a file here (set by `gateway_logs`), so
-# that the run can prove each line is JSON and none holds a key.
-GATEWAY_LOG_DIR: Path | None = None
+# Every gateway process and Celery worker of the run writes its stderr to a file here (set by
+# `process_logs`), so that the run can prove each line is JSON and none holds a key.
+PROCESS_LOG_DIR: Path | None = None
+
+
+def process_log_path(name: str) -> Path:
+    return (PROCESS_LOG_DIR or Path(tempfile.gettempdir())) / f"{name}.log"
+
+
 QUIET = ("--no-access-log", "--log-level", "warning")
 
 
@@ -177,7 +183,7 @@ def start_gateway(
     """A uvicorn gateway process as production runs it (with the JSON log config); its stderr
     goes to `process.log_path`."""
     port = free_port()
-    log_path = (GATEWAY_LOG_DIR or Path(tempfile.gettempdir())) / f"gateway-{port}.log"
+    log_path = process_log_path(f"gateway-{port}")
     with open(log_path, "ab") as stderr:
         process = subprocess.Popen(
             [
@@ -229,12 +235,13 @@ def log_problems(path: Path, secrets: tuple[str, ...] = ()) -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def gateway_logs(tmp_path_factory):
-    """After the run (every gateway stopped by then): each gateway's stderr is JSON, line by line, and keyless."""
-    global GATEWAY_LOG_DIR
-    GATEWAY_LOG_DIR = tmp_path_factory.mktemp("gateway-logs")
-    yield GATEWAY_LOG_DIR
-    problems = [problem for path in sorted(GATEWAY_LOG_DIR.glob("*.log")) for problem in log_problems(path)]
+def process_logs(tmp_path_factory):
+    """After the run (every process stopped by then): each gateway's and worker's stderr is JSON,
+    line by line, and holds no key."""
+    global PROCESS_LOG_DIR
+    PROCESS_LOG_DIR = tmp_path_factory.mktemp("process-logs")
+    yield PROCESS_LOG_DIR
+    problems = [problem for path in sorted(PROCESS_LOG_DIR.glob("*.log")) for problem in log_problems(path)]
     assert not problems, "\n".join(problems[:50])
 
 
