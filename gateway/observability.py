@@ -280,6 +280,27 @@ def _finished(metered: Metered, cost: Decimal | None) -> None:
         )
 
 
+# The request line's fields that nobody knows before the key is checked: the same keys on every line.
+_NOT_ATTRIBUTED = dict.fromkeys(
+    (
+        "tenant",
+        "key_id",
+        "model",
+        "provider",
+        "deployment",
+        "upstream_model",
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "cost",
+        "streamed",
+        "estimated",
+        "cache_hit",
+    )
+)
+
+
 def request_unattributed(request: HttpRequest, *, request_id: str, endpoint: str, error: GatewayError) -> None:
     """A request refused before a tenant was known (no key, a bad key, a wrong method): no usage record."""
     try:
@@ -301,13 +322,11 @@ def _unattributed(request: HttpRequest, request_id: str, endpoint: str, error: G
             error.status,
             extra={
                 "fields": {
+                    **_NOT_ATTRIBUTED,
                     "request_id": request_id,
-                    "tenant": None,
-                    "key_id": None,
                     "endpoint": endpoint,
                     "status": error.status,
                     "error_type": error.code,
-                    "cost": None,
                     "latency_ms": latency_ms,
                 }
             },
@@ -366,6 +385,8 @@ def metrics_text() -> bytes:
 
 if _MULTIPROCESS_DIR:
     os.makedirs(_MULTIPROCESS_DIR, exist_ok=True)
+    # A live gauge left by an earlier process with this pid would be read back as our own.
+    prometheus_multiprocess.mark_process_dead(os.getpid(), _MULTIPROCESS_DIR)
     # A clean exit takes this process's in-flight gauge out of the sums at once; its counters stay.
     # (The pid is read at exit: a process forked after this import is another process.)
     atexit.register(lambda: prometheus_multiprocess.mark_process_dead(os.getpid(), _MULTIPROCESS_DIR))

@@ -43,9 +43,19 @@ def _message(record: logging.LogRecord) -> str:
 class JsonFormatter(logging.Formatter):
     """`logging.Formatter` that renders a record as one line of JSON (orjson, so non-ASCII stays readable)."""
 
+    _second: tuple[int, str] = (-1, "")  # one tuple, replaced whole: safe if threads share the formatter
+
+    def _time(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached, text = self._second
+        if second != cached:  # most lines share their second with the line before
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": self._time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": redact(_message(record)),

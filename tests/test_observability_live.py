@@ -15,6 +15,7 @@ up mid-stream, and the tenants' own limits: requests/min and tokens/min (429), b
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -408,6 +409,7 @@ def test_every_line_of_a_gateway_with_two_workers_is_json_keyless_and_one_per_re
     by_id = request_lines(lines)
     assert sorted(by_id) == sorted(set(traffic.request_ids))
     assert all(len(found) == 1 for found in by_id.values()), "one line per request"
+    assert len({tuple(sorted(found[0])) for found in by_id.values()}) == 1, "the same fields on every request line"
     records = {r.request_id: r for r in UsageRecord.objects.select_related("tenant")}
     for request_id, (line,) in by_id.items():
         record = records.get(request_id)
@@ -501,6 +503,19 @@ def test_a_killed_process_and_a_hung_up_client_give_their_in_flight_slot_back(tw
     # The next scrape drops the dead process's live gauge; its counters stay in the sums.
     assert in_flight(second).get(("alice", "chat"), 0) == 0
     assert summed(samples(scrape(second)), "gateway_errors_total", tenant="bob", error_type="client_disconnected") == 1
+
+
+def test_a_broken_metrics_directory_never_fails_a_request(mock_llm, tmp_path, catalog, alice_key):
+    process, url = start_gateway(mock_llm, **observed_env(tmp_path))
+    try:
+        shutil.rmtree(tmp_path / "metrics")  # no file can be created for the first series
+        response = Traffic([url]).chat(alice_key, "hi")
+        assert response.status_code == 200
+        assert UsageRecord.objects.filter(request_id=response.headers["x-request-id"]).exists()
+    finally:
+        stop(process)
+    lines = [orjson.loads(line) for line in process.log_path.read_text().splitlines()]
+    assert any(line["logger"] == "gateway.observability" and "exception" in line for line in lines)
 
 
 def test_metrics_want_the_token(two_processes):
