@@ -216,16 +216,21 @@ def request_finished(metered: Metered, *, cost: Decimal | None) -> None:
 
     `cost` is the usage record's cost, or None when the record could not be written.
     """
+    # The provider is set exactly when the model resolved in the catalog (proxy.Call.metered).
+    model = metered.model if metered.provider else ""
     try:
-        _finished(metered, cost)
+        _count(metered, model, cost)
+    except Exception:
+        _trouble()
+    try:
+        if log.isEnabledFor(logging.INFO):
+            _write_line(metered, cost)
     except Exception:
         _trouble()
 
 
-def _finished(metered: Metered, cost: Decimal | None) -> None:
+def _count(metered: Metered, model: str, cost: Decimal | None) -> None:
     tenant = metered.tenant_slug
-    # The provider is set exactly when the model resolved in the catalog (proxy.Call.metered).
-    model = metered.model if metered.provider else ""
     endpoint = metered.endpoint
     error_type = metered.error_type
     _child(REQUESTS, tenant, model, endpoint, str(metered.status_code)).inc()
@@ -248,36 +253,39 @@ def _finished(metered: Metered, cost: Decimal | None) -> None:
     if cost:
         _child(COST, tenant, model).inc(float(cost))
     _child(DURATION, tenant, model, endpoint).observe(metered.latency_ms / 1000)
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "%s %s",
-            endpoint,
-            metered.status_code,
-            extra={
-                "fields": {
-                    "request_id": metered.request_id,
-                    "tenant": tenant,
-                    "key_id": metered.api_key_id,
-                    "endpoint": endpoint,
-                    "model": metered.model,
-                    "provider": metered.provider or None,
-                    "deployment": metered.deployment_id,
-                    "upstream_model": metered.upstream_model or None,
-                    "status": metered.status_code,
-                    "error_type": error_type or None,
-                    "input_tokens": tokens.input,
-                    "cached_input_tokens": tokens.cached_input,
-                    "cache_write_tokens": tokens.cache_write,
-                    "output_tokens": tokens.output,
-                    # Exact, as a decimal string: the line may be summed by log tooling.
-                    "cost": None if cost is None else format(cost, "f"),
-                    "latency_ms": metered.latency_ms,
-                    "streamed": metered.streamed,
-                    "estimated": metered.estimated,
-                    "cache_hit": metered.cache_hit,
-                }
-            },
-        )
+
+
+def _write_line(metered: Metered, cost: Decimal | None) -> None:
+    tokens = metered.tokens
+    log.info(
+        "%s %s",
+        metered.endpoint,
+        metered.status_code,
+        extra={
+            "fields": {
+                "request_id": metered.request_id,
+                "tenant": metered.tenant_slug,
+                "key_id": metered.api_key_id,
+                "endpoint": metered.endpoint,
+                "model": metered.model,
+                "provider": metered.provider or None,
+                "deployment": metered.deployment_id,
+                "upstream_model": metered.upstream_model or None,
+                "status": metered.status_code,
+                "error_type": metered.error_type or None,
+                "input_tokens": tokens.input,
+                "cached_input_tokens": tokens.cached_input,
+                "cache_write_tokens": tokens.cache_write,
+                "output_tokens": tokens.output,
+                # Exact, as a decimal string: the line may be summed by log tooling.
+                "cost": None if cost is None else format(cost, "f"),
+                "latency_ms": metered.latency_ms,
+                "streamed": metered.streamed,
+                "estimated": metered.estimated,
+                "cache_hit": metered.cache_hit,
+            }
+        },
+    )
 
 
 # The request line's fields that nobody knows before the key is checked: the same keys on every line.
@@ -303,34 +311,33 @@ _NOT_ATTRIBUTED = dict.fromkeys(
 
 def request_unattributed(request: HttpRequest, *, request_id: str, endpoint: str, error: GatewayError) -> None:
     """A request refused before a tenant was known (no key, a bad key, a wrong method): no usage record."""
-    try:
-        _unattributed(request, request_id, endpoint, error)
-    except Exception:
-        _trouble()
-
-
-def _unattributed(request: HttpRequest, request_id: str, endpoint: str, error: GatewayError) -> None:
     flight = _flight(request)
     latency_ms = int((time.perf_counter() - flight.started) * 1000) if flight is not None else 0
-    _child(REQUESTS, "", "", endpoint, str(error.status)).inc()
-    _child(ERRORS, "", "", endpoint, error.code).inc()
-    _child(DURATION, "", "", endpoint).observe(latency_ms / 1000)
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "%s %s",
-            endpoint,
-            error.status,
-            extra={
-                "fields": {
-                    **_NOT_ATTRIBUTED,
-                    "request_id": request_id,
-                    "endpoint": endpoint,
-                    "status": error.status,
-                    "error_type": error.code,
-                    "latency_ms": latency_ms,
-                }
-            },
-        )
+    try:
+        _child(REQUESTS, "", "", endpoint, str(error.status)).inc()
+        _child(ERRORS, "", "", endpoint, error.code).inc()
+        _child(DURATION, "", "", endpoint).observe(latency_ms / 1000)
+    except Exception:
+        _trouble()
+    try:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s",
+                endpoint,
+                error.status,
+                extra={
+                    "fields": {
+                        **_NOT_ATTRIBUTED,
+                        "request_id": request_id,
+                        "endpoint": endpoint,
+                        "status": error.status,
+                        "error_type": error.code,
+                        "latency_ms": latency_ms,
+                    }
+                },
+            )
+    except Exception:
+        _trouble()
 
 
 def upstream_failed(*, tenant: str, model: str, provider: str, kind: str) -> None:

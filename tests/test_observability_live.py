@@ -516,6 +516,7 @@ def test_a_broken_metrics_directory_never_fails_a_request(mock_llm, tmp_path, ca
         stop(process)
     lines = [orjson.loads(line) for line in process.log_path.read_text().splitlines()]
     assert any(line["logger"] == "gateway.observability" and "exception" in line for line in lines)
+    assert request_lines(lines)[response.headers["x-request-id"]][0]["status"] == 200  # the line, regardless
 
 
 def test_metrics_want_the_token(two_processes):
