@@ -74,6 +74,9 @@ class Metered:
     streamed: bool
     estimated: bool
     cache_hit: bool = False
+    # Not stored: for the gateway's request log line and metrics (gateway/observability.py).
+    tenant_slug: str = ""
+    deployment_id: int | None = None
 
 
 @transaction.atomic

@@ -20,7 +20,7 @@ from django.utils import timezone
 from billing.pricing import Tokens, worst_case_cost
 from billing.services import Metered
 
-from . import translate
+from . import observability, translate
 from .errors import GatewayError
 from .limits import Admission, admit
 from .metering import (
@@ -78,6 +78,8 @@ class Call:
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             streamed=self.stream,
             estimated=estimated,
+            tenant_slug=self.caller.tenant.slug,
+            deployment_id=deployment.id if deployment else None,
         )
 
 
@@ -237,6 +239,9 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
         except ProviderError as exc:
             failure = exc
             log.warning("request %s: deployment %s failed: %s", call.request_id, deployment.id, exc.kind)
+            observability.upstream_failed(
+                tenant=call.caller.tenant.slug, model=call.model_name, provider=deployment.provider, kind=exc.kind
+            )
             if not exc.retryable:
                 break
     assert failure is not None

@@ -14,6 +14,7 @@ urlpatterns = [
     path("v1/logs/<str:request_id>", api.LogView.as_view()),
     path("healthz", views.healthz),
     path("readyz", views.readyz),
+    path("metrics", views.metrics),
     # Last: any other /v1/ path is a 404 in the OpenAI error shape, not Django's HTML page.
     re_path(r"^v1/", views.unknown_endpoint),
 ]

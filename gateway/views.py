@@ -4,9 +4,11 @@ The completion endpoints are plain async Django views rather than DRF views: the
 content negotiation, and on the hot path DRF's request wrapping costs more than it gives.
 """
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 
 import orjson
@@ -20,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
-from . import proxy
+from . import observability, proxy
 from .auth import authenticate
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .metering import record
@@ -147,6 +149,7 @@ async def _completion(
         if request.method != "POST":
             raise GatewayError(405, "Use POST.", "method_not_allowed")
         caller = await authenticate(request)
+        observability.request_attributed(request, tenant=caller.tenant.slug)
         call = proxy.Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
         body = _json_body(request)
         if isinstance(body.get("model"), str):
@@ -165,6 +168,8 @@ async def _completion(
             await record(call.metered(status=error.status, error_type=error.code))
             if call.admission is not None:
                 await call.admission.release()
+        else:
+            observability.request_unattributed(request, request_id=request_id, endpoint=endpoint, error=error)
         response = render(error)
     if call is not None and call.admission is not None:
         for name, value in call.admission.headers.items():
@@ -240,30 +245,81 @@ async def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
 
 
+# A probe must answer in time even when a service hangs (a connection pool waits 30 s for a
+# connection): each check gets this long, then counts as unreachable.
+READY_TIMEOUT_SECONDS = 2.0
+# The database check runs on a thread of its own, outside any request: a check stuck in the driver
+# then holds neither a request's thread (Django runs middleware on it) nor a shared executor's.
+_READY_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")
+_database_check: Future | None = None
+
+
 def _check_database() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    finally:
+        connection.close()  # back to the pool: this thread only ever runs probes
+
+
+async def _database_ready() -> None:
+    global _database_check
+    if _database_check is None or _database_check.done():
+        _database_check = _READY_EXECUTOR.submit(_check_database)
+    # While a check is still stuck, later probes wait on that one instead of queueing more.
+    await asyncio.wrap_future(_database_check)
+
+
+async def _redis_ready() -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(
+        settings.REDIS_URL, socket_timeout=READY_TIMEOUT_SECONDS, socket_connect_timeout=READY_TIMEOUT_SECONDS
+    )
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a check given up on may still fail later: nothing left to report
+
+
+async def _probe(name: str, check: Awaitable[None]) -> str:
+    task = asyncio.ensure_future(check)
+    task.add_done_callback(_retrieve)
+    # asyncio.wait, not wait_for: the latter waits for the cancelled check to finish.
+    done, _ = await asyncio.wait({task}, timeout=READY_TIMEOUT_SECONDS)
+    if not done:
+        task.cancel()
+        log.warning("readiness: %s did not answer within %s s", name, READY_TIMEOUT_SECONDS)
+        return "unreachable"
+    if task.exception() is not None:
+        log.warning("readiness: %s check failed", name, exc_info=task.exception())
+        return "unreachable"
+    return "ok"
 
 
 async def readyz(request: HttpRequest) -> HttpResponse:
-    checks = {}
-    try:
-        await sync_to_async(_check_database)()
-        checks["database"] = "ok"
-    except Exception:
-        log.exception("readiness: database check failed")
-        checks["database"] = "unreachable"
+    """Ready when the database (PostgreSQL) answers a query and Redis, when configured, a PING."""
+    probes = {"database": _database_ready()}
     if settings.REDIS_URL:
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            await client.ping()
-            checks["redis"] = "ok"
-        except Exception:
-            log.exception("readiness: redis check failed")
-            checks["redis"] = "unreachable"
-        finally:
-            await client.aclose()
+        probes["redis"] = _redis_ready()
+    checks = dict(zip(probes, await asyncio.gather(*(_probe(n, p) for n, p in probes.items())), strict=True))
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text exposition (gateway/observability.py), behind GATEWAY_METRICS_TOKEN."""
+    if not observability.metrics_authorized(request):
+        if settings.GATEWAY_METRICS_TOKEN:
+            response = JsonResponse({"error": "Send `Authorization: Bearer <GATEWAY_METRICS_TOKEN>`."}, status=401)
+            response["www-authenticate"] = "Bearer"
+            return response
+        return JsonResponse({"error": "Set GATEWAY_METRICS_TOKEN to read /metrics."}, status=403)
+    # Reading every process's file is blocking I/O: off the event loop.
+    body = await sync_to_async(observability.metrics_text, thread_sensitive=False)()
+    return HttpResponse(body, content_type=observability.CONTENT_TYPE)

@@ -1,4 +1,7 @@
-"""ASGI entry point: `uvicorn proxy_platform.asgi:application` serves the gateway and the admin."""
+"""ASGI entry point: `uvicorn proxy_platform.asgi:application` serves the gateway and the admin.
+
+The outermost layer counts completion requests in flight until their last byte (gateway/observability.py).
+"""
 
 import os
 
@@ -14,3 +17,7 @@ if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     application = ASGIStaticFilesHandler(application)
+
+from gateway.observability import InFlight  # noqa: E402
+
+application = InFlight(application)

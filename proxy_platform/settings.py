@@ -214,12 +214,36 @@ GATEWAY_CONCURRENCY_HORIZON_SECONDS = env_int("GATEWAY_CONCURRENCY_HORIZON_SECON
 GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
 GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
 
+# Monitoring (gateway/observability.py). /metrics shows tenants' names, traffic and costs, so it
+# wants `Authorization: Bearer <GATEWAY_METRICS_TOKEN>`; without a token it is open in DEBUG only.
+# Several gateway processes on one host share their counters through PROMETHEUS_MULTIPROC_DIR, an
+# environment variable read by prometheus_client itself (README "Operations").
+GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN")
+# One JSON line per completion request (logger `gateway.request`), whatever LOG_LEVEL says.
+GATEWAY_REQUEST_LOG = env_bool("GATEWAY_REQUEST_LOG", True)
+
+# Every line on stderr is one JSON object (proxy_platform/jsonlog.py): Django's, the gateway's,
+# uvicorn's (from the moment Django is loaded; `--log-config proxy_platform/uvicorn_logging.json`
+# covers the lines before, a --workers parent, and sends the access log to stderr too) and
+# Celery's (proxy_platform/celery.py).
+LOGGING_CONFIG = "proxy_platform.jsonlog.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "formatters": {"json": {"()": "proxy_platform.jsonlog.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # Django's defaults print plain text in DEBUG (and mail admins otherwise): to the root instead.
+        "django": {"handlers": [], "propagate": True},
+        "django.server": {"handlers": [], "propagate": True},
+        # A 4xx is already in the gateway's request line; 5xx and unhandled exceptions still come here.
+        "django.request": {"level": "ERROR"},
+        "gateway.request": {"level": "INFO" if GATEWAY_REQUEST_LOG else "CRITICAL"},
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }
 
 if not DEBUG:

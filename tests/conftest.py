@@ -4,11 +4,14 @@ Service tests use the ordinary `db` fixture. Tests that talk to a live gateway p
 `transactional_db`, so that what they write is committed and visible to that process.
 """
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -162,28 +165,84 @@ def gateway_env(mock_url: str, **extra: str) -> dict:
     return env
 
 
-def start_gateway(mock_url: str, **extra_env: str) -> tuple[subprocess.Popen, str]:
+# Every gateway process and Celery worker of the run writes its stderr to a file here (set by
+# `process_logs`), so that the run can prove each line is JSON and none holds a key.
+PROCESS_LOG_DIR: Path | None = None
+
+
+def process_log_path(name: str) -> Path:
+    return (PROCESS_LOG_DIR or Path(tempfile.gettempdir())) / f"{name}.log"
+
+
+QUIET = ("--no-access-log", "--log-level", "warning")
+
+
+def start_gateway(
+    mock_url: str, *, uvicorn_args: tuple[str, ...] = QUIET, **extra_env: str
+) -> tuple[subprocess.Popen, str]:
+    """A uvicorn gateway process as production runs it (with the JSON log config); its stderr
+    goes to `process.log_path`."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "proxy_platform.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=gateway_env(mock_url, **extra_env),
-    )
+    log_path = process_log_path(f"gateway-{port}")
+    with open(log_path, "ab") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "proxy_platform.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-config",
+                "proxy_platform/uvicorn_logging.json",
+                *uvicorn_args,
+            ],
+            cwd=ROOT,
+            env=gateway_env(mock_url, **extra_env),
+            stderr=stderr,
+        )
+    process.log_path = log_path
     url = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{url}/healthz", process)
+    try:
+        wait_until_up(f"{url}/healthz", process)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; its stderr: {log_path.read_text()[-4000:]}") from None
     return process, url
+
+
+# Secrets that no log line may hold: generated tenant keys (whatever their test), the redaction
+# marker of proxy_platform/jsonlog.py (a key that some code tried to log), the upstream key.
+KEY_IN_LOG = re.compile(r"tpk_[0-9A-Za-z]{38}|tpk_\[redacted\]|" + re.escape(UPSTREAM_KEY))
+
+
+def log_problems(path: Path, secrets: tuple[str, ...] = ()) -> list[str]:
+    """Lines of a process's stderr that are not one JSON object, or that hold a key (or any
+    12 characters in a row of one of `secrets`: a key cut short is still a leak)."""
+    pieces = {secret[i : i + 12] for secret in secrets for i in range(max(1, len(secret) - 11))}
+    problems = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            problems.append(f"{path.name}:{number}: not a JSON object: {line[:300]}")
+        if KEY_IN_LOG.search(line) or any(piece in line for piece in pieces):
+            problems.append(f"{path.name}:{number}: holds a key: {line[:300]}")
+    return problems
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_logs(tmp_path_factory):
+    """After the run (every process stopped by then): each gateway's and worker's stderr is JSON,
+    line by line, and holds no key."""
+    global PROCESS_LOG_DIR
+    PROCESS_LOG_DIR = tmp_path_factory.mktemp("process-logs")
+    yield PROCESS_LOG_DIR
+    problems = [problem for path in sorted(PROCESS_LOG_DIR.glob("*.log")) for problem in log_problems(path)]
+    assert not problems, "\n".join(problems[:50])
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from django.db.models import Count, Sum
 from billing.models import Invoice, InvoiceLine, Plan, SharedCost, UsageRecord, UsageRollup, UsageRollupDay
 from billing.services import invoices_generate, usage_rollup
 from tests.billing_fixtures import add_price, save, usage
-from tests.conftest import database_url, make_model, make_tenant
+from tests.conftest import database_url, make_model, make_tenant, process_log_path
 
 pytestmark = [pytest.mark.celery_worker, pytest.mark.django_db(transaction=True)]
 
@@ -76,15 +76,19 @@ class Workers:
         )
         return env
 
-    def start(self, name: str, *, slow: bool = False, **env) -> subprocess.Popen:
+    def start(self, name: str, *, slow: bool = False, loglevel: str = "WARNING", **env) -> subprocess.Popen:
+        """A worker on this queue; its stderr (logs) goes to `process.log_path`, stdout (the banner) apart."""
         node = f"{name}-{self.queue}@localhost"
         args = ["worker", "--pool=solo", "-Q", self.queue, "-n", node, "--without-gossip", "--without-mingle"]
-        args.append("--loglevel=WARNING")
+        args.append(f"--loglevel={loglevel}")
         if slow:
             command = [sys.executable, "-c", SLOW_WORKER, *args]
         else:
             command = [sys.executable, "-m", "celery", "-A", "proxy_platform", *args]
-        process = subprocess.Popen(command, cwd=ROOT, env=self.env(**env))
+        log_path = process_log_path(f"worker-{name}-{self.queue}")
+        with open(log_path, "ab") as stderr, open(log_path.with_suffix(".stdout"), "ab") as stdout:
+            process = subprocess.Popen(command, cwd=ROOT, env=self.env(**env), stderr=stderr, stdout=stdout)
+        process.log_path = log_path
         self.processes.append(process)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
