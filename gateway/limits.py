@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Admission",
+    "UNREACHABLE",
     "LiveUsage",
     "aclose",
     "admit",
@@ -69,11 +70,12 @@ __all__ = [
     "live_usage_sync",
     "reconcile",
     "reconcile_sync",
+    "shared_redis",
     "spend_this_month",
 ]
 
 # Failures that mean "the limits store cannot be reached", as opposed to a bug.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 UNITS_PER_USD = 10**12
 _UNITS = Decimal(UNITS_PER_USD)
@@ -351,6 +353,11 @@ def _client() -> _LoopClient:
             _background(entry.client.aclose())
         entry = _clients[loop] = _LoopClient(url)
     return entry
+
+
+def shared_redis() -> Redis:
+    """This event loop's Redis client, also used by the response cache (gateway/cache.py)."""
+    return _client().client
 
 
 async def aclose() -> None:
@@ -722,7 +729,7 @@ async def admit(
             budget=budget,
             month_to_date=month_to_date,
         )
-    except _UNREACHABLE as exc:
+    except UNREACHABLE as exc:
         log.warning("request %s: limits store unreachable: %s", request_id, exc)
         raise GatewayError(
             503,

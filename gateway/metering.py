@@ -165,7 +165,9 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, admission:
     observability.request_finished(metered, cost=cost)
     if admission is not None:
         tokens = metered.tokens
-        await admission.settle(tokens=tokens.input + tokens.output, cost=cost)
+        # A cache hit used no provider tokens: it costs nothing of the tokens-per-minute limit.
+        used = 0 if metered.cache_hit else tokens.input + tokens.output
+        await admission.settle(tokens=used, cost=cost)
 
 
 def record_detached(metered: Metered, log_entry: LogEntry | None = None, admission: Admission | None = None) -> None:

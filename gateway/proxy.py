@@ -21,6 +21,7 @@ from billing.pricing import Tokens, worst_case_cost
 from billing.services import Metered
 
 from . import observability, translate
+from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
 from .limits import Admission, admit
 from .metering import (
@@ -55,11 +56,21 @@ class Call:
     price: PriceView | None = None
     deployment: DeploymentView | None = None
     admission: Admission | None = None  # the request's place in its limits, once admitted
+    cache_control: str = ""  # the request's Cache-Control header, lower case
+    cache_status: str = ""  # "hit" or "miss" when the tenant has a response cache
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
 
-    def metered(self, *, status: int, error_type: str = "", tokens: Tokens | None = None, estimated: bool = False):
+    def metered(
+        self,
+        *,
+        status: int,
+        error_type: str = "",
+        tokens: Tokens | None = None,
+        estimated: bool = False,
+        cache_hit: bool = False,
+    ):
         deployment = self.deployment
         return Metered(
             request_id=self.request_id,
@@ -78,6 +89,7 @@ class Call:
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             streamed=self.stream,
             estimated=estimated,
+            cache_hit=cache_hit,
             tenant_slug=self.caller.tenant.slug,
             deployment_id=deployment.id if deployment else None,
         )
@@ -251,6 +263,25 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
 async def complete(call: Call) -> HttpResponse:
     deployments = await resolve(call)
     await admit_call(call)
+    ttl = call.caller.tenant.response_cache_seconds
+    key = cache_key(
+        tenant_id=call.caller.tenant.id,
+        ttl=ttl,
+        family=call.client_family,
+        model=call.model_name,
+        body=call.body,
+        cache_control=call.cache_control,
+    )
+    if key is not None:
+        cached = await cache_lookup(key, cache_control=call.cache_control)
+        call.cache_status = "miss" if cached is None else "hit"
+        if cached is not None:
+            # Billed at zero; the tokens it would have used, at the price in force, are its saving.
+            result = {**cached.response, "model": call.requested_model}
+            await record(
+                call.metered(status=200, tokens=cached.tokens, cache_hit=True), call.log_entry(result), call.admission
+            )
+            return HttpResponse(orjson.dumps(result), content_type="application/json")
 
     async def operation(adapter: Adapter, body: dict) -> dict:
         return await adapter.complete(body)
@@ -270,6 +301,8 @@ async def complete(call: Call) -> HttpResponse:
     else:
         result = translate.openai_response_to_anthropic(result, model=call.requested_model)
     await record(call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry(result), call.admission)
+    if not estimated:  # a hit must know exactly what it saves
+        await cache_store(key, Cached(response=result, tokens=tokens), ttl=ttl)
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
 

@@ -41,6 +41,7 @@ class TenantView:
     monthly_budget: Decimal | None  # the subscription's budget, or its plan's default; None: no budget
     # provider -> (secret, base_url) of the tenant's own account (bring your own key)
     credentials: dict[str, tuple[str, str]]
+    response_cache_seconds: int | None = None  # None: no response cache
 
     def may_use(self, model: "ModelView") -> bool:
         if self.allowed_providers and model.provider not in self.allowed_providers:
@@ -198,6 +199,7 @@ def _load_tenant(tenant_id: int) -> TenantView | None:
         default_params=dict(tenant.default_params or {}),
         max_tokens_cap=tenant.max_tokens_cap,
         log_requests=tenant.log_requests,
+        response_cache_seconds=tenant.response_cache_seconds,
         monthly_budget=subscription.effective_budget if subscription else None,
         credentials=credentials,
     )

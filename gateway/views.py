@@ -159,6 +159,7 @@ async def _completion(
         validate(body)
         call.body = body
         call.stream = body.get("stream", False)
+        call.cache_control = request.headers.get("cache-control", "").lower()
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage")) or family == "anthropic"
         response = await (proxy.stream(call) if call.stream else proxy.complete(call))
     except Exception as exc:
@@ -174,6 +175,8 @@ async def _completion(
     if call is not None and call.admission is not None:
         for name, value in call.admission.headers.items():
             response.setdefault(name, value)
+    if call is not None and call.cache_status:
+        response["x-cache"] = call.cache_status
     response["x-request-id"] = request_id
     return response
 
