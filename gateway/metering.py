@@ -172,7 +172,11 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, admission:
 
 def record_detached(metered: Metered, log_entry: LogEntry | None = None, admission: Admission | None = None) -> None:
     """Record from a request being cancelled: the write continues on its own task."""
-    task = asyncio.get_running_loop().create_task(_record_logged(metered, log_entry, admission))
+    keep_alive(asyncio.get_running_loop().create_task(_record_logged(metered, log_entry, admission)))
+
+
+def keep_alive(task: asyncio.Future) -> None:
+    """Hold a task that no request awaits any more until it is done (`drain_pending` waits for it)."""
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 

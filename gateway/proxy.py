@@ -28,6 +28,7 @@ from .metering import (
     LogEntry,
     estimate_output_tokens,
     estimate_prompt_tokens,
+    keep_alive,
     record,
     record_detached,
     tokens_from_usage,
@@ -58,6 +59,7 @@ class Call:
     admission: Admission | None = None  # the request's place in its limits, once admitted
     cache_control: str = ""  # the request's Cache-Control header, lower case
     cache_status: str = ""  # "hit" or "miss" when the tenant has a response cache
+    client_gone: bool = False  # the client hung up while the upstream call was on its way
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -283,10 +285,41 @@ async def complete(call: Call) -> HttpResponse:
             )
             return HttpResponse(orjson.dumps(result), content_type="application/json")
 
+    # The provider answers (and bills us) whether or not our client is still there, so the call
+    # runs on a task of its own: a client that hangs up cancels this coroutine, not the call,
+    # whose outcome is then recorded with the provider's own numbers as `client_disconnected`.
+    answer = asyncio.ensure_future(_answer(call, deployments, cache_entry=key, ttl=ttl))
+    try:
+        return await asyncio.shield(answer)
+    except asyncio.CancelledError:
+        call.client_gone = True
+        keep_alive(asyncio.ensure_future(_outlive_client(call, answer)))
+        raise
+
+
+async def _outlive_client(call: Call, answer: asyncio.Future) -> None:
+    try:
+        await answer
+    except GatewayError:
+        pass  # recorded by _answer
+    except Exception:
+        log.exception("request %s: the answer to a client that hung up could not be recorded", call.request_id)
+        if call.admission is not None:
+            await call.admission.release()
+
+
+async def _answer(call: Call, deployments: list[DeploymentView], *, cache_entry: str | None, ttl: int | None):
     async def operation(adapter: Adapter, body: dict) -> dict:
         return await adapter.complete(body)
 
-    adapter, result = await _first_that_answers(call, deployments, operation)
+    try:
+        adapter, result = await _first_that_answers(call, deployments, operation)
+    except GatewayError as error:
+        if call.client_gone:  # nobody is left to record it: the view was cancelled
+            await record(call.metered(status=error.status, error_type=error.code))
+            if call.admission is not None:
+                await call.admission.release()
+        raise
     usage = result.get("usage")
     if isinstance(usage, dict):
         tokens, estimated = tokens_from_usage(adapter.family, usage), False
@@ -300,9 +333,13 @@ async def complete(call: Call) -> HttpResponse:
         )
     else:
         result = translate.openai_response_to_anthropic(result, model=call.requested_model)
-    await record(call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry(result), call.admission)
+    if call.client_gone:
+        outcome = {"status": 499, "error_type": "client_disconnected"}
+    else:
+        outcome = {"status": 200}
+    await record(call.metered(**outcome, tokens=tokens, estimated=estimated), call.log_entry(result), call.admission)
     if not estimated:  # a hit must know exactly what it saves
-        await cache_store(key, Cached(response=result, tokens=tokens), ttl=ttl)
+        await cache_store(cache_entry, Cached(response=result, tokens=tokens), ttl=ttl)
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
 

@@ -25,7 +25,7 @@ from tenants.prompting import TemplateError, template_render, template_resolve
 from . import observability, proxy
 from .auth import authenticate
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
-from .metering import record
+from .metering import record, record_detached
 from .registry import Caller, catalog
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,12 @@ async def _completion(
         call.cache_control = request.headers.get("cache-control", "").lower()
         call.include_usage = bool((body.get("stream_options") or {}).get("include_usage")) or family == "anthropic"
         response = await (proxy.stream(call) if call.stream else proxy.complete(call))
+    except asyncio.CancelledError:
+        # The client hung up. Once the provider was asked, proxy records the outcome itself;
+        # before that there is nothing to bill, but the request is never forgotten.
+        if call is not None and not call.client_gone:
+            record_detached(call.metered(status=499, error_type="client_disconnected"), None, call.admission)
+        raise
     except Exception as exc:
         error = exc if isinstance(exc, GatewayError) else _internal_error(request_id, exc)
         if call is not None:

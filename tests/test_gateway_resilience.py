@@ -152,3 +152,44 @@ def test_tool_calls_cross_formats(gateway, catalog, alice_key):
     assert message.stop_reason == "tool_use"
     assert message.content[-1].type == "tool_use"
     assert message.content[-1].name == "get_weather"
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_a_client_that_hangs_up_before_the_answer_is_billed_with_the_providers_numbers(
+    gateway, catalog, alice, alice_key, model
+):
+    """The provider answers (and bills) whether or not our client waited: the record keeps its
+    reported tokens, exactly, not an estimate, and the request's concurrency slot comes back."""
+    alice.max_concurrent = 1
+    alice.save()
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0, timeout=0.5)
+    question = [{"role": "user", "content": "[[mock:latency_ms=1500]] [[mock:words=30]] are you there?"}]
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=model, messages=question, max_tokens=100)
+
+    record = wait_for_record(tenant=alice, error_type="client_disconnected")
+    assert record.status_code == 499
+    assert not record.estimated
+    assert not record.streamed
+    assert record.output_tokens == 30  # the mock's reply, as it reported it
+    assert record.input_tokens > 0
+    assert record.cost > 0
+    # Its slot is free again: the next request of a tenant allowed one at a time goes through.
+    patient = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0)
+    answer = patient.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert answer.status_code == 200
+    assert UsageRecord.objects.filter(tenant=alice).count() == 2
+
+
+def test_a_client_that_hangs_up_while_its_request_is_refused_upstream_is_still_recorded(
+    gateway, catalog, alice, alice_key
+):
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0, timeout=0.5)
+    question = [{"role": "user", "content": "[[mock:latency_ms=1500]] [[mock:status=500]] hi"}]
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt-test", messages=question)
+    record = wait_for_record(tenant=alice, error_type="upstream_error")
+    assert record.status_code == 502
+    assert record.cost == 0
