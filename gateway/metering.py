@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from billing.pricing import Tokens
 from billing.services import Metered, budget_alerts_check, usage_record_create
 from tenants.models import ApiKey, RequestLog
 
+from .db import db_call
 from .limits import Admission
 from .tokenizer import count_message_tokens, count_tokens
 
@@ -156,7 +156,7 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, admission:
     tokens and cost. Awaited before the response ends (DESIGN §2 step 6).
     """
     check_budget = _due_for_budget_check(metered.tenant_id, admission is not None and admission.budgeted)
-    cost = await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
+    cost = await db_call(_write, metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
     if admission is not None:
         tokens = metered.tokens
         await admission.settle(tokens=tokens.input + tokens.output, cost=cost)

@@ -1,4 +1,8 @@
-"""ASGI entry point: `uvicorn proxy_platform.asgi:application` serves the gateway and the admin."""
+"""ASGI entry point: `uvicorn proxy_platform.asgi:application` serves the gateway and the admin.
+
+The completion endpoints go to a lean handler (proxy_platform/handlers.py: no admin
+middleware, no per-request thread); everything else, the admin included, to Django's own.
+"""
 
 import os
 
@@ -6,11 +10,25 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (settings are configured by the line above)
+
+from .handlers import HotPathHandler  # noqa: E402
 
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    application = ASGIStaticFilesHandler(application)
+    django_application = ASGIStaticFilesHandler(django_application)
+
+# Exact paths: anything else under /v1/ (a typo, a trailing slash) gets Django's full stack and
+# the gateway's 404 in wire format.
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages"})
+hot_path_application = HotPathHandler()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"] in HOT_PATHS:
+        await hot_path_application(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)
