@@ -3,12 +3,12 @@
 import anthropic
 import orjson
 
-from .base import ProviderError, SSEEventStream, split_params
+from .base import ProviderError, SSEEventStream, connection_failed, split_params
 from .openai import status_kind
 
 
 def error_from_sdk(exc: BaseException) -> ProviderError:
-    if isinstance(exc, anthropic.APITimeoutError):
+    if isinstance(exc, anthropic.APITimeoutError) and not connection_failed(exc):
         return ProviderError("anthropic", 0, "timeout", "the upstream did not answer in time", True)
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderError("anthropic", 0, "connection", "the upstream could not be reached", True)

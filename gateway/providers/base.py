@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import aiohttp
 import orjson
 
 
@@ -31,6 +32,23 @@ class ProviderError(Exception):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.status} {self.kind}: {self.message}"
+
+
+def connection_failed(exc: BaseException) -> bool:
+    """Whether an SDK "timeout" was in truth a refused, reset or dropped connection.
+
+    The SDKs' aiohttp transport maps every aiohttp connection error, a refused connection
+    included, to httpx2's ConnectTimeout, so the SDK raises its APITimeoutError; aiohttp's own
+    exception is still at the end of the cause chain and says which it was.
+    """
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return False
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class EventStream(Protocol):

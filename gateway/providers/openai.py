@@ -3,7 +3,7 @@
 import openai
 import orjson
 
-from .base import ProviderError, SSEEventStream, split_params
+from .base import ProviderError, SSEEventStream, connection_failed, split_params
 
 
 def status_kind(status: int, code: str | None) -> tuple[str, bool]:
@@ -28,7 +28,7 @@ def status_kind(status: int, code: str | None) -> tuple[str, bool]:
 
 
 def error_from_sdk(provider: str, exc: BaseException) -> ProviderError:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not connection_failed(exc):
         return ProviderError(provider, 0, "timeout", "the upstream did not answer in time", True)
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(provider, 0, "connection", "the upstream could not be reached", True)
