@@ -43,6 +43,7 @@ def test_requests_in_their_own_contexts_and_threads_share_one_pool(shared_cache)
     clients = {id(client) for _, client in results}
     assert len(clients) == 1
     pool = results[0][1]._get_connection_pool(write=True)
+    assert results[0][1].get_client(write=True) is results[0][1].get_client(write=False)
     # At most one connection per worker thread; Django's own backend opened one per request.
     assert pool._created_connections <= min(32, (os.cpu_count() or 1) + 4)
 
