@@ -4,6 +4,7 @@ The completion endpoints go to a lean handler (proxy_platform/handlers.py: no ad
 middleware, no per-request thread); everything else, the admin included, to Django's own.
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -13,6 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
 django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (settings are configured by the line above)
+from django.urls import get_resolver  # noqa: E402
 
 from .handlers import HotPathHandler  # noqa: E402
 
@@ -25,6 +27,13 @@ if settings.SERVE_STATIC:
 # the gateway's 404 in wire format.
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages"})
 hot_path_application = HotPathHandler()
+
+# The URLconf imports the views, and so the SDKs and their transports, now rather than on the
+# first request; then everything loaded so far is moved out of the collector's sight. Without
+# it, the first seconds under load brought full collections of 40-120 ms each, walking the whole
+# start-up heap (a p99 of ~100 ms at concurrency 1); with it they take 2-3 ms.
+get_resolver().url_patterns  # noqa: B018
+gc.freeze()
 
 
 async def application(scope, receive, send):

@@ -169,3 +169,11 @@ def test_a_database_hop_hands_its_connection_back(alice):
     assert seen["thread"] != threading.get_ident()
     # The worker thread's connection went back to the pool when the call returned.
     assert seen["wrapper"].connection is None
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_collectors_sight():
+    import gc
+
+    import proxy_platform.asgi  # noqa: F401  (what uvicorn imports)
+
+    assert gc.get_freeze_count() > 10_000
