@@ -450,7 +450,7 @@ def serve(args, fixture: Fixture, db_url: str) -> None:
         deadline = time.monotonic() + args.serve_seconds
         while time.monotonic() < deadline and gateway.poll() is None:
             time.sleep(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         processes.stop_all()
@@ -520,6 +520,9 @@ def main() -> int:
     parser.add_argument("--pidfile", default="", help="--serve: write the gateway's pid there")
     parser.add_argument("--serve-seconds", type=float, default=1800, help="--serve: stop after (default 1800)")
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) must run the `finally` that stops mockllm and the gateway: they
+    # live in sessions of their own and would otherwise outlive this script.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     db_url = database_url()
     ensure_database(db_url)
     setup_django(db_url)
