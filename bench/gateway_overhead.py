@@ -313,10 +313,12 @@ def _py_spy() -> str:
 
 def warm_up(bench: Bench, targets: tuple[str, ...]) -> None:
     """Connections, lazy imports, the in-process caches, the budget counter: not measured."""
+    profile_dir, bench.profile_dir = bench.profile_dir, None
     for target in targets:
         for stream in (False, True):
             bench.one(target, stream=stream, concurrency=10, seconds=2)
     bench.runs.clear()
+    bench.profile_dir = profile_dir
 
 
 def measure(bench: Bench, targets: tuple[str, ...], *, concurrencies: list[int], reps: int, seconds: int) -> None:
