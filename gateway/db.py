@@ -30,7 +30,8 @@ async def db_call(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R
     """`fn(*args, **kwargs)` in a worker thread, as one unit: its own connection, released after.
 
     `asyncio.to_thread` rather than asgiref's `sync_to_async`: the caller's context variables
-    still reach `fn`, but nothing is copied back afterwards, which saves a walk over every
-    context variable per call, and no call waits for a thread that another request holds.
+    still reach `fn`, but nothing is copied back afterwards (a walk over every context variable
+    saved per call), and calls share the loop's default executor instead of queueing on the one
+    thread that thread-sensitive calls get outside a request context.
     """
     return await asyncio.to_thread(_released, fn, *args, **kwargs)
