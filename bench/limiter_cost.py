@@ -39,7 +39,8 @@ def caller(*, limited: bool) -> Caller:
     big = 10**9 if limited else None
     tenant = TenantView(
         id=ident, slug=f"bench{ident}", active=True, region="", allowed_providers=frozenset(),
-        allowed_model_ids=frozenset(), requests_per_minute=big, tokens_per_minute=big, max_concurrent=10**6 if limited else None,
+        allowed_model_ids=frozenset(), requests_per_minute=big, tokens_per_minute=big,
+        max_concurrent=10**6 if limited else None,
         model_aliases={}, default_params={}, max_tokens_cap=None, log_requests=False,
         monthly_budget=Decimal("1000000") if limited else None, credentials={},
     )  # fmt: skip

@@ -44,7 +44,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 from django_ratelimit.core import get_usage
@@ -705,7 +704,7 @@ async def admit(
     try:
         headers: dict[str, str] = {}
         if rates:
-            usages = await sync_to_async(_count_requests, thread_sensitive=False)(rates)
+            usages = await asyncio.to_thread(_count_requests, rates)
             headers, refused = _request_headers(rates, usages)
             if refused:
                 wait = _seconds_until(max(usage["time_left"] for _, usage in refused) * 1000)

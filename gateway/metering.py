@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from billing.pricing import Tokens
@@ -19,6 +18,7 @@ from billing.services import Metered, budget_alerts_check, usage_record_create
 from tenants.models import ApiKey, RequestLog
 
 from . import observability
+from .db import db_call
 from .limits import Admission
 from .tokenizer import count_message_tokens, count_tokens
 
@@ -158,7 +158,7 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, admission:
     """
     check_budget = _due_for_budget_check(metered.tenant_id, admission is not None and admission.budgeted)
     try:
-        cost = await sync_to_async(_write)(metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
+        cost = await db_call(_write, metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
     except BaseException:
         observability.request_finished(metered, cost=None)  # the request still gets its line, without a cost
         raise

@@ -3,7 +3,7 @@
 A request must not pay for several queries, so keys, tenants and the catalog are read once
 and kept for `GATEWAY_AUTH_CACHE_SECONDS` (4 s by default). That bound is the promise: a
 revoked key, a suspended tenant or a new price reaches every gateway process within it.
-Each loader runs in one `sync_to_async` hop, so a cache miss costs one thread switch.
+Each loader runs in one `db_call` hop, so a cache miss costs one thread switch.
 """
 
 import time
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Q, Sum
 from django.utils import timezone
@@ -21,6 +20,8 @@ from billing.pricing import Price
 from tenants.crypto import decrypt
 from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
+
+from .db import db_call
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,7 @@ def _month_to_date(tenant_id: int) -> Decimal:
 
 async def month_to_date(tenant_id: int) -> Decimal:
     """The tenant's spend this (UTC) month from the database: seeds the budget counter."""
-    return await sync_to_async(_month_to_date)(tenant_id)
+    return await db_call(_month_to_date, tenant_id)
 
 
 async def caller_for_key(raw_key: str) -> Caller | None:
@@ -267,7 +268,7 @@ async def caller_for_key(raw_key: str) -> Caller | None:
     digest = key_hash(raw_key, pepper=settings.API_KEY_PEPPER)
     entry = _keys.get(digest)
     if entry is None:
-        found = await sync_to_async(_load_key)(digest)
+        found = await db_call(_load_key, digest)
         key = found[0] if found else None
         # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
         _keys.put(digest, key, found[1] if found else _ttl())
@@ -282,7 +283,7 @@ async def caller_for_key(raw_key: str) -> Caller | None:
 async def tenant_view(tenant_id: int) -> TenantView | None:
     entry = _tenants.get(tenant_id)
     if entry is None:
-        view = await sync_to_async(_load_tenant)(tenant_id)
+        view = await db_call(_load_tenant, tenant_id)
         _tenants.put(tenant_id, view, _ttl())
         return view
     return entry[1]
@@ -291,7 +292,7 @@ async def tenant_view(tenant_id: int) -> TenantView | None:
 async def catalog() -> dict[str, ModelView]:
     entry = _catalog.get("all")
     if entry is None:
-        models = await sync_to_async(_load_catalog)()
+        models = await db_call(_load_catalog)
         _catalog.put("all", models, _ttl())
         return models
     return entry[1]
@@ -300,7 +301,7 @@ async def catalog() -> dict[str, ModelView]:
 async def policy() -> PolicyView:
     entry = _catalog.get("policy")
     if entry is None:
-        view = await sync_to_async(_load_policy)()
+        view = await db_call(_load_policy)
         _catalog.put("policy", view, _ttl())
         return view
     return entry[1]

@@ -24,6 +24,7 @@ from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import observability, proxy
 from .auth import authenticate
+from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .metering import record, record_detached
 from .registry import Caller, catalog
@@ -104,7 +105,7 @@ async def _expand_template(caller: Caller, body: dict, family: str) -> None:
     variables = spec.get("variables") or {}
     if not isinstance(variables, dict):
         raise bad_request("`template.variables` must be an object.", param="template.variables")
-    template = await sync_to_async(template_resolve)(tenant_id=caller.tenant.id, name=spec["name"], version=version)
+    template = await db_call(template_resolve, tenant_id=caller.tenant.id, name=spec["name"], version=version)
     if template is None:
         # Another tenant's template of the same name is, for this tenant, simply not there.
         raise GatewayError(
@@ -245,6 +246,7 @@ async def usage(request: HttpRequest) -> HttpResponse:
     return await _openai_api(request, handler)
 
 
+@csrf_exempt  # an SDK's POST to an endpoint we lack is a 404 in wire format, not a CSRF page
 async def unknown_endpoint(request: HttpRequest) -> HttpResponse:
     error = GatewayError(404, f"Unknown endpoint: {request.method} {request.path}", "unknown_endpoint")
     return (anthropic_error_response if request.path.startswith("/v1/messages") else openai_error_response)(error)

@@ -114,7 +114,8 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's RedisCache with one connection pool per process (see proxy_platform/cache.py).
+            "BACKEND": "proxy_platform.cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             # A Redis that accepts connections but never answers must not hang a request.
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},

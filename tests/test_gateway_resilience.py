@@ -14,7 +14,7 @@ from billing.models import UsageRecord
 from gateway.tokenizer import count_tokens
 from tenants.models import Deployment
 
-from .conftest import free_port
+from .conftest import free_port, make_model, start_gateway, stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,6 +99,40 @@ def test_a_dead_deployment_falls_back_to_the_next(gateway, mock_llm, catalog, al
     record = UsageRecord.objects.get(request_id=raw.headers["x-request-id"])
     assert record.upstream_model == primary.upstream
     assert record.status_code == 200
+
+
+def test_an_unreachable_upstream_is_502_and_a_slow_one_504(mock_llm, catalog, alice, alice_key):
+    """Told apart although the SDKs' aiohttp transport reports a refused connection as a timeout."""
+    make_model("gpt-nowhere", "openai", "gpt-nowhere", input_per_1m="1", output_per_1m="1").deployments.update(
+        base_url=f"http://127.0.0.1:{free_port()}/v1"
+    )
+    process, url = start_gateway(mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0", GATEWAY_UPSTREAM_TIMEOUT="1")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=alice_key, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as unreachable:
+            client.chat.completions.create(model="gpt-nowhere", messages=[{"role": "user", "content": "hello"}])
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as slow:
+            client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "[[mock:latency_ms=5000]] hello"}]
+            )
+        waited = time.monotonic() - started
+        with pytest.raises(openai.APIStatusError) as slow_stream:
+            client.chat.completions.create(
+                model="claude-test", messages=[{"role": "user", "content": "[[mock:latency_ms=5000]] hi"}], stream=True
+            )
+    finally:
+        stop(process)
+    assert (unreachable.value.status_code, unreachable.value.body["code"]) == (502, "upstream_unreachable")
+    assert (slow.value.status_code, slow.value.body["code"]) == (504, "upstream_timeout")
+    assert waited < 4  # the upstream timeout, not the mock's latency
+    assert (slow_stream.value.status_code, slow_stream.value.body["code"]) == (504, "upstream_timeout")
+    records = UsageRecord.objects.filter(tenant=alice).order_by("created_at")
+    assert [(r.status_code, r.error_type) for r in records] == [
+        (502, "upstream_unreachable"),
+        (504, "upstream_timeout"),
+        (504, "upstream_timeout"),
+    ]
 
 
 def test_a_request_error_is_not_retried_on_another_deployment(gateway, mock_llm, catalog, alice_key):

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def redis_caches(url: str) -> dict:
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "proxy_platform.cache.SharedRedisCache",
             "LOCATION": url,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }

@@ -1,14 +1,15 @@
 """Anthropic Messages via the official SDK."""
 
 import anthropic
+import httpx2
 import orjson
 
-from .base import ProviderError, SSEEventStream, split_params
+from .base import ProviderError, SSEEventStream, connection_failed
 from .openai import status_kind
 
 
 def error_from_sdk(exc: BaseException) -> ProviderError:
-    if isinstance(exc, anthropic.APITimeoutError):
+    if isinstance(exc, anthropic.APITimeoutError) and not connection_failed(exc):
         return ProviderError("anthropic", 0, "timeout", "the upstream did not answer in time", True)
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderError("anthropic", 0, "connection", "the upstream could not be reached", True)
@@ -36,20 +37,18 @@ class AnthropicAdapter:
         self.client = client
 
     async def complete(self, body: dict) -> dict:
-        params, extra = split_params(self.client.messages.create, body)
-        params.pop("stream", None)
+        body = {k: v for k, v in body.items() if k != "stream"}
         try:
-            raw = await self.client.messages.with_raw_response.create(**params, extra_body=extra or None)
+            response = await self.client.post("/v1/messages", cast_to=httpx2.Response, body=body)
         except anthropic.AnthropicError as exc:
             raise error_from_sdk(exc) from exc
-        return orjson.loads(await raw.read())
+        return orjson.loads(response.content)
 
     async def open_stream(self, body: dict) -> SSEEventStream:
-        params, extra = split_params(self.client.messages.create, body)
-        params["stream"] = True
-        manager = self.client.messages.with_streaming_response.create(**params, extra_body=extra or None)
         try:
-            response = await manager.__aenter__()
+            response = await self.client.post(
+                "/v1/messages", cast_to=httpx2.Response, body={**body, "stream": True}, stream=True
+            )
         except anthropic.AnthropicError as exc:
             raise error_from_sdk(exc) from exc
-        return SSEEventStream(manager, response, error_from_sdk)
+        return SSEEventStream(response, error_from_sdk)

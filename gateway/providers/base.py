@@ -1,15 +1,21 @@
 """The small interface every provider adapter offers, and the one error type they raise.
 
-Adapters speak their provider's native wire format as plain dicts (orjson-parsed bytes from
-the official SDK's raw response), so the gateway never pays for building and dumping the
-SDK's pydantic models on the hot path. Translation between formats is not their business.
+Adapters speak their provider's native wire format as plain dicts, through the official SDK's
+generic request method (`client.post(path, body=..., cast_to=httpx2.Response)`, the SDKs' own
+way to call an endpoint with a body of one's choosing): the client's credentials, base URL,
+Azure deployment routing, retries, timeouts and error classes all apply, but the wire body the
+gateway already has is sent as it is, and the raw response is parsed with orjson. The typed
+`create()` methods would walk the body against their TypedDicts (about 0.15 ms for one short
+message, more for longer prompts) to produce the same JSON, and parse responses into pydantic
+models that the gateway would dump again. Translation between formats is not their business.
 """
 
-import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import aiohttp
+import httpx2
 import orjson
 
 
@@ -33,6 +39,23 @@ class ProviderError(Exception):
         return f"{self.provider} {self.status} {self.kind}: {self.message}"
 
 
+def connection_failed(exc: BaseException) -> bool:
+    """Whether an SDK "timeout" was in truth a refused, reset or dropped connection.
+
+    The SDKs' aiohttp transport maps every aiohttp connection error, a refused connection
+    included, to httpx2's ConnectTimeout, so the SDK raises its APITimeoutError; aiohttp's own
+    exception is still at the end of the cause chain and says which it was.
+    """
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return False
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 class EventStream(Protocol):
     """Parsed events of one upstream stream. `aclose()` must be called in every case."""
 
@@ -50,49 +73,20 @@ class Adapter(Protocol):
     async def open_stream(self, body: dict) -> EventStream: ...
 
 
-def split_params(create: Callable, body: dict) -> tuple[dict, dict]:
-    """Split a wire body into the SDK method's named parameters and the rest (sent as extra_body).
-
-    The SDK's `create()` refuses unknown keyword arguments; newer API fields that an older SDK
-    does not know still reach the provider through `extra_body`.
-    """
-    known = _named_params(create)
-    params = {k: v for k, v in body.items() if k in known}
-    extra = {k: v for k, v in body.items() if k not in known}
-    return params, extra
-
-
-_PARAM_CACHE: dict = {}
-
-
-def _named_params(create: Callable) -> frozenset[str]:
-    key = getattr(create, "__qualname__", repr(create))
-    names = _PARAM_CACHE.get(key)
-    if names is None:
-        names = frozenset(
-            n
-            for n, p in inspect.signature(create).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and not n.startswith("extra_") and n != "timeout"
-        )
-        _PARAM_CACHE[key] = names
-    return names
-
-
 class SSEEventStream:
-    """Iterates the `data:` payloads of a raw SDK streaming response as dicts.
+    """Iterates the `data:` payloads of a streamed upstream response (an unread httpx2.Response) as dicts.
 
     `[DONE]` ends the stream (OpenAI). `event:` lines are not needed: both families repeat the
     event type inside the data (Anthropic's `type`), or have only one kind of event (OpenAI).
     """
 
-    def __init__(self, context_manager, response, on_error: Callable[[BaseException], BaseException]) -> None:
-        self._cm = context_manager
+    def __init__(self, response: httpx2.Response, on_error: Callable[[BaseException], BaseException]) -> None:
         self._response = response
         self._on_error = on_error
 
     async def __aiter__(self) -> AsyncIterator[dict]:
         try:
-            async for line in self._response.iter_lines():
+            async for line in self._response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -106,4 +100,4 @@ class SSEEventStream:
             raise self._on_error(exc) from exc
 
     async def aclose(self) -> None:
-        await self._cm.__aexit__(None, None, None)
+        await self._response.aclose()

@@ -1,9 +1,12 @@
 """OpenAI (and, through `azure.py`, Azure OpenAI) chat completions via the official SDK."""
 
+import httpx2
 import openai
 import orjson
 
-from .base import ProviderError, SSEEventStream, split_params
+from .base import ProviderError, SSEEventStream, connection_failed
+
+PATH = "/chat/completions"  # under the client's base URL; AsyncAzureOpenAI adds /deployments/<model>
 
 
 def status_kind(status: int, code: str | None) -> tuple[str, bool]:
@@ -28,7 +31,7 @@ def status_kind(status: int, code: str | None) -> tuple[str, bool]:
 
 
 def error_from_sdk(provider: str, exc: BaseException) -> ProviderError:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not connection_failed(exc):
         return ProviderError(provider, 0, "timeout", "the upstream did not answer in time", True)
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(provider, 0, "connection", "the upstream could not be reached", True)
@@ -56,22 +59,17 @@ class OpenAIAdapter:
         self.client = client
 
     async def complete(self, body: dict) -> dict:
-        create = self.client.chat.completions.with_raw_response.create
-        params, extra = split_params(self.client.chat.completions.create, body)
         try:
-            raw = await create(**params, extra_body=extra or None)
+            response = await self.client.post(PATH, cast_to=httpx2.Response, body=body)
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
-        return orjson.loads(raw.content)  # LegacyAPIResponse: the body is already read
+        return orjson.loads(response.content)
 
     async def open_stream(self, body: dict) -> SSEEventStream:
-        params, extra = split_params(self.client.chat.completions.create, body)
         # The gateway always meters from the provider's own count (DESIGN §8).
-        params["stream"] = True
-        params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
-        manager = self.client.chat.completions.with_streaming_response.create(**params, extra_body=extra or None)
+        body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         try:
-            response = await manager.__aenter__()
+            response = await self.client.post(PATH, cast_to=httpx2.Response, body=body, stream=True)
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
-        return SSEEventStream(manager, response, lambda exc: error_from_sdk(self.provider, exc))
+        return SSEEventStream(response, lambda exc: error_from_sdk(self.provider, exc))
