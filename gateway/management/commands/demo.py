@@ -83,6 +83,12 @@ class Command(BaseCommand):
             AZURE_OPENAI_ENDPOINT=mock_url,
         )
         python = sys.executable
+        # The servers log JSON, a line per request: to files, so that the banner stays readable.
+        logs = settings.BASE_DIR / "var" / "demo"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._logs = logs
+        mock_log = open(logs / "mockllm.log", "ab")  # noqa: SIM115 (closed when the servers stop)
+        gateway_log = open(logs / "gateway.log", "ab")  # noqa: SIM115
         processes = [
             subprocess.Popen(  # noqa: S603 (our own interpreter and module)
                 [
@@ -98,6 +104,8 @@ class Command(BaseCommand):
                 ],
                 cwd=settings.BASE_DIR,
                 env=env,
+                stdout=mock_log,
+                stderr=subprocess.STDOUT,
             ),
             subprocess.Popen(  # noqa: S603
                 [
@@ -112,9 +120,13 @@ class Command(BaseCommand):
                     "--no-access-log",
                     "--log-level",
                     "warning",
+                    "--log-config",
+                    str(settings.BASE_DIR / "proxy_platform" / "uvicorn_logging.json"),
                 ],
                 cwd=settings.BASE_DIR,
                 env=env,
+                stdout=gateway_log,
+                stderr=subprocess.STDOUT,
             ),
         ]
         try:
@@ -131,6 +143,8 @@ class Command(BaseCommand):
                 process.send_signal(signal.SIGTERM)
             for process in processes:
                 process.wait(timeout=10)
+            mock_log.close()
+            gateway_log.close()
 
     def _live_traffic(self, gateway_url: str, key: str) -> None:
         """A few real requests through the gateway, so the newest usage rows are live ones."""
@@ -155,8 +169,10 @@ class Command(BaseCommand):
             f"""
 The platform is up (Ctrl-C stops it).
 
-  Admin:    {gateway_url}/admin/   (login {user} / {password})
-  Gateway:  {gateway_url}/v1       (mock provider behind it: {settings.BASE_DIR.name}/manage.py mockllm)
+  Admin:    {gateway_url}/admin/   (login {user} / {password}; the home page is the dashboard)
+  Gateway:  {gateway_url}/v1       (the built-in mock provider answers behind it)
+  Metrics:  {gateway_url}/metrics  (open in the demo; production needs GATEWAY_METRICS_TOKEN)
+  Logs:     {self._logs}/gateway.log   (one JSON line per request)
   Key:      {key}   (tenant_a, shown once)
 
 Try it:
