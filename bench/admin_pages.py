@@ -26,31 +26,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+from benchdb import ensure_database, setup_django
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_dash"
 TARGET_MS = 500.0
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlparse(url)
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            connection.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ["DJANGO_ALLOWED_HOSTS"] = "testserver"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
-    os.environ.pop("REDIS_URL", None)  # the tenant page's live counters: the in-process store
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
 
 
 def prepare(*, records: int, tenants: int, fresh: bool) -> None:
@@ -106,7 +86,7 @@ def main() -> int:
 
     url = os.environ.get("BENCH_ADMIN_DATABASE_URL", DEFAULT_URL)
     ensure_database(url)
-    setup_django(url)
+    setup_django(url, DJANGO_ALLOWED_HOSTS="testserver")
 
     from django.contrib.auth import get_user_model
     from django.core.management import call_command

@@ -29,32 +29,13 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
+from benchdb import ensure_database, setup_django
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_billing"
 PERIOD = date(2024, 5, 1)
 PERIOD_END = date(2024, 5, 31)
 AFTER = datetime(2024, 6, 20, tzinfo=UTC)  # the month is closed: everything is rolled up
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlparse(url)
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            connection.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
-    os.environ.pop("REDIS_URL", None)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
 
 
 def clock(label: str, fn, *args, **kwargs):

@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlparse
+
+from benchdb import ensure_database, setup_django
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "wrk_chat.lua"
@@ -75,28 +76,6 @@ def database_url() -> str:
 
 def redis_url() -> str:
     return os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlparse(url)
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            connection.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django(db_url: str) -> None:
-    os.environ["DATABASE_URL"] = db_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
-    # This process only sets up and counts; the gateway process gets REDIS_URL.
-    os.environ.pop("REDIS_URL", None)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
 
 
 @dataclass
