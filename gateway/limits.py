@@ -682,6 +682,14 @@ def _count_requests(rates: list[tuple[int, str, int]]) -> list[dict | None]:
     ]
 
 
+def _reset_ms(time_left: int) -> int:
+    """Milliseconds until a django-ratelimit window ends. Its `time_left` is `window - int(now)`,
+    and the window stays current through the second in which that is 0, so it ends at the next
+    whole second after `time_left` seconds. Read after the count: a second that turned meanwhile
+    can only make this later, never too early for a retry-after."""
+    return max(0, (max(0, time_left) + 1) * 1000 - int(time.time() * 1000) % 1000)
+
+
 def _request_headers(rates: list[tuple[int, str, int]], usages: list[dict | None]) -> tuple[dict[str, str], list]:
     """Headers of the binding request limit, and the limits that refuse this request."""
     counted = [(rate, usage) for rate, usage in zip(rates, usages, strict=True) if usage is not None]
@@ -695,7 +703,7 @@ def _request_headers(rates: list[tuple[int, str, int]], usages: list[dict | None
     headers = {
         "x-ratelimit-limit-requests": str(limit),
         "x-ratelimit-remaining-requests": str(max(0, limit - usage["count"])),
-        "x-ratelimit-reset-requests": duration(max(0, usage["time_left"]) * 1000),
+        "x-ratelimit-reset-requests": duration(_reset_ms(usage["time_left"])),
     }
     return headers, [(rate, usage) for rate, usage in counted if usage["should_limit"]]
 
@@ -754,7 +762,7 @@ async def admit(
             usages = await asyncio.to_thread(_count_requests, rates)
             headers, refused = _request_headers(rates, usages)
             if refused:
-                wait = _seconds_until(max(usage["time_left"] for _, usage in refused) * 1000)
+                wait = _seconds_until(max(_reset_ms(usage["time_left"]) for _, usage in refused))
                 limits = ", ".join(f"{_WHO[_SCOPES[scope]]} allows {limit}" for (scope, _, limit), _ in refused)
                 raise GatewayError(
                     429,

@@ -323,6 +323,15 @@ def test_requests_per_minute_are_exact_across_processes():
     assert run(limits.spend_this_month(budget_tenant)) == Decimal("1")
 
 
+def test_the_requests_reset_header_is_the_instant_the_window_ends():
+    """django-ratelimit's window `w` is current while int(now) <= w: it ends at w + 1, not at w."""
+    caller = make_caller(rpm=5)
+    time.sleep(1.05 - time.time() % 1)  # just after a whole second: the two readings differ most
+    admission = run(attempt(caller))
+    ends_in = _get_window(f"tenant:{caller.tenant.id}", 60) + 1 - time.time()
+    assert abs(parse_duration(admission.headers["x-ratelimit-reset-requests"]) / 1000 - ends_in) < 0.3
+
+
 def test_a_key_limit_is_independent_of_the_tenant_limit():
     caller = make_caller(rpm=100, key_rpm=2)
     sibling = another_key(caller, requests_per_minute=2)
