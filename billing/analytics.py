@@ -26,8 +26,20 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import connection
-from django.db.models import Count, IntegerField, Q, QuerySet, Sum, Value
-from django.db.models.functions import TruncDate
+from django.db.models import (
+    Case,
+    Count,
+    DecimalField,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, TruncDate
 
 from tenants.models import ApiKey, Tenant
 
@@ -483,6 +495,12 @@ class KeyLine:
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
+    monthly_budget: Decimal | None = None  # the key's own budget; None: none of its own
+    month_to_date: Decimal | None = None  # the key's spend this month, only for a key with a budget
+
+    @property
+    def budget_used(self) -> float | None:
+        return ratio(self.month_to_date, self.monthly_budget) if self.monthly_budget else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +526,24 @@ class TenantOverview:
     @property
     def budget_used(self) -> float | None:
         return ratio(self.month_to_date, self.budget) if self.budget else None
+
+
+def _key_month_spend(*, tenant_id: int, today: date):
+    """A key's cost this month from its raw records (rollups are not per key), in the key query
+    itself: evaluated only for keys with a budget of their own, NULL for the others."""
+    spend = (
+        UsageRecord.objects.filter(
+            tenant_id=tenant_id, api_key_id=OuterRef("pk"), created_at__gte=day_start(month_start(today))
+        )
+        .values("api_key_id")
+        .annotate(total=Sum("cost"))
+        .values("total")
+    )
+    return Case(
+        When(monthly_budget__isnull=False, then=Coalesce(Subquery(spend), Value(ZERO))),
+        default=Value(None),
+        output_field=DecimalField(max_digits=28, decimal_places=12),
+    )
 
 
 def tenant_overview(
@@ -555,8 +591,12 @@ def tenant_overview(
             created_at=key.created_at,
             expires_at=key.expires_at,
             last_used_at=key.last_used_at,
+            monthly_budget=key.monthly_budget,
+            month_to_date=key.month_spend,
         )
-        for key in ApiKey.objects.filter(tenant_id=tenant_id).order_by("revoked_at", "-created_at")
+        for key in ApiKey.objects.filter(tenant_id=tenant_id)
+        .annotate(month_spend=_key_month_spend(tenant_id=tenant_id, today=today))
+        .order_by("revoked_at", "-created_at")
     ]
     recent_errors = list(
         UsageRecord.objects.filter(_ERROR, tenant_id=tenant_id)

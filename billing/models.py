@@ -11,11 +11,10 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 
-from tenants.models import ApiKey, CatalogModel, Tenant
+from tenants.models import MONEY_DIGITS, ApiKey, CatalogModel, Tenant
 
 PRICE_DIGITS = {"max_digits": 14, "decimal_places": 6}  # per 1M tokens, e.g. 0.075000
 COST_DIGITS = {"max_digits": 24, "decimal_places": 12}  # exact cost of one request
-MONEY_DIGITS = {"max_digits": 14, "decimal_places": 2}  # fees, budgets, invoice amounts
 
 
 class Plan(models.Model):

@@ -661,6 +661,25 @@ def month_to_date_spend(*, tenant_id: int, now: datetime) -> Decimal:
     return total if isinstance(total, Decimal) else Decimal(str(total))
 
 
+def month_to_date_spend_by_key(*, tenant_id: int, key_ids: Collection[int], now: datetime) -> dict[int, Decimal]:
+    """The cost of each of the tenant's `key_ids` this UTC month (0 for a key without records): one
+    aggregate over the tenant's raw records of the month (index tenant, created_at), by key.
+
+    Scoped by tenant as well as by key, so that a key id of another tenant counts nothing.
+    """
+    start, end = period_bounds(month_start(now.astimezone(UTC).date()))
+    rows = (
+        UsageRecord.objects.filter(
+            tenant_id=tenant_id, api_key_id__in=list(key_ids), created_at__gte=start, created_at__lt=end
+        )
+        .values("api_key_id")
+        .annotate(total=Sum("cost"))
+        .order_by()
+    )
+    totals = {row["api_key_id"]: row["total"] for row in rows}
+    return {key_id: Decimal(str(totals.get(key_id) or 0)) for key_id in key_ids}
+
+
 def _budget_alerts_insert(
     *, tenant_id: int, period: date, thresholds: list[int], spend: Decimal, budget: Decimal, now: datetime
 ) -> list[int]:

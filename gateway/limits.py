@@ -15,18 +15,20 @@ processes: each decision is one atomic step on the Redis server.
 - Concurrency, per tenant and per key: a sorted set of request id -> start time. Entries older
   than GATEWAY_CONCURRENCY_HORIZON_SECONDS are dropped at the next admission, so the slots of
   a crashed process come back by themselves (a stream longer than that loses its slot early).
-- Monthly budget, per tenant: month-to-date spend (UTC months) in 1e-12 USD units, an integer,
-  so our 12-decimal costs add up exactly; never a float, and never a Lua number for the
-  total (Lua numbers are doubles: totals are compared as digit strings and added by INCRBY).
-  The counter is initialised from the database when missing (SET NX: two processes cannot
-  both initialise it). Admission reserves the worst-case cost, settlement replaces the
-  reservation by the actual cost. Reservations in flight are kept in a hash next to the
-  counter, so that `reconcile()` can reset the counter from the database without losing them.
-  Counters hold up to 2**63 - 1 units, about 9.2 million USD a month.
+- Monthly budget, per tenant and per key when set: month-to-date spend (UTC months) in 1e-12
+  USD units, an integer, so our 12-decimal costs add up exactly; never a float, and never a
+  Lua number for the total (Lua numbers are doubles: totals are compared as digit strings and
+  added by INCRBY). Each counter is initialised from the database when missing (SET NX: two
+  processes cannot both initialise it): the tenant's from all its usage records of the month,
+  a key's from that key's. Admission reserves the worst-case cost on every budget that
+  applies, or on none; settlement replaces each reservation by the actual cost. Reservations
+  in flight are kept in a hash next to each counter, so that `reconcile()` can reset a
+  counter from the database without losing them. Counters hold up to 2**63 - 1 units, about
+  9.2 million USD a month.
 
 Round trips: django-ratelimit costs one or two Redis commands per rate (run together in one
 worker thread, so the event loop never blocks); tokens, concurrency and budget are one Lua
-script at admission and one at settlement. A caller with no limits and no budget costs
+script at admission and one at settlement, both budgets included. A caller with no limits and no budget costs
 nothing, not even a Redis call, and is untouched by a Redis outage. A caller with any limit
 or a budget is refused with 503 `limits_unavailable` while Redis cannot be reached (fail
 closed); the next request after Redis is back succeeds, no restart needed.
@@ -67,7 +69,10 @@ __all__ = [
     "duration",
     "live_usage",
     "live_usage_sync",
+    "key_spend_this_month",
     "reconcile",
+    "reconcile_key",
+    "reconcile_key_sync",
     "reconcile_sync",
     "shared_redis",
     "spend_this_month",
@@ -84,6 +89,7 @@ _SPEND_TTL_SECONDS = 40 * 24 * 3600
 
 _SCOPES = ("tenant", "key")
 _WHO = {"tenant": "this tenant", "key": "this API key"}
+_BUDGET_OF = {"tenant": "this tenant's monthly budget", "key": "this API key's monthly budget"}
 RPM_GROUPS = {"tenant": "gw-tenant-rpm", "key": "gw-key-rpm"}
 
 
@@ -146,6 +152,12 @@ class _Keys:
     holds: str  # HASH: request id -> "<reserved units>:<start ms>" for requests in flight
     tpm: tuple[str, str]  # prefixes of STRING counters "<prefix>:<window number>", tenant and key
     concurrency: tuple[str, str]  # ZSET: request id -> start ms, tenant and key
+    key_spend: str  # STRING: month-to-date spend of the key (its own usage records), in 1e-12 USD
+    key_holds: str  # HASH: as `holds`, for the key's counter
+
+    @property
+    def spends(self) -> tuple[str, str]:
+        return self.spend, self.key_spend
 
 
 def _keys(tenant_id: int, key_id: int, month: str) -> _Keys:
@@ -154,7 +166,14 @@ def _keys(tenant_id: int, key_id: int, month: str) -> _Keys:
         holds=f"gw:spend:{tenant_id}:{month}:holds",
         tpm=(f"gw:tpm:t:{tenant_id}", f"gw:tpm:k:{key_id}"),
         concurrency=(f"gw:conc:t:{tenant_id}", f"gw:conc:k:{key_id}"),
+        key_spend=f"gw:spend:k:{key_id}:{month}",
+        key_holds=f"gw:spend:k:{key_id}:{month}:holds",
     )
+
+
+def _key_counters(key_id: int, month: str) -> _Keys:
+    """The layout for a key's budget counter alone (tenant 0 exists nowhere: its names are unused)."""
+    return _keys(0, key_id, month)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,20 +185,21 @@ class _Ask:
     tokens: int
     tpm: tuple[int, int]
     concurrency: tuple[int, int]
-    # None: no budget. Otherwise refuse when spend > threshold = budget - max(reservation, 1),
-    # i.e. when spend + reservation > budget or nothing is left. Negative: always refuse.
-    threshold: int | None
-    units: int
+    # Tenant's and key's budget. None: no such budget. Otherwise refuse when
+    # spend > threshold = budget - max(reservation, 1), i.e. when spend + reservation > budget
+    # or nothing is left. Negative: always refuse.
+    thresholds: tuple[int | None, int | None]
+    units: int  # the reservation, the same on each budget that applies
 
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     verdict: str  # ok | init | budget | tokens | concurrency
-    scopes: tuple[int, ...] = ()  # indexes into _SCOPES of the limits that refused
+    scopes: tuple[int, ...] = ()  # indexes into _SCOPES of the limits that refused (init: counters missing)
     window: int = 0
     ms_left: int = 0  # until the end of the tokens window
     used: tuple[int, int] = (0, 0)  # tokens of the window: after the reservation if ok, before it if refused
-    spend: int = 0  # refused for budget: the spend that refused it
+    spend: tuple[int, int] = (0, 0)  # refused for budget: the spends, tenant's and key's, that refused it
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +212,7 @@ class _Ticket:
     tokens: int
     tpm: tuple[bool, bool]
     concurrency: tuple[bool, bool]
-    budget: bool
+    budget: tuple[bool, bool]  # reserved on the tenant's budget, on the key's
 
 
 # --- Redis implementation ---
@@ -203,9 +223,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(n) return string.format('%d', n) end
 """
 
-# KEYS: spend, holds, tpm tenant prefix, tpm key prefix, concurrency tenant, concurrency key
+# KEYS: spend, holds, tpm tenant prefix, tpm key prefix, concurrency tenant, concurrency key,
+#       key spend, key holds
 # ARGV: request id, window ms, horizon ms, tokens, tpm tenant, tpm key, conc tenant, conc key,
-#       budget threshold ('' when no budget), reserved units
+#       tenant budget threshold ('' when no budget), reserved units, spend ttl s,
+#       key budget threshold ('' when no budget)
 _ADMIT = (
     _LUA_COMMON
     + """
@@ -215,20 +237,31 @@ local horizon = tonumber(ARGV[3])
 local tokens = tonumber(ARGV[4])
 local window = math.floor(now / window_ms)
 local ms_left = (window + 1) * window_ms - now
-local threshold = ARGV[9]
-local spend = ''
-if threshold ~= '' then
-  spend = redis.call('GET', KEYS[1])
-  if not spend then return {'init'} end
-  -- spend and threshold may pass 2^53: compare them as canonical digit strings.
-  local over
-  if string.sub(threshold, 1, 1) == '-' then over = true
-  elseif #spend ~= #threshold then over = #spend > #threshold
-  else over = spend > threshold end
-  if over then return {'budget', '', 0, 0, 0, 0, spend} end
-end
-local used = {0, 0}
+local thresholds = {ARGV[9], ARGV[12]}
+local spend_keys = {KEYS[1], KEYS[7]}
+local hold_keys = {KEYS[2], KEYS[8]}
+local spends = {'', ''}
 local hit = ''
+for i = 1, 2 do
+  if thresholds[i] ~= '' then
+    spends[i] = redis.call('GET', spend_keys[i])
+    if not spends[i] then hit = hit .. i end
+  end
+end
+if hit ~= '' then return {'init', hit} end
+for i = 1, 2 do
+  local threshold = thresholds[i]
+  if threshold ~= '' then
+    -- spend and threshold may pass 2^53: compare them as canonical digit strings.
+    local over
+    if string.sub(threshold, 1, 1) == '-' then over = true
+    elseif #spends[i] ~= #threshold then over = #spends[i] > #threshold
+    else over = spends[i] > threshold end
+    if over then hit = hit .. i end
+  end
+end
+if hit ~= '' then return {'budget', hit, 0, 0, 0, 0, spends[1], spends[2]} end
+local used = {0, 0}
 for i = 1, 2 do
   local limit = tonumber(ARGV[4 + i])
   if limit >= 0 then
@@ -236,7 +269,7 @@ for i = 1, 2 do
     if used[i] + tokens > limit then hit = hit .. i end
   end
 end
-if hit ~= '' then return {'tokens', hit, window, ms_left, used[1], used[2], ''} end
+if hit ~= '' then return {'tokens', hit, window, ms_left, used[1], used[2], '', ''} end
 for i = 1, 2 do
   local limit = tonumber(ARGV[6 + i])
   if limit >= 0 then
@@ -244,7 +277,7 @@ for i = 1, 2 do
     if redis.call('ZCARD', KEYS[4 + i]) >= limit then hit = hit .. i end
   end
 end
-if hit ~= '' then return {'concurrency', hit, window, ms_left, used[1], used[2], ''} end
+if hit ~= '' then return {'concurrency', hit, window, ms_left, used[1], used[2], '', ''} end
 for i = 1, 2 do
   if tonumber(ARGV[4 + i]) >= 0 then
     local key = KEYS[2 + i] .. ':' .. fmt(window)
@@ -255,19 +288,19 @@ for i = 1, 2 do
     redis.call('ZADD', KEYS[4 + i], now, rid)
     redis.call('PEXPIRE', KEYS[4 + i], horizon)
   end
+  if thresholds[i] ~= '' then
+    redis.call('INCRBY', spend_keys[i], ARGV[10])
+    redis.call('HSET', hold_keys[i], rid, ARGV[10] .. ':' .. fmt(now))
+    redis.call('EXPIRE', hold_keys[i], tonumber(ARGV[11]))
+  end
 end
-if threshold ~= '' then
-  redis.call('INCRBY', KEYS[1], ARGV[10])
-  redis.call('HSET', KEYS[2], rid, ARGV[10] .. ':' .. fmt(now))
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[11]))
-end
-return {'ok', '', window, ms_left, used[1], used[2], ''}
+return {'ok', '', window, ms_left, used[1], used[2], '', ''}
 """
 )
 
 # KEYS: as _ADMIT
 # ARGV: request id, window ms, reserved window, token delta, tpm tenant?, tpm key?, conc tenant?,
-#       conc key?, actual units ('' when no budget)
+#       conc key?, actual units for the tenant's budget ('' when none), the same for the key's
 _SETTLE = (
     _LUA_COMMON
     + """
@@ -276,6 +309,9 @@ local window_ms = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local delta = tonumber(ARGV[4])
 local current = math.floor(now / window_ms)
+local units = {ARGV[9], ARGV[10]}
+local spend_keys = {KEYS[1], KEYS[7]}
+local hold_keys = {KEYS[2], KEYS[8]}
 for i = 1, 2 do
   if ARGV[6 + i] == '1' then redis.call('ZREM', KEYS[4 + i], rid) end
   if ARGV[4 + i] == '1' and delta ~= 0 then
@@ -287,15 +323,15 @@ for i = 1, 2 do
       redis.call('PEXPIRE', key, (target + 1) * window_ms - now + 1000)
     end
   end
-end
--- A missing counter will be initialised from the database, which is where the cost goes.
-if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  local held = redis.call('HGET', KEYS[2], rid)
-  if held then
-    redis.call('HDEL', KEYS[2], rid)
-    redis.call('DECRBY', KEYS[1], string.match(held, '^%d+'))
+  -- A missing counter will be initialised from the database, which is where the cost goes.
+  if units[i] ~= '' and redis.call('EXISTS', spend_keys[i]) == 1 then
+    local held = redis.call('HGET', hold_keys[i], rid)
+    if held then
+      redis.call('HDEL', hold_keys[i], rid)
+      redis.call('DECRBY', spend_keys[i], string.match(held, '^%d+'))
+    end
+    if redis.call('INCRBY', spend_keys[i], units[i]) < 0 then redis.call('SET', spend_keys[i], '0', 'KEEPTTL') end
   end
-  if redis.call('INCRBY', KEYS[1], ARGV[9]) < 0 then redis.call('SET', KEYS[1], '0', 'KEEPTTL') end
 end
 return 1
 """
@@ -321,7 +357,7 @@ return redis.call('GET', KEYS[1])
 
 
 def _all_keys(keys: _Keys) -> list[str]:
-    return [keys.spend, keys.holds, *keys.tpm, *keys.concurrency]
+    return [keys.spend, keys.holds, *keys.tpm, *keys.concurrency, keys.key_spend, keys.key_holds]
 
 
 class _LoopClient:
@@ -382,15 +418,16 @@ def _text(value) -> str:
 
 def _outcome(reply: list) -> _Outcome:
     verdict = _text(reply[0])
+    scopes = tuple(int(c) - 1 for c in _text(reply[1]))
     if verdict == "init":
-        return _Outcome("init")
+        return _Outcome("init", scopes)
     return _Outcome(
         verdict=verdict,
-        scopes=tuple(int(c) - 1 for c in _text(reply[1])),
+        scopes=scopes,
         window=int(reply[2]),
         ms_left=int(reply[3]),
         used=(int(reply[4]), int(reply[5])),
-        spend=int(_text(reply[6]) or 0),
+        spend=(int(_text(reply[6]) or 0), int(_text(reply[7]) or 0)),
     )
 
 
@@ -405,9 +442,10 @@ class _RedisStore:
                 ask.tokens,
                 *ask.tpm,
                 *ask.concurrency,
-                "" if ask.threshold is None else ask.threshold,
+                "" if ask.thresholds[0] is None else ask.thresholds[0],
                 ask.units,
                 _SPEND_TTL_SECONDS,
+                "" if ask.thresholds[1] is None else ask.thresholds[1],
             ],
         )
         return _outcome(reply)
@@ -425,7 +463,7 @@ class _RedisStore:
                 tokens - ticket.tokens,
                 *("1" if flag else "0" for flag in ticket.tpm),
                 *("1" if flag else "0" for flag in ticket.concurrency),
-                units if ticket.budget else "",
+                *(units if flag else "" for flag in ticket.budget),
             ],
         )
 
@@ -433,10 +471,8 @@ class _RedisStore:
         value = await _client().client.get(spend_key)
         return None if value is None else int(value)
 
-    async def reconcile(self, keys: _Keys, units: int) -> int:
-        reply = await _client().reconcile(
-            keys=[keys.spend, keys.holds], args=[units, _horizon_ms(), _SPEND_TTL_SECONDS]
-        )
+    async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
+        reply = await _client().reconcile(keys=[spend_key, holds_key], args=[units, _horizon_ms(), _SPEND_TTL_SECONDS])
         return int(reply)
 
     async def peek(self, keys: _Keys, *, window: int, since_ms: int) -> tuple[int, int, int | None]:
@@ -480,12 +516,14 @@ class _MemoryStore:
         ms_left = (window + 1) * window_ms - now
         with self._lock:
             keys = ask.keys
-            if ask.threshold is not None:
-                spend = self._spend.get(keys.spend)
-                if spend is None:
-                    return _Outcome("init")
-                if spend > ask.threshold:
-                    return _Outcome("budget", spend=spend)
+            budgets = [i for i in (0, 1) if ask.thresholds[i] is not None]
+            missing = tuple(i for i in budgets if keys.spends[i] not in self._spend)
+            if missing:
+                return _Outcome("init", missing)
+            spends = tuple(self._spend.get(keys.spends[i], 0) if i in budgets else 0 for i in (0, 1))
+            hit = tuple(i for i in budgets if spends[i] > ask.thresholds[i])
+            if hit:
+                return _Outcome("budget", hit, spend=spends)
             used = [self._used(prefix, window) for prefix in keys.tpm]
             hit = tuple(i for i in (0, 1) if ask.tpm[i] >= 0 and used[i] + ask.tokens > ask.tpm[i])
             if hit:
@@ -505,9 +543,9 @@ class _MemoryStore:
                     self._tpm[keys.tpm[i]] = (window, used[i])
                 if ask.concurrency[i] >= 0:
                     self._concurrency.setdefault(keys.concurrency[i], {})[ask.request_id] = now
-            if ask.threshold is not None:
-                self._spend[keys.spend] += ask.units
-                self._holds.setdefault(keys.spend, {})[ask.request_id] = (ask.units, now)
+            for i in budgets:
+                self._spend[keys.spends[i]] += ask.units
+                self._holds.setdefault(keys.spends[i], {})[ask.request_id] = (ask.units, now)
             return _Outcome("ok", (), window, ms_left, (used[0], used[1]))
 
     async def initialise(self, spend_key: str, units: int) -> None:
@@ -527,9 +565,12 @@ class _MemoryStore:
                     target = ticket.window if current == ticket.window else (current if delta > 0 else None)
                     if target is not None:
                         self._tpm[keys.tpm[i]] = (target, max(0, self._used(keys.tpm[i], target) + delta))
-            if ticket.budget and keys.spend in self._spend:
-                held = self._holds.get(keys.spend, {}).pop(ticket.request_id, (0, 0))[0]
-                self._spend[keys.spend] = max(0, self._spend[keys.spend] - held + units)
+            for i in (0, 1):
+                spend_key = keys.spends[i]
+                # A missing counter will be initialised from the database, which is where the cost goes.
+                if ticket.budget[i] and spend_key in self._spend:
+                    held = self._holds.get(spend_key, {}).pop(ticket.request_id, (0, 0))[0]
+                    self._spend[spend_key] = max(0, self._spend[spend_key] - held + units)
 
     async def spend(self, spend_key: str) -> int | None:
         with self._lock:
@@ -541,14 +582,14 @@ class _MemoryStore:
             in_flight = sum(1 for started in slots.values() if started >= since_ms)
             return self._used(keys.tpm[0], window), in_flight, self._spend.get(keys.spend)
 
-    async def reconcile(self, keys: _Keys, units: int) -> int:
+    async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
         horizon = int(time.time() * 1000) - _horizon_ms()
         with self._lock:
-            holds = self._holds.setdefault(keys.spend, {})
+            holds = self._holds.setdefault(spend_key, {})  # kept by spend key: `holds_key` is Redis' name
             for request_id in [r for r, (_, started) in holds.items() if started < horizon]:
                 del holds[request_id]
-            self._spend[keys.spend] = units + sum(held for held, _ in holds.values())
-            return self._spend[keys.spend]
+            self._spend[spend_key] = units + sum(held for held, _ in holds.values())
+            return self._spend[spend_key]
 
 
 _redis_store = _RedisStore()
@@ -600,8 +641,9 @@ class Admission:
 
     @property
     def budgeted(self) -> bool:
-        """Whether the request counts against a monthly budget (and so may cross an alert threshold)."""
-        return self._ticket is not None and self._ticket.budget
+        """Whether the request counts against its tenant's monthly budget (and so may cross one of
+        the subscription's alert thresholds). A key's own budget has no alerts."""
+        return self._ticket is not None and self._ticket.budget[0]
 
     async def settle(self, *, tokens: int, cost: Decimal) -> None:
         await self._finish(tokens=max(0, tokens), units=max(0, to_units(cost)))
@@ -640,6 +682,14 @@ def _count_requests(rates: list[tuple[int, str, int]]) -> list[dict | None]:
     ]
 
 
+def _reset_ms(time_left: int) -> int:
+    """Milliseconds until a django-ratelimit window ends. Its `time_left` is `window - int(now)`,
+    and the window stays current through the second in which that is 0, so it ends at the next
+    whole second after `time_left` seconds. Read after the count: a second that turned meanwhile
+    can only make this later, never too early for a retry-after."""
+    return max(0, (max(0, time_left) + 1) * 1000 - int(time.time() * 1000) % 1000)
+
+
 def _request_headers(rates: list[tuple[int, str, int]], usages: list[dict | None]) -> tuple[dict[str, str], list]:
     """Headers of the binding request limit, and the limits that refuse this request."""
     counted = [(rate, usage) for rate, usage in zip(rates, usages, strict=True) if usage is not None]
@@ -653,7 +703,7 @@ def _request_headers(rates: list[tuple[int, str, int]], usages: list[dict | None
     headers = {
         "x-ratelimit-limit-requests": str(limit),
         "x-ratelimit-remaining-requests": str(max(0, limit - usage["count"])),
-        "x-ratelimit-reset-requests": duration(max(0, usage["time_left"]) * 1000),
+        "x-ratelimit-reset-requests": duration(_reset_ms(usage["time_left"])),
     }
     return headers, [(rate, usage) for rate, usage in counted if usage["should_limit"]]
 
@@ -683,9 +733,15 @@ async def admit(
     worst_case_cost: Decimal | None,
     budget: Decimal | None,
     month_to_date: Callable[[], Awaitable[Decimal]],
+    key_budget: Decimal | None = None,
+    key_month_to_date: Callable[[], Awaitable[Decimal]] | None = None,
 ) -> Admission:
-    """Admit a request or raise GatewayError: 429 (requests, tokens, concurrency), 402 (budget),
-    503 (limits store unreachable while this caller has limits or a budget)."""
+    """Admit a request or raise GatewayError: 429 (requests, tokens, concurrency), 402 (the
+    tenant's or the key's budget), 503 (limits store unreachable while this caller has limits or
+    a budget). `month_to_date` and `key_month_to_date` load the month's spend from the database
+    when a counter is missing; `key_month_to_date` is needed when there is a `key_budget`."""
+    if key_budget is not None and key_month_to_date is None:
+        raise TypeError("a key budget needs key_month_to_date")
     tenant, key = caller.tenant, caller.key
     rates = [
         (scope, value, limit)
@@ -697,8 +753,7 @@ async def admit(
     ]
     tpm = (_limit(tenant.tokens_per_minute), _limit(key.tokens_per_minute))
     concurrency = (_limit(tenant.max_concurrent), _limit(key.max_concurrent))
-    budgeted = budget is not None
-    scripted = budgeted or max(tpm) >= 0 or max(concurrency) >= 0
+    scripted = budget is not None or key_budget is not None or max(tpm) >= 0 or max(concurrency) >= 0
     if not rates and not scripted:
         return Admission()
     try:
@@ -707,7 +762,7 @@ async def admit(
             usages = await asyncio.to_thread(_count_requests, rates)
             headers, refused = _request_headers(rates, usages)
             if refused:
-                wait = _seconds_until(max(usage["time_left"] for _, usage in refused) * 1000)
+                wait = _seconds_until(max(_reset_ms(usage["time_left"]) for _, usage in refused))
                 limits = ", ".join(f"{_WHO[_SCOPES[scope]]} allows {limit}" for (scope, _, limit), _ in refused)
                 raise GatewayError(
                     429,
@@ -725,8 +780,8 @@ async def admit(
             tpm=tpm,
             concurrency=concurrency,
             worst_case_cost=worst_case_cost,
-            budget=budget,
-            month_to_date=month_to_date,
+            budgets=(budget, key_budget),
+            loaders=(month_to_date, key_month_to_date),
         )
     except UNREACHABLE as exc:
         log.warning("request %s: limits store unreachable: %s", request_id, exc)
@@ -747,8 +802,8 @@ async def _admit_scripted(
     tpm: tuple[int, int],
     concurrency: tuple[int, int],
     worst_case_cost: Decimal | None,
-    budget: Decimal | None,
-    month_to_date: Callable[[], Awaitable[Decimal]],
+    budgets: tuple[Decimal | None, Decimal | None],
+    loaders: tuple[Callable[[], Awaitable[Decimal]] | None, Callable[[], Awaitable[Decimal]] | None],
 ) -> Admission:
     too_big = [i for i in (0, 1) if 0 <= tpm[i] < tokens]
     if too_big:
@@ -762,40 +817,31 @@ async def _admit_scripted(
             headers=headers,
         )
     units = 0
-    threshold = None
-    if budget is not None:
+    if budgets != (None, None):
         units = 0 if worst_case_cost is None else max(0, to_units(worst_case_cost, rounding=ROUND_CEILING))
-        threshold = min(to_units(budget, rounding=ROUND_CEILING), _MAX_UNITS) - max(units, 1)
+    thresholds = tuple(
+        None if budget is None else min(to_units(budget, rounding=ROUND_CEILING), _MAX_UNITS) - max(units, 1)
+        for budget in budgets
+    )
     ask = _Ask(
         keys=_keys(caller.tenant.id, caller.key.id, _month()),
         request_id=request_id,
         tokens=tokens,
         tpm=tpm,
         concurrency=concurrency,
-        threshold=threshold,
+        thresholds=thresholds,
         units=units,
     )
     store = _store()
     outcome = await store.admit(ask)
     if outcome.verdict == "init":
-        await _initialise(store, ask.keys.spend, month_to_date)
+        await asyncio.gather(*(_initialise(store, ask.keys.spends[i], loaders[i]) for i in outcome.scopes))
         outcome = await store.admit(ask)
         if outcome.verdict == "init":  # the counter vanished again: Redis is not keeping data
             raise RedisConnectionError("the budget counter cannot be initialised")
     headers = {**headers, **_tokens_headers(tpm, outcome)}
     if outcome.verdict == "budget":
-        assert budget is not None
-        left = max(Decimal(0), budget - from_units(outcome.spend))
-        detail = (
-            f" This request may cost up to {worst_case_cost.normalize():f} USD; {left.normalize():f} USD remain."
-            if units and left > 0
-            else ""
-        )
-        raise GatewayError(
-            402,
-            f"The monthly budget of {budget} USD is exhausted.{detail} Raise the budget or wait for next month.",
-            "budget_exhausted",
-        )
+        raise _budget_exhausted(outcome, budgets=budgets, worst_case_cost=worst_case_cost if units else None)
     if outcome.verdict == "tokens":
         wait = _seconds_until(outcome.ms_left)
         raise GatewayError(
@@ -824,9 +870,40 @@ async def _admit_scripted(
         tokens=tokens,
         tpm=(tpm[0] >= 0, tpm[1] >= 0),
         concurrency=(concurrency[0] >= 0, concurrency[1] >= 0),
-        budget=budget is not None,
+        budget=(budgets[0] is not None, budgets[1] is not None),
     )
     return Admission(headers=headers, _ticket=ticket, _store=store)
+
+
+def _budget_exhausted(
+    outcome: _Outcome, *, budgets: tuple[Decimal | None, Decimal | None], worst_case_cost: Decimal | None
+) -> GatewayError:
+    """The 402 of a budget refusal. It names only the budgets that refused, and says nothing of
+    the tenant's other keys: a key's caller learns its own budget and, when the tenant's refused,
+    the tenant's (as before keys had budgets)."""
+    refusing = [(i, budgets[i]) for i in outcome.scopes if budgets[i] is not None]
+    which = " and ".join(f"{_BUDGET_OF[_SCOPES[i]]} of {budget} USD" for i, budget in refusing)
+    verb = "are" if len(refusing) > 1 else "is"
+    left = min(max(Decimal(0), budget - from_units(outcome.spend[i])) for i, budget in refusing)
+    detail = (
+        f" This request may cost up to {worst_case_cost.normalize():f} USD; {left.normalize():f} USD remain."
+        if worst_case_cost is not None and left > 0
+        else ""
+    )
+    return GatewayError(
+        402,
+        f"{which[0].upper()}{which[1:]} {verb} exhausted.{detail} Raise the budget or wait for next month.",
+        "budget_exhausted",
+    )
+
+
+async def _spend_of(spend_key: str, month_to_date: Callable[[], Awaitable[Decimal]] | None) -> Decimal | None:
+    store = _store()
+    units = await store.spend(spend_key)
+    if units is None and month_to_date is not None:
+        await _initialise(store, spend_key, month_to_date)
+        units = await store.spend(spend_key)
+    return None if units is None else from_units(units)
 
 
 async def spend_this_month(
@@ -838,13 +915,14 @@ async def spend_this_month(
     without it, None, unless `month_to_date` is given to initialise it from the database.
     Raises redis' ConnectionError/TimeoutError when Redis is unreachable.
     """
-    store = _store()
-    spend_key = _keys(tenant_id, 0, _month()).spend
-    units = await store.spend(spend_key)
-    if units is None and month_to_date is not None:
-        await _initialise(store, spend_key, month_to_date)
-        units = await store.spend(spend_key)
-    return None if units is None else from_units(units)
+    return await _spend_of(_keys(tenant_id, 0, _month()).spend, month_to_date)
+
+
+async def key_spend_this_month(
+    key_id: int, *, month_to_date: Callable[[], Awaitable[Decimal]] | None = None
+) -> Decimal | None:
+    """`spend_this_month()` of one API key's own budget counter (its usage records only)."""
+    return await _spend_of(_key_counters(key_id, _month()).key_spend, month_to_date)
 
 
 async def reconcile(tenant_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
@@ -859,19 +937,34 @@ async def reconcile(tenant_id: int, db_total: Decimal, *, month: str | None = No
     reconcile, in the other direction; run the sum just before calling.
     """
     keys = _keys(tenant_id, 0, month or _month())
-    return from_units(await _store().reconcile(keys, max(0, to_units(db_total))))
+    return from_units(await _store().reconcile(keys.spend, keys.holds, max(0, to_units(db_total))))
 
 
-def reconcile_sync(tenant_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
-    """`reconcile()` for synchronous code (a Celery task): runs on its own event loop."""
+async def reconcile_key(key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
+    """`reconcile()` of one API key's budget counter, `db_total` being the cost of its own usage
+    records this month. The same races are tolerated, for the same reasons."""
+    keys = _key_counters(key_id, month or _month())
+    return from_units(await _store().reconcile(keys.key_spend, keys.key_holds, max(0, to_units(db_total))))
 
+
+def _run_sync(coroutine: Awaitable[Decimal]) -> Decimal:
     async def run() -> Decimal:
         try:
-            return await reconcile(tenant_id, db_total, month=month)
+            return await coroutine
         finally:
             await aclose()
 
     return asyncio.run(run())
+
+
+def reconcile_sync(tenant_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
+    """`reconcile()` for synchronous code (a Celery task): runs on its own event loop."""
+    return _run_sync(reconcile(tenant_id, db_total, month=month))
+
+
+def reconcile_key_sync(key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
+    """`reconcile_key()` for synchronous code (a Celery task): runs on its own event loop."""
+    return _run_sync(reconcile_key(key_id, db_total, month=month))
 
 
 # --- A read-only look at a tenant's counters, for the staff admin ---

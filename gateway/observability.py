@@ -94,7 +94,8 @@ IN_FLIGHT = Gauge(
 )
 LIMIT_REFUSALS = Counter(
     "gateway_limit_refusals",
-    "Requests refused by the tenant's own limits: 429 requests_per_minute, tokens_per_minute, concurrency; 402 budget.",
+    "Requests refused by the tenant's own limits or its key's: "
+    "429 requests_per_minute, tokens_per_minute, concurrency; 402 budget.",
     [*_TENANT_MODEL, "limit"],
 )
 UPSTREAM_ERRORS = Counter(

@@ -34,7 +34,7 @@ from .metering import (
     tokens_from_usage,
 )
 from .providers import Adapter, EventStream, ProviderError, adapter_for
-from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, month_to_date, policy
+from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,8 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
 
 
 async def admit_call(call: Call) -> None:
-    """Take the request's place in its limits (rate, tokens, concurrency, budget) or refuse it."""
-    tenant = call.caller.tenant
+    """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it."""
+    tenant, key = call.caller.tenant, call.caller.key
     prompt = estimate_prompt_tokens(call.body)
     max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
@@ -192,6 +192,8 @@ async def admit_call(call: Call) -> None:
         worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=reserve, price=call.price.price),
         budget=tenant.monthly_budget,
         month_to_date=lambda: month_to_date(tenant.id),
+        key_budget=key.monthly_budget,
+        key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
     )
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from billing.models import ModelPrice, Subscription, UsageRecord
 from billing.pricing import Price
+from billing.services import month_to_date_spend_by_key
 from tenants.crypto import decrypt
 from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
@@ -58,6 +59,7 @@ class KeyView:
     requests_per_minute: int | None
     tokens_per_minute: int | None
     max_concurrent: int | None
+    monthly_budget: Decimal | None = None  # the key's own, on top of the tenant's; None: none of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ def _load_key(digest: str) -> tuple[KeyView, float] | None:
         requests_per_minute=key.requests_per_minute,
         tokens_per_minute=key.tokens_per_minute,
         max_concurrent=key.max_concurrent,
+        monthly_budget=key.monthly_budget,
     )
     # An expiring key is cached no longer than it lives.
     ttl = _ttl() if key.expires_at is None else min(_ttl(), (key.expires_at - now).total_seconds())
@@ -259,6 +262,15 @@ def _month_to_date(tenant_id: int) -> Decimal:
 async def month_to_date(tenant_id: int) -> Decimal:
     """The tenant's spend this (UTC) month from the database: seeds the budget counter."""
     return await db_call(_month_to_date, tenant_id)
+
+
+def _key_month_to_date(tenant_id: int, key_id: int) -> Decimal:
+    return month_to_date_spend_by_key(tenant_id=tenant_id, key_ids=[key_id], now=timezone.now())[key_id]
+
+
+async def key_month_to_date(tenant_id: int, key_id: int) -> Decimal:
+    """A key's spend this (UTC) month from the database (its own usage records): seeds its budget counter."""
+    return await db_call(_key_month_to_date, tenant_id, key_id)
 
 
 async def caller_for_key(raw_key: str) -> Caller | None:

@@ -5,19 +5,22 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Subscription
-from billing.services import month_to_date_spend
+from billing.services import month_to_date_spend, month_to_date_spend_by_key
+from tenants.models import ApiKey
 
-from .limits import reconcile_sync
+from .limits import reconcile_key_sync, reconcile_sync
 
 
 @shared_task(acks_late=True)
 def reconcile_budget_counters() -> int:
-    """Reset every budgeted tenant's month-to-date spend counter from its usage records.
+    """Reset the month-to-date spend counter of every budgeted tenant, and of every usable key
+    with a budget of its own, from its usage records; returns how many counters were reset.
 
     The counter drifts only through failures (a settlement that could not reach Redis, a hold
     of a crashed process); the database is the truth. Idempotent: run it as often as you like.
     """
     now = timezone.now()
+    month = now.strftime("%Y-%m")  # the month summed is the month reset, even across midnight of the 1st
     tenant_ids = (
         Subscription.objects.filter(Q(monthly_budget__isnull=False) | Q(plan__default_monthly_budget__isnull=False))
         .values_list("tenant_id", flat=True)
@@ -25,6 +28,20 @@ def reconcile_budget_counters() -> int:
     )
     count = 0
     for tenant_id in tenant_ids:
-        reconcile_sync(tenant_id, month_to_date_spend(tenant_id=tenant_id, now=now))
+        reconcile_sync(tenant_id, month_to_date_spend(tenant_id=tenant_id, now=now), month=month)
         count += 1
+    # Revoked and expired keys admit nothing more: their counters are left to expire.
+    keys_by_tenant: dict[int, list[int]] = {}
+    for tenant_id, key_id in (
+        ApiKey.objects.filter(monthly_budget__isnull=False, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .values_list("tenant_id", "id")
+        .order_by("tenant_id", "id")
+    ):
+        keys_by_tenant.setdefault(tenant_id, []).append(key_id)
+    for tenant_id, key_ids in keys_by_tenant.items():
+        # One aggregate per tenant, summed just before its keys' counters are reset (see reconcile()).
+        for key_id, total in month_to_date_spend_by_key(tenant_id=tenant_id, key_ids=key_ids, now=now).items():
+            reconcile_key_sync(key_id, total, month=month)
+            count += 1
     return count

@@ -42,7 +42,14 @@ from .models import (
     RequestLog,
     Tenant,
 )
-from .profiles import POLICY_FIELDS, key_models_problems, policy_problems, positive_int_problems, profile_problems
+from .profiles import (
+    POLICY_FIELDS,
+    key_models_problems,
+    policy_problems,
+    positive_int_problems,
+    positive_money_problems,
+    profile_problems,
+)
 from .prompting import TemplateError, template_create_version, template_validate_messages, template_validate_name
 from .selectors import model_scope, tenant_model_scope
 from .services import (
@@ -138,17 +145,20 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
 
 
 class ApiKeyForm(forms.ModelForm):
-    """A key's name, expiry, model scope and limits; the scope must lie within the tenant's models."""
+    """A key's name, expiry, model scope, limits and monthly budget; the scope must lie within
+    the tenant's models."""
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "expires_at", "allowed_models", *LIMIT_FIELDS]
+        fields = ["tenant", "name", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
 
     def clean(self):
         cleaned = super().clean()
         for name in LIMIT_FIELDS:
             if name in self.fields:
                 add_problems(self, positive_int_problems(cleaned.get(name), name))
+        if "monthly_budget" in self.fields and "monthly_budget" in cleaned:
+            add_problems(self, positive_money_problems(cleaned["monthly_budget"], "monthly_budget"))
         tenant = cleaned.get("tenant") if "tenant" in self.fields else self.instance.tenant
         chosen = {m.name for m in cleaned.get("allowed_models") or []}
         if self.instance.pk is not None:
@@ -189,6 +199,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "status",
         "scope",
         "limits",
+        "monthly_budget",
         "created_at",
         "expires_at",
         "last_used_at",
@@ -203,7 +214,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     filter_horizontal = ["allowed_models"]
     actions = ["rotate_keys", "revoke_keys"]
 
-    add_fields = ["tenant", "name", "expires_at", "allowed_models", *LIMIT_FIELDS]
+    add_fields = ["tenant", "name", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
     change_fields = [
         "tenant",
         "name",
@@ -215,6 +226,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "revoked_at",
         "allowed_models",
         *LIMIT_FIELDS,
+        "monthly_budget",
     ]
     change_readonly_fields = ["tenant", "display", "status", "created_at", "last_used_at", "revoked_at"]
     key_created_template = "admin/tenants/apikey/key_created.html"
@@ -274,6 +286,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             expires_at=data["expires_at"],
             allowed_models=list(data["allowed_models"]),
             **{name: data[name] for name in LIMIT_FIELDS},
+            monthly_budget=data["monthly_budget"],
         )
         adopt(obj, key)
         obj._raw_key = raw_key  # lives as long as this request, never stored
@@ -312,7 +325,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate selected API keys…", permissions=["change"])
     def rotate_keys(self, request, queryset):
         """First a page to choose the grace period; then every selected active key is replaced
-        by a new one (same tenant, name, scope and limits), all or none, and the new secrets
+        by a new one (same tenant, name, scope, limits and budget), all or none, and the new secrets
         are shown once on the page that answers that POST."""
         now = timezone.now()
         keys = list(queryset.select_related("tenant").order_by("tenant__slug", "name", "pk"))
@@ -362,7 +375,18 @@ class ApiKeyInline(admin.TabularInline):
     """The tenant's keys, read-only: keys are created, rotated and revoked from the API key admin."""
 
     model = ApiKey
-    fields = ["name", "display", "status", "scope", "limits", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    fields = [
+        "name",
+        "display",
+        "status",
+        "scope",
+        "limits",
+        "monthly_budget",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
     readonly_fields = fields
     extra = 0
     max_num = 0

@@ -7,6 +7,10 @@ which models a tenant may call is tenant data. Prices of those models belong to 
 from django.db import models
 from django.db.models import Q
 
+# Fees, budgets, invoice amounts. Defined here, the bottom of the import chain, so that a key's
+# budget and billing's money (billing.models re-exports it) cannot drift apart.
+MONEY_DIGITS = {"max_digits": 14, "decimal_places": 2}
+
 
 class Provider(models.TextChoices):
     OPENAI = "openai", "OpenAI"
@@ -92,10 +96,21 @@ class ApiKey(models.Model):
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget = models.DecimalField(
+        **MONEY_DIGITS,
+        null=True,
+        blank=True,
+        help_text="USD this key may spend per UTC month, on top of the tenant's budget; empty: none of its own.",
+    )
 
     class Meta:
         ordering = ["tenant", "created_at"]
         verbose_name = "API key"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gt=0), name="apikey_budget_positive"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.tenant.slug}: {self.display}"

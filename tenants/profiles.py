@@ -1,7 +1,7 @@
 """Validation of a tenant's configuration profile and of the platform policy. Pure: no ORM.
 
 The one place that says what a valid `model_aliases`, `default_params`, `max_tokens_cap`,
-`log_retention_days`, API key scope or platform policy is. The staff admin forms and the
+`log_retention_days`, API key scope and budget or platform policy is. The staff admin forms and the
 configuration file import (billing/tenant_config.py) both call these functions, so a value
 the admin refuses is refused by the import too, with the same words.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .models import Provider
+from .models import MONEY_DIGITS, Provider
 
 PROVIDERS = tuple(sorted(p.value for p in Provider))
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # what the config file accepts as a model name
@@ -126,6 +126,21 @@ def positive_int_problems(
     if not _is_int(value) or not 0 < value <= maximum:
         tail = " (or null for none)" if nullable else ""
         return [Problem((field_name,), f"must be a whole number from 1 to {maximum}{tail}")]
+    return []
+
+
+def positive_money_problems(value: Any, field_name: str, *, digits: Mapping[str, int] = MONEY_DIGITS) -> list[Problem]:
+    """A budget: None (none), or a Decimal above zero within `digits`. Never a float: money."""
+    if value is None:
+        return []
+    places = digits["decimal_places"]
+    whole = digits["max_digits"] - places
+    if not isinstance(value, Decimal) or not value.is_finite() or value <= 0:
+        return [Problem((field_name,), "must be an amount in USD above zero (or null for none)")]
+    if -value.as_tuple().exponent > places:
+        return [Problem((field_name,), f"has more than {places} decimal places")]
+    if value >= Decimal(10) ** whole:
+        return [Problem((field_name,), f"is too large (at most {whole} digits before the decimal point)")]
     return []
 
 

@@ -9,6 +9,7 @@ key order (two bulk edits over overlapping tenants then queue instead of deadloc
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from cryptography.fernet import InvalidToken
@@ -39,6 +40,7 @@ from .profiles import (
     model_aliases_problems,
     policy_problems,
     positive_int_problems,
+    positive_money_problems,
 )
 from .selectors import model_scope, tenant_model_scope
 
@@ -79,6 +81,7 @@ def _api_key_insert(
     expires_at: datetime | None,
     models: Collection[CatalogModel],
     limits: Mapping[str, int | None],
+    monthly_budget: Decimal | None,
 ) -> ApiKey:
     prefix, last4 = key_display_parts(raw)
     key = ApiKey.objects.create(
@@ -88,6 +91,7 @@ def _api_key_insert(
         prefix=prefix,
         last4=last4,
         expires_at=expires_at,
+        monthly_budget=monthly_budget,
         **limits,
     )
     if models:
@@ -105,12 +109,14 @@ def api_key_create(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
     max_concurrent: int | None = None,
+    monthly_budget: Decimal | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never available again.
 
     `raw_key` is for keys that come from a configuration file; otherwise one is generated.
     `allowed_models` narrows the key to some of the tenant's models (empty: all of the
-    tenant's); the limits are the key's own, on top of the tenant's (None: none of its own).
+    tenant's); the limits and the monthly budget (USD per UTC month) are the key's own, on top
+    of the tenant's (None: none of its own).
     """
     raw = raw_key or key_generate()
     if not key_is_well_formed(raw):
@@ -120,14 +126,20 @@ def api_key_create(
         "tokens_per_minute": tokens_per_minute,
         "max_concurrent": max_concurrent,
     }
-    problems = _limits_problems(limits)
+    problems = _limits_problems(limits) + positive_money_problems(monthly_budget, "monthly_budget")
     if allowed_models:
         problems += key_models_problems({m.name for m in allowed_models}, scope=tenant_model_scope(tenant=tenant))
     if problems:
         raise Refused(problems)
     with transaction.atomic():
         key = _api_key_insert(
-            tenant=tenant, name=name, raw=raw, expires_at=expires_at, models=allowed_models, limits=limits
+            tenant=tenant,
+            name=name,
+            raw=raw,
+            expires_at=expires_at,
+            models=allowed_models,
+            limits=limits,
+            monthly_budget=monthly_budget,
         )
     return key, raw
 
@@ -148,7 +160,7 @@ def api_key_set_models(*, key: ApiKey, models: Collection[CatalogModel]) -> ApiK
 
 
 def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
-    """A new key with the same tenant, name, model scope, limits and (future) expiry; the old
+    """A new key with the same tenant, name, model scope, limits, budget and (future) expiry; the old
     key keeps working for `grace` more (0: ends now), never longer than it would have anyway.
 
     Only an active key can be rotated: a revoked key stays dead, an expired one gets a new key
@@ -172,6 +184,8 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
             expires_at=old.expires_at,
             models=list(old.allowed_models.all()),
             limits=limits,
+            # The new key is a new row, so its month's spend starts from its own (empty) records.
+            monthly_budget=old.monthly_budget,
         )
         ends = now + grace
         if old.expires_at is None or ends < old.expires_at:

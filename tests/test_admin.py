@@ -243,6 +243,7 @@ def test_creating_a_key_shows_the_secret_once_and_stores_only_its_hash(admin_cli
         "requests_per_minute",
         "tokens_per_minute",
         "max_concurrent",
+        "monthly_budget",
     }
 
     response = admin_client.post(
@@ -296,7 +297,7 @@ def test_a_key_with_an_expiry_can_be_created(admin_client, alice):
 
 
 @pytest.mark.django_db
-def test_only_name_expiry_scope_and_limits_of_a_key_can_change(admin_client, world):
+def test_only_name_expiry_scope_limits_and_budget_of_a_key_can_change(admin_client, world):
     key = world["key"]
     before = ApiKey.objects.get(pk=key.pk)
     page = admin_client.get(change_url(key))
@@ -307,6 +308,7 @@ def test_only_name_expiry_scope_and_limits_of_a_key_can_change(admin_client, wor
         "requests_per_minute",
         "tokens_per_minute",
         "max_concurrent",
+        "monthly_budget",
     }
     data = form_data(page)
     data.update(

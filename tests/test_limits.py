@@ -1,5 +1,6 @@
 """Admission limits (gateway/limits.py) against a real Redis: requests, tokens and concurrency per
-tenant and per key, the monthly budget, settlement, and failing closed while Redis is down.
+tenant and per key, the monthly budgets (tenant and key), settlement, and failing closed while
+Redis is down.
 
 The tests need no database: callers are built directly and the month's spend from the database
 is a callable. Ids are random so runs never share counters. Tests of the logic run twice: on Redis
@@ -67,7 +68,15 @@ def fresh_id() -> int:
 
 
 def make_caller(
-    *, tenant_id=None, rpm=None, tpm=None, concurrent=None, key_rpm=None, key_tpm=None, key_concurrent=None
+    *,
+    tenant_id=None,
+    rpm=None,
+    tpm=None,
+    concurrent=None,
+    key_rpm=None,
+    key_tpm=None,
+    key_concurrent=None,
+    key_budget=None,
 ):
     tenant_id = tenant_id or fresh_id()
     tenant = TenantView(
@@ -94,12 +103,19 @@ def make_caller(
         requests_per_minute=key_rpm,
         tokens_per_minute=key_tpm,
         max_concurrent=key_concurrent,
+        monthly_budget=None if key_budget is None else Decimal(key_budget),
     )
     return Caller(key=key, tenant=tenant)
 
 
 def another_key(caller: Caller, **limits_of_key) -> Caller:
-    fields = {"requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None, **limits_of_key}
+    fields = {
+        "requests_per_minute": None,
+        "tokens_per_minute": None,
+        "max_concurrent": None,
+        "monthly_budget": None,
+        **limits_of_key,
+    }
     key = KeyView(id=fresh_id(), tenant_id=caller.tenant.id, allowed_model_ids=frozenset(), **fields)
     return Caller(key=key, tenant=caller.tenant)
 
@@ -124,8 +140,11 @@ def from_db(amount: str, calls: list | None = None):
     return month_to_date
 
 
-async def attempt(caller, *, prompt=10, max_output=None, worst=None, budget=None, mtd=None, request_id=None):
-    """admit(), returning the Admission or the GatewayError it raised."""
+async def attempt(
+    caller, *, prompt=10, max_output=None, worst=None, budget=None, mtd=None, key_mtd=None, request_id=None
+):
+    """admit(), returning the Admission or the GatewayError it raised. The key's budget is the
+    caller's (KeyView.monthly_budget), as in the proxy; `key_mtd` its month from the database."""
     try:
         return await limits.admit(
             caller=caller,
@@ -135,6 +154,8 @@ async def attempt(caller, *, prompt=10, max_output=None, worst=None, budget=None
             worst_case_cost=None if worst is None else Decimal(worst),
             budget=None if budget is None else Decimal(budget),
             month_to_date=mtd or from_db("0"),
+            key_budget=caller.key.monthly_budget,
+            key_month_to_date=key_mtd or from_db("0"),
         )
     except GatewayError as error:
         return error
@@ -170,6 +191,12 @@ def spend_key(tenant_id: int) -> str:
     from django.utils import timezone
 
     return f"gw:spend:{tenant_id}:{timezone.now():%Y-%m}"
+
+
+def key_spend_key(key_id: int) -> str:
+    from django.utils import timezone
+
+    return f"gw:spend:k:{key_id}:{timezone.now():%Y-%m}"
 
 
 # --- formats ---
@@ -294,6 +321,15 @@ def test_requests_per_minute_are_exact_across_processes():
     assert isinstance(error, GatewayError)
     assert error.code == "rate_limit_requests"
     assert run(limits.spend_this_month(budget_tenant)) == Decimal("1")
+
+
+def test_the_requests_reset_header_is_the_instant_the_window_ends():
+    """django-ratelimit's window `w` is current while int(now) <= w: it ends at w + 1, not at w."""
+    caller = make_caller(rpm=5)
+    time.sleep(1.05 - time.time() % 1)  # just after a whole second: the two readings differ most
+    admission = run(attempt(caller))
+    ends_in = _get_window(f"tenant:{caller.tenant.id}", 60) + 1 - time.time()
+    assert abs(parse_duration(admission.headers["x-ratelimit-reset-requests"]) / 1000 - ends_in) < 0.3
 
 
 def test_a_key_limit_is_independent_of_the_tenant_limit():
@@ -641,6 +677,193 @@ def test_reconcile_from_synchronous_code():
     assert run(limits.spend_this_month(caller.tenant.id)) == Decimal("1.75")
 
 
+# --- monthly budget of a key ---
+
+
+def test_a_key_budget_refuses_while_the_tenants_budget_has_room(backend, settings):
+    settings.GATEWAY_LIMITS_REDIS_TIMEOUT = 5  # see test_concurrent_admissions_never_reserve_more_than_the_budget
+    caller = make_caller(key_budget="1.00")
+    sibling = another_key(caller)  # no budget of its own
+    budgeted_sibling = another_key(caller, monthly_budget=Decimal("0.40"))
+    calls: list = []
+
+    async def scenario():
+        results = await asyncio.gather(
+            *(
+                attempt(caller, worst="0.2", budget="100", key_mtd=from_db("0", calls), mtd=from_db("3"))
+                for _ in range(50)
+            )
+        )
+        tenant_spend = await limits.spend_this_month(caller.tenant.id)
+        others = [await attempt(sibling, worst="0.2", budget="100") for _ in range(3)]
+        own = [await attempt(budgeted_sibling, worst="0.2", budget="100") for _ in range(3)]
+        spends = (
+            tenant_spend,
+            await limits.key_spend_this_month(caller.key.id),
+            await limits.key_spend_this_month(sibling.key.id),
+            await limits.key_spend_this_month(budgeted_sibling.key.id),
+        )
+        return results, others, own, spends
+
+    results, others, own, (tenant_spend, key_spend, sibling_spend, budgeted_spend) = run(scenario())
+    assert len(admitted(results)) == 5
+    errors = refused(results, status=402)
+    assert len(errors) == 45
+    assert {e.code for e in errors} == {"budget_exhausted"}
+    assert errors[0].message == (
+        "This API key's monthly budget of 1.00 USD is exhausted. Raise the budget or wait for next month."
+    )
+    assert len(calls) == 1  # the key's records were summed once for 50 concurrent admissions
+    assert key_spend == Decimal("1.00")
+    # Only the five admitted requests were reserved on the tenant: a refusal reserves nothing.
+    assert tenant_spend == Decimal("3") + Decimal("1.00")
+    # The tenant's other keys: one without a budget is unaffected, one with its own has its own.
+    assert len(admitted(others)) == 3
+    assert sibling_spend is None  # no budget, no counter
+    assert len(admitted(own)) == 2
+    assert "0.40 USD" in refused(own, status=402)[0].message
+    assert budgeted_spend == Decimal("0.4")
+    assert run(limits.spend_this_month(caller.tenant.id)) == Decimal("4.00") + 3 * Decimal("0.2") + 2 * Decimal("0.2")
+    if backend == "redis":
+        assert redis.Redis.from_url(REDIS_URL).get(key_spend_key(caller.key.id)) == b"1000000000000"
+
+
+def test_the_tenants_budget_refuses_while_the_key_budget_has_room(backend):
+    caller = make_caller(key_budget="100")
+
+    async def scenario():
+        results = await asyncio.gather(*(attempt(caller, worst="0.2", budget="1.00") for _ in range(8)))
+        return (
+            results,
+            await limits.spend_this_month(caller.tenant.id),
+            await limits.key_spend_this_month(caller.key.id),
+        )
+
+    results, tenant_spend, key_spend = run(scenario())
+    assert len(admitted(results)) == 5
+    errors = refused(results, status=402)
+    assert errors[0].message.startswith("This tenant's monthly budget of 1.00 USD is exhausted.")
+    assert "API key" not in errors[0].message
+    assert tenant_spend == Decimal("1.00")
+    assert key_spend == Decimal("1.00")  # the refused three reserved nothing on the key either
+
+
+def test_a_key_budget_works_without_a_tenant_budget_and_both_can_refuse_at_once(backend):
+    caller = make_caller(key_budget="0.5")
+
+    async def scenario():
+        alone = [await attempt(caller, worst="0.2") for _ in range(3)]
+        tenant_counter = await limits.spend_this_month(caller.tenant.id)
+        both = await attempt(caller, worst="0.2", budget="0.3", mtd=from_db("0.25"))
+        return alone, tenant_counter, both
+
+    alone, tenant_counter, both = run(scenario())
+    assert len(admitted(alone)) == 2
+    error = refused(alone, status=402)[0]
+    assert error.message == (
+        "This API key's monthly budget of 0.5 USD is exhausted. This request may cost up to 0.2 USD; "
+        "0.1 USD remain. Raise the budget or wait for next month."
+    )
+    assert tenant_counter is None  # the tenant has no budget: nothing counted for it
+    assert both.message == (
+        "This tenant's monthly budget of 0.3 USD and this API key's monthly budget of 0.5 USD are exhausted. "
+        "This request may cost up to 0.2 USD; 0.05 USD remain. Raise the budget or wait for next month."
+    )
+
+
+def test_settlement_replaces_both_reservations_by_the_actual_cost(backend):
+    caller = make_caller(key_budget="1")
+
+    async def scenario():
+        first = admitted(
+            await asyncio.gather(*(attempt(caller, worst="0.2", budget="10", mtd=from_db("2")) for _ in range(6)))
+        )
+        assert len(first) == 5
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("3.0")
+        for admission in first[:3]:
+            await admission.settle(tokens=100, cost=Decimal("0.000123456789"))
+        await first[3].settle(tokens=100, cost=Decimal("0.25"))  # more than reserved: the truth counts
+        await first[3].settle(tokens=100, cost=Decimal("9"))  # a second settlement is a no-op
+        await first[4].release()  # nothing billable: its reservation is given back on both
+        again = await attempt(caller, worst="0.2", budget="10")
+        return (
+            again,
+            await limits.spend_this_month(caller.tenant.id),
+            await limits.key_spend_this_month(caller.key.id),
+        )
+
+    again, tenant_spend, key_spend = run(scenario())
+    actual = Decimal("0.000370370367") + Decimal("0.25")
+    assert isinstance(again, limits.Admission)  # the key has room again
+    assert key_spend == actual + Decimal("0.2")
+    assert tenant_spend == Decimal("2") + actual + Decimal("0.2")
+
+
+def test_a_key_counter_starts_from_the_keys_own_month_in_the_database(backend):
+    caller = make_caller(key_budget="1")
+    tenant_calls: list = []
+    key_calls: list = []
+
+    async def scenario():
+        assert await limits.key_spend_this_month(caller.key.id) is None
+        # The tenant spent 50 this month, 0.9 of it through this key.
+        over = await attempt(
+            caller, worst="0.2", budget="100", mtd=from_db("50", tenant_calls), key_mtd=from_db("0.9", key_calls)
+        )
+        fits = await attempt(caller, worst="0.1", budget="100", key_mtd=from_db("0.9", key_calls))
+        # Another process (or a later call) brings another total: the first one stays (SET NX).
+        again = await attempt(caller, worst="0", budget="100", key_mtd=from_db("0", key_calls))
+        return over, fits, again, await limits.key_spend_this_month(caller.key.id)
+
+    over, fits, again, key_spend = run(scenario())
+    assert over.code == "budget_exhausted"
+    assert "This API key's monthly budget of 1 USD" in over.message
+    assert "0.1 USD remain" in over.message
+    assert isinstance(fits, limits.Admission)
+    assert again.code == "budget_exhausted"
+    assert key_spend == Decimal("1.0")
+    assert (len(tenant_calls), len(key_calls)) == (1, 1)  # each counter was loaded once, both at the first request
+    assert run(limits.spend_this_month(caller.tenant.id)) == Decimal("50.1")
+    quiet = fresh_id()
+    assert run(limits.key_spend_this_month(quiet, month_to_date=from_db("2.5"))) == Decimal("2.5")
+
+
+def test_a_key_budget_beyond_double_precision_is_exact(backend):
+    caller = make_caller(key_budget="20000")
+
+    async def scenario():
+        mtd = from_db("19999.999999999998")
+        results = [await attempt(caller, worst="0.000000000001", key_mtd=mtd) for _ in range(3)]
+        return results, await limits.key_spend_this_month(caller.key.id)
+
+    (one, two, three), spend = run(scenario())
+    assert isinstance(one, limits.Admission)
+    assert isinstance(two, limits.Admission)
+    assert three.code == "budget_exhausted"
+    assert spend == Decimal("20000")
+
+
+def test_reconcile_of_a_key_counter_keeps_its_requests_in_flight_and_leaves_the_tenants(settings, backend):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 1
+    caller = make_caller(key_budget="10")
+
+    async def scenario():
+        lost = await attempt(caller, worst="0.4", budget="100", mtd=from_db("7"), key_mtd=from_db("3"))
+        assert isinstance(lost, limits.Admission)
+        await asyncio.sleep(1.1)  # `lost` is now older than the horizon: its process died
+        live = await attempt(caller, worst="0.3", budget="100")
+        assert await limits.key_spend_this_month(caller.key.id) == Decimal("3.7")
+        # The database knows 1.5 more than the counter did; the dead hold is dropped, the live one kept.
+        assert await limits.reconcile_key(caller.key.id, Decimal("4.5")) == Decimal("4.8")
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("7.7")  # untouched
+        await live.settle(tokens=1, cost=Decimal("0.05"))
+        return await limits.key_spend_this_month(caller.key.id)
+
+    assert run(scenario()) == Decimal("4.55")
+    assert limits.reconcile_key_sync(caller.key.id, Decimal("1.25")) == Decimal("1.25")
+    assert run(limits.key_spend_this_month(caller.key.id)) == Decimal("1.25")
+
+
 # --- Redis outage ---
 
 
@@ -703,6 +926,7 @@ def test_a_redis_outage_fails_closed_and_recovery_needs_no_restart(spare_redis):
     limited = make_caller(rpm=100, tpm=10_000, concurrent=5)
     rpm_only = make_caller(rpm=100)
     budget_only = make_caller()
+    key_budget_only = make_caller(key_budget="5")
     unlimited = make_caller()
 
     async def scenario():
@@ -714,6 +938,7 @@ def test_a_redis_outage_fails_closed_and_recovery_needs_no_restart(spare_redis):
             await attempt(limited, prompt=10),
             await attempt(rpm_only),
             await attempt(budget_only, worst="0.1", budget="5"),
+            await attempt(key_budget_only, worst="0.1"),
         ]
         assert time.monotonic() - started < 5  # short timeouts, no retry storm
         for error in outcomes:
@@ -727,8 +952,10 @@ def test_a_redis_outage_fails_closed_and_recovery_needs_no_restart(spare_redis):
             await attempt(limited, prompt=10),
             await attempt(rpm_only),
             await attempt(budget_only, worst="0.1", budget="5", mtd=from_db("1")),
+            await attempt(key_budget_only, worst="0.1", key_mtd=from_db("2")),
         ]
         assert all(isinstance(a, limits.Admission) for a in after), after
         assert await limits.spend_this_month(budget_only.tenant.id) == Decimal("1.1")
+        assert await limits.key_spend_this_month(key_budget_only.key.id) == Decimal("2.1")
 
     run(scenario())

@@ -1,14 +1,21 @@
-"""Limits and budgets with two real gateway processes sharing one Redis (issue 4's proofs)."""
+"""Limits and budgets, the tenant's and a key's, with two real gateway processes sharing one Redis
+(issue 4's proofs)."""
 
+import asyncio
 import re
 import threading
 import time
 from decimal import Decimal
 
+import anthropic
 import httpx2
+import openai
 import pytest
+from django.utils import timezone
 
 from billing.models import UsageRecord
+from gateway import limits
+from tenants.services import api_key_create
 
 from .conftest import start_gateway, stop
 
@@ -143,3 +150,98 @@ def test_crossing_a_budget_threshold_through_the_gateway_raises_the_alert_once(t
     assert alerts[0].spend >= Decimal("0.005")
     assert budget_alerts_check(tenant_id=alice.id) == []  # once per period, whoever checks next
     assert BudgetAlert.objects.filter(tenant=alice).count() == 1
+
+
+def key_spend_in_redis(key_id: int):
+    """The key's budget counter as the gateways left it (this process reads the same Redis)."""
+
+    async def read():
+        try:
+            return await limits.key_spend_this_month(key_id)
+        finally:
+            await limits.aclose()
+
+    return asyncio.run(read())
+
+
+def test_a_key_budget_that_fits_five_is_never_overspent_by_fifty_concurrent_requests(two_gateways, catalog, alice):
+    alice.subscription.monthly_budget = Decimal("100.00")  # the tenant has plenty: the key's budget binds
+    alice.subscription.save()
+    capped, capped_raw = api_key_create(tenant=alice, name="capped", monthly_budget=Decimal("0.01"))
+    sibling, sibling_raw = api_key_create(tenant=alice, name="sibling")
+    # Worst case of one request ≈ $0.0018 (see the tenant's test above): five fit in $0.01.
+    results, others = [], []
+
+    def one(i: int) -> None:
+        results.append(post(two_gateways[i % 2], capped_raw, content="[[mock:latency_ms=5000]] hi", max_tokens=3000))
+
+    def other(i: int) -> None:
+        others.append(post(two_gateways[i % 2], sibling_raw, content="[[mock:latency_ms=2000]] hi", max_tokens=3000))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    threads += [threading.Thread(target=other, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    statuses = [r.status_code for r in results]
+    assert len(statuses) == 50
+    assert statuses.count(200) == 5
+    assert statuses.count(402) == 45
+    for refused in (r for r in results if r.status_code == 402):
+        error = refused.json()["error"]
+        assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exhausted")
+        assert error["message"].startswith("This API key's monthly budget of 0.01 USD is exhausted.")
+        assert "tenant" not in error["message"]
+        assert "retry-after" not in refused.headers
+    # The tenant's other key was served all along, by both processes.
+    assert [r.status_code for r in others] == [200] * 10
+    spent = sum(r.cost for r in UsageRecord.objects.filter(api_key=capped))
+    assert 0 < spent <= Decimal("0.01")
+    assert key_spend_in_redis(capped.pk) == spent  # settled: the reservations became the real costs
+    assert key_spend_in_redis(sibling.pk) is None  # no budget, no counter
+
+    # Settled at their real (small) costs, the five left room; a request whose worst case exceeds
+    # the whole budget (20000 × 0.60 per 1M = $0.012) never fits. The openai SDK, retries on,
+    # gives up at once: one request, one record.
+    before = UsageRecord.objects.filter(api_key=capped, error_type="budget_exhausted").count()
+    client = openai.OpenAI(base_url=f"{two_gateways[0]}/v1", api_key=capped_raw, max_retries=2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}], max_tokens=20000)
+    assert caught.value.status_code == 402
+    assert caught.value.body["code"] == "budget_exhausted"
+    assert UsageRecord.objects.filter(api_key=capped, error_type="budget_exhausted").count() == before + 1
+
+
+def test_a_key_budget_spent_before_the_gateway_started_counting_is_a_402_on_the_anthropic_endpoint(
+    two_gateways, catalog, alice
+):
+    capped, capped_raw = api_key_create(tenant=alice, name="capped", monthly_budget=Decimal("0.01"))
+    _, sibling_raw = api_key_create(tenant=alice, name="sibling")
+    # This month's records already hold the whole budget: the key's counter starts from them.
+    UsageRecord.objects.create(
+        request_id="spent-earlier",
+        created_at=timezone.now(),
+        tenant=alice,
+        api_key=capped,
+        model="claude-test",
+        endpoint="messages",
+        status_code=200,
+        cost=Decimal("0.01"),
+    )
+
+    def ask(raw: str, gateway: str):
+        client = anthropic.Anthropic(base_url=gateway, api_key=raw, max_retries=2)
+        return client.messages.create(model="claude-test", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask(capped_raw, two_gateways[1])
+    assert caught.value.status_code == 402
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "billing_error"
+    assert caught.value.body["error"]["message"].startswith("This API key's monthly budget of 0.01 USD is exhausted.")
+    # Not retried by the SDK: one refusal recorded.
+    assert UsageRecord.objects.filter(api_key=capped, status_code=402).count() == 1
+    assert ask(sibling_raw, two_gateways[0]).content  # the tenant's other key is served
+    assert key_spend_in_redis(capped.pk) == Decimal("0.01")
