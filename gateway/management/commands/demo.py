@@ -129,6 +129,8 @@ class Command(BaseCommand):
                 stderr=subprocess.STDOUT,
             ),
         ]
+        # SIGTERM (a supervisor, `kill`) stops the servers like Ctrl-C does, never leaves them behind.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             _wait(f"{mock_url}/health")
             _wait(f"{gateway_url}/healthz")
@@ -188,6 +190,10 @@ reply = client.chat.completions.create(model='{model}', messages=[{{'role': 'use
 print(reply.choices[0].message.content)"
 """
         )
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait(url: str, timeout: float = 30.0) -> None:
