@@ -82,7 +82,7 @@ class HotPathHandler(ASGIHandler):
             return response
 
         # As Django does: watch for a disconnect while the view runs, and cancel the view if so
-        # (a cancelled stream still records its usage: gateway.proxy._relay).
+        # (a cancelled request is still recorded and settled: gateway.lifecycle).
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(process_request(request, send)),
