@@ -17,6 +17,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from billing.pricing import Tokens, worst_case_cost
 
 from . import observability, translate
+from .auth import Access, access_check
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
 from .lifecycle import Call, Outcome, Owner
@@ -40,8 +41,7 @@ async def resolve(call: Call) -> list[DeploymentView]:
     rules = await policy()
     if rules.maintenance_message:
         raise GatewayError(503, rules.maintenance_message, "maintenance")
-    if not tenant.active:
-        raise GatewayError(403, "This tenant is suspended. Contact the platform operator.", "tenant_suspended")
+    access_check(call.caller, Access.USE)  # a suspended tenant: 403 tenant_suspended (gateway/auth.py)
     call.model_name = tenant.model_aliases.get(call.requested_model, call.requested_model)
     model = (await catalog()).get(call.model_name)
     if model is None:

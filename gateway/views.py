@@ -23,11 +23,11 @@ from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import observability, proxy
-from .auth import authenticate
+from .auth import Access, access_check, authenticate
 from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .lifecycle import Call, internal_error, owned
-from .registry import Caller, catalog
+from .registry import Caller, catalog, policy
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,20 @@ async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitabl
 
 
 async def models(request: HttpRequest) -> HttpResponse:
+    """The models this key may call: the tenant's, narrowed by the key's own list, in the tenant's
+    region, minus what platform policy blocks (the same rules as `proxy.resolve`)."""
+
     async def handler(caller: Caller) -> HttpResponse:
+        access_check(caller, Access.USE)
         tenant = caller.tenant
+        rules = await policy()
         data = [
             {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
             for m in sorted((await catalog()).values(), key=lambda m: m.name)
-            if tenant.may_use(m) and m.deployments_in(tenant.region)
+            if caller.may_use(m)
+            and m.deployments_in(tenant.region)
+            and m.name not in rules.blocked_models
+            and m.provider not in rules.blocked_providers
         ]
         return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
@@ -227,6 +235,7 @@ def _date_param(request: HttpRequest, name: str) -> date:
 
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
+        access_check(caller, Access.READ)
         start, end = _date_param(request, "start"), _date_param(request, "end")
         if end < start:
             raise bad_request("`end` must not be before `start`.", param="end")
