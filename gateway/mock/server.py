@@ -26,7 +26,7 @@ own tokenizer (which no package ships), for claude-* names; o200k_base for every
 count_message_tokens counts each message's text (its text blocks joined by a space) plus 4 per message and 2.
 A tool call's output tokens are count_tokens(name) + count_tokens(arguments JSON).
 The reply is cut at the first `stop` / `stop_sequences` string, then to `max_completion_tokens` /
-`max_tokens` pieces ("length" / "max_tokens"); otherwise it ends with "stop" / "end_turn".
+`max_tokens` tokens ("length" / "max_tokens", billed as that many); otherwise it ends with "stop" / "end_turn".
 
 Streams send one content chunk per token (`split_tokens`: a token that ends inside a UTF-8 character travels
 with the next, which never happens to the ASCII replies, so a text stream has exactly completion_tokens content
@@ -442,13 +442,14 @@ def compose_reply(exchange: Exchange, *, tool_id: str) -> Reply:
     text, stop = _cut_at_stop(reply_text(exchange.model, exchange.prompt_text, directives.words), exchange.stops)
     pieces = token_pieces(text, encoding=encoding)
     finish: Finish = "end" if stop is None else "stop_sequence"
+    output_tokens = count_tokens(text, encoding=encoding)
     if exchange.max_tokens is not None and len(pieces) > exchange.max_tokens:
+        # A provider bills the tokens it generated before the limit, not how their text would encode again.
         pieces, finish, stop = pieces[: exchange.max_tokens], "length", None
+        output_tokens = exchange.max_tokens
     if directives.filtered_output:
         finish = "filtered"
-    text = "".join(pieces)
-    # The pieces are tokens of the whole reply; a cut reply is billed as its own text encodes, as a provider would.
-    return Reply(text, pieces, finish, count_tokens(text, encoding=encoding), stop_sequence=stop)
+    return Reply("".join(pieces), pieces, finish, output_tokens, stop_sequence=stop)
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
