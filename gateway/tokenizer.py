@@ -15,8 +15,9 @@ usage settles it. What it adds up, by the catalog model's provider:
 - OpenAI and Azure: the text counted with the model's own encoding (o200k_base for gpt-4o,
   gpt-4.1, gpt-4.5, gpt-5, o-series and gpt-oss; cl100k_base for gpt-4 and gpt-3.5); a name this
   module does not know (an alias, an Azure deployment) is counted with both and the larger kept,
-  since the deployment is not chosen yet. OpenAI's chat framing is 3 tokens per message plus 3
-  to prime the reply; we hold `MESSAGE_OVERHEAD` and `REQUEST_OVERHEAD`, more than that.
+  since the deployment is not chosen yet. OpenAI's chat framing is 3 tokens per message, 1 for
+  a name, plus 3 to prime the reply; we hold 4 per message (5 with the message's own part
+  overhead) and 3 per request, and count the role's text too.
 - Anthropic (and any provider not named above): no Claude tokenizer ships offline, so each text
   is held at min(UTF-8 bytes, `CLAUDE_MARGIN` x its cl100k count). The byte count is a hard
   ceiling: a byte-level BPE (Claude's, like OpenAI's) never needs more than one token per byte,
@@ -25,6 +26,8 @@ usage settles it. What it adds up, by the catalog model's provider:
   the anthropic SDK), the largest ratio to cl100k we measured was 2.0 (a run of tabs), then
   1.35 (Arabic), 1.25 (Cyrillic), 1.14 (Python), 1.07 (English); a run of one letter or of
   digits costs Claude fewer tokens than cl100k. English is therefore over-reserved about 1.9x.
+  Claude's framing is not published (a one-word prompt bills about 8 tokens): we hold 6 per
+  message and 10 per request.
 - Every text part of a message, `system` (string or blocks), tool calls and tool results, and
   every field a message carries (role, name, ids, arguments) are counted, with `PART_OVERHEAD`
   per part. `tools`, `functions`, `tool_choice` and `response_format` are counted as their JSON
@@ -56,9 +59,10 @@ from bpe_openai import _bindings  # the Rust encoder itself: the tiktoken-like w
 O200K = "o200k_base"
 CL100K = "cl100k_base"
 
-MESSAGE_OVERHEAD = 6
-REQUEST_OVERHEAD = 8
-PART_OVERHEAD = 2
+# (per message, per request) framing, by whether the provider speaks OpenAI's format
+MESSAGE_OVERHEAD = {True: 4, False: 6}
+REQUEST_OVERHEAD = {True: 3, False: 10}
+PART_OVERHEAD = 1
 TOOL_OVERHEAD = 16
 OPENAI_TOOLS_PROMPT = 32
 ANTHROPIC_TOOLS_PROMPT = 500
@@ -160,14 +164,14 @@ def prompt_token_bound(body: dict, *, provider: str, model: str) -> int:
     count = _text_bound(provider=provider, model=model)
     image = image_tokens_bound(provider=provider, model=model)
     if not isinstance(body, dict):
-        return REQUEST_OVERHEAD + _walk(body, count, image, keys=True)
-    total = REQUEST_OVERHEAD
+        return REQUEST_OVERHEAD[openai] + _walk(body, count, image, keys=True)
+    total = REQUEST_OVERHEAD[openai]
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
-            total += MESSAGE_OVERHEAD + _walk(message, count, image, keys=False)
+            total += MESSAGE_OVERHEAD[openai] + _walk(message, count, image, keys=False)
     elif messages is not None:
-        total += MESSAGE_OVERHEAD + _walk(messages, count, image, keys=False)
+        total += MESSAGE_OVERHEAD[openai] + _walk(messages, count, image, keys=False)
     total += _walk(body.get("system"), count, image, keys=False)
     tools = body.get("tools")
     functions = body.get("functions")
