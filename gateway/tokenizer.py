@@ -4,9 +4,11 @@ Counting uses `bpe-openai` (GitHub's `bpe` crate with Python bindings), whose wh
 o200k_base and cl100k_base tables: nothing is downloaded at run time (tiktoken fetches its tables
 on first use, which this platform's machines cannot do), and its encoder is linear in the input,
 where tiktoken's merge loop grows quadratically on a long run of one letter. Measured on this
-machine (2 cores): "a" * 300,000 in 2.5 ms, a 4 MiB English body in 55 ms, 4 MiB of Python in
-85 ms, 200,000 CJK characters in 17 ms (tiktoken: 78, 126, 200, 86 ms). The tables cost about
-90 MB of memory per process, loaded once on first use (0.1 s).
+2-core machine: "a" * 300,000 in 2.5 ms (tiktoken 78 ms), 200,000 CJK characters in 17 ms (86),
+a 4 MiB body in 55 ms (a repeated English sentence) to 250-450 ms (varied Markdown, under load),
+2-3x faster than the regex pre-tokenizer this module used to be. The Rust encoder holds the GIL,
+so a thread would not free the event loop. The tables take about 90 MB per process, loaded on
+first use (0.1 s).
 
 Admission (`prompt_token_bound`) must never let a body in for less than it can cost, because a
 tenant's budget and tokens-per-minute limit are held against that number until the provider's
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import orjson
 from bpe_openai import _bindings  # the Rust encoder itself: the tiktoken-like wrapper refuses long inputs
@@ -260,8 +262,3 @@ def _is_binary(key: object, value: str) -> bool:
 def _without_surrogates(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
-
-def warm_up(encodings: Iterable[str] = (O200K, CL100K)) -> None:
-    """Load the tables now rather than on the first request (about 0.1 s each)."""
-    for encoding in encodings:
-        _encoder(encoding)
