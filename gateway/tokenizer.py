@@ -261,4 +261,3 @@ def _is_binary(key: object, value: str) -> bool:
 
 def _without_surrogates(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
