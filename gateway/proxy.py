@@ -26,6 +26,7 @@ from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive
 from .providers import Adapter, EventStream, ProviderError, adapter_for
 from .registry import DeploymentView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
+from .tokenizer import prompt_token_bound
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,13 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
 
 
 async def admit_call(call: Call) -> Admission:
-    """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it."""
+    """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it.
+
+    The prompt is held at an upper bound of what it can be billed (`prompt_token_bound`), by the
+    catalog model's provider: the deployment is not chosen yet, and settlement corrects the hold.
+    """
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = estimate_prompt_tokens(call.body)
+    prompt = prompt_token_bound(call.body, provider=call.model.provider, model=call.model.name)
     max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
     return await admit(
