@@ -20,7 +20,7 @@ from django.utils import timezone
 from billing.pricing import Tokens, worst_case_cost
 from billing.services import Metered
 
-from . import observability, translate
+from . import journal, observability, translate
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
 from .limits import Admission, admit
@@ -34,6 +34,7 @@ from .metering import (
     tokens_from_usage,
 )
 from .providers import Adapter, EventStream, ProviderError, adapter_for
+from .providers.base import GATEWAY_REQUEST_ID
 from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
 
@@ -60,6 +61,7 @@ class Call:
     cache_control: str = ""  # the request's Cache-Control header, lower case
     cache_status: str = ""  # "hit" or "miss" when the tenant has a response cache
     client_gone: bool = False  # the client hung up while the upstream call was on its way
+    prompt_estimate: int = 0  # the admission's estimate of the prompt, kept in the journal's trace
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -181,7 +183,7 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
 async def admit_call(call: Call) -> None:
     """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it."""
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = estimate_prompt_tokens(call.body)
+    prompt = call.prompt_estimate = estimate_prompt_tokens(call.body)
     max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
     call.admission = await admit(
@@ -245,8 +247,11 @@ def gateway_error(exc: ProviderError) -> GatewayError:
 async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation):
     """Try deployments in order; move on only for failures another deployment may not have."""
     failure: ProviderError | None = None
+    GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     for deployment in deployments:
         call.deployment = deployment
+        # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
+        await journal.trace_open(call=call)
         # A tenant's own provider account (bring your own key) takes precedence over ours.
         secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:
@@ -404,20 +409,34 @@ async def _relay(call: Call, events: EventStream, processor):
         raise
     if error is None:
         tokens, estimated = _stream_tokens(call, processor, complete=True)
-        await record(
-            call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry({"content": processor.text})
-        )
+        try:
+            await record(
+                call.metered(status=200, tokens=tokens, estimated=estimated),
+                call.log_entry({"content": processor.text}),
+            )
+        except Exception:
+            # A stream cut by our side still ends with an error event the client's SDK raises.
+            log.exception("request %s: the finished stream could not be recorded", call.request_id)
+            for frame in processor.error_frame("api_error", _UNRECORDED.format(request_id=call.request_id)):
+                yield frame
+            return
         for frame in processor.finish():
             yield frame
         return
     tokens, estimated = _stream_tokens(call, processor, complete=False)
-    await record(
-        call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated),
-        call.log_entry({"content": processor.text, "incomplete": error[0]}),
-        call.admission,
-    )
+    try:
+        await record(
+            call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated),
+            call.log_entry({"content": processor.text, "incomplete": error[0]}),
+            call.admission,
+        )
+    except Exception:
+        log.exception("request %s: the broken stream could not be recorded", call.request_id)
     for frame in processor.error_frame(*error):
         yield frame
+
+
+_UNRECORDED = "The gateway failed to finish this response (request id {request_id}). It may be retried."
 
 
 async def _close_quietly(events: EventStream) -> None:

@@ -24,7 +24,7 @@ from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import observability, proxy
 from .auth import authenticate
-from .db import db_call
+from .db import DATABASE_UNAVAILABLE, db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .metering import record, record_detached
 from .registry import Caller, catalog
@@ -131,6 +131,14 @@ def _text_parts(content: list) -> str:
 
 
 def _internal_error(request_id: str, exc: Exception) -> GatewayError:
+    if isinstance(exc, DATABASE_UNAVAILABLE):  # an outage, not a bug: the client may retry
+        log.warning("request %s: the database is unavailable: %s", request_id, exc)
+        return GatewayError(
+            503,
+            "The service is temporarily unavailable. Retry shortly.",
+            "database_unavailable",
+            headers={"retry-after": "2"},
+        )
     log.error("request %s failed", request_id, exc_info=exc)
     # Nothing of the exception reaches the client: no stack, no SQL, no upstream detail.
     return GatewayError(500, f"The gateway failed to handle this request (request id {request_id}).", "internal_error")
