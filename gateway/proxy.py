@@ -413,6 +413,7 @@ async def _relay(call: Call, events: EventStream, processor):
             await record(
                 call.metered(status=200, tokens=tokens, estimated=estimated),
                 call.log_entry({"content": processor.text}),
+                call.admission,  # issue 10 item 1: a finished stream gives back what it reserved
             )
         except Exception:
             # A stream cut by our side still ends with an error event the client's SDK raises.
