@@ -235,7 +235,7 @@ GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
 GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
 # The longest a request waits on one database call of the gateway (gateway/db.py), then 503 (or,
 # for a usage record, the journal). Redis calls are bounded by GATEWAY_LIMITS_REDIS_TIMEOUT.
-GATEWAY_DB_TIMEOUT = env_float("GATEWAY_DB_TIMEOUT", 5.0)
+GATEWAY_DB_TIMEOUT = env_float("GATEWAY_DB_TIMEOUT", 3.0)
 # The reconciler (gateway/journal.py, `manage.py reconcile_requests`): a write-ahead trace older
 # than this with no usage record is a request whose process died; recorded as `interrupted`.
 # Longer than any request should last: a live request's real record replaces an interrupted one.
