@@ -214,11 +214,30 @@ def _text(value) -> str:
 
 # --- The gateway's side ---
 
+# After the journal failed to answer, the hot path leaves it alone this long: a Redis that hangs
+# must not cost every request two timeouts (GATEWAY_LIMITS_REDIS_TIMEOUT each). Traces are then
+# missing for about a second per failure, which the crash protection tolerates; spooling still
+# tries every time (it is a record's last chance).
+PAUSE_AFTER_FAILURE_SECONDS = 1.0
+_paused_until = 0.0
+
+
+def _paused() -> bool:
+    return time.monotonic() < _paused_until
+
+
+def _pause(request_id: str, what: str, exc: BaseException) -> None:
+    global _paused_until
+    _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+    log.warning("request %s: the journal is unreachable, %s: %s", request_id, what, exc)
+
 
 async def trace_open(*, call: "Call") -> None:
     """Write the request's trace before its provider is called (again, with the new deployment,
     before a fallback). A journal that cannot be reached does not stop the request: it is logged,
     and the request goes on as it did before there was a journal (unprotected against a crash)."""
+    if _paused():
+        return
     deployment, tenant = call.deployment, call.caller.tenant
     data = orjson.dumps(
         {
@@ -240,16 +259,19 @@ async def trace_open(*, call: "Call") -> None:
     try:
         await _journal().open(call.request_id, data)
     except UNREACHABLE as exc:
-        log.warning("request %s: the journal is unreachable, no trace written: %s", call.request_id, exc)
+        _pause(call.request_id, "no trace written", exc)
 
 
 async def trace_done(*, request_id: str) -> None:
-    """The request's usage record is committed: its trace has served its purpose."""
+    """The request's usage record is committed: its trace has served its purpose.
+
+    A trace left behind is harmless: the reconciler finds the record and frees nothing."""
+    if _paused():
+        return
     try:
         await _journal().done(_TRACES, request_id)
     except UNREACHABLE as exc:
-        # Harmless: the reconciler finds the record and only frees what is left (nothing).
-        log.warning("request %s: its trace could not be removed: %s", request_id, exc)
+        _pause(request_id, "its trace stays until the reconciler runs", exc)
 
 
 # Whether this process spooled records that it has not written yet (it tries after each commit).

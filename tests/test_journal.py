@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
 
+import orjson
 import pytest
 import redis
 from django.core.management import CommandError, call_command
@@ -275,3 +276,41 @@ def test_the_beat_task_is_scheduled(settings):
     assert schedule["task"] == "gateway.tasks.reconcile_requests"
     assert schedule["schedule"] == 60.0
     assert reconcile_requests.run() == {"replayed": 0, "interrupted": 0, "released": 0}
+
+
+def test_a_journal_that_does_not_answer_costs_one_timeout_then_is_left_alone(priced, settings, monkeypatch):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: refused at once
+    monkeypatch.setattr(journal, "_paused_until", 0.0)
+    calls = []
+    real_open = journal._RedisJournal.open
+
+    async def counted(self, request_id, data):
+        calls.append(request_id)
+        return await real_open(self, request_id, data)
+
+    monkeypatch.setattr(journal._RedisJournal, "open", counted)
+
+    async def scenario():
+        for i in range(5):
+            await journal.trace_open(call=call_of(priced, f"req-{i}"))  # never raises: the request goes on
+        await journal.trace_done(request_id="req-0")
+
+    run(scenario())
+    assert calls == ["req-0"]
+
+
+def test_errors_escaping_a_v1_view_are_json_in_the_callers_format(rf):
+    from django.db.utils import OperationalError
+
+    from gateway.middleware import api_exception_response
+
+    anthropic = api_exception_response(rf.post("/v1/messages"), OperationalError("server closed the connection"))
+    assert anthropic.status_code == 503
+    assert orjson.loads(anthropic.content)["error"]["type"] == "overloaded_error"
+    openai = api_exception_response(rf.get("/v1/templates"), ValueError("a bug"))
+    assert openai.status_code == 500
+    body = orjson.loads(openai.content)["error"]
+    assert body["code"] == "internal_error"
+    assert openai["x-request-id"] in body["message"]
+    assert "a bug" not in openai.content.decode()
+    assert api_exception_response(rf.get("/admin/"), ValueError("a bug")) is None
