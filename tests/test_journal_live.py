@@ -389,3 +389,34 @@ def test_a_postgres_outage_of_10_s_bills_every_served_call_and_answers_in_json(
     assert not missing, f"{len(missing)} of {len(served)} served calls have no usage record"
     assert not [rid for rid in served if records[rid] == "interrupted"]  # spooled, not guessed
     assert in_flight_and_holds(alice.id, key.id) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("endpoint", "model"), [("chat/completions", "gpt-test"), ("messages", "claude-test")])
+def test_a_stream_the_gateway_cannot_finish_ends_with_an_error_event(
+    endpoint, model, mock_llm, django_db_setup, catalog, alice, alice_key
+):
+    """With PostgreSQL and the journal both unreachable the record cannot be kept anywhere: the
+    stream still ends with an error event in the caller's format, not with a cut connection."""
+    proxy = TcpProxy(postgres_target())
+    proxied = database_url().replace(f":{postgres_target()[1]}/", f":{proxy.port}/")
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    process, url = start_gateway(mock_llm, REDIS_URL=dead_redis, DATABASE_URL=proxied, GATEWAY_AUTH_CACHE_SECONDS="300")
+    body = {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "[[mock:words=5]] hi"}]}
+    headers = {"authorization": f"Bearer {alice_key}"}
+    try:
+        assert httpx2.post(f"{url}/v1/{endpoint}", json=body, headers=headers, timeout=30).status_code == 200
+        proxy.cut("refuse")
+        with httpx2.stream(
+            "POST", f"{url}/v1/{endpoint}", json={**body, "stream": True}, headers=headers, timeout=30
+        ) as r:
+            status, content = r.status_code, b"".join(r.iter_bytes())
+    finally:
+        stop(process)
+        proxy.close()
+    assert status == 200
+    last = content.decode().rstrip().split("\n\n")[-1]
+    if endpoint == "messages":
+        assert last.startswith("event: error"), content[-300:]
+    else:
+        assert last.startswith('data: {"error"'), content[-300:]
+    assert "request id" in last
