@@ -95,6 +95,14 @@ def subscriptions_set_plan(*, tenants: list, plan: Plan) -> int:
     return len(ids)
 
 
+def usage_cost(*, metered: Metered) -> Decimal:
+    """The cost `usage_record_create` stores for `metered`: also what a record spooled through a
+    database outage (gateway/journal.py) settles its budget with before it is written."""
+    if metered.price is None or metered.cache_hit:
+        return Decimal(0)
+    return request_cost(tokens=metered.tokens, price=metered.price)
+
+
 def usage_record_create(*, metered: Metered) -> UsageRecord:
     """Record one request with its cost, computed here once and never again (DESIGN §3).
 
@@ -102,9 +110,7 @@ def usage_record_create(*, metered: Metered) -> UsageRecord:
     cache hit, whose saving is the cost it would have had.
     """
     tokens = metered.tokens
-    cost = Decimal(0)
-    if metered.price is not None and not metered.cache_hit:
-        cost = request_cost(tokens=tokens, price=metered.price)
+    cost = usage_cost(metered=metered)
     return UsageRecord.objects.create(
         request_id=metered.request_id,
         created_at=metered.created_at,

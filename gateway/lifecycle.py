@@ -38,6 +38,7 @@ from django.utils import timezone
 from billing.pricing import Tokens
 from billing.services import Metered
 
+from .db import DATABASE_UNAVAILABLE
 from .errors import GatewayError
 from .limits import Admission
 from .metering import LogEntry, estimate_prompt_tokens, keep_alive, record
@@ -70,6 +71,7 @@ class Call:
     cache_status: str = ""  # "hit" or "miss" when the tenant has a response cache
     upstream_asked: bool = False  # a provider was sent the request (it may bill us for the prompt)
     client_gone: bool = False  # the client hung up while the upstream call was on its way
+    prompt_estimate: int = 0  # the admission's bound of the prompt, kept in the journal's trace
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -112,7 +114,13 @@ class Outcome:
 
 
 def internal_error(request_id: str, exc: BaseException) -> GatewayError:
-    """A bug, said to the client without any of its detail (no stack, no SQL, no upstream text)."""
+    """A bug, said to the client without any of its detail (no stack, no SQL, no upstream text);
+    or a database outage, which is not a bug: 503, and the client may retry."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        log.warning("request %s: the database is unavailable: %s", request_id, exc)
+        return GatewayError(
+            503, "The service is temporarily unavailable. Retry shortly.", "database_unavailable", None, {"retry-after": "2"}
+        )
     log.error("request %s failed", request_id, exc_info=exc)
     return GatewayError(500, f"The gateway failed to handle this request (request id {request_id}).", "internal_error")
 
@@ -125,6 +133,7 @@ class Owner:
         self.admission: Admission | None = None
         self._handed_over = False
         self._finishing: asyncio.Task | None = None
+        self.recorded = False  # the usage record was committed or kept in the journal
 
     @property
     def finished(self) -> bool:
@@ -167,6 +176,7 @@ class Owner:
             )
         except Exception:
             log.exception("usage record %s could not be written", call.request_id)
+        self.recorded = cost is not None
         if admission is None:
             return
         if cost is None:

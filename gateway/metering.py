@@ -14,11 +14,11 @@ from decimal import Decimal
 from django.db import transaction
 
 from billing.pricing import Tokens
-from billing.services import Metered, budget_alerts_check, usage_record_create
+from billing.services import Metered, budget_alerts_check
 from tenants.models import ApiKey, RequestLog
 
-from . import observability
-from .db import db_call
+from . import journal, observability
+from .db import DATABASE_UNAVAILABLE, db_call
 from .tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class LogEntry:
 
 
 def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool, check_budget: bool) -> Decimal:
-    cost = usage_record_create(metered=metered).cost
+    cost = journal.usage_record_write(metered=metered).cost
     if log_entry is not None:
         # Separately, after the usage record: a log that cannot be stored must never cost a record.
         try:
@@ -159,9 +159,21 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, *, budgete
     check_budget = _due_for_budget_check(metered.tenant_id, budgeted)
     try:
         cost = await db_call(_write, metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
+    except DATABASE_UNAVAILABLE:
+        # The database is down or hangs: the record waits in the journal (its request log is
+        # dropped), and the request ends as if it had been committed (gateway/journal.py).
+        cost = await journal.spool(metered=metered)
+        if cost is None:
+            observability.request_finished(metered, cost=None)
+            raise
     except BaseException:
         observability.request_finished(metered, cost=None)  # the request still gets its line, without a cost
         raise
+    else:
+        if metered.deployment_id is not None:  # a provider was called: there is a trace to close
+            await journal.trace_done(request_id=metered.request_id)
+        if flush := journal.after_commit():
+            keep_alive(flush)
     observability.request_finished(metered, cost=cost)
     return cost
 

@@ -16,7 +16,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.pricing import Tokens, worst_case_cost
 
-from . import observability, translate
+from . import journal, observability, translate
 from .auth import Access, access_check
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
@@ -24,6 +24,7 @@ from .lifecycle import Call, Outcome, Owner
 from .limits import Admission, admit
 from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive, tokens_from_usage
 from .providers import Adapter, EventStream, ProviderError, adapter_for
+from .providers.base import GATEWAY_REQUEST_ID
 from .registry import DeploymentView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
 from .tokenizer import prompt_token_bound
@@ -120,7 +121,7 @@ async def admit_call(call: Call) -> Admission:
     catalog model's provider: the deployment is not chosen yet, and settlement corrects the hold.
     """
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = prompt_token_bound(call.body, provider=call.model.provider, model=call.model.name)
+    prompt = call.prompt_estimate = prompt_token_bound(call.body, provider=call.model.provider, model=call.model.name)
     max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
     return await admit(
@@ -184,8 +185,11 @@ def gateway_error(exc: ProviderError) -> GatewayError:
 async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation):
     """Try deployments in order; move on only for failures another deployment may not have."""
     failure: ProviderError | None = None
+    GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     for deployment in deployments:
         call.deployment = deployment
+        # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
+        await journal.trace_open(call=call)
         # A tenant's own provider account (bring your own key) takes precedence over ours.
         secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:
@@ -332,7 +336,9 @@ async def _relay(call: Call, owner: Owner, events: EventStream, processor):
             tokens, estimated = _stream_tokens(call, processor, complete=True)
             outcome = Outcome(status=200, tokens=tokens, estimated=estimated, response={"content": processor.text})
             await owner.finish(outcome)  # committed before the client sees the end
-            frames = processor.finish()
+            # A record kept nowhere (database and journal both down): the client must not take
+            # the answer as complete and billed; its SDK raises on the error event.
+            frames = processor.finish() if owner.recorded else processor.error_frame("api_error", _unrecorded(call))
         else:
             await owner.finish(_partial(call, processor, error_type="upstream_stream_error"))
             frames = processor.error_frame(*error)
@@ -348,6 +354,10 @@ async def _relay(call: Call, owner: Owner, events: EventStream, processor):
             owner.finish_soon(_partial(call, processor, error_type="client_disconnected", status=499))
     for frame in frames:
         yield frame
+
+
+def _unrecorded(call: Call) -> str:
+    return f"The gateway failed to finish this response (request id {call.request_id}). It may be retried."
 
 
 def keep_closing(events: EventStream) -> None:

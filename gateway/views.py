@@ -241,7 +241,8 @@ async def usage(request: HttpRequest) -> HttpResponse:
             raise bad_request("`end` must not be before `start`.", param="end")
         if (end - start).days > 366:
             raise bad_request("The period may be at most 366 days.", param="end")
-        summary = await sync_to_async(usage_summary)(tenant_id=caller.tenant.id, start=start, end=end)
+        # db_call: bounded by GATEWAY_DB_TIMEOUT; a database that is down is a 503 in JSON (middleware).
+        summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end)
         summary["tenant"] = caller.tenant.slug
         return HttpResponse(orjson.dumps(summary, default=str), content_type="application/json")
 

@@ -31,6 +31,8 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
 
+from gateway.middleware import api_exception_response
+
 
 class InlineSecurityMiddleware(SecurityMiddleware):
     """Django's SecurityMiddleware without the two thread hops of a sync middleware under ASGI."""
@@ -50,7 +52,9 @@ class HotPathHandler(ASGIHandler):
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
-        self._exception_middleware = []
+        # An exception that escapes a completion view is the API's JSON error, never Django's
+        # HTML 500 (gateway/middleware.py).
+        self._exception_middleware = [api_exception_response]
         view = convert_exception_to_response(self._get_response_async)
         self._middleware_chain = convert_exception_to_response(InlineSecurityMiddleware(view))
 
