@@ -118,9 +118,8 @@ def internal_error(request_id: str, exc: BaseException) -> GatewayError:
     or a database outage, which is not a bug: 503, and the client may retry."""
     if isinstance(exc, DATABASE_UNAVAILABLE):
         log.warning("request %s: the database is unavailable: %s", request_id, exc)
-        return GatewayError(
-            503, "The service is temporarily unavailable. Retry shortly.", "database_unavailable", None, {"retry-after": "2"}
-        )
+        message = "The service is temporarily unavailable. Retry shortly."
+        return GatewayError(503, message, "database_unavailable", headers={"retry-after": "2"})
     log.error("request %s failed", request_id, exc_info=exc)
     return GatewayError(500, f"The gateway failed to handle this request (request id {request_id}).", "internal_error")
 
