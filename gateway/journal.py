@@ -40,6 +40,7 @@ import logging
 import threading
 import time
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -57,7 +58,7 @@ from .db import DATABASE_UNAVAILABLE, db_call
 from .limits import UNREACHABLE, aclose, release_request, shared_redis
 
 if TYPE_CHECKING:
-    from .proxy import Call
+    from .lifecycle import Call
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,13 @@ return out
 )
 
 
+# KEYS: zset. ARGV: ids. Due again at once (score 0), if still there.
+_UNCLAIM = """
+for _, id in ipairs(ARGV) do redis.call('ZADD', KEYS[1], 'XX', 0, id) end
+return 1
+"""
+
+
 class _RedisJournal:
     """The journal in Redis, shared by every gateway process and the reconcilers."""
 
@@ -144,7 +152,7 @@ class _RedisJournal:
         if entry is None or entry[0] is not client:
             entry = self._scripts[loop] = (
                 client,
-                *(client.register_script(s) for s in (_OPEN, _DONE, _SPOOL_WRITE, _CLAIM)),
+                *(client.register_script(s) for s in (_OPEN, _DONE, _SPOOL_WRITE, _CLAIM, _UNCLAIM)),
             )
         return entry
 
@@ -160,6 +168,10 @@ class _RedisJournal:
     async def claim(self, names: tuple[str, str], *, age_ms: int, limit: int) -> list[tuple[str, bytes]]:
         reply = await self._bound()[4](keys=list(names), args=[age_ms, int(CLAIM_LEASE_SECONDS * 1000), limit])
         return [(_text(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    async def unclaim(self, names: tuple[str, str], request_ids: list[str]) -> None:
+        if request_ids:
+            await self._bound()[5](keys=[names[0]], args=request_ids)
 
 
 class _MemoryJournal:
@@ -198,6 +210,13 @@ class _MemoryJournal:
                 entries[rid] = (now + CLAIM_LEASE_SECONDS * 1000, data)
                 claimed.append((rid, data))
             return claimed
+
+    async def unclaim(self, names: tuple[str, str], request_ids: list[str]) -> None:
+        with self._lock:
+            entries = self._entries[names]
+            for rid in request_ids:
+                if rid in entries:
+                    entries[rid] = (0.0, entries[rid][1])
 
 
 _redis_journal = _RedisJournal()
@@ -460,11 +479,38 @@ async def _replay_spool() -> int:
     journal = _journal()
     count = 0
     while entries := await journal.claim(_SPOOL, age_ms=0, limit=BATCH):
-        for request_id, data in entries:
-            await db_call(usage_record_write, metered=_metered_load(data))
-            await journal.done(_SPOOL, request_id)
-            count += 1
+        async with _unclaimed_on_failure(journal, _SPOOL, entries) as finished:
+            for request_id, data in entries:
+                finished.add(request_id)  # written, or left to its lease below
+                try:
+                    await db_call(usage_record_write, metered=_metered_load(data))
+                except DATABASE_UNAVAILABLE:
+                    finished.discard(request_id)
+                    raise
+                except Exception:
+                    # A record the database refuses (not an outage) must not hold back the others:
+                    # it stays claimed, comes back after its lease, and says so each time.
+                    log.exception("spooled usage record %s cannot be written: %s", request_id, data)
+                    continue
+                await journal.done(_SPOOL, request_id)
+                count += 1
     return count
+
+
+@asynccontextmanager
+async def _unclaimed_on_failure(journal, names: tuple[str, str], entries: list[tuple[str, bytes]]):
+    """A batch that stops half-way (the database went away again) gives its unfinished claims
+    back at once, rather than leaving them leased: the next reconciler, possibly a second later,
+    takes them. Should Redis be gone too, the lease still brings them back."""
+    finished: set[str] = set()
+    try:
+        yield finished
+    except BaseException:
+        try:
+            await journal.unclaim(names, [rid for rid, _ in entries if rid not in finished])
+        except Exception:
+            log.warning("journal claims not given back; they return when their lease ends", exc_info=True)
+        raise
 
 
 async def reconcile_requests(*, older_than_seconds: float) -> ReconcileResult:
@@ -480,19 +526,23 @@ async def reconcile_requests(*, older_than_seconds: float) -> ReconcileResult:
     interrupted = released = 0
     age_ms = max(0, int(older_than_seconds * 1000))
     while entries := await journal.claim(_TRACES, age_ms=age_ms, limit=BATCH):
-        for request_id, data in entries:
-            trace = orjson.loads(data)
-            if await db_call(_write_interrupted, trace):
-                interrupted += 1
-                log.warning(
-                    "request %s of tenant %s was interrupted: recorded as such", request_id, trace.get("tenant_slug")
-                )
-            month = datetime.fromisoformat(trace["created_at"]).strftime("%Y-%m")
-            if trace["key_id"] is not None:
-                released += await release_request(
-                    tenant_id=trace["tenant_id"], key_id=trace["key_id"], request_id=request_id, month=month
-                )
-            await journal.done(_TRACES, request_id)
+        async with _unclaimed_on_failure(journal, _TRACES, entries) as finished:
+            for request_id, data in entries:
+                trace = orjson.loads(data)
+                if await db_call(_write_interrupted, trace):
+                    interrupted += 1
+                    log.warning(
+                        "request %s of tenant %s was interrupted: recorded as such",
+                        request_id,
+                        trace.get("tenant_slug"),
+                    )
+                month = datetime.fromisoformat(trace["created_at"]).strftime("%Y-%m")
+                if trace["key_id"] is not None:
+                    released += await release_request(
+                        tenant_id=trace["tenant_id"], key_id=trace["key_id"], request_id=request_id, month=month
+                    )
+                await journal.done(_TRACES, request_id)
+                finished.add(request_id)
     return ReconcileResult(replayed=replayed, interrupted=interrupted, released=released)
 
 

@@ -258,6 +258,39 @@ def test_a_claim_that_was_never_finished_comes_back_after_its_lease(priced, empt
     assert result.interrupted == 1
 
 
+def test_a_replay_cut_by_the_database_gives_its_claims_back_at_once(priced, backend, settings):
+    """The database stops answering during a replay: what was not written must be due again at
+    once, not leased for a minute (the live outage test's reconciler, run just after the gateway's
+    own replay had failed, once found a served call without its record)."""
+
+    async def scenario():
+        for i in range(3):
+            await journal.spool(metered=metered_of(priced, f"req-{i}"))
+        settings.GATEWAY_DB_TIMEOUT = 1e-9  # no answer in time: db_call's own bound
+        with pytest.raises(TimeoutError):
+            await journal.reconcile_requests(older_than_seconds=60)
+        return await journal._journal().claim(journal._SPOOL, age_ms=0, limit=10)
+
+    due = run(scenario())
+    assert sorted(rid for rid, _ in due) == ["req-0", "req-1", "req-2"]
+
+
+def test_a_record_the_database_refuses_does_not_hold_back_the_others(priced, backend):
+    refused = metered_of(priced, "req-2")
+    refused = Metered(**{**{f: getattr(refused, f) for f in refused.__dataclass_fields__}, "tenant_id": 10**9})
+
+    async def scenario():
+        for metered in (metered_of(priced, "req-1"), refused, metered_of(priced, "req-3")):
+            await journal.spool(metered=metered)
+        result = await journal.reconcile_requests(older_than_seconds=60)
+        return result, await journal._journal().claim(journal._SPOOL, age_ms=0, limit=10)
+
+    result, due = run(scenario())
+    assert result.replayed == 2
+    assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == ["req-1", "req-3"]
+    assert due == []  # the refused one waits for its lease, and is logged each time
+
+
 def test_the_command_reconciles_and_checks_its_argument(priced, capsys):
     run(journal.trace_open(call=call_of(priced, "req-cmd")))
     call_command("reconcile_requests", "--older-than", "3600")
