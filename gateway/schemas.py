@@ -354,6 +354,11 @@ class ChatRequest(_Open):
     web_search_options: JsonObject | None = None
     functions: list[JsonObject] | None = None
 
+    @property
+    def include_usage(self) -> bool:
+        """Whether the caller asked for the usage chunk at the end of its stream."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
 
 # --- content blocks: Anthropic ---------------------------------------------------------------
 
@@ -525,6 +530,11 @@ class MessagesRequest(_Open):
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
     service_tier: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """An Anthropic stream always carries its usage (message_start, message_delta)."""
+        return True
 
 
 # --- query parameters ------------------------------------------------------------------------

@@ -72,6 +72,8 @@ async def _expand_template(caller: Caller, body: dict, family: str) -> None:
     """
     spec = _PARSERS[family](body).template
     body.pop("template")
+    if spec is None:
+        return  # `"template": null` asks for no template, like any other optional field set to null
     template = await db_call(template_resolve, tenant_id=caller.tenant.id, name=spec.name, version=spec.version)
     if template is None:
         # Another tenant's template of the same name is, for this tenant, simply not there.
@@ -104,7 +106,7 @@ async def _completion(
     *,
     endpoint: str,
     family: str,
-    validate: Callable[[dict], object],
+    validate: Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest],
     render: Callable[[GatewayError], HttpResponse],
 ) -> HttpResponse:
     request_id = _request_id()
@@ -120,11 +122,11 @@ async def _completion(
             call.requested_model = call.model_name = body["model"]
         if "template" in body:
             await _expand_template(caller, body, family)
-        validate(body)
+        parsed = validate(body)
         call.body = body
-        call.stream = body.get("stream", False)
+        call.stream = parsed.stream is True  # `"stream": null` is no stream
         call.cache_control = request.headers.get("cache-control", "").lower()
-        call.include_usage = bool((body.get("stream_options") or {}).get("include_usage")) or family == "anthropic"
+        call.include_usage = parsed.include_usage
         response = await (proxy.stream(call) if call.stream else proxy.complete(call))
     except asyncio.CancelledError:
         # The client hung up. Once the provider was asked, proxy records the outcome itself;
@@ -174,6 +176,7 @@ async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitabl
         return openai_error_response(error)
 
 
+@csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page
 async def models(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
         tenant = caller.tenant
@@ -187,6 +190,7 @@ async def models(request: HttpRequest) -> HttpResponse:
     return await _openai_api(request, handler)
 
 
+@csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
         start, end = schemas.parse_usage_query(request.GET.dict())

@@ -7,6 +7,7 @@ HTTP server: bodies that validate go upstream through the real SDKs.
 """
 
 import asyncio
+from urllib.parse import quote
 
 from django.conf import settings as django_settings
 
@@ -36,7 +37,7 @@ async def asgi_request(
         "method": method,
         "scheme": "http",
         "path": path,
-        "raw_path": path.encode(),
+        "raw_path": quote(path).encode(),
         "query_string": query,
         "root_path": "",
         "headers": raw_headers,
