@@ -180,3 +180,42 @@ def test_what_validates_is_forwarded_exactly_as_sent(upstreams, catalog, alice_k
     assert status == 200, answer
     received = httpx.get(f"{upstreams}/_mock/requests").json()[-1]["body"]
     assert received == {**body, "model": "gpt-4o-mini-2024-07-18"}
+
+
+# --- found by the fuzz test (tests/test_fuzz.py) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, chat(stream=None)),
+        (MESSAGES, anthropic(stream=None)),
+        (MESSAGES, anthropic(model="gpt-test", stream=None)),  # translated
+        (CHAT, chat(template=None)),
+    ],
+)
+def test_null_stream_and_template_mean_absent(upstreams, catalog, alice_key, path, body):
+    """`"stream": null` was stored as a NULL `streamed` (an IntegrityError: 500); `"template":
+    null` failed on its missing name (500)."""
+    status, headers, answer = send(path, alice_key, body)
+    assert status == 200, answer
+    rec = UsageRecord.objects.get(request_id=headers["x-request-id"])
+    assert (rec.status_code, rec.streamed) == (200, False)
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/usage"])
+def test_a_post_to_a_get_endpoint_is_405_in_wire_format_not_a_csrf_page(upstreams, alice_key, path):
+    status, _, answer = send(path, alice_key, b"{}")
+    assert status == 405
+    assert answer["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/logs", "/v1/models", CHAT, MESSAGES])
+def test_a_query_string_that_is_not_utf8_is_a_400_in_wire_format(upstreams, alice_key, path):
+    method = "POST" if path in (CHAT, MESSAGES) else "GET"
+    status, _, answer = send(path, alice_key, orjson.dumps(chat()), method=method, query=b"start=\x80")
+    assert status == 400
+    if path == MESSAGES:
+        assert answer["error"]["type"] == "invalid_request_error"
+    else:
+        assert answer["error"]["code"] == "invalid_request"
