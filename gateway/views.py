@@ -74,12 +74,13 @@ async def _expand_template(caller: Caller, body: dict, family: str) -> None:
     body.pop("template")
     if spec is None:
         return  # `"template": null` asks for no template, like any other optional field set to null
-    template = await db_call(template_resolve, tenant_id=caller.tenant.id, name=spec.name, version=spec.version)
+    name = spec["name"]
+    template = await db_call(template_resolve, tenant_id=caller.tenant.id, name=name, version=spec.get("version"))
     if template is None:
         # Another tenant's template of the same name is, for this tenant, simply not there.
-        raise GatewayError(404, f"The template `{spec.name}` does not exist.", "template_not_found", param="template")
+        raise GatewayError(404, f"The template `{name}` does not exist.", "template_not_found", param="template")
     try:
-        rendered = template_render(messages=template.messages, variables=spec.variables or {})
+        rendered = template_render(messages=template.messages, variables=spec.get("variables") or {})
     except TemplateError as exc:
         raise bad_request(str(exc), param=exc.param or "template.variables") from exc
     own = body.get("messages") or []
