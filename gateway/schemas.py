@@ -182,7 +182,7 @@ class _Function(TypedDict, total=False):
 
 class OpenAIToolCall(TypedDict, total=False):
     id: Required[str]
-    type: str
+    type: str | None
     function: _Function | None
 
 
