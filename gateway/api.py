@@ -28,7 +28,7 @@ from tenants import prompting
 from tenants.models import PromptTemplate
 
 from . import schemas
-from .auth import authenticate
+from .auth import Access, authenticate
 from .errors import GatewayError, bad_request, openai_error_response
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class TemplatesView(TenantAPIView):
     http_method_names = ["get", "post"]
 
     async def get(self, request, *args, **kwargs) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         templates = await sync_to_async(prompting.template_list)(tenant_id=caller.tenant.id)
         data = [
             {
@@ -128,7 +128,7 @@ class TemplatesView(TenantAPIView):
         return _json({"object": "list", "data": data})
 
     async def post(self, request, *args, **kwargs) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.WRITE)
         body = _json_object(request)
         spec = schemas.parse_template_create(body)
         template = await sync_to_async(prompting.template_create_version)(
@@ -147,14 +147,14 @@ class TemplateView(TenantAPIView):
     http_method_names = ["get", "delete"]
 
     async def get(self, request, name: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         template = await sync_to_async(prompting.template_get)(tenant_id=caller.tenant.id, name=_template_name(name))
         if template is None:
             raise _not_found("Template")
         return _json(_template_body(template))
 
     async def delete(self, request, name: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.WRITE)
         deleted = await sync_to_async(prompting.template_delete)(tenant_id=caller.tenant.id, name=_template_name(name))
         if not deleted:
             raise _not_found("Template")
@@ -167,7 +167,7 @@ class TemplateVersionView(TenantAPIView):
     http_method_names = ["get"]
 
     async def get(self, request, name: str, version: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         name = _template_name(name)
         if not version.isascii() or not version.isdigit() or not 0 < int(version) < 2**31:
             raise _not_found("Template version")
@@ -200,7 +200,7 @@ class LogsView(TenantAPIView):
     http_method_names = ["get"]
 
     async def get(self, request, *args, **kwargs) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         query = schemas.parse_logs_query(request.GET.dict())
         page = await sync_to_async(prompting.request_logs_page)(
             tenant_id=caller.tenant.id, limit=query.limit, after=query.after, model=query.model, **query.status
@@ -221,7 +221,7 @@ class LogView(TenantAPIView):
     http_method_names = ["get"]
 
     async def get(self, request, request_id: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         if len(request_id) > 64 or "\x00" in request_id:  # could not be stored: no such log
             raise _not_found("Request log")
         row = await sync_to_async(prompting.request_log_get)(tenant_id=caller.tenant.id, request_id=request_id)

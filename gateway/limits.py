@@ -74,6 +74,8 @@ __all__ = [
     "reconcile_key",
     "reconcile_key_sync",
     "reconcile_sync",
+    "release_request",
+    "release_request_sync",
     "shared_redis",
     "spend_this_month",
 ]
@@ -356,6 +358,28 @@ return redis.call('GET', KEYS[1])
 )
 
 
+# Give back what a request holds when its process is gone (gateway/journal.py's reconciler).
+# KEYS: concurrency tenant, concurrency key, spend, holds, key spend, key holds. ARGV: request id
+# Idempotent: a second call finds no slot and no hold. Returns what was freed.
+_RELEASE = """
+local freed = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1])
+for i = 3, 5, 2 do
+  local held = redis.call('HGET', KEYS[i + 1], ARGV[1])
+  if held then
+    redis.call('HDEL', KEYS[i + 1], ARGV[1])
+    freed = freed + 1
+    -- A missing counter will be initialised from the database, which holds no reservations.
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      if redis.call('DECRBY', KEYS[i], string.match(held, '^%d+')) < 0 then
+        redis.call('SET', KEYS[i], '0', 'KEEPTTL')
+      end
+    end
+  end
+end
+return freed
+"""
+
+
 def _all_keys(keys: _Keys) -> list[str]:
     return [keys.spend, keys.holds, *keys.tpm, *keys.concurrency, keys.key_spend, keys.key_holds]
 
@@ -374,6 +398,7 @@ class _LoopClient:
         self.admit = self.client.register_script(_ADMIT)
         self.settle = self.client.register_script(_SETTLE)
         self.reconcile = self.client.register_script(_RECONCILE)
+        self.release = self.client.register_script(_RELEASE)
 
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient]" = weakref.WeakKeyDictionary()
@@ -473,6 +498,12 @@ class _RedisStore:
 
     async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
         reply = await _client().reconcile(keys=[spend_key, holds_key], args=[units, _horizon_ms(), _SPEND_TTL_SECONDS])
+        return int(reply)
+
+    async def release(self, keys: _Keys, request_id: str) -> int:
+        reply = await _client().release(
+            keys=[*keys.concurrency, keys.spend, keys.holds, keys.key_spend, keys.key_holds], args=[request_id]
+        )
         return int(reply)
 
     async def peek(self, keys: _Keys, *, window: int, since_ms: int) -> tuple[int, int, int | None]:
@@ -581,6 +612,17 @@ class _MemoryStore:
             slots = self._concurrency.get(keys.concurrency[0], {})
             in_flight = sum(1 for started in slots.values() if started >= since_ms)
             return self._used(keys.tpm[0], window), in_flight, self._spend.get(keys.spend)
+
+    async def release(self, keys: _Keys, request_id: str) -> int:
+        with self._lock:
+            freed = sum(self._concurrency.get(key, {}).pop(request_id, None) is not None for key in keys.concurrency)
+            for spend_key in keys.spends:
+                held = self._holds.get(spend_key, {}).pop(request_id, None)
+                if held is not None:
+                    freed += 1
+                    if spend_key in self._spend:
+                        self._spend[spend_key] = max(0, self._spend[spend_key] - held[0])
+            return freed
 
     async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
         horizon = int(time.time() * 1000) - _horizon_ms()
@@ -965,6 +1007,25 @@ def reconcile_sync(tenant_id: int, db_total: Decimal, *, month: str | None = Non
 def reconcile_key_sync(key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
     """`reconcile_key()` for synchronous code (a Celery task): runs on its own event loop."""
     return _run_sync(reconcile_key(key_id, db_total, month=month))
+
+
+async def release_request(*, tenant_id: int, key_id: int, request_id: str, month: str) -> int:
+    """Give back what a request whose process is gone still holds: its concurrency slots (tenant
+    and key) and its budget reservations (tenant and key, of `month`, "YYYY-MM", the month it was
+    admitted in). Tokens-per-minute reservations are left to expire with their window.
+
+    For the reconciler (gateway/journal.py): the request will never settle. Idempotent, and
+    harmless for a request that did settle (nothing of it is left). Returns how many entries were
+    freed. Raises redis' ConnectionError/TimeoutError when Redis is unreachable.
+    """
+    return await _store().release(_keys(tenant_id, key_id, month), request_id)
+
+
+def release_request_sync(*, tenant_id: int, key_id: int, request_id: str, month: str) -> int:
+    """`release_request()` for synchronous code: in process without Redis, else its own loop."""
+    if not _redis_url():
+        return asyncio.run(release_request(tenant_id=tenant_id, key_id=key_id, request_id=request_id, month=month))
+    return _run_sync(release_request(tenant_id=tenant_id, key_id=key_id, request_id=request_id, month=month))
 
 
 # --- A read-only look at a tenant's counters, for the staff admin ---
