@@ -9,7 +9,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import date
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -22,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
-from . import observability, proxy
+from . import observability, proxy, schemas
 from .auth import Access, access_check, authenticate
 from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
@@ -30,9 +29,6 @@ from .lifecycle import Call, internal_error, owned
 from .registry import Caller, catalog, policy
 
 log = logging.getLogger(__name__)
-
-OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-ANTHROPIC_ROLES = frozenset({"user", "assistant"})
 
 
 def _request_id() -> str:
@@ -54,70 +50,41 @@ def _json_body(request: HttpRequest) -> dict:
     return body
 
 
-def _positive_int(body: dict, name: str, *, required: bool = False) -> None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise bad_request(f"`{name}` is required.", param=name)
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise bad_request(f"`{name}` must be a positive integer.", param=name)
+def _validate_chat(body: dict) -> schemas.ChatRequest:
+    return schemas.parse_chat(body)
 
 
-def _validate_common(body: dict, roles: frozenset[str]) -> None:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("`model` is required and must be a string.", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("`messages` must be a non-empty array.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in roles:
-            raise bad_request(
-                f"`messages[{index}].role` must be one of {', '.join(sorted(roles))}.", param=f"messages[{index}]"
-            )
-    if not isinstance(body.get("stream", False), bool):
-        raise bad_request("`stream` must be a boolean.", param="stream")
+def _validate_messages(body: dict) -> schemas.MessagesRequest:
+    return schemas.parse_messages(body)
 
 
-def _validate_chat(body: dict) -> None:
-    _validate_common(body, OPENAI_ROLES)
-    _positive_int(body, "max_tokens")
-    _positive_int(body, "max_completion_tokens")
-    options = body.get("stream_options")
-    if options is not None and (not isinstance(options, dict) or not body.get("stream")):
-        raise bad_request("`stream_options` is only allowed with `stream: true`.", param="stream_options")
-
-
-def _validate_messages(body: dict) -> None:
-    _validate_common(body, ANTHROPIC_ROLES)
-    _positive_int(body, "max_tokens", required=True)
+Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest]
+_PARSERS: dict[str, Validator] = {
+    "openai": schemas.parse_chat,
+    "anthropic": schemas.parse_messages,
+}
 
 
 async def _expand_template(caller: Caller, body: dict, family: str) -> None:
-    """Put a stored template's messages, variables filled in, before the request's own messages."""
-    spec = body.pop("template")
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise bad_request("`template` must be an object with a `name`.", param="template")
-    version = spec.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
-        raise bad_request("`template.version` must be a positive integer.", param="template.version")
-    variables = spec.get("variables") or {}
-    if not isinstance(variables, dict):
-        raise bad_request("`template.variables` must be an object.", param="template.variables")
-    template = await db_call(template_resolve, tenant_id=caller.tenant.id, name=spec["name"], version=version)
+    """Put a stored template's messages, variables filled in, before the request's own messages.
+
+    The body is parsed before the template is expanded, so that an error in the caller's own
+    messages names the index the caller sent; the expanded body is parsed again by the view.
+    """
+    spec = _PARSERS[family](body).template
+    body.pop("template")
+    if spec is None:
+        return  # `"template": null` asks for no template, like any other optional field set to null
+    name = spec["name"]
+    template = await db_call(template_resolve, tenant_id=caller.tenant.id, name=name, version=spec.get("version"))
     if template is None:
         # Another tenant's template of the same name is, for this tenant, simply not there.
-        raise GatewayError(
-            404, f"The template `{spec['name']}` does not exist.", "template_not_found", param="template"
-        )
+        raise GatewayError(404, f"The template `{name}` does not exist.", "template_not_found", param="template")
     try:
-        rendered = template_render(messages=template.messages, variables=variables)
+        rendered = template_render(messages=template.messages, variables=spec.get("variables") or {})
     except TemplateError as exc:
         raise bad_request(str(exc), param=exc.param or "template.variables") from exc
     own = body.get("messages") or []
-    if not isinstance(own, list):
-        raise bad_request("`messages` must be an array.", param="messages")
     if family == "anthropic":
         system = [m["content"] for m in rendered if m.get("role") in ("system", "developer")]
         rendered = [m for m in rendered if m.get("role") not in ("system", "developer")]
@@ -135,7 +102,7 @@ async def _completion(
     *,
     endpoint: str,
     family: str,
-    validate: Callable[[dict], None],
+    validate: Validator,
     render: Callable[[GatewayError], HttpResponse],
 ) -> HttpResponse:
     """Parse, run under the request's owner (gateway.lifecycle), render."""
@@ -166,19 +133,17 @@ async def _completion(
     return response
 
 
-async def _parse(request: HttpRequest, call: Call, validate: Callable[[dict], None]) -> None:
+async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
     body = _json_body(request)
     if isinstance(body.get("model"), str):
         call.requested_model = call.model_name = body["model"]
     if "template" in body:
         await _expand_template(call.caller, body, call.client_family)
-    validate(body)
-    call.body = body
-    call.stream = body.get("stream", False)
+    parsed = validate(body)
+    call.body = body  # the caller's own JSON goes upstream, as sent: the parse vouches for its shape
+    call.stream = parsed.stream is True  # `"stream": null` is no stream
     call.cache_control = request.headers.get("cache-control", "").lower()
-    call.include_usage = (
-        bool((body.get("stream_options") or {}).get("include_usage")) or call.client_family == "anthropic"
-    )
+    call.include_usage = parsed.include_usage
 
 
 @csrf_exempt
@@ -204,6 +169,7 @@ async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitabl
         return openai_error_response(error)
 
 
+@csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page
 async def models(request: HttpRequest) -> HttpResponse:
     """The models this key may call: the tenant's, narrowed by the key's own list, in the tenant's
     region, minus what platform policy blocks (the same rules as `proxy.resolve`)."""
@@ -225,22 +191,11 @@ async def models(request: HttpRequest) -> HttpResponse:
     return await _openai_api(request, handler)
 
 
-def _date_param(request: HttpRequest, name: str) -> date:
-    value = request.GET.get(name, "")
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise bad_request(f"`{name}` must be a date as YYYY-MM-DD.", param=name) from None
-
-
+@csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
         access_check(caller, Access.READ)
-        start, end = _date_param(request, "start"), _date_param(request, "end")
-        if end < start:
-            raise bad_request("`end` must not be before `start`.", param="end")
-        if (end - start).days > 366:
-            raise bad_request("The period may be at most 366 days.", param="end")
+        start, end = schemas.parse_usage_query(request.GET.dict())
         # db_call: bounded by GATEWAY_DB_TIMEOUT; a database that is down is a 503 in JSON (middleware).
         summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end)
         summary["tenant"] = caller.tenant.slug

@@ -10,19 +10,20 @@ hung up are waited for, so that a restart loses none of them.
 import gc
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxy_platform.settings")
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() does
 
-django_application = get_asgi_application()
+from .handlers import ApiASGIHandler, HotPathHandler  # noqa: E402
+
+django_application = ApiASGIHandler()
 
 from django.conf import settings  # noqa: E402  (settings are configured by the line above)
 from django.urls import get_resolver  # noqa: E402
 
 from gateway.metering import drain_pending  # noqa: E402
 from gateway.observability import InFlight  # noqa: E402
-
-from .handlers import HotPathHandler  # noqa: E402
 
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler

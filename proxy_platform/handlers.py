@@ -34,6 +34,26 @@ from django.urls import set_script_prefix
 from gateway.middleware import api_exception_response
 
 
+class WireFormatRequestErrors:
+    """A request Django cannot even build (a query string that is not UTF-8) is refused by
+    `ASGIHandler.create_request` with an empty HTML 400; under /v1/ it is the API's own 400,
+    in the caller's wire format, like every other refusal of the API."""
+
+    def create_request(self, scope, body_file):
+        request, error_response = super().create_request(scope, body_file)
+        if request is None and scope.get("path", "").startswith("/v1/"):
+            from gateway.errors import GatewayError, anthropic_error_response, openai_error_response
+
+            error = GatewayError(400, "The request URL is not valid UTF-8.", "invalid_request")
+            render = anthropic_error_response if scope["path"].startswith("/v1/messages") else openai_error_response
+            error_response = render(error)
+        return request, error_response
+
+
+class ApiASGIHandler(WireFormatRequestErrors, ASGIHandler):
+    """Django's ASGIHandler, for everything but the hot path, with the API's own 400s."""
+
+
 class InlineSecurityMiddleware(SecurityMiddleware):
     """Django's SecurityMiddleware without the two thread hops of a sync middleware under ASGI."""
 
@@ -46,7 +66,7 @@ class InlineSecurityMiddleware(SecurityMiddleware):
         return self.process_response(request, response)
 
 
-class HotPathHandler(ASGIHandler):
+class HotPathHandler(WireFormatRequestErrors, ASGIHandler):
     """ASGIHandler with one inline middleware, inline signals and no per-request thread."""
 
     def load_middleware(self, is_async=False):

@@ -58,7 +58,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "rest_framework",
     "tenants",
     "billing",
     "gateway",
@@ -199,14 +198,6 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # uvicorn serves no static files; in the demo and in DEBUG the ASGI app does (see asgi.py).
 SERVE_STATIC = env_bool("SERVE_STATIC", DEBUG)
-
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": [],
-    "UNAUTHENTICATED_USER": None,
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-}
 
 # Provider credentials and endpoints, by the SDKs' own names (DESIGN §4).
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")

@@ -171,7 +171,8 @@ def template_validate_messages(messages: Any) -> list[dict]:
         extra = sorted(set(message) - {"role", "content", "name"})
         if extra:
             raise TemplateError(f"`{param}` has unknown field(s): {', '.join(extra)}.", param=param)
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:  # a list or an object is not hashable
             raise TemplateError(f"`{param}.role` must be one of {', '.join(sorted(ROLES))}.", param=f"{param}.role")
         if "name" in message:
             if not isinstance(message["name"], str) or not message["name"]:
