@@ -23,6 +23,7 @@ from tenants.models import PromptTemplate
 
 from .auth import authenticate
 from .errors import GatewayError, bad_request, openai_error_response
+from .throttle import tenant_rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class TemplatesView(TenantAPIView):
 
     http_method_names = ["get", "post"]
 
+    @tenant_rate_limited("gw-api-templates")
     async def get(self, request, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request)
         templates = await sync_to_async(prompting.template_list)(tenant_id=caller.tenant.id)
@@ -118,6 +120,7 @@ class TemplatesView(TenantAPIView):
         ]
         return _json({"object": "list", "data": data})
 
+    @tenant_rate_limited("gw-api-templates")
     async def post(self, request, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request)
         body = _json_object(request)
@@ -140,6 +143,7 @@ class TemplateView(TenantAPIView):
 
     http_method_names = ["get", "delete"]
 
+    @tenant_rate_limited("gw-api-templates")
     async def get(self, request, name: str) -> HttpResponse:
         caller = await authenticate(request)
         template = await sync_to_async(prompting.template_get)(tenant_id=caller.tenant.id, name=_template_name(name))
@@ -147,6 +151,7 @@ class TemplateView(TenantAPIView):
             raise _not_found("Template")
         return _json(_template_body(template))
 
+    @tenant_rate_limited("gw-api-templates")
     async def delete(self, request, name: str) -> HttpResponse:
         caller = await authenticate(request)
         deleted = await sync_to_async(prompting.template_delete)(tenant_id=caller.tenant.id, name=_template_name(name))
@@ -160,6 +165,7 @@ class TemplateVersionView(TenantAPIView):
 
     http_method_names = ["get"]
 
+    @tenant_rate_limited("gw-api-templates")
     async def get(self, request, name: str, version: str) -> HttpResponse:
         caller = await authenticate(request)
         name = _template_name(name)
@@ -213,6 +219,7 @@ class LogsView(TenantAPIView):
 
     http_method_names = ["get"]
 
+    @tenant_rate_limited("gw-api-logs")
     async def get(self, request, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request)
         limit = _limit(request)
@@ -243,6 +250,7 @@ class LogView(TenantAPIView):
 
     http_method_names = ["get"]
 
+    @tenant_rate_limited("gw-api-logs")
     async def get(self, request, request_id: str) -> HttpResponse:
         caller = await authenticate(request)
         if len(request_id) > 64 or "\x00" in request_id:  # could not be stored: no such log

@@ -15,11 +15,16 @@ def presented_key(request: HttpRequest) -> str:
 
 async def authenticate(request: HttpRequest) -> Caller:
     """The caller behind the request's key; 401 for a missing, unknown, revoked or expired key
-    (one answer for all of them: the error never says which)."""
+    (one answer for all of them: the error never says which). Looked up once per request: a
+    rate guard (gateway/throttle.py) and the view share the answer."""
+    known = getattr(request, "_gateway_caller", None)
+    if known is not None:
+        return known
     raw = presented_key(request)
     if not raw:
         raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
     caller = await caller_for_key(raw)
     if caller is None:
         raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
+    request._gateway_caller = caller
     return caller

@@ -28,6 +28,7 @@ from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .metering import record, record_detached
 from .registry import Caller, catalog
+from .throttle import tenant_rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ def _date_param(request: HttpRequest, name: str) -> date:
         raise bad_request(f"`{name}` must be a date as YYYY-MM-DD.", param=name) from None
 
 
+@tenant_rate_limited("gw-api-usage")
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
         start, end = _date_param(request, "start"), _date_param(request, "end")

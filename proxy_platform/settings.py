@@ -214,6 +214,11 @@ GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)
 GATEWAY_CONCURRENCY_HORIZON_SECONDS = env_int("GATEWAY_CONCURRENCY_HORIZON_SECONDS", 900)
 GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
 GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
+# django-ratelimit guards (fixed windows on the Django cache): the tenant's REST endpoints
+# (templates, logs, usage; per tenant and group of endpoints, gateway/throttle.py) and the staff
+# admin's login (per client address and per username, proxy_platform/login_guard.py). Empty: off.
+GATEWAY_TENANT_API_RATE = env_str("GATEWAY_TENANT_API_RATE", "600/m")
+ADMIN_LOGIN_RATE = env_str("ADMIN_LOGIN_RATE", "10/m")
 
 # Monitoring (gateway/observability.py). /metrics shows tenants' names, traffic and costs, so it
 # wants `Authorization: Bearer <GATEWAY_METRICS_TOKEN>`; without a token it is open in DEBUG only.
