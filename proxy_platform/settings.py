@@ -153,7 +153,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-budgets": {"task": "billing.tasks.check_budgets", "schedule": 900.0},
     "apply-usage-retention": {"task": "billing.tasks.apply_usage_retention", "schedule": crontab(minute=0, hour=4)},
     # Prompts and responses are kept only as long as each tenant's log_retention_days.
-    # The Redis budget counters (gateway/limits.py) reset to the database's month-to-date spend.
+    # The Redis budget counters (gateway/limits/) reset to the database's month-to-date spend.
     "reconcile-budget-counters": {"task": "gateway.tasks.reconcile_budget_counters", "schedule": 300.0},
     "purge-request-logs": {"task": "tenants.tasks.purge_expired_request_logs", "schedule": crontab(minute=15, hour=4)},
 }
@@ -207,7 +207,7 @@ GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 2)
 # key stops working on every process within this many seconds (DESIGN §2 asks for 5).
 GATEWAY_AUTH_CACHE_SECONDS = env_float("GATEWAY_AUTH_CACHE_SECONDS", 4.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
-# Limits (gateway/limits.py): the tokens-per-minute window, the age after which a slot or budget
+# Limits (gateway/limits/): the tokens-per-minute window, the age after which a slot or budget
 # hold of a crashed process is dropped, Redis timeouts, and the output reserved for a budget
 # check when a request sets no max_tokens.
 GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)

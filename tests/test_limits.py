@@ -312,7 +312,7 @@ def test_requests_per_minute_are_exact_across_processes():
     # that no window ends before both are done.
     server_ms = int(redis.Redis.from_url(REDIS_URL).time()[0]) * 1000
     start_at = server_ms + 4000
-    if 60_000 - start_at % 60_000 < 30_000:
+    if 60_000 - start_at % 60_000 < 15_000:
         start_at += 60_000 - start_at % 60_000 + 1000
     start_at += int(time.time() * 1000) - server_ms  # in this machine's clock, which the children sleep on
     env = {**os.environ, "REDIS_URL": REDIS_URL, "DJANGO_SETTINGS_MODULE": "proxy_platform.settings"}
@@ -706,7 +706,7 @@ def test_reconcile_drops_the_reservations_of_dead_processes(settings, backend, c
     assert run(scenario()) == Decimal("0.91")
 
 
-def test_reconcile_from_synchronous_code():
+def test_reconcile_from_synchronous_code(backend):
     caller = make_caller()
     run(attempt(caller, worst="0.5", budget="2", mtd=from_db("0")))
     assert limits.reconcile_sync(caller.tenant.id, Decimal("1.25")) == Decimal("1.75")
