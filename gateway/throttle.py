@@ -18,6 +18,7 @@ from functools import wraps
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django_ratelimit.core import get_usage
+from rest_framework.request import Request
 
 from .auth import authenticate
 from .errors import GatewayError, openai_error_response
@@ -68,7 +69,7 @@ def tenant_rate_limited(group: str) -> Callable:
     def decorator(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Awaitable[HttpResponse]]:
         @wraps(view)
         async def guarded(*args, **kwargs) -> HttpResponse:
-            request = args[0] if isinstance(args[0], HttpRequest) or hasattr(args[0], "_request") else args[1]
+            request = next(arg for arg in args if isinstance(arg, HttpRequest | Request))
             try:
                 await tenant_api_check(request, group=group)
             except GatewayError as error:

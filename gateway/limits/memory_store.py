@@ -2,7 +2,7 @@
 
 Each method runs without awaiting, under a lock that also keeps it whole against other threads
 (sync_to_async workers, an eager Celery task). Read it side by side with scripts/*.lua: the
-contract tests (tests/test_limits_store.py) hold both stores to the same answers.
+contract tests (tests/test_limits.py) hold both stores to the same answers.
 """
 
 import threading

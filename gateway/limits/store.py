@@ -2,7 +2,7 @@
 
 `RedisStore` (gateway/limits/redis_store.py) runs each step as one Lua script, one round trip,
 atomic across every gateway process. `MemoryStore` (memory_store.py) makes the same decisions
-on dicts for one process (the demo, without REDIS_URL). tests/test_limits_store.py holds both
+on dicts for one process (the demo, without REDIS_URL). tests/test_limits.py holds both
 to one contract.
 """
 
