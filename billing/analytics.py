@@ -29,7 +29,6 @@ from django.db import connection
 from django.db.models import (
     Case,
     Count,
-    DecimalField,
     IntegerField,
     OuterRef,
     Q,
@@ -44,6 +43,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from tenants.models import ApiKey, Tenant
 
 from . import latency
+from .aggregates import MoneySum, MoneySumField, money_from_db
 from .models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
 from .periods import day_start, days, month_start
 from .pricing import Price, Tokens, request_cost
@@ -87,13 +87,17 @@ class Measure:
     raw_where: Q | None = None
 
     @property
+    def _sum(self) -> type[Sum]:
+        return MoneySum if self.kind is Decimal else Sum  # money: exact on SQLite too
+
+    @property
     def rollup(self) -> Sum:
-        return Sum(self.rollup_field, filter=_and(self.where, self.rollup_where))
+        return self._sum(self.rollup_field, filter=_and(self.where, self.rollup_where))
 
     @property
     def raw(self) -> Sum | Count:
         where = _and(self.where, self.raw_where)
-        return Count("id", filter=where) if self.raw_field is None else Sum(self.raw_field, filter=where)
+        return Count("id", filter=where) if self.raw_field is None else self._sum(self.raw_field, filter=where)
 
     def restricted(self, *, rollup_where: Q, raw_where: Q) -> "Measure":
         return replace(
@@ -150,8 +154,7 @@ def _value(kind: type, value):
         return kind(0)
     if kind is int:
         return int(value)
-    # SQLite (the demo) hands sums of decimals back as floats.
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    return money_from_db(value)  # on SQLite, MoneySum's integer count of 10⁻¹² units
 
 
 def _day(value) -> date:
@@ -536,13 +539,13 @@ def _key_month_spend(*, tenant_id: int, today: date):
             tenant_id=tenant_id, api_key_id=OuterRef("pk"), created_at__gte=day_start(month_start(today))
         )
         .values("api_key_id")
-        .annotate(total=Sum("cost"))
+        .annotate(total=MoneySum("cost"))
         .values("total")
     )
     return Case(
         When(monthly_budget__isnull=False, then=Coalesce(Subquery(spend), Value(ZERO))),
         default=Value(None),
-        output_field=DecimalField(max_digits=28, decimal_places=12),
+        output_field=MoneySumField(),  # a DecimalField would misread SQLite's scaled integer
     )
 
 

@@ -7,7 +7,6 @@ stays, below it) and one more page, /admin/analytics/. It is the default site
 billing/analytics.py; this module parses the period, checks permissions, and renders.
 """
 
-import csv
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -30,6 +29,7 @@ from .analytics import (
     tenant_comparison,
 )
 from .charts import Point, bar_chart
+from .csvsafe import csv_writer
 from .periods import month_start, previous_month
 from .selectors import utc_today
 
@@ -275,7 +275,7 @@ class PlatformAdminSite(admin.AdminSite):
         response["Content-Disposition"] = (
             f'attachment; filename="tenants-{period.start.isoformat()}-{period.end.isoformat()}.csv"'
         )
-        writer = csv.writer(response)
+        writer = csv_writer(response)  # tenant names and plans are anyone's text: defused
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             writer.writerow(comparison_csv_row(row, period))

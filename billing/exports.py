@@ -4,16 +4,16 @@ One row per invoice line (an invoice without lines gets one row with the line co
 UTF-8, one header row, CRLF line ends, ordered by period, invoice number and line position.
 Amounts are plain decimals with two places; quantities and unit prices carry their full
 precision without trailing zeros. Text that a spreadsheet would take for a formula is quoted
-with a leading apostrophe.
+with a leading apostrophe (billing/csvsafe.py, like every CSV the project writes).
 """
 
-import csv
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import TextIO
 
 from django.db.models import QuerySet
 
+from .csvsafe import csv_writer
 from .models import Invoice, InvoiceLine
 from .selectors import money_str
 
@@ -35,10 +35,6 @@ CSV_COLUMNS = [
 ]
 
 
-def _text(value: str) -> str:
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def _plain(value: Decimal) -> str:
     """Full precision, no exponent, no trailing zeros: "1234567", "0.075", "12.3456789"."""
     text = f"{value.normalize():f}"
@@ -51,12 +47,12 @@ def _cents(value: Decimal) -> str:
 
 def _invoice_columns(invoice: Invoice) -> list[str]:
     return [
-        _text(invoice.number),
-        _text(invoice.tenant.slug),
+        invoice.number,
+        invoice.tenant.slug,
         invoice.period.isoformat(),
         invoice.period_end.isoformat(),
         invoice.status,
-        _text(invoice.currency),
+        invoice.currency,
     ]
 
 
@@ -74,9 +70,9 @@ def _rows(invoices: QuerySet[Invoice]) -> Iterable[list[str]]:
             yield [
                 *head,
                 line.line_type,
-                _text(line.model),
+                line.model,
                 _plain(line.quantity),
-                _text(line.unit),
+                line.unit,
                 money_str(line.unit_price) if line.unit_price >= 0 else "-" + money_str(-line.unit_price),
                 _cents(line.amount),
                 *tail,
@@ -85,7 +81,7 @@ def _rows(invoices: QuerySet[Invoice]) -> Iterable[list[str]]:
 
 def invoices_csv_write(*, invoices: QuerySet[Invoice], out: TextIO) -> int:
     """Write the CSV of these invoices to `out` (opened with newline=""); returns the data rows."""
-    writer = csv.writer(out, lineterminator="\r\n")
+    writer = csv_writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     count = 0
     for row in _rows(invoices):

@@ -16,6 +16,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from .aggregates import MoneySum, money_from_db
 from .models import (
     Invoice,
     InvoiceRun,
@@ -111,8 +112,7 @@ def _union_grouped(parts: list[QuerySet], key: str, columns: dict[str, type]) ->
 def _as(kind: type, value):
     if kind is int:
         return int(value)
-    # SQLite (the demo) hands sums of decimals back as floats.
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    return money_from_db(value)  # on SQLite, MoneySum's integer count of 10⁻¹² units
 
 
 def _merge_totals(totals: Iterable[dict]) -> dict:
@@ -131,7 +131,7 @@ _RAW_TOTALS = {
     "s_cache_hits": Count("id", filter=Q(cache_hit=True)),
     "s_input_tokens": Coalesce(Sum("input_tokens"), 0),
     "s_output_tokens": Coalesce(Sum("output_tokens"), 0),
-    "s_cost": Coalesce(Sum("cost"), _ZERO),
+    "s_cost": Coalesce(MoneySum("cost"), _ZERO),
 }
 _ROLLUP_TOTALS = {
     "s_requests": Coalesce(Sum("requests"), 0),
@@ -139,7 +139,7 @@ _ROLLUP_TOTALS = {
     "s_cache_hits": Coalesce(Sum("requests", filter=Q(cache_hit=True)), 0),
     "s_input_tokens": Coalesce(Sum("input_tokens"), 0),
     "s_output_tokens": Coalesce(Sum("output_tokens"), 0),
-    "s_cost": Coalesce(Sum("cost"), _ZERO),
+    "s_cost": Coalesce(MoneySum("cost"), _ZERO),
 }
 
 
@@ -161,7 +161,7 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
                 s_requests=Sum("requests") if is_rollup else Count("id"),
                 s_input_tokens=Sum("input_tokens"),
                 s_output_tokens=Sum("output_tokens"),
-                s_cost=Sum("cost"),
+                s_cost=MoneySum("cost"),
             )
             for qs, is_rollup in parts
         ],
@@ -177,7 +177,7 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
                     if is_rollup
                     else Count("id", filter=Q(status_code__gte=400))
                 ),
-                s_cost=Sum("cost"),
+                s_cost=MoneySum("cost"),
             )
             for qs, is_rollup in parts
         ],
@@ -237,7 +237,7 @@ def billable_usage(*, start: date, end: date, today: date | None = None) -> list
                 cached_sum=Sum("cached_input_tokens"),
                 write_sum=Sum("cache_write_tokens"),
                 output_sum=Sum("output_tokens"),
-                cost_sum=Sum("cost"),
+                cost_sum=MoneySum("cost"),
             )
             .order_by()
         )
@@ -270,7 +270,7 @@ def invoices_for_period(*, period: date) -> QuerySet[Invoice]:
 
 def shared_cost_total(*, period: date) -> dict[str, Decimal]:
     """The month's shared infrastructure cost per currency."""
-    rows = SharedCost.objects.filter(period=period).values("currency").annotate(total=Sum("amount")).order_by()
+    rows = SharedCost.objects.filter(period=period).values("currency").annotate(total=MoneySum("amount")).order_by()
     return {row["currency"]: row["total"] for row in rows}
 
 
@@ -298,8 +298,8 @@ def finance_summary(*, period: date) -> list[FinanceRow]:
         Invoice.objects.filter(period=period)
         .select_related("tenant")
         .annotate(
-            usage_amount=Coalesce(Sum("lines__amount", filter=Q(lines__line_type__in=usage_types)), _ZERO),
-            shared_amount=Coalesce(Sum("lines__amount", filter=Q(lines__line_type="shared_cost")), _ZERO),
+            usage_amount=Coalesce(MoneySum("lines__amount", filter=Q(lines__line_type__in=usage_types)), _ZERO),
+            shared_amount=Coalesce(MoneySum("lines__amount", filter=Q(lines__line_type="shared_cost")), _ZERO),
         )
         .order_by("tenant__slug", "number")
     )

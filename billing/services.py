@@ -23,6 +23,7 @@ from tenants.crypto import decrypt, encrypt
 from tenants.models import Tenant
 
 from . import latency
+from .aggregates import MoneySum, money_sum_sql
 from .invoicing import (
     ZERO,
     CostMismatch,
@@ -94,6 +95,14 @@ def subscriptions_set_plan(*, tenants: list, plan: Plan) -> int:
     return len(ids)
 
 
+def usage_cost(*, metered: Metered) -> Decimal:
+    """The cost `usage_record_create` stores for `metered`: also what a record spooled through a
+    database outage (gateway/journal.py) settles its budget with before it is written."""
+    if metered.price is None or metered.cache_hit:
+        return Decimal(0)
+    return request_cost(tokens=metered.tokens, price=metered.price)
+
+
 def usage_record_create(*, metered: Metered) -> UsageRecord:
     """Record one request with its cost, computed here once and never again (DESIGN §3).
 
@@ -101,9 +110,7 @@ def usage_record_create(*, metered: Metered) -> UsageRecord:
     cache hit, whose saving is the cost it would have had.
     """
     tokens = metered.tokens
-    cost = Decimal(0)
-    if metered.price is not None and not metered.cache_hit:
-        cost = request_cost(tokens=tokens, price=metered.price)
+    cost = usage_cost(metered=metered)
     return UsageRecord.objects.create(
         request_id=metered.request_id,
         created_at=metered.created_at,
@@ -156,7 +163,7 @@ def _rollup_insert_sql() -> str:
         "estimated",
         *_ROLLUP_SUMS,
     ]
-    sums = ", ".join(f"SUM({quote(c)})" for c in _ROLLUP_SUMS)
+    sums = ", ".join(money_sum_sql(quote(c)) if c == "cost" else f"SUM({quote(c)})" for c in _ROLLUP_SUMS)
     histogram = latency.bucket_sql(quote("latency_ms"))
     columns += [name for name, _ in histogram]
     buckets = ", ".join(expression for _, expression in histogram)
@@ -656,9 +663,9 @@ def month_to_date_spend(*, tenant_id: int, now: datetime) -> Decimal:
     """
     start, end = period_bounds(month_start(now.astimezone(UTC).date()))
     total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=start, created_at__lt=end).aggregate(
-        total=Coalesce(Sum("cost"), ZERO)
+        total=Coalesce(MoneySum("cost"), ZERO)
     )["total"]
-    return total if isinstance(total, Decimal) else Decimal(str(total))
+    return total
 
 
 def month_to_date_spend_by_key(*, tenant_id: int, key_ids: Collection[int], now: datetime) -> dict[int, Decimal]:
@@ -673,11 +680,11 @@ def month_to_date_spend_by_key(*, tenant_id: int, key_ids: Collection[int], now:
             tenant_id=tenant_id, api_key_id__in=list(key_ids), created_at__gte=start, created_at__lt=end
         )
         .values("api_key_id")
-        .annotate(total=Sum("cost"))
+        .annotate(total=MoneySum("cost"))
         .order_by()
     )
     totals = {row["api_key_id"]: row["total"] for row in rows}
-    return {key_id: Decimal(str(totals.get(key_id) or 0)) for key_id in key_ids}
+    return {key_id: totals.get(key_id) or ZERO for key_id in key_ids}
 
 
 def _budget_alerts_insert(

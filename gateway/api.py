@@ -21,7 +21,7 @@ from rest_framework.renderers import JSONRenderer
 from tenants import prompting
 from tenants.models import PromptTemplate
 
-from .auth import authenticate
+from .auth import Access, authenticate
 from .errors import GatewayError, bad_request, openai_error_response
 from .throttle import tenant_rate_limited
 
@@ -106,7 +106,7 @@ class TemplatesView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-templates")
     async def get(self, request, *args, **kwargs) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         templates = await sync_to_async(prompting.template_list)(tenant_id=caller.tenant.id)
         data = [
             {
@@ -122,7 +122,7 @@ class TemplatesView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-templates")
     async def post(self, request, *args, **kwargs) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.WRITE)
         body = _json_object(request)
         unknown = sorted(body.keys() - TEMPLATE_FIELDS)
         if unknown:
@@ -145,7 +145,7 @@ class TemplateView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-templates")
     async def get(self, request, name: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         template = await sync_to_async(prompting.template_get)(tenant_id=caller.tenant.id, name=_template_name(name))
         if template is None:
             raise _not_found("Template")
@@ -153,7 +153,7 @@ class TemplateView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-templates")
     async def delete(self, request, name: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.WRITE)
         deleted = await sync_to_async(prompting.template_delete)(tenant_id=caller.tenant.id, name=_template_name(name))
         if not deleted:
             raise _not_found("Template")
@@ -167,7 +167,7 @@ class TemplateVersionView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-templates")
     async def get(self, request, name: str, version: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         name = _template_name(name)
         if not version.isascii() or not version.isdigit() or not 0 < int(version) < 2**31:
             raise _not_found("Template version")
@@ -221,7 +221,7 @@ class LogsView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-logs")
     async def get(self, request, *args, **kwargs) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         limit = _limit(request)
         after = None
         if cursor := request.GET.get("after"):
@@ -252,7 +252,7 @@ class LogView(TenantAPIView):
 
     @tenant_rate_limited("gw-api-logs")
     async def get(self, request, request_id: str) -> HttpResponse:
-        caller = await authenticate(request)
+        caller = await authenticate(request, access=Access.READ)
         if len(request_id) > 64 or "\x00" in request_id:  # could not be stored: no such log
             raise _not_found("Request log")
         row = await sync_to_async(prompting.request_log_get)(tenant_id=caller.tenant.id, request_id=request_id)

@@ -1,9 +1,35 @@
-"""Who is calling: the tenant key from `Authorization: Bearer`, `x-api-key` or `api-key` (DESIGN §2)."""
+"""Who is calling, and what a caller may do: the tenant key from `Authorization: Bearer`,
+`x-api-key` or `api-key` (DESIGN §2), and what a suspended tenant may still do.
+
+Every tenant endpoint says what it does with an `Access`; `access_check` is the one place that
+decides, from the tenant's status, whether it may. A suspended tenant may still read what it has
+(its usage, to understand its bill; its request logs and prompt templates, to take them
+elsewhere), and nothing else: no model calls, no model list (it may use none), no template
+created or deleted. Each refusal is a 403 `tenant_suspended` in the caller's wire format.
+"""
+
+import enum
 
 from django.http import HttpRequest
 
 from .errors import GatewayError
 from .registry import Caller, caller_for_key
+
+
+class Access(enum.Enum):
+    USE = "use"  # models: /v1/chat/completions, /v1/messages, /v1/models
+    READ = "read"  # the tenant's own records: /v1/usage, /v1/logs…, GET /v1/templates…
+    WRITE = "write"  # the tenant's own objects: POST /v1/templates, DELETE /v1/templates/{name}
+
+
+SUSPENDED_TENANT_MAY = frozenset({Access.READ})
+SUSPENDED_MESSAGE = "This tenant is suspended. Contact the platform operator."
+
+
+def access_check(caller: Caller, access: Access) -> None:
+    """403 `tenant_suspended` unless the caller's tenant may do this (see the module's docstring)."""
+    if not caller.tenant.active and access not in SUSPENDED_TENANT_MAY:
+        raise GatewayError(403, SUSPENDED_MESSAGE, "tenant_suspended")
 
 
 def presented_key(request: HttpRequest) -> str:
@@ -13,18 +39,21 @@ def presented_key(request: HttpRequest) -> str:
     return request.headers.get("x-api-key") or request.headers.get("api-key") or ""
 
 
-async def authenticate(request: HttpRequest) -> Caller:
+async def authenticate(request: HttpRequest, *, access: Access | None = None) -> Caller:
     """The caller behind the request's key; 401 for a missing, unknown, revoked or expired key
-    (one answer for all of them: the error never says which). Looked up once per request: a
-    rate guard (gateway/throttle.py) and the view share the answer."""
-    known = getattr(request, "_gateway_caller", None)
-    if known is not None:
-        return known
-    raw = presented_key(request)
-    if not raw:
-        raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
-    caller = await caller_for_key(raw)
+    (one answer for all of them: the error never says which). With `access`, also 403 when the
+    tenant may not do that; without, the caller checks later (the completion endpoints do, in
+    `proxy.resolve`, so that the refusal is metered like any other). The key is looked up once
+    per request: a rate guard (gateway/throttle.py) and the view share the answer."""
+    caller = getattr(request, "_gateway_caller", None)
     if caller is None:
-        raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
-    request._gateway_caller = caller
+        raw = presented_key(request)
+        if not raw:
+            raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
+        caller = await caller_for_key(raw)
+        if caller is None:
+            raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
+        request._gateway_caller = caller
+    if access is not None:
+        access_check(caller, access)
     return caller

@@ -14,12 +14,11 @@ from decimal import Decimal
 from django.db import transaction
 
 from billing.pricing import Tokens
-from billing.services import Metered, budget_alerts_check, usage_record_create
+from billing.services import Metered, budget_alerts_check
 from tenants.models import ApiKey, RequestLog
 
-from . import observability
-from .db import db_call
-from .limits import Admission
+from . import journal, observability
+from .db import DATABASE_UNAVAILABLE, db_call
 from .tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ class LogEntry:
 
 
 def _write(metered: Metered, log_entry: LogEntry | None, touch_key: bool, check_budget: bool) -> Decimal:
-    cost = usage_record_create(metered=metered).cost
+    cost = journal.usage_record_write(metered=metered).cost
     if log_entry is not None:
         # Separately, after the usage record: a log that cannot be stored must never cost a record.
         try:
@@ -152,42 +151,43 @@ def _due_for_touch(key_id: int | None) -> bool:
     return True
 
 
-async def record(metered: Metered, log_entry: LogEntry | None = None, admission: Admission | None = None) -> None:
-    """Commit the usage record (and request log), then settle the request's limits with its real
-    tokens and cost. Awaited before the response ends (DESIGN §2 step 6).
+async def record(metered: Metered, log_entry: LogEntry | None = None, *, budgeted: bool = False) -> Decimal:
+    """Commit the usage record (and request log) and return its cost. Awaited before the response
+    ends (DESIGN §2 step 6). Only `gateway.lifecycle.Owner` calls it, and then settles the limits.
+    `budgeted`: the request counts against its tenant's budget, whose alert thresholds it may cross.
     """
-    check_budget = _due_for_budget_check(metered.tenant_id, admission is not None and admission.budgeted)
+    check_budget = _due_for_budget_check(metered.tenant_id, budgeted)
     try:
         cost = await db_call(_write, metered, log_entry, _due_for_touch(metered.api_key_id), check_budget)
+    except DATABASE_UNAVAILABLE:
+        # The database is down or hangs: the record waits in the journal (its request log is
+        # dropped), and the request ends as if it had been committed (gateway/journal.py).
+        cost = await journal.spool(metered=metered)
+        if cost is None:
+            observability.request_finished(metered, cost=None)
+            raise
     except BaseException:
         observability.request_finished(metered, cost=None)  # the request still gets its line, without a cost
         raise
+    else:
+        if metered.deployment_id is not None:  # a provider was called: there is a trace to close
+            await journal.trace_done(request_id=metered.request_id)
+        if flush := journal.after_commit():
+            keep_alive(flush)
     observability.request_finished(metered, cost=cost)
-    if admission is not None:
-        tokens = metered.tokens
-        # A cache hit used no provider tokens: it costs nothing of the tokens-per-minute limit.
-        used = 0 if metered.cache_hit else tokens.input + tokens.output
-        await admission.settle(tokens=used, cost=cost)
-
-
-def record_detached(metered: Metered, log_entry: LogEntry | None = None, admission: Admission | None = None) -> None:
-    """Record from a request being cancelled: the write continues on its own task."""
-    keep_alive(asyncio.get_running_loop().create_task(_record_logged(metered, log_entry, admission)))
+    return cost
 
 
 def keep_alive(task: asyncio.Future) -> None:
     """Hold a task that no request awaits any more until it is done (`drain_pending` waits for it)."""
     _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    task.add_done_callback(_forget)
 
 
-async def _record_logged(metered: Metered, log_entry: LogEntry | None, admission: Admission | None) -> None:
-    try:
-        await record(metered, log_entry, admission)
-    except Exception:
-        log.exception("usage record %s could not be written", metered.request_id)
-        if admission is not None:
-            await admission.release()
+def _forget(task: asyncio.Future) -> None:
+    _pending.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: whoever needed the error has handled or logged it
 
 
 async def drain_pending() -> None:

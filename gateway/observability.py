@@ -217,7 +217,7 @@ def request_finished(metered: Metered, *, cost: Decimal | None) -> None:
 
     `cost` is the usage record's cost, or None when the record could not be written.
     """
-    # The provider is set exactly when the model resolved in the catalog (proxy.Call.metered).
+    # The provider is set exactly when the model resolved in the catalog (lifecycle.Call.metered).
     model = metered.model if metered.provider else ""
     try:
         _count(metered, model, cost)

@@ -1,100 +1,37 @@
 """One proxied completion, from an authenticated caller to a metered response (DESIGN §2).
 
-`Call` carries what is known about the request as it advances; `complete()` and `stream()`
-route it to a deployment (falling back on retryable upstream failures), translate formats
-when the client's endpoint and the provider differ, and commit the usage record before the
-response ends. Errors are `GatewayError`s; the view renders them and records them.
+`complete()` and `stream()` resolve the model under the tenant's policy, admit the request
+through its owner (`gateway.lifecycle`), route it to a deployment (falling back on retryable
+upstream failures), and translate formats when the client's endpoint and the provider differ.
+How the request ended is told to the owner, which records and settles it once, before the
+response ends. Errors are `GatewayError`s; the view renders them.
 """
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import orjson
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
-from django.utils import timezone
 
 from billing.pricing import Tokens, worst_case_cost
-from billing.services import Metered
 
-from . import observability, translate
+from . import journal, observability, translate
+from .auth import Access, access_check
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
+from .lifecycle import Call, Outcome, Owner
 from .limits import Admission, admit
-from .metering import (
-    LogEntry,
-    estimate_output_tokens,
-    estimate_prompt_tokens,
-    keep_alive,
-    record,
-    record_detached,
-    tokens_from_usage,
-)
+from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive, tokens_from_usage
 from .providers import Adapter, EventStream, ProviderError, adapter_for
-from .registry import Caller, DeploymentView, ModelView, PriceView, catalog, key_month_to_date, month_to_date, policy
+from .providers.base import GATEWAY_REQUEST_ID
+from .registry import DeploymentView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
+from .tokenizer import prompt_token_bound
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Call:
-    request_id: str
-    endpoint: str  # "chat" or "messages"
-    client_family: str  # the wire format the caller speaks: "openai" or "anthropic"
-    caller: Caller
-    started: float = field(default_factory=time.perf_counter)
-    created_at: datetime = field(default_factory=timezone.now)
-    body: dict = field(default_factory=dict)
-    requested_model: str = ""  # as the client said it (maybe a tenant alias); echoed in responses
-    model_name: str = ""  # the catalog name it resolved to; recorded and billed
-    stream: bool = False
-    include_usage: bool = False
-    model: ModelView | None = None
-    price: PriceView | None = None
-    deployment: DeploymentView | None = None
-    admission: Admission | None = None  # the request's place in its limits, once admitted
-    cache_control: str = ""  # the request's Cache-Control header, lower case
-    cache_status: str = ""  # "hit" or "miss" when the tenant has a response cache
-    client_gone: bool = False  # the client hung up while the upstream call was on its way
-
-    def log_entry(self, response: dict | None) -> LogEntry | None:
-        return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
-
-    def metered(
-        self,
-        *,
-        status: int,
-        error_type: str = "",
-        tokens: Tokens | None = None,
-        estimated: bool = False,
-        cache_hit: bool = False,
-    ):
-        deployment = self.deployment
-        return Metered(
-            request_id=self.request_id,
-            created_at=self.created_at,
-            tenant_id=self.caller.tenant.id,
-            api_key_id=self.caller.key_id,
-            model=self.model_name.replace("\x00", ""),  # PostgreSQL text holds no NUL
-            provider=deployment.provider if deployment else (self.model.provider if self.model else ""),
-            upstream_model=deployment.upstream if deployment else "",
-            endpoint=self.endpoint,
-            status_code=status,
-            error_type=error_type,
-            tokens=tokens or Tokens(),
-            price_id=self.price.id if self.price else None,
-            price=self.price.price if self.price else None,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            streamed=self.stream,
-            estimated=estimated,
-            cache_hit=cache_hit,
-            tenant_slug=self.caller.tenant.slug,
-            deployment_id=deployment.id if deployment else None,
-        )
+__all__ = ["Call", "complete", "stream"]
 
 
 async def resolve(call: Call) -> list[DeploymentView]:
@@ -106,8 +43,7 @@ async def resolve(call: Call) -> list[DeploymentView]:
     rules = await policy()
     if rules.maintenance_message:
         raise GatewayError(503, rules.maintenance_message, "maintenance")
-    if not tenant.active:
-        raise GatewayError(403, "This tenant is suspended. Contact the platform operator.", "tenant_suspended")
+    access_check(call.caller, Access.USE)  # a suspended tenant: 403 tenant_suspended (gateway/auth.py)
     call.model_name = tenant.model_aliases.get(call.requested_model, call.requested_model)
     model = (await catalog()).get(call.model_name)
     if model is None:
@@ -178,13 +114,17 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
     body[field_name] = min(body.get(field_name) or cap, cap)
 
 
-async def admit_call(call: Call) -> None:
-    """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it."""
+async def admit_call(call: Call) -> Admission:
+    """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it.
+
+    The prompt is held at an upper bound of what it can be billed (`prompt_token_bound`), by the
+    catalog model's provider: the deployment is not chosen yet, and settlement corrects the hold.
+    """
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = estimate_prompt_tokens(call.body)
+    prompt = call.prompt_estimate = prompt_token_bound(call.body, provider=call.model.provider, model=call.model.name)
     max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
-    call.admission = await admit(
+    return await admit(
         caller=call.caller,
         request_id=call.request_id,
         prompt_tokens=prompt,
@@ -245,12 +185,16 @@ def gateway_error(exc: ProviderError) -> GatewayError:
 async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation):
     """Try deployments in order; move on only for failures another deployment may not have."""
     failure: ProviderError | None = None
+    GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     for deployment in deployments:
         call.deployment = deployment
+        # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
+        await journal.trace_open(call=call)
         # A tenant's own provider account (bring your own key) takes precedence over ours.
         secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:
             adapter = adapter_for(deployment.provider, base_url=own_base_url or deployment.base_url, api_key=secret)
+            call.upstream_asked = True
             return adapter, await operation(adapter, upstream_body(call, deployment, adapter.family))
         except ProviderError as exc:
             failure = exc
@@ -264,9 +208,9 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
     raise gateway_error(failure)
 
 
-async def complete(call: Call) -> HttpResponse:
+async def complete(call: Call, owner: Owner) -> HttpResponse:
     deployments = await resolve(call)
-    await admit_call(call)
+    await owner.admit(lambda: admit_call(call))
     ttl = call.caller.tenant.response_cache_seconds
     key = cache_key(
         tenant_id=call.caller.tenant.id,
@@ -282,46 +226,23 @@ async def complete(call: Call) -> HttpResponse:
         if cached is not None:
             # Billed at zero; the tokens it would have used, at the price in force, are its saving.
             result = {**cached.response, "model": call.requested_model}
-            await record(
-                call.metered(status=200, tokens=cached.tokens, cache_hit=True), call.log_entry(result), call.admission
-            )
+            await owner.finish(Outcome(status=200, tokens=cached.tokens, cache_hit=True, response=result))
             return HttpResponse(orjson.dumps(result), content_type="application/json")
-
-    # The provider answers (and bills us) whether or not our client is still there, so the call
-    # runs on a task of its own: a client that hangs up cancels this coroutine, not the call,
-    # whose outcome is then recorded with the provider's own numbers as `client_disconnected`.
-    answer = asyncio.ensure_future(_answer(call, deployments, cache_entry=key, ttl=ttl))
+    answer = owner.hand_over(_answer(call, owner, deployments, cache_entry=key, ttl=ttl))
     try:
         return await asyncio.shield(answer)
     except asyncio.CancelledError:
+        # The client hung up: the answer is still recorded, with the provider's own numbers, as
+        # `client_disconnected` (the task finishes the request itself).
         call.client_gone = True
-        keep_alive(asyncio.ensure_future(_outlive_client(call, answer)))
         raise
 
 
-async def _outlive_client(call: Call, answer: asyncio.Future) -> None:
-    try:
-        await answer
-    except GatewayError:
-        pass  # recorded by _answer
-    except Exception:
-        log.exception("request %s: the answer to a client that hung up could not be recorded", call.request_id)
-        if call.admission is not None:
-            await call.admission.release()
-
-
-async def _answer(call: Call, deployments: list[DeploymentView], *, cache_entry: str | None, ttl: int | None):
+async def _answer(call: Call, owner: Owner, deployments: list[DeploymentView], *, cache_entry: str | None, ttl):
     async def operation(adapter: Adapter, body: dict) -> dict:
         return await adapter.complete(body)
 
-    try:
-        adapter, result = await _first_that_answers(call, deployments, operation)
-    except GatewayError as error:
-        if call.client_gone:  # nobody is left to record it: the view was cancelled
-            await record(call.metered(status=error.status, error_type=error.code))
-            if call.admission is not None:
-                await call.admission.release()
-        raise
+    adapter, result = await _first_that_answers(call, deployments, operation)
     usage = result.get("usage")
     if isinstance(usage, dict):
         tokens, estimated = tokens_from_usage(adapter.family, usage), False
@@ -335,19 +256,18 @@ async def _answer(call: Call, deployments: list[DeploymentView], *, cache_entry:
         )
     else:
         result = translate.openai_response_to_anthropic(result, model=call.requested_model)
-    if call.client_gone:
-        outcome = {"status": 499, "error_type": "client_disconnected"}
-    else:
-        outcome = {"status": 200}
-    await record(call.metered(**outcome, tokens=tokens, estimated=estimated), call.log_entry(result), call.admission)
+    status, error_type = (499, "client_disconnected") if call.client_gone else (200, "")
+    await owner.finish(
+        Outcome(status=status, error_type=error_type, tokens=tokens, estimated=estimated, response=result)
+    )
     if not estimated:  # a hit must know exactly what it saves
         await cache_store(cache_entry, Cached(response=result, tokens=tokens), ttl=ttl)
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
 
-async def stream(call: Call) -> StreamingHttpResponse:
+async def stream(call: Call, owner: Owner) -> StreamingHttpResponse:
     deployments = await resolve(call)
-    await admit_call(call)
+    await owner.admit(lambda: admit_call(call))
 
     async def operation(adapter: Adapter, body: dict) -> EventStream:
         return await adapter.open_stream(body)
@@ -361,7 +281,13 @@ async def stream(call: Call) -> StreamingHttpResponse:
         request_id=call.request_id,
         prompt_estimate=estimate_prompt_tokens(call.body),
     )
-    response = StreamingHttpResponse(_relay(call, events, processor), content_type="text/event-stream")
+
+    def abandoned() -> Outcome:
+        # The client left before the first byte: the provider was streaming to us all the same.
+        keep_closing(events)
+        return _partial(call, processor, error_type="client_disconnected", status=499)
+
+    response = owner.stream(lambda owner: _relay(call, owner, events, processor), on_abandon=abandoned)
     response["cache-control"] = "no-cache"
     response["x-accel-buffering"] = "no"
     return response
@@ -379,8 +305,21 @@ def _stream_tokens(call: Call, processor, *, complete: bool) -> tuple[Tokens, bo
     return Tokens(input=prompt, cached_input=cached, cache_write=write, output=output), True
 
 
-async def _relay(call: Call, events: EventStream, processor):
-    """The body of a streamed response. Nothing is retried once the first byte has gone out."""
+def _partial(call: Call, processor, *, error_type: str, status: int = 200) -> Outcome:
+    """A stream that did not end as it should: what was generated so far, estimated."""
+    tokens, _ = _stream_tokens(call, processor, complete=False)
+    return Outcome(
+        status=status,
+        error_type=error_type,
+        tokens=tokens,
+        estimated=True,
+        response={"content": processor.text, "incomplete": error_type},
+    )
+
+
+async def _relay(call: Call, owner: Owner, events: EventStream, processor):
+    """The body of a streamed response; it owns the request until it ends, however it ends.
+    Nothing is retried once the first byte has gone out."""
     error: tuple[str, str] | None = None
     try:
         try:
@@ -393,31 +332,36 @@ async def _relay(call: Call, events: EventStream, processor):
             error = ("api_error", f"The upstream provider ({exc.provider}) broke off the stream.")
         finally:
             await _close_quietly(events)
-    except (asyncio.CancelledError, GeneratorExit):
-        # The client went away: count what was generated so far, on a task of its own.
-        tokens, _ = _stream_tokens(call, processor, complete=False)
-        record_detached(
-            call.metered(status=499, error_type="client_disconnected", tokens=tokens, estimated=True),
-            call.log_entry({"content": processor.text, "incomplete": "client_disconnected"}),
-            call.admission,
-        )
-        raise
-    if error is None:
-        tokens, estimated = _stream_tokens(call, processor, complete=True)
-        await record(
-            call.metered(status=200, tokens=tokens, estimated=estimated), call.log_entry({"content": processor.text})
-        )
-        for frame in processor.finish():
-            yield frame
-        return
-    tokens, estimated = _stream_tokens(call, processor, complete=False)
-    await record(
-        call.metered(status=200, error_type="upstream_stream_error", tokens=tokens, estimated=estimated),
-        call.log_entry({"content": processor.text, "incomplete": error[0]}),
-        call.admission,
-    )
-    for frame in processor.error_frame(*error):
+        if error is None:
+            tokens, estimated = _stream_tokens(call, processor, complete=True)
+            outcome = Outcome(status=200, tokens=tokens, estimated=estimated, response={"content": processor.text})
+            await owner.finish(outcome)  # committed before the client sees the end
+            # A record kept nowhere (database and journal both down): the client must not take
+            # the answer as complete and billed; its SDK raises on the error event.
+            frames = processor.finish() if owner.recorded else processor.error_frame("api_error", _unrecorded(call))
+        else:
+            await owner.finish(_partial(call, processor, error_type="upstream_stream_error"))
+            frames = processor.error_frame(*error)
+    except Exception as exc:
+        # Our own failure mid-stream: the client is told in-band, as the provider would.
+        log.error("request %s: the stream failed", call.request_id, exc_info=exc)
+        owner.finish_soon(_partial(call, processor, error_type="internal_error"))
+        message = f"The gateway failed to finish this stream (request id {call.request_id})."
+        frames = processor.error_frame("api_error", message)
+    finally:
+        # The client went away (the generator is closed or cancelled): count what was generated.
+        if not owner.finished:
+            owner.finish_soon(_partial(call, processor, error_type="client_disconnected", status=499))
+    for frame in frames:
         yield frame
+
+
+def _unrecorded(call: Call) -> str:
+    return f"The gateway failed to finish this response (request id {call.request_id}). It may be retried."
+
+
+def keep_closing(events: EventStream) -> None:
+    keep_alive(asyncio.ensure_future(_close_quietly(events)))
 
 
 async def _close_quietly(events: EventStream) -> None:

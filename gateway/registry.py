@@ -12,9 +12,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
+from billing.aggregates import MoneySum
 from billing.models import ModelPrice, Subscription, UsageRecord
 from billing.pricing import Price
 from billing.services import month_to_date_spend_by_key
@@ -255,7 +256,9 @@ def _load_catalog() -> dict[str, ModelView]:
 def _month_to_date(tenant_id: int) -> Decimal:
     now = timezone.now()
     since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since).aggregate(total=Sum("cost"))["total"]
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since).aggregate(total=MoneySum("cost"))[
+        "total"
+    ]
     return total or Decimal(0)
 
 

@@ -1,6 +1,8 @@
-"""Celery tasks of the gateway: keeping its Redis counters true to the database."""
+"""Celery tasks of the gateway: keeping its Redis counters true to the database, and every served
+request billed (the journal's reconciler)."""
 
 from celery import shared_task
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -8,6 +10,7 @@ from billing.models import Subscription
 from billing.services import month_to_date_spend, month_to_date_spend_by_key
 from tenants.models import ApiKey
 
+from .journal import reconcile_requests_sync
 from .limits import reconcile_key_sync, reconcile_sync
 
 
@@ -45,3 +48,11 @@ def reconcile_budget_counters() -> int:
             reconcile_key_sync(key_id, total, month=month)
             count += 1
     return count
+
+
+@shared_task(acks_late=True)
+def reconcile_requests() -> dict:
+    """Write the journal's spooled usage records and record the requests of dead processes as
+    `interrupted` (gateway/journal.py). Idempotent and safe beside another run: entries are claimed."""
+    result = reconcile_requests_sync(older_than_seconds=settings.GATEWAY_RECONCILE_AFTER_SECONDS)
+    return {"replayed": result.replayed, "interrupted": result.interrupted, "released": result.released}

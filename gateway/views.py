@@ -23,11 +23,11 @@ from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import observability, proxy
-from .auth import authenticate
+from .auth import Access, access_check, authenticate
 from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
-from .metering import record, record_detached
-from .registry import Caller, catalog
+from .lifecycle import Call, internal_error, owned
+from .registry import Caller, catalog, policy
 from .throttle import tenant_rate_limited
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,6 @@ def _text_parts(content: list) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def _internal_error(request_id: str, exc: Exception) -> GatewayError:
-    log.error("request %s failed", request_id, exc_info=exc)
-    # Nothing of the exception reaches the client: no stack, no SQL, no upstream detail.
-    return GatewayError(500, f"The gateway failed to handle this request (request id {request_id}).", "internal_error")
-
-
 async def _completion(
     request: HttpRequest,
     *,
@@ -145,48 +139,47 @@ async def _completion(
     validate: Callable[[dict], None],
     render: Callable[[GatewayError], HttpResponse],
 ) -> HttpResponse:
+    """Parse, run under the request's owner (gateway.lifecycle), render."""
     request_id = _request_id()
-    call = None
     try:
         if request.method != "POST":
             raise GatewayError(405, "Use POST.", "method_not_allowed")
         caller = await authenticate(request)
-        observability.request_attributed(request, tenant=caller.tenant.slug)
-        call = proxy.Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
-        body = _json_body(request)
-        if isinstance(body.get("model"), str):
-            call.requested_model = call.model_name = body["model"]
-        if "template" in body:
-            await _expand_template(caller, body, family)
-        validate(body)
-        call.body = body
-        call.stream = body.get("stream", False)
-        call.cache_control = request.headers.get("cache-control", "").lower()
-        call.include_usage = bool((body.get("stream_options") or {}).get("include_usage")) or family == "anthropic"
-        response = await (proxy.stream(call) if call.stream else proxy.complete(call))
-    except asyncio.CancelledError:
-        # The client hung up. Once the provider was asked, proxy records the outcome itself;
-        # before that there is nothing to bill, but the request is never forgotten.
-        if call is not None and not call.client_gone:
-            record_detached(call.metered(status=499, error_type="client_disconnected"), None, call.admission)
-        raise
     except Exception as exc:
-        error = exc if isinstance(exc, GatewayError) else _internal_error(request_id, exc)
-        if call is not None:
-            # A failed request of a known tenant is billed at zero but never forgotten.
-            await record(call.metered(status=error.status, error_type=error.code))
-            if call.admission is not None:
-                await call.admission.release()
-        else:
-            observability.request_unattributed(request, request_id=request_id, endpoint=endpoint, error=error)
+        error = exc if isinstance(exc, GatewayError) else internal_error(request_id, exc)
+        observability.request_unattributed(request, request_id=request_id, endpoint=endpoint, error=error)
         response = render(error)
-    if call is not None and call.admission is not None:
-        for name, value in call.admission.headers.items():
-            response.setdefault(name, value)
-    if call is not None and call.cache_status:
+        response["x-request-id"] = request_id
+        return response
+    observability.request_attributed(request, tenant=caller.tenant.slug)
+    call = Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
+    try:
+        async with owned(call) as owner:
+            await _parse(request, call, validate)
+            response = await (proxy.stream(call, owner) if call.stream else proxy.complete(call, owner))
+    except GatewayError as error:
+        response = render(error)
+    for name, value in owner.headers.items():
+        response.setdefault(name, value)
+    if call.cache_status:
         response["x-cache"] = call.cache_status
     response["x-request-id"] = request_id
     return response
+
+
+async def _parse(request: HttpRequest, call: Call, validate: Callable[[dict], None]) -> None:
+    body = _json_body(request)
+    if isinstance(body.get("model"), str):
+        call.requested_model = call.model_name = body["model"]
+    if "template" in body:
+        await _expand_template(call.caller, body, call.client_family)
+    validate(body)
+    call.body = body
+    call.stream = body.get("stream", False)
+    call.cache_control = request.headers.get("cache-control", "").lower()
+    call.include_usage = (
+        bool((body.get("stream_options") or {}).get("include_usage")) or call.client_family == "anthropic"
+    )
 
 
 @csrf_exempt
@@ -213,12 +206,20 @@ async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitabl
 
 
 async def models(request: HttpRequest) -> HttpResponse:
+    """The models this key may call: the tenant's, narrowed by the key's own list, in the tenant's
+    region, minus what platform policy blocks (the same rules as `proxy.resolve`)."""
+
     async def handler(caller: Caller) -> HttpResponse:
+        access_check(caller, Access.USE)
         tenant = caller.tenant
+        rules = await policy()
         data = [
             {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
             for m in sorted((await catalog()).values(), key=lambda m: m.name)
-            if tenant.may_use(m) and m.deployments_in(tenant.region)
+            if caller.may_use(m)
+            and m.deployments_in(tenant.region)
+            and m.name not in rules.blocked_models
+            and m.provider not in rules.blocked_providers
         ]
         return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
@@ -236,12 +237,14 @@ def _date_param(request: HttpRequest, name: str) -> date:
 @tenant_rate_limited("gw-api-usage")
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
+        access_check(caller, Access.READ)
         start, end = _date_param(request, "start"), _date_param(request, "end")
         if end < start:
             raise bad_request("`end` must not be before `start`.", param="end")
         if (end - start).days > 366:
             raise bad_request("The period may be at most 366 days.", param="end")
-        summary = await sync_to_async(usage_summary)(tenant_id=caller.tenant.id, start=start, end=end)
+        # db_call: bounded by GATEWAY_DB_TIMEOUT; a database that is down is a 503 in JSON (middleware).
+        summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end)
         summary["tenant"] = caller.tenant.slug
         return HttpResponse(orjson.dumps(summary, default=str), content_type="application/json")
 

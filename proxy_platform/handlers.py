@@ -31,6 +31,8 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
 
+from gateway.middleware import api_exception_response
+
 
 class InlineSecurityMiddleware(SecurityMiddleware):
     """Django's SecurityMiddleware without the two thread hops of a sync middleware under ASGI."""
@@ -50,7 +52,9 @@ class HotPathHandler(ASGIHandler):
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []
-        self._exception_middleware = []
+        # An exception that escapes a completion view is the API's JSON error, never Django's
+        # HTML 500 (gateway/middleware.py).
+        self._exception_middleware = [api_exception_response]
         view = convert_exception_to_response(self._get_response_async)
         self._middleware_chain = convert_exception_to_response(InlineSecurityMiddleware(view))
 
@@ -82,7 +86,7 @@ class HotPathHandler(ASGIHandler):
             return response
 
         # As Django does: watch for a disconnect while the view runs, and cancel the view if so
-        # (a cancelled stream still records its usage: gateway.proxy._relay).
+        # (a cancelled request is still recorded and settled: gateway.lifecycle).
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(process_request(request, send)),

@@ -72,6 +72,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so first to see a view's exception: on /v1/* it is answered as the API's JSON error.
+    "gateway.middleware.ApiErrorMiddleware",
 ]
 
 ROOT_URLCONF = "proxy_platform.urls"
@@ -98,10 +100,21 @@ DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", f"sqlite:/
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A pool instead of persistent connections: under ASGI every request may land on another
     # thread, and the pool hands connections back when Django closes them.
+    # Bounded waits (README "Operations"): a PostgreSQL that is down or unreachable costs a request
+    # about DATABASE_POOL_TIMEOUT seconds (the wait for a pooled connection; psycopg_pool's own
+    # default is 30 s), a new connection DATABASE_CONNECT_TIMEOUT (libpq's connect_timeout, 2 s at
+    # least), and one that hangs mid-query GATEWAY_DB_TIMEOUT (gateway/db.py).
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DATABASE_POOL_MIN", 2),
         "max_size": env_int("DATABASE_POOL_MAX", 10),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 2.0),
     }
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 2))
+    # Server side, for every process on these settings (so the rollups too): off unless set.
+    if env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0) > 0:
+        DATABASES["default"]["OPTIONS"]["options"] = (
+            f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 0)}"
+        )
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the demo's gateway write usage while the admin reads it.
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
@@ -155,6 +168,12 @@ CELERY_BEAT_SCHEDULE = {
     # Prompts and responses are kept only as long as each tenant's log_retention_days.
     # The Redis budget counters (gateway/limits/) reset to the database's month-to-date spend.
     "reconcile-budget-counters": {"task": "gateway.tasks.reconcile_budget_counters", "schedule": 300.0},
+    # Usage records spooled through a database outage are written; requests whose process died
+    # are recorded as `interrupted` and their limits given back (gateway/journal.py).
+    "reconcile-requests": {
+        "task": "gateway.tasks.reconcile_requests",
+        "schedule": env_float("GATEWAY_RECONCILE_INTERVAL_SECONDS", 60.0),
+    },
     "purge-request-logs": {"task": "tenants.tasks.purge_expired_request_logs", "schedule": crontab(minute=15, hour=4)},
 }
 # Days after a month ends during which its invoices stay drafts (late usage still comes in).
@@ -214,6 +233,13 @@ GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)
 GATEWAY_CONCURRENCY_HORIZON_SECONDS = env_int("GATEWAY_CONCURRENCY_HORIZON_SECONDS", 900)
 GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
 GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
+# The longest a request waits on one database call of the gateway (gateway/db.py), then 503 (or,
+# for a usage record, the journal). Redis calls are bounded by GATEWAY_LIMITS_REDIS_TIMEOUT.
+GATEWAY_DB_TIMEOUT = env_float("GATEWAY_DB_TIMEOUT", 3.0)
+# The reconciler (gateway/journal.py, `manage.py reconcile_requests`): a write-ahead trace older
+# than this with no usage record is a request whose process died; recorded as `interrupted`.
+# Longer than any request should last: a live request's real record replaces an interrupted one.
+GATEWAY_RECONCILE_AFTER_SECONDS = env_float("GATEWAY_RECONCILE_AFTER_SECONDS", 600.0)
 # django-ratelimit guards (fixed windows on the Django cache): the tenant's REST endpoints
 # (templates, logs, usage; per tenant and group of endpoints, gateway/throttle.py) and the staff
 # admin's login (per client address and per username, proxy_platform/login_guard.py). Empty: off.

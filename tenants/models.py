@@ -75,7 +75,8 @@ class ApiKey(models.Model):
     """A tenant's key to the gateway. Only a keyed hash of the secret is stored (DESIGN §9).
 
     `prefix` and `last4` are kept so that staff and the tenant can recognise a key without
-    the secret: "tpk_AbC…wxyz".
+    the secret: "tpk_AbCd…wxyz". An imported key keeps less, or nothing when it is short
+    (`tenants.keys.key_display_parts`): "…wxyz", "…".
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")

@@ -51,6 +51,7 @@ def test_every_beat_entry_names_a_registered_task():
         "apply-usage-retention",
         "purge-request-logs",
         "reconcile-budget-counters",
+        "reconcile-requests",
     }
     app.loader.import_default_modules()  # what a worker does at boot: autodiscover every app's tasks
     registered = set(app.tasks)

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from billing.models import UsageRecord
+from gateway.mock.server import billing_encoding
 from gateway.tokenizer import count_message_tokens, count_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,13 +56,19 @@ def last_upstream_request(mock_llm) -> dict:
 def upstream_prompt_tokens(received: dict) -> int:
     """What the mock counts for the prompt it received, computed here independently."""
     body = received["body"]
-    total = count_message_tokens(body["messages"])
+    encoding = billing_encoding(body["model"])
+    total = count_message_tokens(body["messages"], encoding=encoding)
     system = body.get("system")
     if isinstance(system, str):
-        total += count_tokens(system)
+        total += count_tokens(system, encoding=encoding)
     elif isinstance(system, list):
-        total += sum(count_tokens(block.get("text", "")) for block in system)
+        total += sum(count_tokens(block.get("text", ""), encoding=encoding) for block in system)
     return total
+
+
+def billed_output(model: str, text: str) -> int:
+    """The reply's tokens as the mock bills them: in the encoding of the catalog model's upstream."""
+    return count_tokens(text, encoding=billing_encoding(UPSTREAM[model]))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -82,7 +89,7 @@ def test_chat_completion_json_is_answered_and_metered_exactly(gateway, mock_llm,
     assert received["body"]["model"] == UPSTREAM[model]
     usage = completion.usage
     assert usage.prompt_tokens == upstream_prompt_tokens(received)
-    assert usage.completion_tokens == count_tokens(completion.choices[0].message.content)
+    assert usage.completion_tokens == billed_output(model, completion.choices[0].message.content)
 
     rec = record_for(raw.headers["x-request-id"])
     assert (rec.model, rec.endpoint, rec.status_code, rec.error_type) == (model, "chat", 200, "")
@@ -112,7 +119,7 @@ def test_messages_json_is_answered_and_metered_exactly(gateway, mock_llm, catalo
     received = last_upstream_request(mock_llm)
     assert received["body"]["model"] == UPSTREAM[model]
     assert message.usage.input_tokens == upstream_prompt_tokens(received)
-    assert message.usage.output_tokens == count_tokens(message.content[0].text)
+    assert message.usage.output_tokens == billed_output(model, message.content[0].text)
 
     rec = record_for(raw.headers["x-request-id"])
     assert (rec.endpoint, rec.status_code) == ("messages", 200)
@@ -137,7 +144,7 @@ def test_chat_stream_sends_usage_chunk_only_when_asked(gateway, catalog, alice_k
 
     rec = record_for(raw.headers["x-request-id"])
     assert (rec.streamed, rec.estimated, rec.status_code) == (True, False, 200)
-    assert rec.output_tokens == count_tokens(text)
+    assert rec.output_tokens == billed_output(model, text)
     assert rec.cost == expected_cost(model, input=rec.input_tokens, output=rec.output_tokens)
     if include_usage:
         assert len(usage_chunks) == 1
@@ -171,7 +178,7 @@ def test_messages_stream_is_answered_and_metered(gateway, catalog, alice_key, mo
 
     rec = record_for(raw.headers["x-request-id"])
     assert (rec.streamed, rec.estimated) == (True, False)
-    assert rec.output_tokens == count_tokens(text) == final.usage.output_tokens
+    assert rec.output_tokens == billed_output(model, text) == final.usage.output_tokens
     assert rec.cost == expected_cost(model, input=rec.input_tokens, output=rec.output_tokens)
 
 

@@ -1103,7 +1103,7 @@ def test_release_request_frees_slots_and_holds_and_is_idempotent(backend, clock)
     assert run(scenario()) == (Decimal("0.15"), Decimal("0.25"))
 
 
-def test_release_request_from_synchronous_code(backend, clock):
+def test_release_request_sync_frees_the_slot_and_gives_the_hold_back(backend, clock):
     caller = make_caller(concurrent=1)
     run(attempt(caller, worst="0.3", budget="1", request_id="sync-1"))
     assert limits.live_usage_sync(caller.tenant.id).in_flight == 1
@@ -1125,3 +1125,39 @@ def test_the_redis_store_uses_redis_time_unless_a_clock_is_injected():
     )
     with limits.use_clock(limits.ManualClock(MINUTE_START_MS + 59_000)):
         assert run(attempt(make_caller(rpm=5))).headers["x-ratelimit-reset-requests"] == "1s"
+
+
+def test_release_request_gives_back_the_slots_and_holds_of_a_dead_request_once(backend):
+    caller = make_caller(concurrent=1, key_concurrent=1, key_budget="5")
+    month = spend_key(caller.tenant.id).rsplit(":", 1)[1]
+
+    async def scenario():
+        await attempt(caller, worst="0.4", budget="10", request_id="dead")  # its process died
+        survivor = another_key(caller)
+        refused_meanwhile = await attempt(survivor, worst="0.1", budget="10")
+        freed = await limits.release_request(
+            tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead", month=month
+        )
+        again = await limits.release_request(
+            tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead", month=month
+        )
+        spends = await limits.spend_this_month(caller.tenant.id), await limits.key_spend_this_month(caller.key.id)
+        after = await attempt(caller, worst="0.4", budget="10")
+        return refused_meanwhile, freed, again, spends, after
+
+    refused_meanwhile, freed, again, spends, after = run(scenario())
+    assert refused_meanwhile.code == "concurrency_limit"  # the tenant's one slot was the dead request's
+    assert (freed, again) == (4, 0)  # tenant and key slots, tenant and key holds; then nothing
+    assert spends == (Decimal(0), Decimal(0))
+    assert isinstance(after, limits.Admission)
+
+
+def test_release_request_from_synchronous_code(backend):
+    caller = make_caller(concurrent=1)
+    month = spend_key(caller.tenant.id).rsplit(":", 1)[1]
+    run(attempt(caller, request_id="dead"))
+    assert (
+        limits.release_request_sync(tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead", month=month)
+        == 1
+    )
+    assert isinstance(run(attempt(caller)), limits.Admission)

@@ -59,3 +59,8 @@ def test_live_usage_counts_the_requests_of_the_current_minute(backend):
         assert limits.live_usage_sync(caller.tenant.id).requests_this_minute == 3  # a refusal is not counted
         clock.advance(30)  # the next minute
         assert limits.live_usage_sync(caller.tenant.id).requests_this_minute == 0
+
+
+def test_the_gateway_hands_its_reader_to_billing():
+    # Registered by GatewayConfig.ready(): billing never imports the gateway.
+    assert analytics._live_limits_provider is limits.live_usage_sync

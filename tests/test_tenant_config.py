@@ -291,7 +291,7 @@ def test_a_new_key_in_the_file_replaces_the_previous_config_key(db):
 
     changes = config_apply(document=document)
 
-    assert "revoke old config key of tenant_a (ta…_xxx)" in changes
+    assert "revoke old config key of tenant_a (…)" in changes  # a short key shows nothing of itself
     assert api_key_for_secret(raw_key="ta_xxx") is None
     assert api_key_for_secret(raw_key="ta_rotated").tenant == tenant
     assert api_key_for_secret(raw_key=other).tenant == tenant  # keys made elsewhere are left alone

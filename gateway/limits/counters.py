@@ -88,19 +88,20 @@ def reconcile_key_sync(key_id: int, db_total: Decimal, *, month: str | None = No
     return run_sync(reconcile_key(key_id, db_total, month=month))
 
 
-async def release_request(*, tenant_id: int, key_id: int, request_id: str, month: str) -> None:
+async def release_request(*, tenant_id: int, key_id: int, request_id: str, month: str) -> int:
     """Free what a request id still holds: its concurrency slots (tenant's and key's) and its
     budget holds on the tenant's and the key's counters of `month` (YYYY-MM), the held units
     given back. For the request reconciler, when the process that admitted the request died
     before settling it. Idempotent, and safe when nothing is held (or the slot already expired).
-    Its tokens-per-minute reservation is left to expire with its window. Raises redis'
-    ConnectionError/TimeoutError when Redis is unreachable, so that the caller can retry."""
-    await store().release(keys_for(tenant_id, key_id, month), request_id)
+    Its tokens-per-minute reservation is left to expire with its window. Returns how many slots
+    and holds were freed. Raises redis' ConnectionError/TimeoutError when Redis is unreachable,
+    so that the caller can retry."""
+    return await store().release(keys_for(tenant_id, key_id, month), request_id)
 
 
-def release_request_sync(*, tenant_id: int, key_id: int, request_id: str, month: str) -> None:
+def release_request_sync(*, tenant_id: int, key_id: int, request_id: str, month: str) -> int:
     """`release_request()` for synchronous code: runs on its own event loop."""
-    run_sync(release_request(tenant_id=tenant_id, key_id=key_id, request_id=request_id, month=month))
+    return run_sync(release_request(tenant_id=tenant_id, key_id=key_id, request_id=request_id, month=month))
 
 
 # --- A read-only look at a tenant's counters, for the staff admin ---

@@ -16,17 +16,21 @@ Endpoints
 
 Replies are deterministic: "Mock reply from <model>:" followed by words picked from a CRC of the last
 user message ("<model>" is the request's model, or the deployment name on Azure, which is also the
-response's `model`). Usage comes from `gateway.tokenizer`:
+response's `model`). Usage is a real BPE count (`gateway.tokenizer`), in the encoding a provider would
+bill with (`billing_encoding(model)`): cl100k_base for gpt-4 / gpt-3.5 names and, standing in for Claude's
+own tokenizer (which no package ships), for claude-* names; o200k_base for every other name.
     OpenAI/Azure  prompt_tokens = count_message_tokens(messages), completion_tokens = count_tokens(reply)
     Anthropic     total input = count_message_tokens(messages) + count_tokens(system text), split into
                   input_tokens + cache_creation_input_tokens + cache_read_input_tokens (input EXCLUDES cache);
                   output_tokens = count_tokens(reply)
+count_message_tokens counts each message's text (its text blocks joined by a space) plus 4 per message and 2.
 A tool call's output tokens are count_tokens(name) + count_tokens(arguments JSON).
 The reply is cut at the first `stop` / `stop_sequences` string, then to `max_completion_tokens` /
-`max_tokens` pieces ("length" / "max_tokens"); otherwise it ends with "stop" / "end_turn".
+`max_tokens` tokens ("length" / "max_tokens", billed as that many); otherwise it ends with "stop" / "end_turn".
 
-Streams send one content chunk per counted token piece (so a text stream has exactly completion_tokens
-content chunks; an empty reply still sends one). OpenAI: the first chunk carries `delta.role`, the last
+Streams send one content chunk per token (`split_tokens`: a token that ends inside a UTF-8 character travels
+with the next, which never happens to the ASCII replies, so a text stream has exactly completion_tokens content
+chunks; an empty reply still sends one). OpenAI: the first chunk carries `delta.role`, the last
 content chunk `finish_reason`; with `stream_options.include_usage` every chunk has `"usage": null` and a
 last chunk with `choices: []` carries the usage, then `data: [DONE]`. Azure streams start, like the real
 service, with a chunk whose `choices` is empty and which holds `prompt_filter_results`. Anthropic:
@@ -44,7 +48,7 @@ an unknown or malformed one is a 400, so that a typo does not pass silently):
     [[mock:cached=N]]          N cached prompt tokens: OpenAI cached_tokens (inside prompt_tokens);
                                Anthropic cache_read_input_tokens (outside input_tokens)
     [[mock:cache_write=N]]     Anthropic cache_creation_input_tokens (outside input_tokens)
-    [[mock:words=N]]           a reply of exactly N token pieces (before max_tokens)
+    [[mock:words=N]]           a reply of exactly N tokens (before max_tokens)
     [[mock:latency_ms=N]]      wait N ms before the first byte (overrides --latency-ms)
     [[mock:chunk_delay_ms=N]]  wait N ms between stream chunks (overrides --chunk-delay-ms)
     [[mock:break_after=K]]     send K content chunks, then drop the connection mid-body: no usage, no
@@ -83,7 +87,15 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from gateway.tokenizer import count_message_tokens, count_tokens, split_tokens
+from gateway.tokenizer import (
+    CL100K,
+    O200K,
+    count_message_tokens,
+    count_tokens,
+    encoding_for_model,
+    split_tokens,
+    text_of,
+)
 
 Scope = MutableMapping[str, Any]
 AsgiMessage = MutableMapping[str, Any]
@@ -214,7 +226,7 @@ def openai_exchange(body: Json, *, deployment: str | None) -> Exchange:
     prompt_text = _last_user_text(messages)
     return Exchange(
         model=model,
-        prompt_tokens=prompt_tokens(messages),
+        prompt_tokens=prompt_tokens(messages, encoding=billing_encoding(model)),
         prompt_text=prompt_text,
         max_tokens=max_tokens,
         stops=_stop_strings(body.get("stop")),
@@ -247,7 +259,7 @@ def anthropic_exchange(body: Json) -> Exchange:
     prompt_text = _last_user_text(messages)
     return Exchange(
         model=model,
-        prompt_tokens=prompt_tokens(messages, body.get("system")),
+        prompt_tokens=prompt_tokens(messages, body.get("system"), encoding=billing_encoding(model)),
         prompt_text=prompt_text,
         max_tokens=max_tokens,
         stops=_stop_strings(body.get("stop_sequences")),
@@ -258,18 +270,25 @@ def anthropic_exchange(body: Json) -> Exchange:
     )
 
 
-def prompt_tokens(messages: list[Any], system: object = None) -> int:
+def billing_encoding(model: str) -> str:
+    """The BPE the mock bills `model` with: the OpenAI model's own, cl100k for Claude, else o200k."""
+    if isinstance(model, str) and model.lower().startswith("claude"):
+        return CL100K
+    return encoding_for_model(model) if isinstance(model, str) and encoding_for_model(model) else O200K
+
+
+def prompt_tokens(messages: list[Any], system: object = None, *, encoding: str = O200K) -> int:
     """count_message_tokens(messages) + count_tokens(system text), memoised on the serialized prompt.
 
     Counting is most of the mock's CPU time per request, and benchmarks send the same prompt again and again.
     """
-    return _count_serialized_prompt(orjson.dumps([messages, system]))
+    return _count_serialized_prompt(orjson.dumps([messages, system]), encoding)
 
 
 @functools.lru_cache(maxsize=2048)
-def _count_serialized_prompt(serialized: bytes) -> int:
+def _count_serialized_prompt(serialized: bytes, encoding: str) -> int:
     messages, system = orjson.loads(serialized)
-    return count_message_tokens(messages) + count_tokens(_text_of(system))
+    return count_message_tokens(messages, encoding=encoding) + count_tokens(text_of(system), encoding=encoding)
 
 
 def _optional_count(body: Json, key: str) -> int | None:
@@ -289,17 +308,7 @@ def _stop_strings(value: object) -> tuple[str, ...]:
 def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
-
-
-def _text_of(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+            return text_of(message.get("content"))
     return ""
 
 
@@ -385,32 +394,15 @@ class Usage:
     output_tokens: int
 
 
-def token_pieces(text: str) -> list[str]:
-    """`split_tokens`, with uncounted whitespace and skipped characters glued to the next piece.
-
-    One piece per token `count_tokens` counts, and the pieces join back to the text exactly, so that
-    chunk count equals completion tokens and streamed text equals the JSON reply.
+def token_pieces(text: str, *, encoding: str = O200K) -> list[str]:
+    """`split_tokens`: one piece per token, joining back to the text exactly, so that chunk count
+    equals completion tokens and streamed text equals the JSON reply.
     """
-    pieces: list[str] = []
-    pending = ""
-    cursor = 0
-    for piece in split_tokens(text):
-        start = text.index(piece, cursor)
-        pending += text[cursor:start]  # characters no token pattern matches, such as "_"
-        cursor = start + len(piece)
-        if piece.isspace() and "\n" not in piece:
-            pending += piece
-            continue
-        pieces.append(pending + piece)
-        pending = ""
-    pending += text[cursor:]
-    if pending and pieces:
-        pieces[-1] += pending
-    return pieces
+    return split_tokens(text, encoding=encoding)
 
 
 def reply_text(model: str, prompt: str, words: int | None = None) -> str:
-    """The reply: `Mock reply from <model>:`, then words picked by a CRC of the prompt; `words` pieces if given."""
+    """The reply: `Mock reply from <model>:`, then words picked by a CRC of the prompt; `words` tokens if given."""
     state = zlib.crc32(prompt.encode())
     count = 8 + state % 17 if words is None else words
     chosen = []
@@ -418,7 +410,7 @@ def reply_text(model: str, prompt: str, words: int | None = None) -> str:
         state = (state * 1103515245 + 12345) & 0x7FFFFFFF  # an LCG: the same words on every machine
         chosen.append(_VOCABULARY[(state >> 16) % len(_VOCABULARY)])
     text = f"Mock reply from {model}:" + "".join(" " + word for word in chosen)
-    return text if words is None else "".join(token_pieces(text)[:words])
+    return text if words is None else "".join(token_pieces(text, encoding=billing_encoding(model))[:words])
 
 
 def tool_arguments(schema: Json) -> Json:
@@ -439,21 +431,25 @@ def tool_arguments(schema: Json) -> Json:
 
 def compose_reply(exchange: Exchange, *, tool_id: str) -> Reply:
     directives = exchange.directives
+    encoding = billing_encoding(exchange.model)
     if directives.tool and exchange.tool is not None:
         name, schema = exchange.tool
         arguments = tool_arguments(schema)
         text = orjson.dumps(arguments).decode()
         call = ToolCall(id=tool_id, name=name, arguments=text, input=arguments)
-        return Reply("", token_pieces(text), "tool", count_tokens(name) + count_tokens(text), tool=call)
+        tokens = count_tokens(name, encoding=encoding) + count_tokens(text, encoding=encoding)
+        return Reply("", token_pieces(text, encoding=encoding), "tool", tokens, tool=call)
     text, stop = _cut_at_stop(reply_text(exchange.model, exchange.prompt_text, directives.words), exchange.stops)
-    pieces = token_pieces(text)
+    pieces = token_pieces(text, encoding=encoding)
     finish: Finish = "end" if stop is None else "stop_sequence"
+    output_tokens = count_tokens(text, encoding=encoding)
     if exchange.max_tokens is not None and len(pieces) > exchange.max_tokens:
+        # A provider bills the tokens it generated before the limit, not how their text would encode again.
         pieces, finish, stop = pieces[: exchange.max_tokens], "length", None
+        output_tokens = exchange.max_tokens
     if directives.filtered_output:
         finish = "filtered"
-    text = "".join(pieces)
-    return Reply(text, pieces, finish, count_tokens(text), stop_sequence=stop)
+    return Reply("".join(pieces), pieces, finish, output_tokens, stop_sequence=stop)
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:

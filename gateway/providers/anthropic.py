@@ -4,7 +4,7 @@ import anthropic
 import httpx2
 import orjson
 
-from .base import ProviderError, SSEEventStream, connection_failed
+from .base import ProviderError, SSEEventStream, connection_failed, request_options
 from .openai import status_kind
 
 
@@ -39,7 +39,9 @@ class AnthropicAdapter:
     async def complete(self, body: dict) -> dict:
         body = {k: v for k, v in body.items() if k != "stream"}
         try:
-            response = await self.client.post("/v1/messages", cast_to=httpx2.Response, body=body)
+            response = await self.client.post(
+                "/v1/messages", cast_to=httpx2.Response, body=body, options=request_options()
+            )
         except anthropic.AnthropicError as exc:
             raise error_from_sdk(exc) from exc
         return orjson.loads(response.content)
@@ -47,7 +49,11 @@ class AnthropicAdapter:
     async def open_stream(self, body: dict) -> SSEEventStream:
         try:
             response = await self.client.post(
-                "/v1/messages", cast_to=httpx2.Response, body={**body, "stream": True}, stream=True
+                "/v1/messages",
+                cast_to=httpx2.Response,
+                body={**body, "stream": True},
+                stream=True,
+                options=request_options(),
             )
         except anthropic.AnthropicError as exc:
             raise error_from_sdk(exc) from exc

@@ -11,12 +11,26 @@ models that the gateway would dump again. Translation between formats is not the
 """
 
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 import httpx2
 import orjson
+
+# The gateway's request id, sent upstream as `x-gateway-request-id` so that a provider's (or the
+# mock's) log of calls can be matched to usage records and write-ahead traces (gateway/journal.py).
+# A context variable rather than a parameter: it is set where the call is routed (proxy.py) and
+# read here, without widening every adapter's signature.
+GATEWAY_REQUEST_ID: ContextVar[str] = ContextVar("gateway_request_id", default="")
+REQUEST_ID_HEADER = "x-gateway-request-id"
+
+
+def request_options() -> dict:
+    """The SDK request options of the current upstream call: its gateway request id header."""
+    request_id = GATEWAY_REQUEST_ID.get()
+    return {"headers": {REQUEST_ID_HEADER: request_id}} if request_id else {}
 
 
 @dataclass

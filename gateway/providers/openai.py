@@ -4,7 +4,7 @@ import httpx2
 import openai
 import orjson
 
-from .base import ProviderError, SSEEventStream, connection_failed
+from .base import ProviderError, SSEEventStream, connection_failed, request_options
 
 PATH = "/chat/completions"  # under the client's base URL; AsyncAzureOpenAI adds /deployments/<model>
 
@@ -60,7 +60,7 @@ class OpenAIAdapter:
 
     async def complete(self, body: dict) -> dict:
         try:
-            response = await self.client.post(PATH, cast_to=httpx2.Response, body=body)
+            response = await self.client.post(PATH, cast_to=httpx2.Response, body=body, options=request_options())
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
         return orjson.loads(response.content)
@@ -69,7 +69,9 @@ class OpenAIAdapter:
         # The gateway always meters from the provider's own count (DESIGN §8).
         body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         try:
-            response = await self.client.post(PATH, cast_to=httpx2.Response, body=body, stream=True)
+            response = await self.client.post(
+                PATH, cast_to=httpx2.Response, body=body, stream=True, options=request_options()
+            )
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
         return SSEEventStream(response, lambda exc: error_from_sdk(self.provider, exc))

@@ -1,0 +1,508 @@
+"""The request journal: a write-ahead trace of every upstream call, and a spool of usage records
+that the database could not take (issue 10, README "Operations", docs/limits.md).
+
+Why: a usage record is written when a request ends. A process killed in between (kill -9, an
+OOM, a node lost) left nothing from which anyone could learn that the provider was called, and
+billed us; a PostgreSQL outage lost the records of requests that were served meanwhile.
+
+- Trace. Just before the provider is called, `trace_open()` writes what is known of the request
+  (tenant, key, catalog model, endpoint, deployment, price row, start, streamed, the prompt
+  estimate) in Redis: one Lua script, one round trip, scored by Redis' own clock. The usage
+  record's commit removes it (`trace_done()`). A trace that outlives its request is the mark of
+  a request whose process died.
+- Spool. When the usage record cannot be written because the database is unreachable or does not
+  answer in time (gateway/db.py `DATABASE_UNAVAILABLE`), `spool()` keeps the whole record, cost
+  computed as the database write would have, and removes its trace, atomically. The request ends
+  as if the record had been committed: the client gets its answer, its limits are settled.
+- Reconciler (`reconcile_requests()`; Celery beat every GATEWAY_RECONCILE_INTERVAL_SECONDS, and
+  `manage.py reconcile_requests [--older-than SECONDS]`): writes every spooled record, then turns
+  every trace older than GATEWAY_RECONCILE_AFTER_SECONDS into a usage record flagged `interrupted`
+  (status 502, `estimated`, the prompt estimate as input tokens and 0 output tokens, its
+  deployment, at the price row of its time) and gives back its concurrency slots and budget
+  holds (`gateway.limits.release_request`). A gateway process also writes its own spooled
+  records as soon as a usage record of its commits again.
+
+Exactly once: a usage record's request id is unique, and every write here is an idempotent
+insert (a replay of a record whose first write did commit after all, as a write that outlived
+its timeout may, finds it and stops). A request's own record replaces an `interrupted` one that
+the reconciler wrote while it was still running. Entries are claimed atomically: a claim moves
+an entry's score past now (a lease of CLAIM_LEASE_SECONDS), so two reconcilers (two beat workers,
+a command while beat runs) never take the same one; one that dies mid-way leaves its claims to
+come back when the lease ends.
+
+Without REDIS_URL (the demo) the journal is a dict in process memory: it survives a database
+outage but not the process, and `manage.py reconcile_requests`, a process of its own, sees none
+of it. It is not crash-proof.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+
+from billing.models import ModelPrice, UsageRecord
+from billing.pricing import Price, Tokens
+from billing.services import Metered, usage_cost, usage_record_create
+
+from .db import DATABASE_UNAVAILABLE, db_call
+from .limits import UNREACHABLE, aclose, release_request, shared_redis
+
+if TYPE_CHECKING:
+    from .proxy import Call
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "INTERRUPTED",
+    "ReconcileResult",
+    "after_commit",
+    "reconcile_requests",
+    "reconcile_requests_sync",
+    "spool",
+    "trace_done",
+    "trace_open",
+    "usage_record_write",
+]
+
+INTERRUPTED = "interrupted"
+INTERRUPTED_STATUS = 502  # the gateway broke off: the client saw its connection cut
+# A claimed entry comes back to the reconcilers after this long if its claimer did not finish it.
+CLAIM_LEASE_SECONDS = 60.0
+BATCH = 200
+
+_TRACES = ("gw:journal:traces", "gw:journal:traces:data")  # ZSET id -> eligible ms, HASH id -> JSON
+_SPOOL = ("gw:journal:spool", "gw:journal:spool:data")
+
+_LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+# KEYS: traces zset, traces hash. ARGV: id, data
+_OPEN = (
+    _LUA_NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+)
+# KEYS: zset, hash. ARGV: id
+_DONE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+# KEYS: spool zset, spool hash, traces zset, traces hash. ARGV: id, data
+_SPOOL_WRITE = (
+    _LUA_NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+)
+# KEYS: zset, hash. ARGV: age ms, lease ms, limit. Returns id, data, id, data...
+_CLAIM = (
+    _LUA_NOW
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local data = redis.call('HGET', KEYS[2], id)
+  if data then
+    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+    table.insert(out, data)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+)
+
+
+class _RedisJournal:
+    """The journal in Redis, shared by every gateway process and the reconcilers."""
+
+    _scripts: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
+
+    def _bound(self):
+        client = shared_redis()
+        loop = asyncio.get_running_loop()
+        entry = self._scripts.get(loop)
+        if entry is None or entry[0] is not client:
+            entry = self._scripts[loop] = (
+                client,
+                *(client.register_script(s) for s in (_OPEN, _DONE, _SPOOL_WRITE, _CLAIM)),
+            )
+        return entry
+
+    async def open(self, request_id: str, data: bytes) -> None:
+        await self._bound()[1](keys=list(_TRACES), args=[request_id, data])
+
+    async def done(self, names: tuple[str, str], request_id: str) -> None:
+        await self._bound()[2](keys=list(names), args=[request_id])
+
+    async def spool(self, request_id: str, data: bytes) -> None:
+        await self._bound()[3](keys=[*_SPOOL, *_TRACES], args=[request_id, data])
+
+    async def claim(self, names: tuple[str, str], *, age_ms: int, limit: int) -> list[tuple[str, bytes]]:
+        reply = await self._bound()[4](keys=list(names), args=[age_ms, int(CLAIM_LEASE_SECONDS * 1000), limit])
+        return [(_text(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
+
+
+class _MemoryJournal:
+    """The same on dicts, for a process without Redis (the demo): lost with the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], dict[str, tuple[float, bytes]]] = {_TRACES: {}, _SPOOL: {}}
+
+    def clear(self) -> None:
+        with self._lock:
+            for entries in self._entries.values():
+                entries.clear()
+
+    async def open(self, request_id: str, data: bytes) -> None:
+        with self._lock:
+            self._entries[_TRACES][request_id] = (time.time() * 1000, data)
+
+    async def done(self, names: tuple[str, str], request_id: str) -> None:
+        with self._lock:
+            self._entries[names].pop(request_id, None)
+
+    async def spool(self, request_id: str, data: bytes) -> None:
+        with self._lock:
+            self._entries[_SPOOL][request_id] = (time.time() * 1000, data)
+            self._entries[_TRACES].pop(request_id, None)
+
+    async def claim(self, names: tuple[str, str], *, age_ms: int, limit: int) -> list[tuple[str, bytes]]:
+        now = time.time() * 1000
+        with self._lock:
+            entries = self._entries[names]
+            due = sorted((score, rid) for rid, (score, _) in entries.items() if score <= now - age_ms)[:limit]
+            claimed = []
+            for _, rid in due:
+                data = entries[rid][1]
+                entries[rid] = (now + CLAIM_LEASE_SECONDS * 1000, data)
+                claimed.append((rid, data))
+            return claimed
+
+
+_redis_journal = _RedisJournal()
+_memory_journal = _MemoryJournal()
+
+
+def _journal() -> _RedisJournal | _MemoryJournal:
+    return _redis_journal if settings.REDIS_URL else _memory_journal
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- The gateway's side ---
+
+# After the journal failed to answer, the hot path leaves it alone this long: a Redis that hangs
+# must not cost every request two timeouts (GATEWAY_LIMITS_REDIS_TIMEOUT each). Traces are then
+# missing for about a second per failure, which the crash protection tolerates; spooling still
+# tries every time (it is a record's last chance).
+PAUSE_AFTER_FAILURE_SECONDS = 1.0
+_paused_until = 0.0
+
+
+def _paused() -> bool:
+    return time.monotonic() < _paused_until
+
+
+def _pause(request_id: str, what: str, exc: BaseException) -> None:
+    global _paused_until
+    _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_SECONDS
+    log.warning("request %s: the journal is unreachable, %s: %s", request_id, what, exc)
+
+
+async def trace_open(*, call: "Call") -> None:
+    """Write the request's trace before its provider is called (again, with the new deployment,
+    before a fallback). A journal that cannot be reached does not stop the request: it is logged,
+    and the request goes on as it did before there was a journal (unprotected against a crash)."""
+    if _paused():
+        return
+    deployment, tenant = call.deployment, call.caller.tenant
+    data = orjson.dumps(
+        {
+            "request_id": call.request_id,
+            "tenant_id": tenant.id,
+            "tenant_slug": tenant.slug,
+            "key_id": call.caller.key_id,
+            "model": call.model_name.replace("\x00", ""),
+            "endpoint": call.endpoint,
+            "deployment_id": deployment.id if deployment else None,
+            "provider": deployment.provider if deployment else "",
+            "upstream_model": deployment.upstream if deployment else "",
+            "price_id": call.price.id if call.price else None,
+            "created_at": call.created_at,
+            "streamed": call.stream,
+            "prompt_tokens": call.prompt_estimate,
+        }
+    )
+    try:
+        await _journal().open(call.request_id, data)
+    except UNREACHABLE as exc:
+        _pause(call.request_id, "no trace written", exc)
+
+
+async def trace_done(*, request_id: str) -> None:
+    """The request's usage record is committed: its trace has served its purpose.
+
+    A trace left behind is harmless: the reconciler finds the record and frees nothing."""
+    if _paused():
+        return
+    try:
+        await _journal().done(_TRACES, request_id)
+    except UNREACHABLE as exc:
+        _pause(request_id, "its trace stays until the reconciler runs", exc)
+
+
+# Whether this process spooled records that it has not written yet (it tries after each commit).
+_spooled_here = False
+_flushing: asyncio.Task | None = None
+
+
+async def spool(*, metered: Metered) -> Decimal | None:
+    """Keep a usage record that the database could not take; returns its cost (as the database
+    write computes it), or None when the journal cannot be reached either (then it is lost, and
+    said so in the log with everything needed to write it by hand)."""
+    global _spooled_here
+    cost = usage_cost(metered=metered)
+    data = _metered_dump(metered)
+    try:
+        await _journal().spool(metered.request_id, data)
+    except UNREACHABLE:
+        log.exception("usage record %s lost: neither the database nor the journal answer: %s", metered.request_id, data)
+        return None
+    _spooled_here = True
+    log.warning("usage record %s spooled to the journal: the database is unavailable", metered.request_id)
+    return cost
+
+
+def after_commit() -> asyncio.Task | None:
+    """A usage record of this process was committed, so the database is back: write what this
+    process spooled, on a task of its own (the reconciler does it for every process, later)."""
+    global _flushing
+    if not _spooled_here or (_flushing is not None and not _flushing.done()):
+        return None
+    _flushing = asyncio.get_running_loop().create_task(_flush())
+    return _flushing
+
+
+async def _flush() -> None:
+    global _spooled_here
+    try:
+        if await _replay_spool() == 0:
+            _spooled_here = False  # another process's reconciler may have taken them: nothing left
+    except (*DATABASE_UNAVAILABLE, *UNREACHABLE) as exc:
+        log.warning("spooled usage records not written yet: %s", exc)
+    except Exception:  # nobody awaits this task: its failure must be said here
+        log.exception("spooled usage records could not be written")
+
+
+# --- Records ---
+
+
+def _metered_dump(metered: Metered) -> bytes:
+    tokens, price = metered.tokens, metered.price
+    return orjson.dumps(
+        {
+            "request_id": metered.request_id,
+            "created_at": metered.created_at,
+            "tenant_id": metered.tenant_id,
+            "api_key_id": metered.api_key_id,
+            "model": metered.model,
+            "provider": metered.provider,
+            "upstream_model": metered.upstream_model,
+            "endpoint": metered.endpoint,
+            "status_code": metered.status_code,
+            "error_type": metered.error_type,
+            "tokens": [tokens.input, tokens.output, tokens.cached_input, tokens.cache_write],
+            "price_id": metered.price_id,
+            "price": None
+            if price is None
+            else [
+                str(price.input_per_1m),
+                str(price.output_per_1m),
+                None if price.cached_input_per_1m is None else str(price.cached_input_per_1m),
+                None if price.cache_write_per_1m is None else str(price.cache_write_per_1m),
+            ],
+            "latency_ms": metered.latency_ms,
+            "streamed": metered.streamed,
+            "estimated": metered.estimated,
+            "cache_hit": metered.cache_hit,
+            "tenant_slug": metered.tenant_slug,
+            "deployment_id": metered.deployment_id,
+            "cost": str(usage_cost(metered=metered)),  # for a reader of the journal; recomputed on write
+        }
+    )
+
+
+def _metered_load(data: bytes) -> Metered:
+    raw = orjson.loads(data)
+    price = raw["price"]
+    return Metered(
+        request_id=raw["request_id"],
+        created_at=datetime.fromisoformat(raw["created_at"]),
+        tenant_id=raw["tenant_id"],
+        api_key_id=raw["api_key_id"],
+        model=raw["model"],
+        provider=raw["provider"],
+        upstream_model=raw["upstream_model"],
+        endpoint=raw["endpoint"],
+        status_code=raw["status_code"],
+        error_type=raw["error_type"],
+        tokens=Tokens(*raw["tokens"]),
+        price_id=raw["price_id"],
+        price=None if price is None else Price(*(None if v is None else Decimal(v) for v in price)),
+        latency_ms=raw["latency_ms"],
+        streamed=raw["streamed"],
+        estimated=raw["estimated"],
+        cache_hit=raw["cache_hit"],
+        tenant_slug=raw["tenant_slug"],
+        deployment_id=raw["deployment_id"],
+    )
+
+
+def usage_record_write(*, metered: Metered) -> UsageRecord:
+    """Insert the usage record of a request once, whoever tries and however often.
+
+    A record already there is the answer (a replay of a spooled record whose first write
+    committed after all), except an `interrupted` one that the reconciler wrote while the request
+    was still running: the request's own record replaces it. Outside a transaction the insert is
+    a single statement, so the hot path pays no BEGIN/COMMIT for this.
+    """
+    try:
+        if connection.in_atomic_block:
+            with transaction.atomic():
+                return usage_record_create(metered=metered)
+        return usage_record_create(metered=metered)
+    except IntegrityError:
+        with transaction.atomic():
+            existing = UsageRecord.objects.select_for_update().filter(request_id=metered.request_id).first()
+            if existing is None:
+                raise
+            if existing.error_type != INTERRUPTED or metered.error_type == INTERRUPTED:
+                return existing
+            existing.delete()
+            return usage_record_create(metered=metered)
+
+
+def _interrupted(trace: dict) -> Metered:
+    """The usage record of a request whose process died: what its trace knows, flagged."""
+    price = None
+    if trace["price_id"] is not None:
+        row = ModelPrice.objects.filter(id=trace["price_id"]).first()
+        if row is not None:
+            price = Price(
+                input_per_1m=row.input_per_1m,
+                output_per_1m=row.output_per_1m,
+                cached_input_per_1m=row.cached_input_per_1m,
+                cache_write_per_1m=row.cache_write_per_1m,
+            )
+    return Metered(
+        request_id=trace["request_id"],
+        created_at=datetime.fromisoformat(trace["created_at"]),
+        tenant_id=trace["tenant_id"],
+        api_key_id=trace["key_id"],
+        model=trace["model"],
+        provider=trace["provider"],
+        upstream_model=trace["upstream_model"],
+        endpoint=trace["endpoint"],
+        status_code=INTERRUPTED_STATUS,
+        error_type=INTERRUPTED,
+        # The prompt was sent; what came back is unknown. The estimate of the prompt is what the
+        # admission reserved for it; output is not guessed (docs/limits.md).
+        tokens=Tokens(input=max(0, int(trace["prompt_tokens"] or 0))),
+        price_id=trace["price_id"] if price is not None else None,
+        price=price,
+        latency_ms=0,
+        streamed=bool(trace["streamed"]),
+        estimated=True,
+        tenant_slug=trace.get("tenant_slug", ""),
+        deployment_id=trace["deployment_id"],
+    )
+
+
+def _write_interrupted(trace: dict) -> bool:
+    record = usage_record_write(metered=_interrupted(trace))
+    return record.error_type == INTERRUPTED
+
+
+# --- The reconciler ---
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    replayed: int  # spooled usage records claimed and written (or found already written)
+    interrupted: int  # traces without a usage record, now recorded as interrupted
+    released: int  # traces whose limits were given back (a finished request's: nothing left)
+
+
+async def _replay_spool() -> int:
+    journal = _journal()
+    count = 0
+    while entries := await journal.claim(_SPOOL, age_ms=0, limit=BATCH):
+        for request_id, data in entries:
+            await db_call(usage_record_write, metered=_metered_load(data))
+            await journal.done(_SPOOL, request_id)
+            count += 1
+    return count
+
+
+async def reconcile_requests(*, older_than_seconds: float) -> ReconcileResult:
+    """Write the spooled usage records, then record every trace older than `older_than_seconds`
+    as `interrupted` (unless its request has a record by now) and free its limits.
+
+    Safe to run concurrently and to repeat; a failure (database or Redis down) leaves what was
+    not finished to the next run. `older_than_seconds=0` also takes requests still running: only
+    for an operator who knows that no gateway serves (their own records replace the flag).
+    """
+    journal = _journal()
+    replayed = await _replay_spool()
+    interrupted = released = 0
+    age_ms = max(0, int(older_than_seconds * 1000))
+    while entries := await journal.claim(_TRACES, age_ms=age_ms, limit=BATCH):
+        for request_id, data in entries:
+            trace = orjson.loads(data)
+            if await db_call(_write_interrupted, trace):
+                interrupted += 1
+                log.warning(
+                    "request %s of tenant %s was interrupted: recorded as such", request_id, trace.get("tenant_slug")
+                )
+            month = datetime.fromisoformat(trace["created_at"]).strftime("%Y-%m")
+            if trace["key_id"] is not None:
+                released += await release_request(
+                    tenant_id=trace["tenant_id"], key_id=trace["key_id"], request_id=request_id, month=month
+                )
+            await journal.done(_TRACES, request_id)
+    return ReconcileResult(replayed=replayed, interrupted=interrupted, released=released)
+
+
+def reconcile_requests_sync(*, older_than_seconds: float) -> ReconcileResult:
+    """`reconcile_requests()` for synchronous code (the Celery task, the command): its own loop."""
+
+    async def run() -> ReconcileResult:
+        try:
+            return await reconcile_requests(older_than_seconds=older_than_seconds)
+        finally:
+            await aclose()
+
+    return asyncio.run(run())

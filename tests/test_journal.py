@@ -1,0 +1,316 @@
+"""The request journal (gateway/journal.py): write-ahead traces, the spool of usage records, the
+reconciler and `manage.py reconcile_requests`, on Redis and on the in-process fallback.
+
+The reconciler writes through `db_call` (a worker thread, a connection of its own), so these
+tests commit: `transaction=True`.
+"""
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import SimpleNamespace
+
+import orjson
+import pytest
+import redis
+from django.core.management import CommandError, call_command
+
+from billing.models import ModelPrice, UsageRecord
+from billing.pricing import Price, Tokens
+from billing.services import Metered, usage_cost
+from gateway import journal, limits
+from gateway.registry import Caller, KeyView, TenantView
+from tenants.models import ApiKey
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/6"
+JOURNAL_KEYS = ("gw:journal:traces", "gw:journal:traces:data", "gw:journal:spool", "gw:journal:spool:data")
+
+
+@pytest.fixture(autouse=True)
+def empty_journal(settings):
+    settings.REDIS_URL = REDIS_URL
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(*JOURNAL_KEYS)  # our own keys only: the server is shared
+    journal._memory_journal.clear()
+    limits._memory_store.clear()
+    yield client
+    client.delete(*JOURNAL_KEYS)
+    client.close()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend(request, settings):
+    if request.param == "memory":
+        settings.REDIS_URL = ""
+    return request.param
+
+
+def run(coroutine):
+    async def and_close():
+        try:
+            return await coroutine
+        finally:
+            await limits.aclose()
+
+    return asyncio.run(and_close())
+
+
+@pytest.fixture
+def priced(catalog, alice, alice_key):
+    key = ApiKey.objects.get(tenant=alice)
+    model = catalog["gpt"]
+    deployment = model.deployments.get()
+    price = ModelPrice.objects.get(model=model)
+    return SimpleNamespace(tenant=alice, key=key, model=model, deployment=deployment, price=price)
+
+
+def caller_of(priced, *, concurrent=None) -> Caller:
+    tenant = TenantView(
+        id=priced.tenant.id,
+        slug=priced.tenant.slug,
+        active=True,
+        region="",
+        allowed_providers=frozenset(),
+        allowed_model_ids=frozenset(),
+        requests_per_minute=None,
+        tokens_per_minute=None,
+        max_concurrent=concurrent,
+        model_aliases={},
+        default_params={},
+        max_tokens_cap=None,
+        log_requests=False,
+        monthly_budget=Decimal("50"),
+        credentials={},
+    )
+    key = KeyView(
+        id=priced.key.id,
+        tenant_id=priced.tenant.id,
+        allowed_model_ids=frozenset(),
+        requests_per_minute=None,
+        tokens_per_minute=None,
+        max_concurrent=concurrent,
+        monthly_budget=Decimal("20"),
+    )
+    return Caller(key=key, tenant=tenant)
+
+
+def call_of(priced, request_id: str, *, caller=None, prompt=1000, created_at=None):
+    """What trace_open reads of a proxy.Call, as the proxy has it just before the upstream call."""
+    return SimpleNamespace(
+        request_id=request_id,
+        caller=caller or caller_of(priced),
+        model_name="gpt-test",
+        endpoint="chat",
+        deployment=SimpleNamespace(id=priced.deployment.id, provider="openai", upstream=priced.deployment.upstream),
+        price=SimpleNamespace(id=priced.price.id),
+        created_at=created_at or datetime.now(UTC),
+        stream=True,
+        prompt_estimate=prompt,
+    )
+
+
+def metered_of(priced, request_id: str, *, output=50, error_type="") -> Metered:
+    return Metered(
+        request_id=request_id,
+        created_at=datetime.now(UTC),
+        tenant_id=priced.tenant.id,
+        api_key_id=priced.key.id,
+        model="gpt-test",
+        provider="openai",
+        upstream_model=priced.deployment.upstream,
+        endpoint="chat",
+        status_code=200,
+        error_type=error_type,
+        tokens=Tokens(input=1000, cached_input=200, output=output),
+        price_id=priced.price.id,
+        price=Price(
+            input_per_1m=priced.price.input_per_1m,
+            output_per_1m=priced.price.output_per_1m,
+            cached_input_per_1m=priced.price.cached_input_per_1m,
+        ),
+        latency_ms=12,
+        streamed=False,
+        estimated=False,
+        tenant_slug=priced.tenant.slug,
+        deployment_id=priced.deployment.id,
+    )
+
+
+async def admit(caller: Caller, request_id: str) -> limits.Admission:
+    async def zero() -> Decimal:
+        return Decimal(0)
+
+    return await limits.admit(
+        caller=caller,
+        request_id=request_id,
+        prompt_tokens=1000,
+        max_output_tokens=100,
+        worst_case_cost=Decimal("0.25"),
+        budget=caller.tenant.monthly_budget,
+        month_to_date=zero,
+        key_budget=caller.key.monthly_budget,
+        key_month_to_date=zero,
+    )
+
+
+def test_an_interrupted_request_is_recorded_and_its_limits_given_back(priced, backend):
+    caller = caller_of(priced, concurrent=1)
+
+    async def scenario():
+        await admit(caller, "req-dead")  # its process dies: never settled
+        await journal.trace_open(call=call_of(priced, "req-dead", caller=caller, prompt=1234))
+        with pytest.raises(Exception, match="concurrent"):
+            await admit(caller, "req-next")
+        first = await journal.reconcile_requests(older_than_seconds=0)
+        again = await journal.reconcile_requests(older_than_seconds=0)
+        admitted = await admit(caller, "req-next")  # the slot is free again
+        await admitted.release()
+        return first, again, await limits.spend_this_month(caller.tenant.id)
+
+    first, again, spend = run(scenario())
+    assert first == journal.ReconcileResult(replayed=0, interrupted=1, released=4)  # 2 slots, 2 holds
+    assert again == journal.ReconcileResult(replayed=0, interrupted=0, released=0)
+    assert spend == 0  # the 0.25 USD hold went back; the record is counted at the next counter reconcile
+    record = UsageRecord.objects.get(request_id="req-dead")
+    assert (record.status_code, record.error_type, record.estimated) == (502, "interrupted", True)
+    assert (record.input_tokens, record.output_tokens) == (1234, 0)
+    assert (record.provider, record.upstream_model, record.price_id) == (
+        "openai",
+        priced.deployment.upstream,
+        priced.price.id,
+    )
+    assert record.cost == Decimal("1234") * Decimal("0.15") / 1_000_000
+    assert record.streamed
+
+
+def test_a_young_trace_is_left_alone_and_a_finished_one_is_gone(priced, backend):
+    async def scenario():
+        await journal.trace_open(call=call_of(priced, "req-running"))
+        await journal.trace_open(call=call_of(priced, "req-finished"))
+        await journal.trace_done(request_id="req-finished")
+        return await journal.reconcile_requests(older_than_seconds=60)
+
+    assert run(scenario()).interrupted == 0
+    assert not UsageRecord.objects.exists()
+    assert run(journal.reconcile_requests(older_than_seconds=0)).interrupted == 1
+    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == ["req-running"]
+
+
+def test_a_spooled_record_is_written_once_with_the_cost_it_settled_with(priced, backend):
+    metered = metered_of(priced, "req-spooled")
+
+    async def scenario():
+        await journal.trace_open(call=call_of(priced, "req-spooled"))
+        cost = await journal.spool(metered=metered)
+        first = await journal.reconcile_requests(older_than_seconds=0)
+        await journal.spool(metered=metered)  # as if its first write had committed after all
+        second = await journal.reconcile_requests(older_than_seconds=0)
+        return cost, first, second
+
+    cost, first, second = run(scenario())
+    assert first == journal.ReconcileResult(replayed=1, interrupted=0, released=0)  # the spool closed its trace
+    assert second.replayed == 1
+    record = UsageRecord.objects.get(request_id="req-spooled")
+    assert record.cost == cost == usage_cost(metered=metered) == Decimal("0.000165")
+    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (1000, 200, 50)
+    assert UsageRecord.objects.count() == 1
+
+
+def test_the_requests_own_record_replaces_an_interrupted_one(priced):
+    run(journal.trace_open(call=call_of(priced, "req-slow")))
+    run(journal.reconcile_requests(older_than_seconds=0))  # an operator's --older-than 0 while it ran
+    assert UsageRecord.objects.get(request_id="req-slow").error_type == "interrupted"
+
+    journal.usage_record_write(metered=metered_of(priced, "req-slow"))
+    journal.usage_record_write(metered=metered_of(priced, "req-slow", output=999))  # a replay: no change
+
+    record = UsageRecord.objects.get(request_id="req-slow")
+    assert (record.error_type, record.status_code, record.output_tokens) == ("", 200, 50)
+
+
+def test_concurrent_reconcilers_take_each_trace_once(priced, backend):
+    async def scenario():
+        for i in range(60):
+            await journal.trace_open(call=call_of(priced, f"req-{i}"))
+        return await asyncio.gather(*(journal.reconcile_requests(older_than_seconds=0) for _ in range(3)))
+
+    results = run(scenario())
+    assert sum(r.interrupted for r in results) == 60
+    assert UsageRecord.objects.filter(error_type="interrupted").count() == 60
+
+
+def test_a_claim_that_was_never_finished_comes_back_after_its_lease(priced, empty_journal, monkeypatch):
+    monkeypatch.setattr(journal, "CLAIM_LEASE_SECONDS", 0.2)
+
+    async def scenario():
+        await journal.trace_open(call=call_of(priced, "req-orphan"))
+        claimed = await journal._journal().claim(journal._TRACES, age_ms=0, limit=10)  # its reconciler dies
+        immediately = await journal._journal().claim(journal._TRACES, age_ms=0, limit=10)
+        await asyncio.sleep(0.3)
+        return claimed, immediately, await journal.reconcile_requests(older_than_seconds=0)
+
+    claimed, immediately, result = run(scenario())
+    assert [rid for rid, _ in claimed] == ["req-orphan"]
+    assert immediately == []
+    assert result.interrupted == 1
+
+
+def test_the_command_reconciles_and_checks_its_argument(priced, capsys):
+    run(journal.trace_open(call=call_of(priced, "req-cmd")))
+    call_command("reconcile_requests", "--older-than", "3600")
+    assert "0 interrupted requests recorded" in capsys.readouterr().out
+    call_command("reconcile_requests", "--older-than", "0")
+    assert "1 interrupted requests recorded" in capsys.readouterr().out
+    assert UsageRecord.objects.get(request_id="req-cmd").error_type == "interrupted"
+    with pytest.raises(CommandError, match="must be 0 or more"):
+        call_command("reconcile_requests", "--older-than", "-1")
+
+
+def test_the_beat_task_is_scheduled(settings):
+    from gateway.tasks import reconcile_requests
+
+    schedule = settings.CELERY_BEAT_SCHEDULE["reconcile-requests"]
+    assert schedule["task"] == "gateway.tasks.reconcile_requests"
+    assert schedule["schedule"] == 60.0
+    assert reconcile_requests.run() == {"replayed": 0, "interrupted": 0, "released": 0}
+
+
+def test_a_journal_that_does_not_answer_costs_one_timeout_then_is_left_alone(priced, settings, monkeypatch):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: refused at once
+    monkeypatch.setattr(journal, "_paused_until", 0.0)
+    calls = []
+    real_open = journal._RedisJournal.open
+
+    async def counted(self, request_id, data):
+        calls.append(request_id)
+        return await real_open(self, request_id, data)
+
+    monkeypatch.setattr(journal._RedisJournal, "open", counted)
+
+    async def scenario():
+        for i in range(5):
+            await journal.trace_open(call=call_of(priced, f"req-{i}"))  # never raises: the request goes on
+        await journal.trace_done(request_id="req-0")
+
+    run(scenario())
+    assert calls == ["req-0"]
+
+
+def test_errors_escaping_a_v1_view_are_json_in_the_callers_format(rf):
+    from django.db.utils import OperationalError
+
+    from gateway.middleware import api_exception_response
+
+    anthropic = api_exception_response(rf.post("/v1/messages"), OperationalError("server closed the connection"))
+    assert anthropic.status_code == 503
+    assert orjson.loads(anthropic.content)["error"]["type"] == "overloaded_error"
+    openai = api_exception_response(rf.get("/v1/templates"), ValueError("a bug"))
+    assert openai.status_code == 500
+    body = orjson.loads(openai.content)["error"]
+    assert body["code"] == "internal_error"
+    assert openai["x-request-id"] in body["message"]
+    assert "a bug" not in openai.content.decode()
+    assert api_exception_response(rf.get("/admin/"), ValueError("a bug")) is None
