@@ -7,7 +7,7 @@ alternating the targets within every repetition:
 
     direct          mockllm itself (the floor: what the client and the mock cost)
     gateway         through the gateway: authentication, policy, the durable usage write
-    gateway+limits  the same with a tenant that has requests/min (django-ratelimit), tokens/min,
+    gateway+limits  the same with a tenant that has requests/min, tokens/min,
                     concurrency and a monthly budget, all high enough never to refuse
 
 non-streaming and streaming, at concurrency 1 and 50: requests/s, p50 and p99 latency, the

@@ -4,8 +4,10 @@ Runs `gateway.limits` as the gateway does (one event loop, real Redis at REDIS_U
 redis://127.0.0.1:6379/3), in the same run:
   - off:      a caller with no limits and no budget (the limiter makes no Redis call at all),
   - redis:    a bare Redis PING round trip, the floor of any shared counter,
-  - on:       requests/min (django-ratelimit), tokens/min, concurrency and a monthly budget,
-sequentially and with 50 requests in flight, and prints microseconds per request and ratios.
+  - on:       requests/min, tokens/min, concurrency and a monthly budget,
+sequentially and with 50 requests in flight, and prints microseconds per request and ratios:
+wall time, and this process's CPU time (every thread, worker threads included; Redis' own CPU
+is not in it).
 
 usage: python bench/limiter_cost.py [--requests N]
 """
@@ -67,8 +69,8 @@ async def one_request(who: Caller, budget: Decimal | None) -> None:
     await admission.settle(tokens=80, cost=Decimal("0.00005"))
 
 
-async def measure(label: str, work, n: int, concurrency: int) -> float:
-    """Microseconds of wall time per request."""
+async def measure(label: str, work, n: int, concurrency: int) -> tuple[float, float]:
+    """Microseconds of wall time and of this process's CPU time per request."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def guarded():
@@ -77,9 +79,9 @@ async def measure(label: str, work, n: int, concurrency: int) -> float:
 
     for _ in range(min(200, n)):  # warm-up: connections, scripts loaded
         await work()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(guarded() for _ in range(n)))
-    return (time.perf_counter() - started) / n * 1e6
+    return (time.perf_counter() - started) / n * 1e6, (time.process_time() - cpu) / n * 1e6
 
 
 async def main(n: int) -> None:
@@ -94,16 +96,18 @@ async def main(n: int) -> None:
             runs["on"].append(
                 await measure("on", lambda: one_request(limited, limited.tenant.monthly_budget), n, concurrency)
             )
-        rows.append((concurrency, {k: statistics.median(v) for k, v in runs.items()}))
+        rows.append((concurrency, {k: tuple(map(statistics.median, zip(*v, strict=True))) for k, v in runs.items()}))
     await redis.aclose()
     await limits.aclose()
-    print(f"limiter cost per request, {n} requests per cell, median of 3 (µs of wall time per request)")
+    print(f"limiter cost per request, {n} requests per cell, median of 3 (µs per request: wall / CPU)")
     print("| in flight | limits off | Redis PING | limits on | on − off | on / PING |")
     print("|---|---|---|---|---|---|")
     for concurrency, m in rows:
+        cells = [m["off"], m["redis"], m["on"], (m["on"][0] - m["off"][0], m["on"][1] - m["off"][1])]
         print(
-            f"| {concurrency} | {m['off']:.1f} | {m['redis']:.1f} | {m['on']:.1f} | {m['on'] - m['off']:.1f} "
-            f"| {m['on'] / m['redis']:.1f}× |"
+            f"| {concurrency} | "
+            + " | ".join(f"{wall:.1f} / {cpu:.1f}" for wall, cpu in cells)
+            + f" | {m['on'][0] / m['redis'][0]:.1f}× |"
         )
 
 

@@ -30,6 +30,7 @@ from tenants.models import PromptTemplate
 from . import schemas
 from .auth import Access, authenticate
 from .errors import GatewayError, bad_request, openai_error_response
+from .throttle import tenant_rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class TemplatesView(TenantAPIView):
 
     http_method_names = ["get", "post"]
 
+    @tenant_rate_limited("gw-api-templates")
     async def get(self, request, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request, access=Access.READ)
         templates = await sync_to_async(prompting.template_list)(tenant_id=caller.tenant.id)
@@ -127,6 +129,7 @@ class TemplatesView(TenantAPIView):
         ]
         return _json({"object": "list", "data": data})
 
+    @tenant_rate_limited("gw-api-templates")
     async def post(self, request, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request, access=Access.WRITE)
         body = _json_object(request)
@@ -146,6 +149,7 @@ class TemplateView(TenantAPIView):
 
     http_method_names = ["get", "delete"]
 
+    @tenant_rate_limited("gw-api-templates")
     async def get(self, request, name: str) -> HttpResponse:
         caller = await authenticate(request, access=Access.READ)
         template = await sync_to_async(prompting.template_get)(tenant_id=caller.tenant.id, name=_template_name(name))
@@ -153,6 +157,7 @@ class TemplateView(TenantAPIView):
             raise _not_found("Template")
         return _json(_template_body(template))
 
+    @tenant_rate_limited("gw-api-templates")
     async def delete(self, request, name: str) -> HttpResponse:
         caller = await authenticate(request, access=Access.WRITE)
         deleted = await sync_to_async(prompting.template_delete)(tenant_id=caller.tenant.id, name=_template_name(name))
@@ -166,6 +171,7 @@ class TemplateVersionView(TenantAPIView):
 
     http_method_names = ["get"]
 
+    @tenant_rate_limited("gw-api-templates")
     async def get(self, request, name: str, version: str) -> HttpResponse:
         caller = await authenticate(request, access=Access.READ)
         name = _template_name(name)
@@ -199,6 +205,7 @@ class LogsView(TenantAPIView):
 
     http_method_names = ["get"]
 
+    @tenant_rate_limited("gw-api-logs")
     async def get(self, request, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request, access=Access.READ)
         query = schemas.parse_logs_query(request.GET.dict())
@@ -220,6 +227,7 @@ class LogView(TenantAPIView):
 
     http_method_names = ["get"]
 
+    @tenant_rate_limited("gw-api-logs")
     async def get(self, request, request_id: str) -> HttpResponse:
         caller = await authenticate(request, access=Access.READ)
         if len(request_id) > 64 or "\x00" in request_id:  # could not be stored: no such log

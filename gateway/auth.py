@@ -43,13 +43,17 @@ async def authenticate(request: HttpRequest, *, access: Access | None = None) ->
     """The caller behind the request's key; 401 for a missing, unknown, revoked or expired key
     (one answer for all of them: the error never says which). With `access`, also 403 when the
     tenant may not do that; without, the caller checks later (the completion endpoints do, in
-    `proxy.resolve`, so that the refusal is metered like any other)."""
-    raw = presented_key(request)
-    if not raw:
-        raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
-    caller = await caller_for_key(raw)
+    `proxy.resolve`, so that the refusal is metered like any other). The key is looked up once
+    per request: a rate guard (gateway/throttle.py) and the view share the answer."""
+    caller = getattr(request, "_gateway_caller", None)
     if caller is None:
-        raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
+        raw = presented_key(request)
+        if not raw:
+            raise GatewayError(401, "No API key provided. Send it as `Authorization: Bearer <key>`.", "missing_api_key")
+        caller = await caller_for_key(raw)
+        if caller is None:
+            raise GatewayError(401, "Incorrect API key provided.", "invalid_api_key")
+        request._gateway_caller = caller
     if access is not None:
         access_check(caller, access)
     return caller

@@ -27,6 +27,7 @@ from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
 from .lifecycle import Call, internal_error, owned
 from .registry import Caller, catalog, policy
+from .throttle import tenant_rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ async def models(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page
+@tenant_rate_limited("gw-api-usage")
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
         access_check(caller, Access.READ)

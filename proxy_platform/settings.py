@@ -165,7 +165,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-budgets": {"task": "billing.tasks.check_budgets", "schedule": 900.0},
     "apply-usage-retention": {"task": "billing.tasks.apply_usage_retention", "schedule": crontab(minute=0, hour=4)},
     # Prompts and responses are kept only as long as each tenant's log_retention_days.
-    # The Redis budget counters (gateway/limits.py) reset to the database's month-to-date spend.
+    # The Redis budget counters (gateway/limits/) reset to the database's month-to-date spend.
     "reconcile-budget-counters": {"task": "gateway.tasks.reconcile_budget_counters", "schedule": 300.0},
     # Usage records spooled through a database outage are written; requests whose process died
     # are recorded as `interrupted` and their limits given back (gateway/journal.py).
@@ -217,7 +217,7 @@ GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 2)
 # key stops working on every process within this many seconds (DESIGN §2 asks for 5).
 GATEWAY_AUTH_CACHE_SECONDS = env_float("GATEWAY_AUTH_CACHE_SECONDS", 4.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
-# Limits (gateway/limits.py): the tokens-per-minute window, the age after which a slot or budget
+# Limits (gateway/limits/): the tokens-per-minute window, the age after which a slot or budget
 # hold of a crashed process is dropped, Redis timeouts, and the output reserved for a budget
 # check when a request sets no max_tokens.
 GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)
@@ -231,6 +231,11 @@ GATEWAY_DB_TIMEOUT = env_float("GATEWAY_DB_TIMEOUT", 3.0)
 # than this with no usage record is a request whose process died; recorded as `interrupted`.
 # Longer than any request should last: a live request's real record replaces an interrupted one.
 GATEWAY_RECONCILE_AFTER_SECONDS = env_float("GATEWAY_RECONCILE_AFTER_SECONDS", 600.0)
+# django-ratelimit guards (fixed windows on the Django cache): the tenant's REST endpoints
+# (templates, logs, usage; per tenant and group of endpoints, gateway/throttle.py) and the staff
+# admin's login (per client address and per username, proxy_platform/login_guard.py). Empty: off.
+GATEWAY_TENANT_API_RATE = env_str("GATEWAY_TENANT_API_RATE", "600/m")
+ADMIN_LOGIN_RATE = env_str("ADMIN_LOGIN_RATE", "10/m")
 
 # Monitoring (gateway/observability.py). /metrics shows tenants' names, traffic and costs, so it
 # wants `Authorization: Bearer <GATEWAY_METRICS_TOKEN>`; without a token it is open in DEBUG only.

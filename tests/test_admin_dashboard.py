@@ -257,6 +257,7 @@ def test_the_tenant_overview_page_shows_limits_keys_invoices_and_errors(admin_cl
     assert "upstream_rate_limit" in html or "upstream_error" in html
     assert "0.02 of 0.01" in html  # the alert
     assert "in the current 60 s window" in html  # live counters read from Redis (the test settings use it)
+    assert text_of(html, "live-rpm") == "0 this minute"  # requests/min are read live too
     change = admin_client.get(reverse("admin:tenants_tenant_change", args=[alice.pk])).content.decode()
     assert url in change  # reachable from the tenant's admin page
     assert url in admin_client.get(reverse("admin:tenants_tenant_changelist")).content.decode()  # and the list

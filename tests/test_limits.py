@@ -1,10 +1,12 @@
-"""Admission limits (gateway/limits.py) against a real Redis: requests, tokens and concurrency per
-tenant and per key, the monthly budgets (tenant and key), settlement, and failing closed while
-Redis is down.
+"""Admission limits (gateway/limits/) against a real Redis: requests, tokens and concurrency per
+tenant and per key, the monthly budgets (tenant and key), settlement, release of a dead request,
+and failing closed while Redis is down.
 
 The tests need no database: callers are built directly and the month's spend from the database
-is a callable. Ids are random so runs never share counters. Tests of the logic run twice: on Redis
-and on the in-process store used without REDIS_URL.
+is a callable. Ids are random so runs never share counters. This is the stores' contract suite:
+every test of the logic takes the `backend` fixture and runs on the Redis store and on the
+in-process store used without REDIS_URL. Time is a ManualClock (the `clock` fixture) moved
+forward instead of slept; only the tests across processes read real time (Redis' TIME).
 """
 
 import asyncio
@@ -21,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from django_ratelimit.core import _get_window
 
 from gateway import limits
 from gateway.errors import GatewayError
@@ -57,14 +58,21 @@ def backend(request, settings):
     return request.param
 
 
+# The start of the minute before this one (also a boundary of 2 s and 5 s windows).
+MINUTE_START_MS = (int(time.time()) // 60 - 1) * 60_000
+
+
+@pytest.fixture
+def clock():
+    """Both stores read this clock; it starts 5 s into a minute (and into every window of a
+    whole number of seconds dividing 60) and moves only when told to."""
+    with limits.use_clock(limits.ManualClock(MINUTE_START_MS + 5000)) as manual:
+        yield manual
+
+
 def fresh_id() -> int:
-    """An id never used before whose django-ratelimit minute has at least 25 s left for both
-    "tenant:<id>" and "key:<id>", so that no window rolls over in the middle of a test."""
-    while True:
-        candidate = random.randrange(10**9, 2 * 10**9)
-        now = int(time.time())
-        if all(_get_window(f"{scope}:{candidate}", 60) - now >= 25 for scope in ("tenant", "key")):
-            return candidate
+    """An id never used before, so that runs never share counters."""
+    return random.randrange(10**9, 2 * 10**9)
 
 
 def make_caller(
@@ -182,9 +190,10 @@ def parse_duration(text: str) -> int:
     )
 
 
-def at_window_start(seconds: float) -> None:
-    """Sleep until just after the next boundary of the epoch-aligned token windows."""
-    time.sleep(seconds - time.time() % seconds + 0.02)
+def at_window_start(clock, seconds: float) -> None:
+    """Move the clock to just after the next boundary of the epoch-aligned windows."""
+    ms = int(seconds * 1000)
+    clock.set((clock.now_ms() // ms + 1) * ms + 20)
 
 
 def spend_key(tenant_id: int) -> str:
@@ -222,7 +231,7 @@ def test_durations_are_written_like_openai_writes_them(ms, text):
     assert parse_duration(text) == ms
 
 
-def test_admission_headers_describe_the_binding_limits():
+def test_admission_headers_describe_the_binding_limits(backend, clock):
     caller = make_caller(rpm=10, key_rpm=3, tpm=1000, key_tpm=500)
 
     async def scenario():
@@ -234,7 +243,7 @@ def test_admission_headers_describe_the_binding_limits():
     # The key's limits bind: it allows fewer requests and tokens than its tenant.
     assert first.headers["x-ratelimit-limit-requests"] == "3"
     assert first.headers["x-ratelimit-remaining-requests"] == "2"
-    assert 25_000 <= parse_duration(first.headers["x-ratelimit-reset-requests"]) <= 60_000
+    assert first.headers["x-ratelimit-reset-requests"] == "55s"  # the clock is 5 s into its minute
     assert first.headers["x-ratelimit-limit-tokens"] == "500"
     assert first.headers["x-ratelimit-remaining-tokens"] == "350"
     assert 0 < parse_duration(first.headers["x-ratelimit-reset-tokens"]) <= 60_000
@@ -299,7 +308,13 @@ def child_attempts(rpm_tenant: int, budget_tenant: int, start_at: int) -> str:
 
 def test_requests_per_minute_are_exact_across_processes():
     rpm_tenant, budget_tenant = fresh_id(), fresh_id()
-    start_at = int((time.time() + 4) * 1000)  # both children start counting at the same moment
+    # Both children start counting at the same moment, early enough in a minute (Redis' TIME)
+    # that no window ends before both are done.
+    server_ms = int(redis.Redis.from_url(REDIS_URL).time()[0]) * 1000
+    start_at = server_ms + 4000
+    if 60_000 - start_at % 60_000 < 15_000:
+        start_at += 60_000 - start_at % 60_000 + 1000
+    start_at += int(time.time() * 1000) - server_ms  # in this machine's clock, which the children sleep on
     env = {**os.environ, "REDIS_URL": REDIS_URL, "DJANGO_SETTINGS_MODULE": "proxy_platform.settings"}
     children = [
         subprocess.Popen(
@@ -323,16 +338,36 @@ def test_requests_per_minute_are_exact_across_processes():
     assert run(limits.spend_this_month(budget_tenant)) == Decimal("1")
 
 
-def test_the_requests_reset_header_is_the_instant_the_window_ends():
-    """django-ratelimit's window `w` is current while int(now) <= w: it ends at w + 1, not at w."""
-    caller = make_caller(rpm=5)
-    time.sleep(1.05 - time.time() % 1)  # just after a whole second: the two readings differ most
-    admission = run(attempt(caller))
-    ends_in = _get_window(f"tenant:{caller.tenant.id}", 60) + 1 - time.time()
-    assert abs(parse_duration(admission.headers["x-ratelimit-reset-requests"]) / 1000 - ends_in) < 0.3
+def test_the_requests_reset_header_is_the_instant_the_window_ends(backend, clock):
+    """The minute's window ends exactly when the headers say, and retry-after is never early."""
+    caller = make_caller(rpm=2, key_rpm=5)
+    clock.advance(ms=7_345)  # 12.345 s into the minute
+
+    async def scenario():
+        first = await attempt(caller)
+        assert first.headers["x-ratelimit-reset-requests"] == "47.655s"
+        assert first.headers["x-ratelimit-remaining-requests"] == "1"
+        await attempt(caller)
+        refused = await attempt(caller)
+        assert refused.code == "rate_limit_requests"
+        assert refused.headers["retry-after"] == "48"  # 47.655 s rounded up
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert refused.message == "Rate limit reached for requests per minute: this tenant allows 2. Retry in 48 s."
+        clock.advance(ms=47_654)  # one millisecond before the minute ends: still refused
+        late = await attempt(caller)
+        assert late.code == "rate_limit_requests"
+        assert late.headers["retry-after"] == "1"
+        assert late.headers["x-ratelimit-reset-requests"] == "1ms"
+        clock.advance(ms=1)
+        fresh = await attempt(caller)
+        assert isinstance(fresh, limits.Admission)
+        assert fresh.headers["x-ratelimit-remaining-requests"] == "1"
+        assert fresh.headers["x-ratelimit-reset-requests"] == "1m0s"
+
+    run(scenario())
 
 
-def test_a_key_limit_is_independent_of_the_tenant_limit():
+def test_a_key_limit_is_independent_of_the_tenant_limit(backend, clock):
     caller = make_caller(rpm=100, key_rpm=2)
     sibling = another_key(caller, requests_per_minute=2)
     unlimited_key = another_key(caller)
@@ -349,13 +384,13 @@ def test_a_key_limit_is_independent_of_the_tenant_limit():
     assert error.code == "rate_limit_requests"
     assert "this API key allows 2" in error.message
     assert "tenant" not in error.message
-    assert 1 <= int(error.headers["retry-after"]) <= 60
+    assert error.headers["retry-after"] == "55"
     assert error.headers["x-ratelimit-remaining-requests"] == "0"
     assert len(admitted(other)) == 2  # its own count, not the first key's
     assert len(admitted(free)) == 3
 
 
-def test_a_tenant_limit_covers_all_of_its_keys():
+def test_a_tenant_limit_covers_all_of_its_keys(backend, clock):
     caller = make_caller(rpm=3, key_rpm=10)
     sibling = another_key(caller)
 
@@ -369,20 +404,22 @@ def test_a_tenant_limit_covers_all_of_its_keys():
     assert "API key" not in error.message
 
 
-def test_another_tenant_is_unaffected_while_one_is_limited(backend):
+def test_another_tenant_is_unaffected_while_one_is_limited(backend, clock):
     alice = make_caller(rpm=2, tpm=100, concurrent=1)
     bob = make_caller(rpm=2, tpm=100, concurrent=1)
 
     async def scenario():
         held = await attempt(alice, prompt=50)
-        alice_results = [await attempt(alice, prompt=10), await attempt(alice, prompt=10)]
+        alice_results = [await attempt(alice, prompt=10)]  # refused: takes no request of the minute
+        await held.release()
+        alice_results += [await attempt(alice, prompt=10), await attempt(alice, prompt=10)]
         bob_first = await attempt(bob, prompt=100)
         await bob_first.settle(tokens=100, cost=Decimal(0))
-        await held.release()
         return alice_results, bob_first
 
     alice_results, bob_first = run(scenario())
     assert [e.code for e in refused(alice_results)] == ["concurrency_limit", "rate_limit_requests"]
+    assert len(admitted(alice_results)) == 1
     assert isinstance(bob_first, limits.Admission)
     assert bob_first.headers["x-ratelimit-remaining-tokens"] == "0"
 
@@ -390,13 +427,13 @@ def test_another_tenant_is_unaffected_while_one_is_limited(backend):
 # --- tokens per minute ---
 
 
-def test_tokens_are_refused_with_a_retry_after_that_tells_the_truth(settings, backend):
+def test_tokens_are_refused_with_a_retry_after_that_tells_the_truth(settings, backend, clock):
     settings.GATEWAY_LIMIT_WINDOW_SECONDS = 2
     caller = make_caller(tpm=100)
 
     async def scenario():
-        at_window_start(2)
-        window_end = (time.time() // 2 + 1) * 2
+        at_window_start(clock, 2)
+        clock.advance(ms=480)  # 0.5 s into the window
         full = await attempt(caller, prompt=60, max_output=40)
         assert isinstance(full, limits.Admission)
         assert full.headers["x-ratelimit-remaining-tokens"] == "0"
@@ -405,16 +442,13 @@ def test_tokens_are_refused_with_a_retry_after_that_tells_the_truth(settings, ba
         assert error.status == 429
         assert error.code == "rate_limit_tokens"
         assert "this tenant allows 100, 100 are used" in error.message
-        wait = int(error.headers["retry-after"])
-        reset_ms = parse_duration(error.headers["x-ratelimit-reset-tokens"])
-        left = window_end - time.time()
-        assert 1 <= wait <= 2
-        assert wait >= left  # waiting retry-after is always enough...
-        assert abs(reset_ms / 1000 - left) < 0.15  # ...and the reset header is the window's end
-        time.sleep(max(0.0, reset_ms / 1000 - 0.3))
+        assert error.headers["retry-after"] == "2"  # 1.5 s rounded up: waiting that long is enough
+        assert error.headers["x-ratelimit-reset-tokens"] == "1.5s"  # the window's end, exactly
+        clock.advance(ms=1499)
         still = await attempt(caller, prompt=1)
         assert isinstance(still, GatewayError), "admitted before the reset the headers announced"
-        time.sleep(max(0.0, window_end - time.time()) + 0.05)
+        assert still.headers["retry-after"] == "1"
+        clock.advance(ms=1)
         later = await attempt(caller, prompt=1)
         assert isinstance(later, limits.Admission), later
         assert later.headers["x-ratelimit-remaining-tokens"] == "99"
@@ -422,12 +456,12 @@ def test_tokens_are_refused_with_a_retry_after_that_tells_the_truth(settings, ba
     run(scenario())
 
 
-def test_settlement_corrects_the_token_count_both_ways(settings, backend):
+def test_settlement_corrects_the_token_count_both_ways(settings, backend, clock):
     settings.GATEWAY_LIMIT_WINDOW_SECONDS = 5
     caller = make_caller(tpm=1000, key_tpm=10_000)
 
     async def scenario():
-        at_window_start(5)
+        at_window_start(clock, 5)
         a = await attempt(caller, prompt=100, max_output=100)
         assert a.headers["x-ratelimit-remaining-tokens"] == "800"
         await a.settle(tokens=50, cost=Decimal(0))  # used less than reserved
@@ -445,15 +479,15 @@ def test_settlement_corrects_the_token_count_both_ways(settings, backend):
     run(scenario())
 
 
-def test_an_overrun_settled_after_its_window_counts_in_the_current_one(settings, backend):
+def test_an_overrun_settled_after_its_window_counts_in_the_current_one(settings, backend, clock):
     settings.GATEWAY_LIMIT_WINDOW_SECONDS = 2
     caller = make_caller(tpm=1000)
 
     async def scenario():
-        at_window_start(2)
+        at_window_start(clock, 2)
         early = await attempt(caller, prompt=100)
         short = await attempt(caller, prompt=100)
-        at_window_start(2)
+        at_window_start(clock, 2)
         await early.settle(tokens=400, cost=Decimal(0))  # 300 more than reserved, now
         await short.settle(tokens=10, cost=Decimal(0))  # the old window's underrun is gone with it
         probe = await attempt(caller, prompt=1)
@@ -518,14 +552,16 @@ def test_a_key_concurrency_limit_leaves_the_other_keys_alone(backend):
     run(scenario())
 
 
-def test_the_slot_of_a_crashed_process_comes_back_after_the_horizon(settings, backend):
-    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 1
+def test_the_slot_of_a_crashed_process_comes_back_after_the_horizon(settings, backend, clock):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 900
     caller = make_caller(concurrent=1)
 
     async def scenario():
         await attempt(caller)  # never settled: its process died
         assert (await attempt(caller)).code == "concurrency_limit"
-        await asyncio.sleep(1.1)
+        clock.advance(900)
+        assert (await attempt(caller)).code == "concurrency_limit"  # at the horizon, still held
+        clock.advance(ms=1)
         assert isinstance(await attempt(caller), limits.Admission)
 
     run(scenario())
@@ -652,15 +688,15 @@ def test_reconcile_resets_from_the_database_and_keeps_requests_in_flight(setting
     assert run(scenario()) == Decimal("4.55")
 
 
-def test_reconcile_drops_the_reservations_of_dead_processes(settings, backend):
-    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 1
+def test_reconcile_drops_the_reservations_of_dead_processes(settings, backend, clock):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 900
     caller = make_caller()
 
     async def scenario():
         lost = await attempt(caller, worst="0.4", budget="1", mtd=from_db("0.5"))
         assert isinstance(lost, limits.Admission)  # its process dies: never settled
         assert (await attempt(caller, worst="0.4", budget="1")).code == "budget_exhausted"
-        await asyncio.sleep(1.1)
+        clock.advance(901)
         assert await limits.reconcile(caller.tenant.id, Decimal("0.5")) == Decimal("0.5")
         assert isinstance(await attempt(caller, worst="0.4", budget="1"), limits.Admission)
         # Had it lived after all, its settlement adds its whole cost: the reservation is gone.
@@ -670,7 +706,7 @@ def test_reconcile_drops_the_reservations_of_dead_processes(settings, backend):
     assert run(scenario()) == Decimal("0.91")
 
 
-def test_reconcile_from_synchronous_code():
+def test_reconcile_from_synchronous_code(backend):
     caller = make_caller()
     run(attempt(caller, worst="0.5", budget="2", mtd=from_db("0")))
     assert limits.reconcile_sync(caller.tenant.id, Decimal("1.25")) == Decimal("1.75")
@@ -843,14 +879,14 @@ def test_a_key_budget_beyond_double_precision_is_exact(backend):
     assert spend == Decimal("20000")
 
 
-def test_reconcile_of_a_key_counter_keeps_its_requests_in_flight_and_leaves_the_tenants(settings, backend):
-    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 1
+def test_reconcile_of_a_key_counter_keeps_its_requests_in_flight_and_leaves_the_tenants(settings, backend, clock):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 900
     caller = make_caller(key_budget="10")
 
     async def scenario():
         lost = await attempt(caller, worst="0.4", budget="100", mtd=from_db("7"), key_mtd=from_db("3"))
         assert isinstance(lost, limits.Admission)
-        await asyncio.sleep(1.1)  # `lost` is now older than the horizon: its process died
+        clock.advance(901)  # `lost` is now older than the horizon: its process died
         live = await attempt(caller, worst="0.3", budget="100")
         assert await limits.key_spend_this_month(caller.key.id) == Decimal("3.7")
         # The database knows 1.5 more than the counter did; the dead hold is dropped, the live one kept.
@@ -959,6 +995,136 @@ def test_a_redis_outage_fails_closed_and_recovery_needs_no_restart(spare_redis):
         assert await limits.key_spend_this_month(key_budget_only.key.id) == Decimal("2.1")
 
     run(scenario())
+
+
+# --- one round trip each way ---
+
+
+class CommandCount:
+    """Counts the commands this process sends to Redis (a spy around redis-py, which still talks
+    to the real server)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from redis.asyncio import Redis as AsyncRedis
+
+        self.commands: list[str] = []
+        original_async, original_sync = AsyncRedis.execute_command, redis.Redis.execute_command
+
+        async def counted_async(client, *args, **options):
+            self.commands.append(str(args[0]))
+            return await original_async(client, *args, **options)
+
+        def counted_sync(client, *args, **options):  # Django's cache (django-ratelimit) is synchronous
+            self.commands.append(str(args[0]))
+            return original_sync(client, *args, **options)
+
+        monkeypatch.setattr(AsyncRedis, "execute_command", counted_async)
+        monkeypatch.setattr(redis.Redis, "execute_command", counted_sync)
+
+    def take(self) -> list[str]:
+        taken, self.commands = self.commands, []
+        return taken
+
+
+def test_every_limit_and_budget_is_admitted_in_one_round_trip_and_settled_in_one(monkeypatch):
+    caller = make_caller(rpm=100, tpm=10_000, concurrent=5, key_rpm=50, key_tpm=5000, key_concurrent=3, key_budget="5")
+    count = CommandCount(monkeypatch)
+
+    async def scenario():
+        warm = await attempt(caller, prompt=10, worst="0.01", budget="10")  # loads the counters and scripts
+        await warm.settle(tokens=10, cost=Decimal("0.001"))
+        count.take()
+        admission = await attempt(caller, prompt=10, worst="0.01", budget="10")
+        admitted_with = count.take()
+        await admission.settle(tokens=12, cost=Decimal("0.002"))
+        settled_with = count.take()
+        refusal = await attempt(make_caller(rpm=0), prompt=1)
+        refused_with = count.take()
+        return admission, admitted_with, settled_with, refusal, refused_with
+
+    admission, admitted_with, settled_with, refusal, refused_with = run(scenario())
+    assert isinstance(admission, limits.Admission)
+    assert set(admission.headers) >= {"x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"}
+    assert admitted_with == ["EVALSHA"]
+    assert settled_with == ["EVALSHA"]
+    assert refusal.code == "rate_limit_requests"
+    assert refused_with == ["EVALSHA"]
+
+
+def test_requests_per_minute_alone_need_no_settlement(backend, clock):
+    caller = make_caller(rpm=1)
+
+    async def scenario():
+        first = await attempt(caller)
+        await first.release()  # gives nothing back: the request was made
+        return first, await attempt(caller)
+
+    first, second = run(scenario())
+    assert first._ticket is None
+    assert second.code == "rate_limit_requests"
+
+
+# --- freeing what a dead request holds (the request reconciler) ---
+
+
+def test_release_request_frees_slots_and_holds_and_is_idempotent(backend, clock):
+    caller = make_caller(concurrent=1, key_concurrent=1, key_budget="1")
+    sibling = another_key(caller)
+    month = limits.backend.month()
+
+    async def scenario():
+        dead = await attempt(caller, worst="0.4", budget="1", mtd=from_db("0.1"), key_mtd=from_db("0.2"),
+                             request_id="dead-1")  # fmt: skip
+        assert isinstance(dead, limits.Admission)  # its process is killed: never settled
+        assert (await attempt(sibling)).code == "concurrency_limit"  # the tenant's slot is taken
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("0.5")
+        assert await limits.key_spend_this_month(caller.key.id) == Decimal("0.6")
+        for _ in range(2):  # twice: the second time nothing is held, and nothing changes
+            await limits.release_request(tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead-1",
+                                         month=month)  # fmt: skip
+            assert await limits.spend_this_month(caller.tenant.id) == Decimal("0.1")
+            assert await limits.key_spend_this_month(caller.key.id) == Decimal("0.2")
+        usage = await limits.live_usage(caller.tenant.id)
+        assert usage.in_flight == 0
+        alive = await attempt(caller, worst="0.4", budget="1")
+        assert isinstance(alive, limits.Admission)  # both slots are free again
+        # Releasing an unknown request, or one of another month, touches nothing.
+        await limits.release_request(tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="never",
+                                     month=month)  # fmt: skip
+        await limits.release_request(tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead-1",
+                                     month="1999-01")  # fmt: skip
+        await limits.release_request(tenant_id=fresh_id(), key_id=fresh_id(), request_id="x", month=month)
+        assert await limits.spend_this_month(caller.tenant.id) == Decimal("0.5")
+        # The dead request settling after all (it was not dead) adds its whole cost, once.
+        await dead.settle(tokens=1, cost=Decimal("0.05"))
+        await alive.release()
+        return await limits.spend_this_month(caller.tenant.id), await limits.key_spend_this_month(caller.key.id)
+
+    assert run(scenario()) == (Decimal("0.15"), Decimal("0.25"))
+
+
+def test_release_request_sync_frees_the_slot_and_gives_the_hold_back(backend, clock):
+    caller = make_caller(concurrent=1)
+    run(attempt(caller, worst="0.3", budget="1", request_id="sync-1"))
+    assert limits.live_usage_sync(caller.tenant.id).in_flight == 1
+    limits.release_request_sync(
+        tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="sync-1", month=limits.backend.month()
+    )
+    usage = limits.live_usage_sync(caller.tenant.id)
+    assert (usage.in_flight, usage.month_spend) == (0, Decimal("0"))
+
+
+def test_the_redis_store_uses_redis_time_unless_a_clock_is_injected():
+    caller = make_caller(rpm=5)
+    server_seconds = redis.Redis.from_url(REDIS_URL).time()[0]
+    admission = run(attempt(caller))
+    left = parse_duration(admission.headers["x-ratelimit-reset-requests"])
+    assert (
+        abs((server_seconds * 1000 + left) % 60_000) < 2000
+        or abs((server_seconds * 1000 + left) % 60_000 - 60_000) < 2000
+    )
+    with limits.use_clock(limits.ManualClock(MINUTE_START_MS + 59_000)):
+        assert run(attempt(make_caller(rpm=5))).headers["x-ratelimit-reset-requests"] == "1s"
 
 
 def test_release_request_gives_back_the_slots_and_holds_of_a_dead_request_once(backend):

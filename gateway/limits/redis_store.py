@@ -1,0 +1,188 @@
+"""The limits store shared by every gateway process: one Lua script per step, one round trip.
+
+The scripts live in scripts/*.lua, read once at import; redis-py sends each by its SHA
+(EVALSHA) and loads it on the first NOSCRIPT. "Now" is Redis' TIME inside the script (one clock
+for all processes) unless a clock is injected, whose time is then passed as ARGV[1].
+"""
+
+import asyncio
+import weakref
+from collections.abc import Awaitable
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import config
+from .clock import Clock
+from .keys import Keys
+from .store import Ask, Outcome, Peek, Ticket
+
+# Failures that mean "the limits store cannot be reached", as opposed to a bug.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_SCRIPTS = Path(__file__).resolve().parent / "scripts"
+_CLOCK = (_SCRIPTS / "clock.lua").read_text()
+SCRIPTS = {
+    name: _CLOCK + (_SCRIPTS / f"{name}.lua").read_text()
+    for name in ("admit", "settle", "reconcile", "peek", "release")
+}
+
+
+class _LoopClient:
+    """A redis.asyncio client is bound to the event loop it first ran on: one per loop."""
+
+    def __init__(self, url: str) -> None:
+        timeout = config.redis_timeout()
+        self.url = url
+        # No retries: a retried script may have run already. A dead pooled connection is
+        # replaced by the pool on its next use, which is what makes recovery automatic.
+        self.client = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+        self.scripts = {name: self.client.register_script(source) for name, source in SCRIPTS.items()}
+
+
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient]" = weakref.WeakKeyDictionary()
+_tasks: set[asyncio.Task] = set()
+
+
+def background(coroutine: Awaitable) -> asyncio.Task:
+    """Run to completion even if the awaiting task is cancelled (a client that hung up)."""
+    task = asyncio.ensure_future(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+def _client() -> _LoopClient:
+    loop = asyncio.get_running_loop()
+    url = config.redis_url()
+    entry = _clients.get(loop)
+    if entry is None or entry.url != url:
+        if entry is not None:
+            background(entry.client.aclose())
+        entry = _clients[loop] = _LoopClient(url)
+    return entry
+
+
+def shared_redis() -> Redis:
+    """This event loop's Redis client, also used by the response cache (gateway/cache.py)."""
+    return _client().client
+
+
+async def aclose() -> None:
+    """Close this event loop's Redis client (ASGI lifespan shutdown, tests, one-off scripts)."""
+    entry = _clients.pop(asyncio.get_running_loop(), None)
+    if entry is not None:
+        await entry.client.aclose()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _outcome(reply: list) -> Outcome:
+    verdict = _text(reply[0])
+    scopes = tuple(int(c) - 1 for c in _text(reply[1]))
+    if verdict == "init":
+        return Outcome("init", scopes)
+    return Outcome(
+        verdict=verdict,
+        scopes=scopes,
+        window=int(reply[2]),
+        ms_left=int(reply[3]),
+        used=(int(reply[4]), int(reply[5])),
+        spend=(int(_text(reply[6]) or 0), int(_text(reply[7]) or 0)),
+        requests=(int(reply[8]), int(reply[9])),
+        requests_ms_left=int(reply[10]),
+    )
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+class RedisStore:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock
+
+    def now_ms(self) -> int | None:
+        return None if self.clock is None else self.clock.now_ms()
+
+    def _now_arg(self) -> int | str:
+        return "" if self.clock is None else self.clock.now_ms()
+
+    async def _run(self, name: str, keys: list[str], args: list) -> object:
+        return await _client().scripts[name](keys=keys, args=[self._now_arg(), *args])
+
+    async def admit(self, ask: Ask) -> Outcome:
+        reply = await self._run(
+            "admit",
+            ask.keys.all(),
+            [
+                ask.request_id,
+                config.window_ms(),
+                config.horizon_ms(),
+                ask.tokens,
+                *ask.tpm,
+                *ask.concurrency,
+                "" if ask.thresholds[0] is None else ask.thresholds[0],
+                ask.units,
+                config.SPEND_TTL_SECONDS,
+                "" if ask.thresholds[1] is None else ask.thresholds[1],
+                *ask.rpm,
+            ],
+        )
+        return _outcome(reply)
+
+    async def initialise(self, spend_key: str, units: int) -> None:
+        await _client().client.set(spend_key, units, nx=True, ex=config.SPEND_TTL_SECONDS)
+
+    async def settle(self, ticket: Ticket, *, tokens: int, units: int) -> None:
+        await self._run(
+            "settle",
+            ticket.keys.all(),
+            [
+                ticket.request_id,
+                config.window_ms(),
+                ticket.window,
+                tokens - ticket.tokens,
+                *map(_flag, ticket.tpm),
+                *map(_flag, ticket.concurrency),
+                *(units if flag else "" for flag in ticket.budget),
+            ],
+        )
+
+    async def spend(self, spend_key: str) -> int | None:
+        value = await _client().client.get(spend_key)
+        return None if value is None else int(value)
+
+    async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
+        reply = await self._run(
+            "reconcile", [spend_key, holds_key], [units, config.horizon_ms(), config.SPEND_TTL_SECONDS]
+        )
+        return int(reply)
+
+    async def peek(self, keys: Keys) -> Peek:
+        tokens, in_flight, spend, requests = await self._run(
+            "peek",
+            [keys.tpm[0], keys.concurrency[0], keys.spend, keys.rpm[0]],
+            [config.window_ms(), config.horizon_ms()],
+        )
+        spend = _text(spend)
+        return Peek(
+            tokens=int(tokens), in_flight=int(in_flight), spend=int(spend) if spend else None, requests=int(requests)
+        )
+
+    async def release(self, keys: Keys, request_id: str) -> int:
+        return int(
+            await self._run(
+                "release",
+                [*keys.concurrency, keys.spend, keys.holds, keys.key_spend, keys.key_holds],
+                [request_id],
+            )
+        )
