@@ -18,7 +18,6 @@ from functools import wraps
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django_ratelimit.core import get_usage
-from rest_framework.request import Request
 
 from .auth import authenticate
 from .errors import GatewayError, openai_error_response
@@ -63,13 +62,13 @@ def _period_ms(rate: str) -> int:
 
 
 def tenant_rate_limited(group: str) -> Callable:
-    """Decorate a view function (request first) or an APIView method (self, request): refuse
+    """Decorate a view function (request first) or a class-based view's method (self, request): refuse
     over GATEWAY_TENANT_API_RATE with a 429 in the OpenAI shape, like every error of these APIs."""
 
     def decorator(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Awaitable[HttpResponse]]:
         @wraps(view)
         async def guarded(*args, **kwargs) -> HttpResponse:
-            request = next(arg for arg in args if isinstance(arg, HttpRequest | Request))
+            request = next(arg for arg in args if isinstance(arg, HttpRequest))
             try:
                 await tenant_api_check(request, group=group)
             except GatewayError as error:
