@@ -9,3 +9,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("gateway.urls")),
 ]
+
+# Refusals before any view runs (a Host outside ALLOWED_HOSTS, a failing middleware) are the API's
+# JSON on /v1/*, Django's pages elsewhere.
+handler400 = "gateway.middleware.bad_request"
+handler500 = "gateway.middleware.server_error"

@@ -24,9 +24,10 @@ async def asgi_request(
     query: bytes = b"",
     key: str = "",
     headers: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of one request; a streamed body is read to its end."""
-    raw_headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+    raw_headers = [(b"host", host.encode()), (b"content-type", b"application/json")]
     if key:
         raw_headers.append((b"authorization", f"Bearer {key}".encode()))
     raw_headers += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]

@@ -219,3 +219,24 @@ def test_a_query_string_that_is_not_utf8_is_a_400_in_wire_format(upstreams, alic
         assert answer["error"]["type"] == "invalid_request_error"
     else:
         assert answer["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "family"),
+    [
+        ("/v1/chat/completions", "POST", "openai"),  # the hot path's own handler
+        ("/v1/messages", "POST", "anthropic"),
+        ("/v1/models", "GET", "openai"),  # Django's stack
+    ],
+)
+def test_a_host_outside_allowed_hosts_is_a_400_in_the_callers_format(alice_key, path, method, family):
+    status, headers, raw = asyncio.run(
+        asgi_request(path, method=method, body=b"{}", key=alice_key, host="attacker.example")
+    )
+    assert status == 400
+    answer = orjson.loads(raw)  # JSON, not Django's HTML page
+    if family == "anthropic":
+        assert answer["type"] == "error"
+        assert answer["error"]["type"] == "invalid_request_error"
+    else:
+        assert answer["error"]["code"] == "invalid_request"
