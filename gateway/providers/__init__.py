@@ -89,8 +89,12 @@ async def close_clients() -> None:
     """
     adapters = list(_adapters.values())
     _adapters.clear()
+    closed = 0
     for adapter in adapters:
         try:
             await adapter.client.close()
+            closed += 1
         except Exception as exc:  # the process is stopping: say so, and close the rest
             log.warning("closing a %s client failed: %r", adapter.provider, exc)
+    if closed:
+        log.info("closed %d provider client(s)", closed)
