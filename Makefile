@@ -3,45 +3,62 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two stamps: the demo needs the runtime requirements only; tests, lint and benchmarks add the
+# development ones (pytest, Playwright, ruff, py-spy) on top.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# The demo's ports: the gateway and admin, and the built-in mock provider.
+DEMO_PORT ?= 8000
+DEMO_MOCK_PORT ?= 8090
 # The browser test (tests/test_admin_browser.py) drives Debian's Chromium through Playwright;
 # Playwright never downloads a browser here.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install demo test lint bench bench-admin chromium clean
+.PHONY: install install-dev demo test test-services lint bench bench-admin chromium clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $(RUNTIME_STAMP)
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
-	@touch $(STAMP)
+	@touch $(DEV_STAMP)
 
-install: $(STAMP)
+install: $(RUNTIME_STAMP)
 
-demo: $(STAMP)
-	$(PY) manage.py demo
+install-dev: $(DEV_STAMP)
+
+demo: $(RUNTIME_STAMP)
+	$(PY) manage.py demo --port $(DEMO_PORT) --mock-port $(DEMO_MOCK_PORT)
 
 chromium:
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@test -x $(CHROMIUM)
 
-test: $(STAMP) chromium
+# PostgreSQL and Redis answer (else one clear line, at once), the test database exists (else it
+# is created): tests/preflight.py.
+test-services: $(DEV_STAMP)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m tests.preflight
+
+test: $(DEV_STAMP) chromium test-services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) bench/gateway_overhead.py
 
-bench-admin: $(STAMP)
+bench-admin: $(DEV_STAMP)
 	$(PY) bench/admin_pages.py
 
 clean:

@@ -4,7 +4,9 @@ The completion endpoints go to a lean handler (proxy_platform/handlers.py: no ad
 middleware, no per-request thread); everything else, the admin included, to Django's own.
 The outermost layer counts completion requests in flight until their last byte
 (gateway/observability.py). At shutdown the usage records still being written for clients that
-hung up are waited for, so that a restart loses none of them.
+hung up are waited for, so that a restart loses none of them, and then the provider SDKs' clients
+are closed: their aiohttp sessions would otherwise be finalized open at exit, which aiohttp logs
+as `Unclosed client session` errors (tests/test_shutdown.py).
 """
 
 import gc
@@ -24,6 +26,7 @@ from django.urls import get_resolver  # noqa: E402
 
 from gateway.metering import drain_pending  # noqa: E402
 from gateway.observability import InFlight  # noqa: E402
+from gateway.providers import close_clients  # noqa: E402
 
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -49,7 +52,8 @@ async def _lifespan(receive, send) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await drain_pending()
+            await drain_pending()  # the usage writes may still be settling with a provider's answer
+            await close_clients()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

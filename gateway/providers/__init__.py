@@ -12,6 +12,7 @@ request (docs/benchmark.md).
 """
 
 import hashlib
+import logging
 
 import anthropic as anthropic_sdk
 import httpx2
@@ -26,6 +27,7 @@ from .openai import OpenAIAdapter
 __all__ = ["Adapter", "EventStream", "ProviderError", "adapter_for", "close_clients"]
 
 _adapters: dict[tuple, Adapter] = {}
+log = logging.getLogger(__name__)
 
 
 def _timeout() -> httpx2.Timeout:
@@ -80,6 +82,19 @@ def adapter_for(provider: str, *, base_url: str = "", api_key: str | None = None
 
 
 async def close_clients() -> None:
-    for adapter in list(_adapters.values()):
-        await adapter.client.close()
+    """Close every pooled SDK client and its aiohttp session (the ASGI lifespan's shutdown).
+
+    Each is closed even when another fails: one that stays open is finalized at exit, which
+    aiohttp reports as `Unclosed client session`.
+    """
+    adapters = list(_adapters.values())
     _adapters.clear()
+    closed = 0
+    for adapter in adapters:
+        try:
+            await adapter.client.close()
+            closed += 1
+        except Exception as exc:  # the process is stopping: say so, and close the rest
+            log.warning("closing a %s client failed: %r", adapter.provider, exc)
+    if closed:
+        log.info("closed %d provider client(s)", closed)

@@ -106,6 +106,7 @@ class Command(BaseCommand):
                 env=env,
                 stdout=mock_log,
                 stderr=subprocess.STDOUT,
+                process_group=0,
             ),
             subprocess.Popen(  # noqa: S603
                 [
@@ -127,10 +128,17 @@ class Command(BaseCommand):
                 env=env,
                 stdout=gateway_log,
                 stderr=subprocess.STDOUT,
+                process_group=0,
             ),
         ]
-        # SIGTERM (a supervisor, `kill`) stops the servers like Ctrl-C does, never leaves them behind.
+        # The servers run in process groups of their own, so that Ctrl-C in the terminal reaches this
+        # command only, which then stops each of them with exactly one SIGTERM: a gateway that got
+        # the terminal's SIGINT and this SIGTERM too would take the second as "force quit" and skip
+        # its lifespan shutdown (the usage writes still pending, closing the provider clients).
+        # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop them the same way,
+        # never leave them behind.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
         try:
             _wait(f"{mock_url}/health")
             _wait(f"{gateway_url}/healthz")
@@ -144,7 +152,11 @@ class Command(BaseCommand):
             for process in processes:
                 process.send_signal(signal.SIGTERM)
             for process in processes:
-                process.wait(timeout=10)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             mock_log.close()
             gateway_log.close()
 
