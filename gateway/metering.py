@@ -14,11 +14,12 @@ from decimal import Decimal
 from django.db import transaction
 
 from billing.pricing import Tokens
-from billing.services import Metered, budget_alerts_check
+from billing.services import budget_alerts_check
 from tenants.models import ApiKey, RequestLog
 
 from . import journal, observability
 from .db import DATABASE_UNAVAILABLE, db_call
+from .metered import Metered
 from .tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
