@@ -52,7 +52,7 @@ API_KEY_PEPPER = env_str("API_KEY_PEPPER", SECRET_KEY)
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS")
 
 INSTALLED_APPS = [
-    "billing.apps.PlatformAdminConfig",  # django.contrib.admin, with the dashboard as its home page
+    "console.apps.PlatformAdminConfig",  # django.contrib.admin, with the dashboard as its home page
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "tenants",
     "billing",
     "gateway",
+    "console",  # the staff console: on top of the others, imported by none
 ]
 
 MIDDLEWARE = [

@@ -24,9 +24,10 @@ def main() -> None:
     from django.test import Client
     from django.utils import timezone
 
-    from billing import analytics, selectors, services
+    from billing import selectors, services
     from billing.models import Invoice, ModelPrice, Plan, Subscription, UsageRecord, UsageRollup
     from billing.pricing import Price, Tokens, request_cost
+    from console import analytics
     from gateway import registry
     from tenants.models import CatalogModel, Tenant
     from tenants.services import api_key_create
