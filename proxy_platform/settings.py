@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "tenants",
     "billing",
     "gateway",
+    "config",  # the tenant configuration file: import_tenants / export_tenants
     "console",  # the staff console: on top of the others, imported by none
 ]
 

@@ -17,15 +17,9 @@ from django.utils import timezone
 
 from billing.models import ModelPrice, Plan, Subscription
 from billing.selectors import price_in_force
-from billing.tenant_config import (
-    ConfigInvalid,
-    config_apply,
-    config_dumps,
-    config_export,
-    config_parse,
-    config_validate,
-    config_warnings,
-)
+from config.apply import config_apply
+from config.export import config_dumps, config_export
+from config.schema import ConfigInvalid, config_parse, config_validate, config_warnings
 from tenants.keys import key_hash
 from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
 from tenants.selectors import api_key_for_secret

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.tenant_config import config_dumps, config_export
+from config.export import config_dumps, config_export
 
 
 class Command(BaseCommand):
