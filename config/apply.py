@@ -205,7 +205,7 @@ class _Applier:
             return
         if wanted["input_per_1m"] is None or wanted["output_per_1m"] is None:
             return  # an existing model without any price, and the file gives only part of one
-        # Never edit a price row: requests already billed point at it (DESIGN §3).
+        # Never edit a price row: requests already billed point at it (docs/design.md#money).
         ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
         parts = [f"input {decimal_text(wanted['input_per_1m'])}", f"output {decimal_text(wanted['output_per_1m'])}"]
         if wanted["cached_input_per_1m"] is not None:

@@ -1,4 +1,5 @@
-"""The configuration file (DESIGN §7) and its commands (DESIGN §5), and the default catalog."""
+"""The configuration file (docs/design.md#the-configuration-file) and its commands
+(docs/design.md#management-commands), and the default catalog."""
 
 import copy
 import importlib
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED_EXAMPLE = Path(__file__).resolve().parent / "data" / "seed_example.json"
 EXAMPLE_FILE = ROOT / "examples" / "tenants.json"
 
-# DESIGN §7, verbatim.
+# The first example the file's format was specified with, verbatim: it must stay importable.
 DESIGN_EXAMPLE = """
 {
   "models": {

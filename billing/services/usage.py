@@ -61,7 +61,7 @@ def usage_cost(*, metered: MeteredUsage) -> Decimal:
 
 
 def usage_record_create(*, metered: MeteredUsage) -> UsageRecord:
-    """Record one request with its cost, computed here once and never again (DESIGN §3).
+    """Record one request with its cost, computed here once and never again (docs/design.md#money).
 
     A request without a price (unknown model, refused before routing) costs nothing; so does a
     cache hit, whose saving is the cost it would have had.

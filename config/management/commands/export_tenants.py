@@ -1,4 +1,4 @@
-"""`manage.py export_tenants [PATH]` (DESIGN §5, a CONTRACT): the configuration in the import
+"""`manage.py export_tenants [PATH]` (docs/design.md#management-commands, a CONTRACT): the configuration in the import
 format, keys never included. Sorted and indented, so that two exports diff cleanly."""
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`manage.py import_tenants PATH [--dry-run]` (DESIGN §5, a CONTRACT). The work is in
+"""`manage.py import_tenants PATH [--dry-run]` (docs/design.md#management-commands, a CONTRACT). The work is in
 config (schema, apply); this only reads the file and reports."""
 
 from pathlib import Path
