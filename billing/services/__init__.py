@@ -20,13 +20,7 @@ from .alerts import (
     webhook_signature,
 )
 from .errors import BillingError
-from .invoices import (
-    InvoiceRunResult,
-    credit_note_create,
-    invoice_number,
-    invoices_finalize,
-    invoices_generate,
-)
+from .invoices import InvoiceRunResult, credit_note_create, invoice_number, invoices_finalize, invoices_generate
 from .retention import usage_retention_apply
 from .rollups import RollupResult, usage_rollup, usage_rollup_day
 from .subscriptions import subscription_webhook_secret_set, subscriptions_set_plan

@@ -17,15 +17,9 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.models import (
-    BudgetAlert,
-    Subscription,
-)
+from billing.models import BudgetAlert, Subscription
 from billing.periods import month_start, period_str
-from billing.selectors import (
-    month_to_date_spend,
-    subscription_webhook_secret_get,
-)
+from billing.selectors import month_to_date_spend, subscription_webhook_secret_get
 
 log = logging.getLogger(__name__)
 

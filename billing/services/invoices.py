@@ -24,13 +24,7 @@ from billing.invoicing import (
     provider_cost,
     shared_cost_allocate,
 )
-from billing.models import (
-    Invoice,
-    InvoiceLine,
-    InvoiceRun,
-    ModelPrice,
-    Subscription,
-)
+from billing.models import Invoice, InvoiceLine, InvoiceRun, ModelPrice, Subscription
 from billing.periods import PeriodState, month_end, month_start, period_bounds, period_state, period_str
 from billing.pricing import Price
 from billing.selectors import BillableUsage, billable_usage, shared_cost_total

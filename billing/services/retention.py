@@ -8,11 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import (
-    Invoice,
-    UsageRecord,
-    UsageRollupDay,
-)
+from billing.models import Invoice, UsageRecord, UsageRollupDay
 from billing.periods import day_start, month_start
 
 from .errors import BillingError

@@ -16,11 +16,7 @@ from django.utils import timezone
 
 from billing import latency
 from billing.aggregates import money_sum_sql
-from billing.models import (
-    UsageRecord,
-    UsageRollup,
-    UsageRollupDay,
-)
+from billing.models import UsageRecord, UsageRollup, UsageRollupDay
 from billing.periods import day_start
 
 log = logging.getLogger(__name__)

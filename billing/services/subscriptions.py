@@ -2,10 +2,7 @@
 
 from django.db import transaction
 
-from billing.models import (
-    Plan,
-    Subscription,
-)
+from billing.models import Plan, Subscription
 from tenants.crypto import encrypt
 
 
