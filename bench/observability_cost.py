@@ -42,8 +42,8 @@ def child(n: int) -> dict:
     import redis
 
     from billing.pricing import Tokens
-    from billing.services import Metered
     from gateway import observability
+    from gateway.metered import Metered
     from proxy_platform.jsonlog import JsonFormatter
 
     rng = random.Random(7)

@@ -7,7 +7,7 @@ leading apostrophe, which spreadsheets show as text. Numbers are the exception: 
 amount ("-12.50") must stay a number, and a plain decimal cannot be a formula.
 
 Every CSV the project writes goes through `csv_writer`, so no column can be forgotten: the
-invoice export (billing/exports.py) and the admin's analytics export (billing/dashboard.py).
+invoice export (billing/exports.py) and the admin's analytics export (console/dashboard.py).
 """
 
 import csv

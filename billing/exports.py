@@ -1,4 +1,4 @@
-"""The finance CSV of invoices (DESIGN §5, `export_invoices`; columns documented in the README).
+"""The finance CSV of invoices (`export_invoices`, docs/design.md#management-commands; columns in the README).
 
 One row per invoice line (an invoice without lines gets one row with the line columns empty),
 UTF-8, one header row, CRLF line ends, ordered by period, invoice number and line position.

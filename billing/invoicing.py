@@ -56,7 +56,7 @@ class CostMismatch(Exception):
 
 
 def round_cents(amount: Decimal) -> Decimal:
-    """Half-up to the cent: the one rounding of a line (DESIGN §3)."""
+    """Half-up to the cent: the one rounding of a line (docs/design.md#money)."""
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 

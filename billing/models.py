@@ -57,8 +57,9 @@ class Subscription(models.Model):
     """A tenant's commercial terms: its plan and its monthly budget (empty: the plan's default),
     and where budget alerts go (`BudgetAlert`).
 
-    `alert_webhook_secret` holds the signing secret encrypted (tenants.crypto); it is set and
-    read through `billing.services.subscription_webhook_secret_set` / `..._get`, never shown.
+    `alert_webhook_secret` holds the signing secret encrypted (tenants.crypto); it is set through
+    `billing.services.subscription_webhook_secret_set`, read through
+    `billing.selectors.subscription_webhook_secret_get`, never shown.
     """
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="subscription")

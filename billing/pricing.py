@@ -2,7 +2,7 @@
 
 Token counts follow our UsageRecord convention: `input_tokens` is the whole prompt, of which
 `cached_input_tokens` were read from the provider's cache and `cache_write_tokens` written to
-it. The rest is billed at the input price. Nothing is rounded here (DESIGN §3).
+it. The rest is billed at the input price. Nothing is rounded here (docs/design.md#money).
 """
 
 from dataclasses import dataclass

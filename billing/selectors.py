@@ -5,7 +5,7 @@ not rolled up yet from the raw records: every report here is "rollups plus raw",
 what the raw records alone would give once the rollup is current.
 """
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +16,10 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from tenants.crypto import decrypt
+
 from .aggregates import MoneySum, money_from_db
+from .invoicing import ZERO
 from .models import (
     Invoice,
     InvoiceRun,
@@ -382,3 +385,42 @@ def _has_usage_or_run(period: date) -> bool:
         or UsageRollupDay.objects.filter(day__gte=period, day__lt=end.date()).exists()
         or UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end).exists()
     )
+
+
+# --- spend and alert settings, read on the hot path and by the alert tasks ------------------
+
+
+def month_to_date_spend(*, tenant_id: int, now: datetime) -> Decimal:
+    """The tenant's cost this UTC month, one SQL aggregate over raw records (index tenant, created_at).
+
+    Raw records are enough: retention keeps at least a month plus the grace period of them.
+    """
+    start, end = period_bounds(month_start(now.astimezone(UTC).date()))
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=start, created_at__lt=end).aggregate(
+        total=Coalesce(MoneySum("cost"), ZERO)
+    )["total"]
+    return total
+
+
+def month_to_date_spend_by_key(*, tenant_id: int, key_ids: Collection[int], now: datetime) -> dict[int, Decimal]:
+    """The cost of each of the tenant's `key_ids` this UTC month (0 for a key without records): one
+    aggregate over the tenant's raw records of the month (index tenant, created_at), by key.
+
+    Scoped by tenant as well as by key, so that a key id of another tenant counts nothing.
+    """
+    start, end = period_bounds(month_start(now.astimezone(UTC).date()))
+    rows = (
+        UsageRecord.objects.filter(
+            tenant_id=tenant_id, api_key_id__in=list(key_ids), created_at__gte=start, created_at__lt=end
+        )
+        .values("api_key_id")
+        .annotate(total=MoneySum("cost"))
+        .order_by()
+    )
+    totals = {row["api_key_id"]: row["total"] for row in rows}
+    return {key_id: totals.get(key_id) or ZERO for key_id in key_ids}
+
+
+def subscription_webhook_secret_get(*, subscription: Subscription) -> str:
+    """The alert webhook's signing secret, decrypted for the one caller that signs with it."""
+    return decrypt(subscription.alert_webhook_secret) if subscription.alert_webhook_secret else ""

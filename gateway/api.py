@@ -1,4 +1,4 @@
-"""The tenant's own data over REST: prompt templates and request logs (DESIGN §6, §9).
+"""The tenant's own data over REST: prompt templates and request logs (docs/design.md#rest-endpoints, #security).
 
 Plain async Django class-based views. The tenant key is checked in each handler through
 `auth.authenticate`, the same cached look-up as the completion endpoints; bodies and query

@@ -1,5 +1,5 @@
 """Who is calling, and what a caller may do: the tenant key from `Authorization: Bearer`,
-`x-api-key` or `api-key` (DESIGN §2), and what a suspended tenant may still do.
+`x-api-key` or `api-key` (docs/design.md#the-hot-path), and what a suspended tenant may still do.
 
 Every tenant endpoint says what it does with an `Access`; `access_check` is the one place that
 decides, from the tenant's status, whether it may. A suspended tenant may still read what it has

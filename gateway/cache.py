@@ -1,4 +1,4 @@
-"""The response cache (DESIGN §2 step 3): an identical request of the same tenant, within the
+"""The response cache (docs/design.md#the-hot-path, step 3): an identical request of the same tenant, within the
 tenant's `response_cache_seconds`, is answered without calling the provider.
 
 - Identical means the same wire format, the same catalog model (an alias and its target are the

@@ -1,4 +1,4 @@
-"""One exception for every expected failure, rendered by one function per API family (DESIGN §6).
+"""One exception for every expected failure, rendered by one function per API family (docs/design.md#rest-endpoints).
 
 Views raise `GatewayError`; `openai_error_response` and `anthropic_error_response` turn it into
 the wire format the caller's SDK understands. `error_type` is also what the usage record

@@ -52,10 +52,11 @@ from django.db import IntegrityError, connection, transaction
 
 from billing.models import ModelPrice, UsageRecord
 from billing.pricing import Price, Tokens
-from billing.services import Metered, usage_cost, usage_record_create
+from billing.services import usage_cost, usage_record_create
 
 from .db import DATABASE_UNAVAILABLE, db_call
 from .limits import UNREACHABLE, aclose, release_request, shared_redis
+from .metered import Metered
 
 if TYPE_CHECKING:
     from .lifecycle import Call

@@ -36,11 +36,11 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from billing.pricing import Tokens
-from billing.services import Metered
 
 from .db import DATABASE_UNAVAILABLE
 from .errors import GatewayError
 from .limits import Admission
+from .metered import Metered
 from .metering import LogEntry, estimate_prompt_tokens, keep_alive, record
 from .registry import Caller, DeploymentView, ModelView, PriceView
 

@@ -1,7 +1,7 @@
 """Metering of one request: tokens from the provider's own usage, or a flagged estimate.
 
-DESIGN §8: OpenAI's `prompt_tokens` includes cached tokens; Anthropic's `input_tokens`
-excludes cache reads and writes. Both are normalised to billing's `Tokens`, whose `input`
+OpenAI's `prompt_tokens` includes cached tokens; Anthropic's `input_tokens` excludes cache reads and
+writes (docs/design.md#wire-facts-billing-depends-on). Both are normalised to billing's `Tokens`, whose `input`
 is the whole prompt. A provider-reported count always wins over an estimate, zero included.
 """
 
@@ -14,11 +14,12 @@ from decimal import Decimal
 from django.db import transaction
 
 from billing.pricing import Tokens
-from billing.services import Metered, budget_alerts_check
+from billing.services import budget_alerts_check
 from tenants.models import ApiKey, RequestLog
 
 from . import journal, observability
 from .db import DATABASE_UNAVAILABLE, db_call
+from .metered import Metered
 from .tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def _due_for_touch(key_id: int | None) -> bool:
 
 async def record(metered: Metered, log_entry: LogEntry | None = None, *, budgeted: bool = False) -> Decimal:
     """Commit the usage record (and request log) and return its cost. Awaited before the response
-    ends (DESIGN §2 step 6). Only `gateway.lifecycle.Owner` calls it, and then settles the limits.
+    ends (docs/design.md#the-hot-path, step 6). Only `gateway.lifecycle.Owner` calls it, and then settles the limits.
     `budgeted`: the request counts against its tenant's budget, whose alert thresholds it may cross.
     """
     check_budget = _due_for_budget_check(metered.tenant_id, budgeted)

@@ -42,9 +42,8 @@ from django.http import HttpRequest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from billing.services import Metered
-
 from .errors import GatewayError
+from .metered import Metered
 
 __all__ = [
     "CONTENT_TYPE",

@@ -1,4 +1,4 @@
-"""One proxied completion, from an authenticated caller to a metered response (DESIGN §2).
+"""One proxied completion, from an authenticated caller to a metered response (docs/design.md#the-hot-path).
 
 `complete()` and `stream()` resolve the model under the tenant's policy, admit the request
 through its owner (`gateway.lifecycle`), route it to a deployment (falling back on retryable

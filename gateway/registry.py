@@ -18,7 +18,7 @@ from django.utils import timezone
 from billing.aggregates import MoneySum
 from billing.models import ModelPrice, Subscription, UsageRecord
 from billing.pricing import Price
-from billing.services import month_to_date_spend_by_key
+from billing.selectors import month_to_date_spend_by_key
 from tenants.crypto import decrypt
 from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant

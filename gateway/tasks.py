@@ -7,7 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Subscription
-from billing.services import month_to_date_spend, month_to_date_spend_by_key
+from billing.selectors import month_to_date_spend, month_to_date_spend_by_key
 from tenants.models import ApiKey
 
 from .journal import reconcile_requests_sync

@@ -2,7 +2,7 @@
 
 Pure functions over the JSON as it is on the wire (plain dicts): no Django, no I/O, no SDK
 calls. The gateway uses them when the client's endpoint and the upstream provider differ
-(DESIGN §2 step 5). Anything that cannot be said in the other format raises
+(docs/design.md#the-hot-path, step 5). Anything that cannot be said in the other format raises
 `TranslationError` (a 400 for the client, naming the field); an `error` event inside an
 Anthropic stream raises `StreamError`.
 
@@ -45,7 +45,8 @@ Anthropic request -> OpenAI request (`anthropic_request_to_openai`)
            container, mcp_servers, inference_geo, unknown parameters.
 
 Responses and streams map content, tool calls, stop/finish reasons (one pair of tables,
-`stop_reason_to_finish_reason` / `finish_reason_to_stop_reason`) and usage (DESIGN §8):
+`stop_reason_to_finish_reason` / `finish_reason_to_stop_reason`) and usage
+(docs/design.md#wire-facts-billing-depends-on):
 Anthropic `input_tokens` excludes cache, OpenAI `prompt_tokens` includes it; cache reads travel
 as `cached_tokens`, cache writes as `prompt_tokens_details.cache_write_tokens`, thinking tokens
 as `reasoning_tokens`. Thinking and server-tool blocks in responses are left out (a chat
@@ -605,7 +606,8 @@ def anthropic_request_to_openai(
     if response_format:
         out["response_format"] = response_format
     if body.get("stream"):
-        # The gateway meters from provider usage (DESIGN §8), so it always asks for it.
+        # The gateway meters from provider usage (docs/design.md#wire-facts-billing-depends-on), so it
+        # always asks for it.
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out

@@ -1,4 +1,4 @@
-"""The REST gateway (DESIGN §6). Thin: authenticate, validate, hand over to `proxy`, render errors.
+"""The REST gateway (docs/design.md#rest-endpoints). Thin: authenticate, validate, hand over to `proxy`, render errors.
 
 The completion endpoints are plain async Django views rather than DRF views: they need no
 content negotiation, and on the hot path DRF's request wrapping costs more than it gives.

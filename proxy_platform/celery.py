@@ -1,4 +1,4 @@
-"""The Celery app `proxy_platform` (DESIGN §4). Configuration comes from Django settings (CELERY_*).
+"""The Celery app `proxy_platform` (docs/design.md#settings). Configuration comes from Django settings (CELERY_*).
 
 Workers and beat log like the rest of the platform: Django's LOGGING, one JSON object per line on
 stderr, instead of Celery's own format (connecting `setup_logging` tells Celery to leave logging

@@ -1,4 +1,4 @@
-"""A lean Django ASGI handler for the completion endpoints, the gateway's hot path (DESIGN §2).
+"""A lean Django ASGI handler for the completion endpoints, the gateway's hot path (docs/design.md#the-hot-path).
 
 Django's ASGIHandler costs a request on these endpoints about fifteen thread hops, each about
 0.1 ms of CPU on our two cores, and one new thread:

@@ -1,4 +1,4 @@
-"""Settings, read from the environment once (DESIGN §4).
+"""Settings, read from the environment once (docs/design.md#settings).
 
 Nothing set: the embedded default (SQLite, local-memory cache, eager Celery), which is what
 `make demo` runs. Production sets DATABASE_URL (PostgreSQL) and REDIS_URL.
@@ -52,7 +52,7 @@ API_KEY_PEPPER = env_str("API_KEY_PEPPER", SECRET_KEY)
 FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS")
 
 INSTALLED_APPS = [
-    "billing.apps.PlatformAdminConfig",  # django.contrib.admin, with the dashboard as its home page
+    "console.apps.PlatformAdminConfig",  # django.contrib.admin, with the dashboard as its home page
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -61,6 +61,8 @@ INSTALLED_APPS = [
     "tenants",
     "billing",
     "gateway",
+    "config",  # the tenant configuration file: import_tenants / export_tenants
+    "console",  # the staff console: on top of the others, imported by none
 ]
 
 MIDDLEWARE = [
@@ -199,7 +201,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # uvicorn serves no static files; in the demo and in DEBUG the ASGI app does (see asgi.py).
 SERVE_STATIC = env_bool("SERVE_STATIC", DEBUG)
 
-# Provider credentials and endpoints, by the SDKs' own names (DESIGN §4).
+# Provider credentials and endpoints, by the SDKs' own names (docs/design.md#settings).
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
@@ -214,7 +216,7 @@ GATEWAY_UPSTREAM_TIMEOUT = env_float("GATEWAY_UPSTREAM_TIMEOUT", 120.0)
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0)
 GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 2)
 # How long a key or tenant configuration may be served from the in-process cache. A revoked
-# key stops working on every process within this many seconds (DESIGN §2 asks for 5).
+# key stops working on every process within this many seconds (docs/design.md#the-hot-path).
 GATEWAY_AUTH_CACHE_SECONDS = env_float("GATEWAY_AUTH_CACHE_SECONDS", 4.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 # Limits (gateway/limits/): the tokens-per-minute window, the age after which a slot or budget

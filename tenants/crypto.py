@@ -1,4 +1,4 @@
-"""Encryption at rest for provider credentials (DESIGN §9): Fernet, with key rotation.
+"""Encryption at rest for provider credentials (docs/design.md#security): Fernet, with key rotation.
 
 `FIELD_ENCRYPTION_KEYS` lists Fernet keys newest first; the first encrypts, all decrypt. With
 none set, one key is derived from SECRET_KEY, so the demo works and production is told to set it.

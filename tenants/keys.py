@@ -1,4 +1,4 @@
-"""Tenant API keys: generation, checksum and keyed hashing (DESIGN §9). Pure functions.
+"""Tenant API keys: generation, checksum and keyed hashing (docs/design.md#security). Pure functions.
 
 A generated key is ``tpk_`` + 32 base62 characters of randomness (190 bits) + a 6-character
 base62 CRC32 of those, so a mistyped or truncated key is refused without a database look-up

@@ -72,7 +72,7 @@ class Tenant(models.Model):
 
 
 class ApiKey(models.Model):
-    """A tenant's key to the gateway. Only a keyed hash of the secret is stored (DESIGN §9).
+    """A tenant's key to the gateway. Only a keyed hash of the secret is stored (docs/design.md#security).
 
     `prefix` and `last4` are kept so that staff and the tenant can recognise a key without
     the secret: "tpk_AbCd…wxyz". An imported key keeps less, or nothing when it is short

@@ -2,7 +2,7 @@
 
 The one place that says what a valid `model_aliases`, `default_params`, `max_tokens_cap`,
 `log_retention_days`, API key scope and budget or platform policy is. The staff admin forms and the
-configuration file import (billing/tenant_config.py) both call these functions, so a value
+configuration file import (config/apply.py) both call these functions, so a value
 the admin refuses is refused by the import too, with the same words.
 
 Every check returns a list of `Problem`s (empty: valid). A problem's `path` starts with the

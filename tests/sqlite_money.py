@@ -24,9 +24,10 @@ def main() -> None:
     from django.test import Client
     from django.utils import timezone
 
-    from billing import analytics, selectors, services
+    from billing import selectors, services
     from billing.models import Invoice, ModelPrice, Plan, Subscription, UsageRecord, UsageRollup
     from billing.pricing import Price, Tokens, request_cost
+    from console import analytics
     from gateway import registry
     from tenants.models import CatalogModel, Tenant
     from tenants.services import api_key_create
@@ -115,9 +116,9 @@ def main() -> None:
                 "overview_daily_cost": [text(p.cost) for p in overview.daily if p.cost],
                 "overview_month_to_date": text(overview.month_to_date),
                 "overview_key_month_to_date": text(overview_keys[0].month_to_date),
-                "month_to_date_spend": text(services.month_to_date_spend(tenant_id=tenant.id, now=now)),
+                "month_to_date_spend": text(selectors.month_to_date_spend(tenant_id=tenant.id, now=now)),
                 "month_to_date_by_key": text(
-                    services.month_to_date_spend_by_key(tenant_id=tenant.id, key_ids=[key.id], now=now)[key.id]
+                    selectors.month_to_date_spend_by_key(tenant_id=tenant.id, key_ids=[key.id], now=now)[key.id]
                 ),
                 "registry_month_to_date": text(registry._month_to_date(tenant.id)),
                 "finance_provider_cost": text(finance.provider_cost),

@@ -351,11 +351,11 @@ def test_saving_a_key_writes_only_what_changed(world):
 
 @pytest.mark.django_db
 def test_the_revoke_action_revokes_the_selected_keys_through_the_service(admin_client, world, monkeypatch):
-    import tenants.admin
+    import console.admin.tenants
 
     calls = []
-    real = tenants.admin.api_key_revoke
-    monkeypatch.setattr(tenants.admin, "api_key_revoke", lambda *, key: calls.append(key.pk) or real(key=key))
+    real = console.admin.tenants.api_key_revoke
+    monkeypatch.setattr(console.admin.tenants, "api_key_revoke", lambda *, key: calls.append(key.pk) or real(key=key))
     key, revoked = world["key"], world["revoked"]
     revoked_at = ApiKey.objects.get(pk=revoked.pk).revoked_at
 
@@ -387,12 +387,12 @@ def test_keys_have_no_bulk_delete_and_filter_by_status(admin_client, world):
 
 @pytest.mark.django_db
 def test_suspend_and_resume_actions_go_through_the_service(admin_client, world, monkeypatch):
-    import tenants.admin
+    import console.admin.tenants
 
     calls = []
-    real = tenants.admin.tenant_set_status
+    real = console.admin.tenants.tenant_set_status
     monkeypatch.setattr(
-        tenants.admin,
+        console.admin.tenants,
         "tenant_set_status",
         lambda *, tenant, status: calls.append((tenant.slug, status)) or real(tenant=tenant, status=status),
     )
@@ -414,12 +414,12 @@ def test_suspend_and_resume_actions_go_through_the_service(admin_client, world, 
 
 @pytest.mark.django_db
 def test_the_tenant_page_edits_access_plan_and_status(admin_client, world, monkeypatch):
-    import tenants.admin
+    import console.admin.tenants
 
     calls = []
-    real = tenants.admin.tenant_set_status
+    real = console.admin.tenants.tenant_set_status
     monkeypatch.setattr(
-        tenants.admin,
+        console.admin.tenants,
         "tenant_set_status",
         lambda *, tenant, status: calls.append(status) or real(tenant=tenant, status=status),
     )

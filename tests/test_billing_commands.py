@@ -1,4 +1,4 @@
-"""`rollup_usage`, `generate_invoices` (DESIGN §5) and the budget job."""
+"""`rollup_usage`, `generate_invoices` (docs/design.md#management-commands) and the budget job."""
 
 import io
 from datetime import UTC, date, datetime, timedelta

@@ -19,12 +19,8 @@ from django.urls import reverse
 
 from billing import tasks
 from billing.models import BudgetAlert, Subscription
-from billing.services import (
-    WebhookError,
-    budget_alerts_check,
-    subscription_webhook_secret_get,
-    subscription_webhook_secret_set,
-)
+from billing.selectors import subscription_webhook_secret_get
+from billing.services import WebhookError, budget_alerts_check, subscription_webhook_secret_set
 from proxy_platform.celery import app
 from tests.billing_fixtures import at, save, usage
 

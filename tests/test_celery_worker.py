@@ -41,7 +41,7 @@ SLOW_WORKER = """
 import os, pathlib, sys, time
 import django
 django.setup()
-import billing.services as services
+import billing.services.invoices as services
 marker = pathlib.Path(os.environ["BILLING_TEST_MARKER"])
 write = services._invoice_write
 def slow_write(**kwargs):

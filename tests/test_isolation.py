@@ -1,4 +1,4 @@
-"""Tenant isolation, end to end (issue 3, DESIGN §9): bob's key against alice's names and ids.
+"""Tenant isolation, end to end (issue 3, docs/design.md#security): bob's key against alice's names and ids.
 
 Every tenant-facing endpoint and object: templates, request logs, usage, models and model
 aliases, templates named in a completion, and keys. Bob must find nothing of alice's: a 404

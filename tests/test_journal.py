@@ -18,8 +18,9 @@ from django.core.management import CommandError, call_command
 
 from billing.models import ModelPrice, UsageRecord
 from billing.pricing import Price, Tokens
-from billing.services import Metered, usage_cost
+from billing.services import usage_cost
 from gateway import journal, limits
+from gateway.metered import Metered
 from gateway.registry import Caller, KeyView, TenantView
 from tenants.models import ApiKey
 

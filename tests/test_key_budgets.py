@@ -16,11 +16,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.analytics import tenant_overview
 from billing.models import UsageRecord
 from billing.periods import month_start
-from billing.selectors import utc_today
-from billing.services import month_to_date_spend_by_key
+from billing.selectors import month_to_date_spend_by_key, utc_today
+from console.analytics import tenant_overview
 from gateway import limits, registry
 from gateway.tasks import reconcile_budget_counters
 from tenants.models import ApiKey

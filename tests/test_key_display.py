@@ -15,7 +15,7 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 
-from billing.tenant_config import config_apply
+from config.apply import config_apply
 from tenants.keys import key_display_parts, key_generate, key_hash
 from tenants.models import ApiKey, Tenant
 from tenants.selectors import api_key_for_secret

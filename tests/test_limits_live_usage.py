@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing import analytics
+from console import analytics
 from gateway import limits
 from tests.test_limits import REDIS_URL, attempt, make_caller, redis_caches, run
 
@@ -61,6 +61,6 @@ def test_live_usage_counts_the_requests_of_the_current_minute(backend):
         assert limits.live_usage_sync(caller.tenant.id).requests_this_minute == 0
 
 
-def test_the_gateway_hands_its_reader_to_billing():
-    # Registered by GatewayConfig.ready(): billing never imports the gateway.
-    assert analytics._live_limits_provider is limits.live_usage_sync
+def test_the_console_reads_the_counters_the_gateway_enforces():
+    # The console sits above the gateway and imports its reader: no start-up hook to forget.
+    assert analytics.live_usage_sync is limits.live_usage_sync

@@ -1,4 +1,4 @@
-"""`manage.py check --deploy` is clean with the production settings the README documents (DESIGN §9)."""
+"""`manage.py check --deploy` is clean with the production settings the README documents (docs/design.md#security)."""
 
 import os
 import secrets

@@ -191,9 +191,9 @@ def test_enabling_and_disabling_one_model_at_once_is_a_form_error(admin_client, 
 
 
 def test_suspend_is_one_transaction(admin_client, trio, monkeypatch):
-    import tenants.admin
+    import console.admin.tenants
 
-    real = tenants.admin.tenant_set_status
+    real = console.admin.tenants.tenant_set_status
     calls = []
 
     def flaky(*, tenant, status):
@@ -202,7 +202,7 @@ def test_suspend_is_one_transaction(admin_client, trio, monkeypatch):
             raise RuntimeError("database went away")
         return real(tenant=tenant, status=status)
 
-    monkeypatch.setattr(tenants.admin, "tenant_set_status", flaky)
+    monkeypatch.setattr(console.admin.tenants, "tenant_set_status", flaky)
     admin_client.raise_request_exception = False
     response = admin_client.post(
         CHANGELIST, {"action": "suspend_tenants", "_selected_action": [t.pk for t in Tenant.objects.all()]}

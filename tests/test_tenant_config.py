@@ -1,4 +1,5 @@
-"""The configuration file (DESIGN §7) and its commands (DESIGN §5), and the default catalog."""
+"""The configuration file (docs/design.md#the-configuration-file) and its commands
+(docs/design.md#management-commands), and the default catalog."""
 
 import copy
 import importlib
@@ -17,15 +18,9 @@ from django.utils import timezone
 
 from billing.models import ModelPrice, Plan, Subscription
 from billing.selectors import price_in_force
-from billing.tenant_config import (
-    ConfigInvalid,
-    config_apply,
-    config_dumps,
-    config_export,
-    config_parse,
-    config_validate,
-    config_warnings,
-)
+from config.apply import config_apply
+from config.export import config_dumps, config_export
+from config.schema import ConfigInvalid, config_parse, config_validate, config_warnings
 from tenants.keys import key_hash
 from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
 from tenants.selectors import api_key_for_secret
@@ -37,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED_EXAMPLE = Path(__file__).resolve().parent / "data" / "seed_example.json"
 EXAMPLE_FILE = ROOT / "examples" / "tenants.json"
 
-# DESIGN §7, verbatim.
+# The first example the file's format was specified with, verbatim: it must stay importable.
 DESIGN_EXAMPLE = """
 {
   "models": {

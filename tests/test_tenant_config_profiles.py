@@ -8,14 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from billing.tenant_config import (
-    ConfigInvalid,
-    config_apply,
-    config_dumps,
-    config_export,
-    config_parse,
-    config_validate,
-)
+from config.apply import config_apply
+from config.export import config_dumps, config_export
+from config.schema import ConfigInvalid, config_parse, config_validate
 from tenants.models import ApiKey, CatalogModel, PlatformPolicy, Tenant
 
 from .conftest import make_tenant

@@ -1,4 +1,4 @@
-"""Admission control for one request: rate limits, concurrency and the monthly budgets (DESIGN §2,
+"""Admission control for one request: rate limits, concurrency and the monthly budgets (docs/design.md#the-hot-path,
 docs/limits.md).
 
 Every gateway process shares the counters through Redis, so the limits are exact across

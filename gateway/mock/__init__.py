@@ -1,4 +1,5 @@
-"""The built-in fake provider behind `manage.py mockllm` (DESIGN §5); see `server` for the directives."""
+"""The built-in fake provider behind `manage.py mockllm` (docs/design.md#management-commands); see
+`server` for the directives."""
 
 from gateway.mock.server import MockApp, MockSettings, build_app, parse_directives
 

@@ -2,7 +2,8 @@
 
 Run it with `manage.py mockllm --port N`. It is what the demo, the test suite and the benchmarks call
 instead of a real provider, through the official SDKs, so the wire format follows the real APIs
-(DESIGN §8) and the request path avoids anything slow: no Django, no framework, orjson for JSON.
+(docs/design.md#wire-facts-billing-depends-on) and the request path avoids anything slow: no Django,
+no framework, orjson for JSON.
 
 Endpoints
     POST /v1/chat/completions                                   OpenAI; `Authorization: Bearer <any>`

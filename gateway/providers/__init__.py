@@ -2,7 +2,7 @@
 
 SDK imports live only in this package (aliased here: the adapter modules share the SDKs'
 names). One async SDK client is kept per (provider, endpoint, credential) for the life of
-the process, so its HTTP connection pool is reused (DESIGN §2).
+the process, so its HTTP connection pool is reused (docs/design.md#the-hot-path).
 
 The SDKs' clients run on their own aiohttp transport (the `aiohttp` extra of both SDKs,
 `DefaultAioHttpClient`) rather than their default httpx2/httpcore2 one: the same requests and

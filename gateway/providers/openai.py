@@ -66,7 +66,7 @@ class OpenAIAdapter:
         return orjson.loads(response.content)
 
     async def open_stream(self, body: dict) -> SSEEventStream:
-        # The gateway always meters from the provider's own count (DESIGN §8).
+        # The gateway always meters from the provider's own count (docs/design.md#wire-facts-billing-depends-on).
         body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         try:
             response = await self.client.post(

@@ -1,4 +1,4 @@
-"""`manage.py export_invoices --period YYYY-MM [--output FILE]` (DESIGN §5): the finance CSV
+"""`manage.py export_invoices --period YYYY-MM [--output FILE]` (docs/design.md#management-commands): the finance CSV
 (columns in the README and in billing/exports.py)."""
 
 import io

@@ -1,5 +1,5 @@
-"""`manage.py generate_invoices --period YYYY-MM [--finalize]` (DESIGN §5): what the Celery task
-does, by hand. Drafts are regenerated; finalized invoices are never touched."""
+"""`manage.py generate_invoices --period YYYY-MM [--finalize]` (docs/design.md#management-commands):
+what the Celery task does, by hand. Drafts are regenerated; finalized invoices are never touched."""
 
 from django.core.management.base import BaseCommand, CommandError
 

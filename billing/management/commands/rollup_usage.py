@@ -1,4 +1,5 @@
-"""`manage.py rollup_usage [--since DAY] [--until DAY]` (DESIGN §5): what the beat task does."""
+"""`manage.py rollup_usage [--since DAY] [--until DAY]` (docs/design.md#management-commands): what the
+beat task does."""
 
 from datetime import date
 

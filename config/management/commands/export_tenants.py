@@ -1,11 +1,11 @@
-"""`manage.py export_tenants [PATH]` (DESIGN §5, a CONTRACT): the configuration in the import
+"""`manage.py export_tenants [PATH]` (docs/design.md#management-commands, a CONTRACT): the configuration in the import
 format, keys never included. Sorted and indented, so that two exports diff cleanly."""
 
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.tenant_config import config_dumps, config_export
+from config.export import config_dumps, config_export
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from django import template
 
-from billing.analytics import money as money_str
+from console.analytics import money as money_str
 
 register = template.Library()
 

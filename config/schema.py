@@ -1,7 +1,8 @@
-"""The tenant configuration file: validate, import (upsert) and export (DESIGN §7, a CONTRACT).
+"""The tenant configuration file: its format (a CONTRACT, docs/design.md#the-configuration-file)
+and its validation. Applying it is config/apply.py, exporting it config/export.py.
 
-It lives in billing, not tenants, because the file carries prices, plans and budgets as well
-as tenant settings, and imports may only point billing → tenants.
+It is a package of its own, above billing and tenants, because the file carries prices, plans
+and budgets as well as tenant settings: it reads and writes both apps, and neither imports it.
 
 The format
 ----------
@@ -103,15 +104,14 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from tenants.keys import key_display_parts, key_hash, key_is_well_formed
+from billing.models import MONEY_DIGITS, PRICE_DIGITS
+from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant
 from tenants.profiles import (
     LOG_RETENTION_DAYS_MAX,
@@ -126,10 +126,6 @@ from tenants.profiles import (
     policy_problems,
     positive_int_problems,
 )
-from tenants.selectors import platform_policy
-from tenants.services import api_key_create, api_key_revoke, platform_policy_update
-
-from .models import MONEY_DIGITS, PRICE_DIGITS, ModelPrice, Plan, Subscription
 
 CONFIG_KEY_NAME = "config"
 
@@ -208,11 +204,6 @@ class ConfigInvalid(Exception):
         super().__init__(f"{len(errors)} error(s) in the configuration; nothing was changed")
 
 
-# --------------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------------
-
-
 def config_parse(*, text: str) -> Any:
     """JSON text → document. Floats become Decimal (so they can be refused by name, not rounded),
     duplicate object keys and NaN/Infinity are errors rather than silently collapsed."""
@@ -239,106 +230,12 @@ def config_parse(*, text: str) -> Any:
 
 def config_validate(*, document: Any) -> list[ConfigError]:
     """Every error in the document (empty list: valid). Reads the database, writes nothing."""
-    return _check(document).errors
+    return document_check(document).errors
 
 
 def config_warnings(*, document: Any) -> list[ConfigError]:
     """Things that are allowed but probably not meant, e.g. a model out of the tenant's region."""
-    return _check(document).warnings
-
-
-def config_apply(*, document: Any, dry_run: bool = False) -> list[str]:
-    """Validate and upsert the document in one transaction; return the changes, one per line.
-
-    Raises ConfigInvalid (nothing written) when the document has any error. With `dry_run`
-    the same changes are computed by really applying them and rolling the transaction back,
-    so the list is exactly what a real run would do.
-    """
-    with transaction.atomic():
-        # Validation runs inside the transaction so that it sees what the writes will see.
-        # Two imports racing each other are not serialised: the unique constraints (tenant
-        # slug, key hash, plan name, price instant) make the loser fail whole.
-        checked = _check(document)
-        if checked.errors:
-            raise ConfigInvalid(checked.errors)
-        changes = _Applier(checked.config, now=timezone.now()).run()
-        if dry_run:
-            transaction.set_rollback(True)
-    return changes
-
-
-def config_export() -> dict:
-    """The whole configuration in the import format: all active models with the price in force
-    now and their primary deployment, all plans, all tenants (keys never). Sorted, stable."""
-    now = timezone.now()
-    prices: dict[int, ModelPrice] = {}
-    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("model_id", "-effective_from"):
-        prices.setdefault(price.model_id, price)
-    models: dict[str, dict] = {}
-    for model in CatalogModel.objects.filter(active=True).prefetch_related("deployments").order_by("name"):
-        entry: dict[str, Any] = {"provider": model.provider}
-        deployment = _primary_deployment(list(model.deployments.all()))
-        if deployment is not None:
-            entry.update(provider=deployment.provider, upstream=deployment.upstream, region=deployment.region)
-        price = prices.get(model.id)
-        if price is not None:
-            # null, not absent, for "no discount": absent would mean "keep yours" when the export
-            # is imported into another installation.
-            entry.update({key: _fmt(getattr(price, key)) for key in PRICE_KEYS})
-        models[model.name] = dict(sorted(entry.items()))
-
-    plans = {
-        plan.name: {
-            "currency": plan.currency,
-            "default_monthly_budget": _fmt(plan.default_monthly_budget),
-            "description": plan.description,
-            "included_allowance": _fmt(plan.included_allowance),
-            "markup_percent": _fmt(plan.markup_percent),
-            "monthly_base_fee": _fmt(plan.monthly_base_fee),
-        }
-        for plan in Plan.objects.order_by("name")
-    }
-
-    tenants: dict[str, dict] = {}
-    for tenant in Tenant.objects.select_related("subscription__plan").prefetch_related("allowed_models"):
-        entry = {
-            "models": sorted(m.name for m in tenant.allowed_models.all()),
-            "name": tenant.name,
-            "providers": sorted(tenant.allowed_providers or []),
-            "rate_limit": {
-                "max_concurrent": tenant.max_concurrent,
-                "requests_per_minute": tenant.requests_per_minute,
-                "tokens_per_minute": tenant.tokens_per_minute,
-            },
-            "region": tenant.region,
-            "status": tenant.status,
-            "model_aliases": dict(sorted((tenant.model_aliases or {}).items())),
-            "default_params": dict(sorted((tenant.default_params or {}).items())),
-            "max_tokens_cap": tenant.max_tokens_cap,
-            "log_requests": tenant.log_requests,
-            "log_retention_days": tenant.log_retention_days,
-            "response_cache_seconds": tenant.response_cache_seconds,
-        }
-        subscription = getattr(tenant, "subscription", None)
-        if subscription is not None:  # a tenant made in the admin may have none yet
-            entry["billing_plan"] = subscription.plan.name
-            entry["monthly_budget"] = _fmt(subscription.monthly_budget)
-        tenants[tenant.slug] = dict(sorted(entry.items()))
-    policy = platform_policy()
-    policy_entry = {name: getattr(policy, name) for name in POLICY_KEYS}
-    for name in POLICY_LIST_KEYS:
-        policy_entry[name] = sorted(policy_entry[name] or [])
-    return {
-        "models": models,
-        "plans": plans,
-        "policy": dict(sorted(policy_entry.items())),
-        "tenants": dict(sorted(tenants.items())),
-    }
-
-
-def config_dumps(*, document: dict) -> str:
-    """The export's text form: indented, keys sorted, so that two exports diff cleanly."""
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return document_check(document).warnings
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +258,7 @@ def _render(path: Path) -> str:
 
 
 @dataclass
-class _Config:
+class Config:
     """The parsed document: per object, only the keys the file gives (absent = keep)."""
 
     models: dict[str, dict[str, Any]]
@@ -372,7 +269,7 @@ class _Config:
 
 class _Checked:
     def __init__(self) -> None:
-        self.config = _Config(models={}, plans={}, tenants={}, policy={})
+        self.config = Config(models={}, plans={}, tenants={}, policy={})
         self.errors: list[ConfigError] = []
         self.warnings: list[ConfigError] = []
         self.bad_paths: set[Path] = set()  # reported already: later checks stay quiet about them
@@ -391,10 +288,10 @@ class _Checked:
 
 
 _INVALID = object()  # a value that already produced an error
-_MISSING = object()  # a key the file leaves out: keep the current value
+MISSING = object()  # a key the file leaves out: keep the current value
 
 
-def _check(document: Any) -> _Checked:
+def document_check(document: Any) -> _Checked:
     checked = _Checked()
     root = _object(checked, document, (), TOP_KEYS)
     if root is None:
@@ -736,7 +633,7 @@ def _check_references(checked: _Checked) -> None:
     def model_regions(name: str) -> set[str]:
         regions = set()
         deployments = [d for d in catalog[name].deployments.all() if d.active] if name in catalog else []
-        primary = _primary_deployment(deployments)
+        primary = primary_deployment(deployments)
         for deployment in deployments:
             regions.add(deployment.region)
         if name in config.models:
@@ -847,12 +744,10 @@ def _check_profile(checked: _Checked, path: Path, entry: dict, tenant: Tenant | 
         checked.problems(path, default_max_tokens_problems(params, max_tokens_cap=cap))
 
 
-# --------------------------------------------------------------------------------------------
-# Applying a valid document
-# --------------------------------------------------------------------------------------------
+# --- the file's own formats, shared by apply and export ---------------------------------------
 
 
-def _fmt(value: Decimal | None) -> str | None:
+def decimal_text(value: Decimal | None) -> str | None:
     """Decimal → the shortest string with at least two places: 30.000000 → "30.00", 0.075 stays."""
     if value is None:
         return None
@@ -862,257 +757,7 @@ def _fmt(value: Decimal | None) -> str | None:
     return f"{normal:f}"
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool | dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    if isinstance(value, Decimal):
-        return _fmt(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(value) + "]"
-    if value == "":
-        return '""'
-    return str(value)
-
-
-def _primary_deployment(deployments: list[Deployment]) -> Deployment | None:
+def primary_deployment(deployments: list[Deployment]) -> Deployment | None:
     """The deployment the file's model entry describes: first active by priority, else first."""
     ordered = sorted(deployments, key=lambda d: (not d.active, d.priority, d.id))
     return ordered[0] if ordered else None
-
-
-def _where(provider: str, upstream: str, region: str) -> str:
-    return f"{provider}:{upstream} @{region or 'any'}"
-
-
-def _key_display(raw: str) -> str:
-    prefix, last4 = key_display_parts(raw)
-    return f"{prefix}…{last4}"
-
-
-class _Applier:
-    """Writes one valid document; every write appends a human-readable line to `changes`."""
-
-    def __init__(self, config: _Config, *, now: datetime) -> None:
-        self.config = config
-        self.now = now
-        self.changes: list[str] = []
-
-    def run(self) -> list[str]:
-        plans = self._plans()
-        catalog = self._models()
-        self._policy()
-        for slug, entry in self.config.tenants.items():
-            self._tenant(slug, entry, plans=plans, catalog=catalog)
-        return self.changes
-
-    def _plans(self) -> dict[str, Plan]:
-        plans = {p.name: p for p in Plan.objects.all()}
-        for name, entry in self.config.plans.items():
-            plan = plans.get(name)
-            if plan is None:
-                plan = plans[name] = Plan.objects.create(name=name, **entry)
-                details = ", ".join(f"{k} {_show(v)}" for k, v in entry.items())
-                self.changes.append(f"create plan {name}" + (f": {details}" if details else ""))
-                continue
-            diffs = [(k, getattr(plan, k), v) for k, v in entry.items() if getattr(plan, k) != v]
-            if diffs:
-                for key, _old, new in diffs:
-                    setattr(plan, key, new)
-                plan.save(update_fields=[k for k, _, _ in diffs])
-                for key, old, new in diffs:
-                    self.changes.append(f"update plan {name}.{key}: {_show(old)} → {_show(new)}")
-        for entry in self.config.tenants.values():
-            name = entry.get("billing_plan")
-            if name is not None and name not in plans:
-                plans[name] = Plan.objects.create(name=name)
-                self.changes.append(f"create plan {name} (not defined in the file: zero fees)")
-        return plans
-
-    def _policy(self) -> None:
-        wanted = self.config.policy
-        if not wanted:
-            return
-        current = platform_policy()
-        changes = {}
-        for key, value in wanted.items():
-            old = getattr(current, key)
-            if key in POLICY_LIST_KEYS:
-                old, value = sorted(old or []), sorted(value)
-            if value != old:
-                changes[key] = value
-                self.changes.append(f"update policy.{key}: {_show(old)} → {_show(value)}")
-        if changes:
-            platform_policy_update(changes=changes)
-
-    def _models(self) -> dict[str, CatalogModel]:
-        catalog = {m.name: m for m in CatalogModel.objects.prefetch_related("deployments")}
-        for name, entry in self.config.models.items():
-            model = catalog.get(name)
-            if model is None:
-                catalog[name] = self._model_create(name, entry)
-            else:
-                self._model_update(model, entry)
-        return catalog
-
-    def _model_create(self, name: str, entry: dict[str, Any]) -> CatalogModel:
-        model = CatalogModel.objects.create(name=name, provider=entry["provider"])
-        region = entry.get("region", "")
-        Deployment.objects.create(model=model, provider=entry["provider"], upstream=entry["upstream"], region=region)
-        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)})")
-        self._price_set(model, entry, current=None)
-        return model
-
-    def _model_update(self, model: CatalogModel, entry: dict[str, Any]) -> None:
-        name = model.name
-        if not model.active:
-            model.active = True
-            model.save(update_fields=["active"])
-            self.changes.append(f"activate model {name}")
-        if "provider" in entry and entry["provider"] != model.provider:
-            self.changes.append(f"update model {name}.provider: {model.provider} → {entry['provider']}")
-            model.provider = entry["provider"]
-            model.save(update_fields=["provider"])
-        self._deployment_set(model, entry)
-        current = ModelPrice.objects.filter(model=model, effective_from__lte=self.now).order_by("-effective_from")
-        self._price_set(model, entry, current=current.first())
-
-    def _deployment_set(self, model: CatalogModel, entry: dict[str, Any]) -> None:
-        deployments = list(model.deployments.all())
-        primary = _primary_deployment(deployments)
-        if primary is None:
-            if "upstream" not in entry:
-                return  # nothing to describe a deployment with; the model stays without one
-            target = (entry.get("provider", model.provider), entry["upstream"], entry.get("region", ""))
-            Deployment.objects.create(model=model, provider=target[0], upstream=target[1], region=target[2])
-            self.changes.append(f"create deployment {model.name} → {_where(*target)}")
-            return
-        target = (
-            entry.get("provider", primary.provider),
-            entry.get("upstream", primary.upstream),
-            entry.get("region", primary.region),
-        )
-        before = (primary.provider, primary.upstream, primary.region)
-        if target == before and primary.active:
-            return
-        same = next((d for d in deployments if (d.provider, d.upstream, d.region) == target), None)
-        if same is None:
-            # Edit the primary in place: usage records keep provider/upstream as text, so no
-            # history points at the deployment row.
-            primary.provider, primary.upstream, primary.region = target
-            primary.active = True
-            primary.save(update_fields=["provider", "upstream", "region", "active"])
-        else:
-            # The target already exists as another deployment (the unique constraint forbids
-            # a second one): make it the first one tried instead.
-            Deployment.objects.filter(model=model, priority=0).exclude(pk=same.pk).update(priority=1)
-            same.priority, same.active = 0, True
-            same.save(update_fields=["priority", "active"])
-        self.changes.append(f"update model {model.name} deployment: {_where(*before)} → {_where(*target)}")
-
-    def _price_set(self, model: CatalogModel, entry: dict[str, Any], *, current: ModelPrice | None) -> None:
-        wanted = {key: getattr(current, key) if current else None for key in PRICE_KEYS}
-        wanted.update({key: entry[key] for key in PRICE_KEYS if key in entry})
-        if current is not None and all(wanted[key] == getattr(current, key) for key in PRICE_KEYS):
-            return
-        if wanted["input_per_1m"] is None or wanted["output_per_1m"] is None:
-            return  # an existing model without any price, and the file gives only part of one
-        # Never edit a price row: requests already billed point at it (DESIGN §3).
-        ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
-        parts = [f"input {_fmt(wanted['input_per_1m'])}", f"output {_fmt(wanted['output_per_1m'])}"]
-        if wanted["cached_input_per_1m"] is not None:
-            parts.append(f"cached input {_fmt(wanted['cached_input_per_1m'])}")
-        if wanted["cache_write_per_1m"] is not None:
-            parts.append(f"cache write {_fmt(wanted['cache_write_per_1m'])}")
-        self.changes.append(f"set price {model.name} from {self.now:%Y-%m-%dT%H:%M:%SZ}: {', '.join(parts)}")
-
-    def _tenant(self, slug: str, entry: dict[str, Any], *, plans: dict[str, Plan], catalog: dict) -> None:
-        tenant = Tenant.objects.filter(slug=slug).first()
-        verb = "update"
-        if tenant is None:
-            # Field lines of a new tenant say "set", diffed against the model's defaults.
-            verb = "set"
-            tenant = Tenant(slug=slug, name=slug.replace("_", " ").replace("-", " ").title(), allowed_providers=[])
-            self.changes.append(f"create tenant {slug}")
-        wanted: dict[str, Any] = {
-            key: entry.get(key, _MISSING) for key in ("name", "status", "region", *RATE_LIMIT_KEYS, *PROFILE_KEYS)
-        }
-        if "providers" in entry:
-            wanted["allowed_providers"] = sorted(name for _, name in entry["providers"])
-        changed = []
-        for key, value in wanted.items():
-            old = getattr(tenant, key)
-            if key == "allowed_providers":
-                old = sorted(old or [])
-            if value is _MISSING or value == old:
-                continue
-            changed.append(key)
-            setattr(tenant, key, value)
-            label = f"rate_limit.{key}" if key in RATE_LIMIT_KEYS else key.removeprefix("allowed_")
-            self.changes.append(f"{verb} {slug}.{label}: {_show(old)} → {_show(value)}")
-        if tenant.pk is None:
-            tenant.save()
-        elif changed:
-            tenant.save(update_fields=[*changed, "updated_at"])
-
-        if "models" in entry:
-            wanted = {name for _, name in entry["models"]}
-            have = {m.name for m in tenant.allowed_models.all()}
-            if wanted != have:
-                tenant.allowed_models.set([catalog[name] for name in sorted(wanted)])
-                diff = [f"+{n}" for n in sorted(wanted - have)] + [f"-{n}" for n in sorted(have - wanted)]
-                self.changes.append(f"{verb} {slug}.models: {' '.join(diff)}")
-
-        self._subscription(tenant, entry, plans=plans, verb=verb)
-        if "api_key" in entry:
-            self._api_key(tenant, entry["api_key"])
-
-    def _subscription(self, tenant: Tenant, entry: dict[str, Any], *, plans: dict[str, Plan], verb: str) -> None:
-        subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()
-        slug = tenant.slug
-        if subscription is None:
-            if "billing_plan" not in entry:
-                return  # an existing tenant without a plan, and the file gives none: keep
-            subscription = Subscription.objects.create(
-                tenant=tenant, plan=plans[entry["billing_plan"]], monthly_budget=entry.get("monthly_budget")
-            )
-            self.changes.append(f"{verb} {slug}.billing_plan: {entry['billing_plan']}")
-            if subscription.monthly_budget is not None:
-                self.changes.append(f"{verb} {slug}.monthly_budget: {_show(subscription.monthly_budget)}")
-            return
-        changed = []
-        if "billing_plan" in entry and subscription.plan.name != entry["billing_plan"]:
-            self.changes.append(f"{verb} {slug}.billing_plan: {subscription.plan.name} → {entry['billing_plan']}")
-            subscription.plan = plans[entry["billing_plan"]]
-            changed.append("plan")
-        if "monthly_budget" in entry and subscription.monthly_budget != entry["monthly_budget"]:
-            old, new = subscription.monthly_budget, entry["monthly_budget"]
-            self.changes.append(f"{verb} {slug}.monthly_budget: {_show(old)} → {_show(new)}")
-            subscription.monthly_budget = new
-            changed.append("monthly_budget")
-        if changed:
-            subscription.save(update_fields=changed)
-
-    def _api_key(self, tenant: Tenant, raw: str) -> None:
-        digest = key_hash(raw, pepper=settings.API_KEY_PEPPER)
-        if ApiKey.objects.filter(tenant=tenant, key_hash=digest).exists():
-            return  # validation made sure it is usable
-        for old in ApiKey.objects.filter(tenant=tenant, name=CONFIG_KEY_NAME, revoked_at__isnull=True):
-            api_key_revoke(key=old)
-            self.changes.append(f"revoke old config key of {tenant.slug} ({old.display})")
-        api_key_create(tenant=tenant, name=CONFIG_KEY_NAME, raw_key=raw)
-        self.changes.append(f"set api key of {tenant.slug} ({_key_display(raw)})")
-
-
-__all__ = [
-    "CONFIG_KEY_NAME",
-    "ConfigError",
-    "ConfigInvalid",
-    "config_apply",
-    "config_dumps",
-    "config_export",
-    "config_parse",
-    "config_validate",
-    "config_warnings",
-]

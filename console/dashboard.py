@@ -2,9 +2,9 @@
 
 `PlatformAdminSite` is Django's AdminSite with its index replaced by the dashboard (the app list
 stays, below it) and one more page, /admin/analytics/. It is the default site
-(`billing.apps.PlatformAdminConfig` in INSTALLED_APPS), so `admin.site`, every
+(`console.apps.PlatformAdminConfig` in INSTALLED_APPS), so `admin.site`, every
 `admin.site.register` and `admin.site.urls` keep working unchanged. Thin: the figures come from
-billing/analytics.py; this module parses the period, checks permissions, and renders.
+console/analytics.py; this module parses the period, checks permissions, and renders.
 """
 
 from dataclasses import dataclass
@@ -19,6 +19,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
 
+from billing.csvsafe import csv_writer
+from billing.periods import month_start, previous_month
+from billing.selectors import utc_today
+
 from .analytics import (
     COMPARISON_SORTS,
     ComparisonRow,
@@ -29,9 +33,6 @@ from .analytics import (
     tenant_comparison,
 )
 from .charts import Point, bar_chart
-from .csvsafe import csv_writer
-from .periods import month_start, previous_month
-from .selectors import utc_today
 
 # Who may see figures across tenants: staff with the view permission on usage rollups. Other
 # staff get the plain app list (and a 403 on the analytics page).

@@ -1,8 +1,8 @@
 """Staff admin for tenants, their keys, profiles and data, provider credentials, the platform
 policy and the model catalog. Thin: writes that matter go through `tenants.services`, and
 what is valid is decided by `tenants.profiles` (the configuration file import uses the same
-checks); nothing here knows about billing (billing/admin.py extends the tenant page with the
-subscription).
+checks). `TenantAdmin` is not registered here: console/admin/billing.py registers the tenant
+page once, as this class plus the plan, the subscription and the overview.
 
 Secrets: only `api_key_create` / `api_key_rotate` ever see a tenant key, and the admin shows it
 once, on the page that answers the POST (never in a message: the default message storage keeps
@@ -31,7 +31,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
-from .models import (
+from tenants.models import (
     ApiKey,
     CatalogModel,
     Deployment,
@@ -42,7 +42,7 @@ from .models import (
     RequestLog,
     Tenant,
 )
-from .profiles import (
+from tenants.profiles import (
     POLICY_FIELDS,
     key_models_problems,
     policy_problems,
@@ -50,9 +50,9 @@ from .profiles import (
     positive_money_problems,
     profile_problems,
 )
-from .prompting import TemplateError, template_create_version, template_validate_messages, template_validate_name
-from .selectors import model_scope, tenant_model_scope
-from .services import (
+from tenants.prompting import TemplateError, template_create_version, template_validate_messages, template_validate_name
+from tenants.selectors import model_scope, tenant_model_scope
+from tenants.services import (
     LIMIT_FIELDS,
     Refused,
     api_key_create,
@@ -965,7 +965,6 @@ class CatalogModelAdmin(admin.ModelAdmin):
         return obj._deployments
 
 
-admin.site.register(Tenant, TenantAdmin)
 admin.site.register(ApiKey, ApiKeyAdmin)
 admin.site.register(CatalogModel, CatalogModelAdmin)
 admin.site.register(ProviderCredential, ProviderCredentialAdmin)

@@ -1,9 +1,10 @@
-"""Staff admin for plans, subscriptions, prices and usage.
+"""Staff admin for plans, subscriptions, prices, usage, invoices and budget alerts.
 
-The tenant page gets its subscription here, not in tenants/admin.py: tenants knows nothing of
-billing, so billing re-registers `Tenant` with a subclass of the tenants app's admin that adds
-the plan column, a plan filter and the subscription inline (the pattern of extending
-`UserAdmin`). Subscriptions also have a list of their own, to see who is on which plan.
+The tenant page is registered here, once: `BillingTenantAdmin` is console/admin/tenants.py's
+`TenantAdmin` (settings, keys, limits, bulk actions) plus what the page shows of billing: the
+plan column and filter, the subscription inline, the change-plan action and the overview page.
+The console sits above billing and tenants, so it may import both; neither imports it.
+Subscriptions also have a list of their own, to see who is on which plan.
 """
 
 from datetime import timedelta
@@ -21,13 +22,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from tenants.admin import TenantAdmin
-from tenants.models import CatalogModel, Tenant
-
-from .analytics import live_limits, tenant_overview
-from .dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
-from .exports import invoices_csv_write
-from .models import (
+from billing.exports import invoices_csv_write
+from billing.models import (
     BudgetAlert,
     Invoice,
     InvoiceLine,
@@ -38,15 +34,15 @@ from .models import (
     UsageRecord,
     UsageRollup,
 )
-from .periods import PeriodState, month_start, period_parse, period_state, period_str, previous_month
-from .selectors import (
+from billing.periods import PeriodState, month_start, period_parse, period_state, period_str, previous_month
+from billing.selectors import (
     finance_summary,
     invoices_for_period,
     period_has_finalized_invoices,
     usage_summary,
     utc_today,
 )
-from .services import (
+from billing.services import (
     BillingError,
     credit_note_create,
     invoices_finalize,
@@ -54,6 +50,10 @@ from .services import (
     subscription_webhook_secret_set,
     subscriptions_set_plan,
 )
+from console.admin.tenants import TenantAdmin
+from console.analytics import live_limits, tenant_overview
+from console.dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
+from tenants.models import CatalogModel, Tenant
 
 # --- plans and subscriptions ---------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class BillingTenantAdmin(TenantAdmin):
         return [path("<int:object_id>/overview/", overview, name="tenants_tenant_overview"), *super().get_urls()]
 
     def overview_view(self, request, object_id: int):
-        """Thin: the period from the query string, the figures from `billing.analytics.tenant_overview`."""
+        """Thin: the period from the query string, the figures from `console.analytics.tenant_overview`."""
         if not (self.has_view_permission(request) and request.user.has_perm(FIGURES_PERMISSION)):
             raise PermissionDenied
         today = utc_today()
@@ -240,7 +240,6 @@ class BillingTenantAdmin(TenantAdmin):
         return TemplateResponse(request, "admin/billing/tenant/overview.html", context, status=status)
 
 
-admin.site.unregister(Tenant)
 admin.site.register(Tenant, BillingTenantAdmin)
 
 
@@ -593,7 +592,7 @@ class SharedCostAdmin(admin.ModelAdmin):
         return not self._frozen(obj) and super().has_delete_permission(request, obj)
 
     def _regenerate(self, request, period) -> None:
-        from .tasks import generate_invoices
+        from billing.tasks import generate_invoices
 
         if period_state(period, now=timezone.now(), grace_days=0) is not PeriodState.FUTURE:
             generate_invoices.delay_on_commit(period=period_str(period))

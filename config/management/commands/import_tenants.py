@@ -1,11 +1,12 @@
-"""`manage.py import_tenants PATH [--dry-run]` (DESIGN §5, a CONTRACT). The work is in
-billing.tenant_config; this only reads the file and reports."""
+"""`manage.py import_tenants PATH [--dry-run]` (docs/design.md#management-commands, a CONTRACT). The work is in
+config (schema, apply); this only reads the file and reports."""
 
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.tenant_config import ConfigInvalid, config_apply, config_parse, config_warnings
+from config.apply import config_apply
+from config.schema import ConfigInvalid, config_parse, config_warnings
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """Read-only selectors for the staff dashboard, the tenant overview and the cross-tenant analytics.
 
 Every figure is a SQL aggregate over "rollups for the closed days plus raw records for the
-rest" (`selectors.usage_sources`), merged in the database: the rollup part and the raw part of
+rest" (`billing.selectors.usage_sources`), merged in the database: the rollup part and the raw part of
 a report are one `UNION ALL` query, summed again per key, so that a page costs a few queries
 however many records there are. Python only folds the handful of rows that come back.
 
@@ -20,7 +20,7 @@ Definitions (the admin pages say them too):
 """
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -40,14 +40,14 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, TruncDate
 
+from billing import latency
+from billing.aggregates import MoneySum, MoneySumField, money_from_db
+from billing.models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
+from billing.periods import day_start, days, month_start
+from billing.pricing import Price, Tokens, request_cost
+from billing.selectors import usage_sources, utc_today
+from gateway.limits import LiveUsage, live_usage_sync
 from tenants.models import ApiKey, Tenant
-
-from . import latency
-from .aggregates import MoneySum, MoneySumField, money_from_db
-from .models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
-from .periods import day_start, days, month_start
-from .pricing import Price, Tokens, request_cost
-from .selectors import usage_sources, utc_today
 
 log = logging.getLogger(__name__)
 
@@ -723,30 +723,20 @@ def comparison_sort(rows: list[ComparisonRow], sort: str) -> list[ComparisonRow]
     return present + missing
 
 
-# --- live limit counters: read by the gateway's function, handed over at start-up ----------
-
-_live_limits_provider: Callable[[int], object] | None = None
-
-
-def live_limits_provider_set(provider: Callable[[int], object] | None) -> None:
-    """Called by the gateway app when it is ready (billing must not import the gateway)."""
-    global _live_limits_provider
-    _live_limits_provider = provider
+# --- live limit counters: read from the store that enforces them (gateway.limits) ----------
 
 
 @dataclass(frozen=True, slots=True)
 class LiveLimits:
-    usage: object | None  # gateway.limits.LiveUsage
+    usage: LiveUsage | None
     error: str = ""
 
 
 def live_limits(*, tenant_id: int) -> LiveLimits | None:
-    """The tenant's current-window counters from the limits store; None when no gateway is
-    installed. A store that cannot be read is reported, never raised: the page still renders."""
-    if _live_limits_provider is None:
-        return None
+    """The tenant's current-window counters from the limits store (the one that enforces them).
+    A store that cannot be read is reported, never raised: the page still renders."""
     try:
-        return LiveLimits(usage=_live_limits_provider(tenant_id))
+        return LiveLimits(usage=live_usage_sync(tenant_id))
     except Exception as exc:  # noqa: BLE001 (Redis down or slow: say so on the page)
         log.warning("live limit counters of tenant %s unreadable: %s", tenant_id, exc)
         return LiveLimits(usage=None, error=f"the limits store could not be read ({type(exc).__name__})")

@@ -1,0 +1,51 @@
+"""Billing's writes, one module per domain; reads are in `billing.selectors`.
+
+- `usage`: one metered request → one `UsageRecord` (the hot path's only billing write).
+- `rollups`: raw records → daily rollups.
+- `invoices`: invoices and credit notes.
+- `retention`: raw records past their retention.
+- `alerts`: budget alerts and their delivery.
+- `subscriptions`: a tenant's plan and its alert webhook secret.
+
+The names below are re-exported so that callers import `billing.services.<service>` without
+knowing the domain module; a test that patches a private helper patches it in its module.
+"""
+
+from .alerts import (
+    WEBHOOK_TIMEOUT_SECONDS,
+    WebhookError,
+    budget_alert_deliver,
+    budget_alert_payload,
+    budget_alerts_check,
+    webhook_signature,
+)
+from .errors import BillingError
+from .invoices import InvoiceRunResult, credit_note_create, invoice_number, invoices_finalize, invoices_generate
+from .retention import usage_retention_apply
+from .rollups import RollupResult, usage_rollup, usage_rollup_day
+from .subscriptions import subscription_webhook_secret_set, subscriptions_set_plan
+from .usage import MeteredUsage, usage_cost, usage_record_create
+
+__all__ = [
+    "WEBHOOK_TIMEOUT_SECONDS",
+    "BillingError",
+    "InvoiceRunResult",
+    "MeteredUsage",
+    "RollupResult",
+    "WebhookError",
+    "budget_alert_deliver",
+    "budget_alert_payload",
+    "budget_alerts_check",
+    "credit_note_create",
+    "invoice_number",
+    "invoices_finalize",
+    "invoices_generate",
+    "subscription_webhook_secret_set",
+    "subscriptions_set_plan",
+    "usage_cost",
+    "usage_record_create",
+    "usage_retention_apply",
+    "usage_rollup",
+    "usage_rollup_day",
+    "webhook_signature",
+]
