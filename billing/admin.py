@@ -54,6 +54,7 @@ from .services import (
     subscription_webhook_secret_set,
     subscriptions_set_plan,
 )
+from .templatetags.figures import cents
 
 # --- plans and subscriptions ---------------------------------------------------------------
 
@@ -666,8 +667,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         "month",
         "kind",
         "status",
-        "currency",
-        "total",
+        "amount",
         "generated_at",
         "finalized_at",
     ]
@@ -700,6 +700,11 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.display(description="month", ordering="period")
     def month(self, obj: Invoice) -> str:
         return period_str(obj.period)
+
+    @admin.display(description="total", ordering="total")
+    def amount(self, obj: Invoice) -> str:
+        """Money with its currency, one column: "1,250.00 USD"."""
+        return f"{cents(obj.total)} {obj.currency}"
 
     def has_add_permission(self, request):
         return False
