@@ -54,7 +54,8 @@ def cents(value) -> str:
     """To the cent, half-up: the CSV's amounts, grouped. Stored amounts already are."""
     if value is None or value == "":
         return "—"
-    return _group(f"{Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP):f}")
+    amount = Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP)
+    return _group(f"{amount if amount else abs(amount):f}")  # no "-0.00" (a credit note's zero line)
 
 
 # --- the invoice page ------------------------------------------------------------------------
