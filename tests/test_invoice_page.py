@@ -188,6 +188,14 @@ def test_figures_keep_the_digits_that_matter():
     assert cents(D("-0.00")) == "0.00"
 
 
+@pytest.mark.django_db
+def test_the_finance_summary_writes_money_to_the_cent_with_thousands_separators(admin_client, month):
+    html = admin_client.get(reverse("admin:billing_invoice_summary") + "?period=2024-03").content.decode()
+    assert month["alice"].total > 1000
+    assert f'<td class="num">{cents(month["alice"].total)}</td>' in html
+    assert re.search(r'<td class="num">\d{1,3}(,\d{3})+\.\d\d</td>', html)
+
+
 # --- the console's change lists and small things ---------------------------------------------------
 
 
