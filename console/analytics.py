@@ -649,10 +649,23 @@ class ComparisonRow:
 
     @property
     def growth(self) -> float | None:
-        """Spend growth against the previous period, in percent; None when that spent nothing."""
-        if not self.previous.cost:
+        """Spend growth against the previous period, in percent; None when the previous period
+        spent too little to compare with (see `is_new`): nothing, or under a tenth of this one."""
+        previous, current = self.previous.cost, self.current.cost
+        if previous <= 0 or previous * GROWTH_MIN_PREVIOUS_RATIO < current:
             return None
-        return float((self.current.cost - self.previous.cost) * 100 / self.previous.cost)
+        return float((current - previous) * 100 / previous)
+
+    @property
+    def is_new(self) -> bool:
+        """Spending now, next to nothing before: a tenant that started in (or just before) the
+        period. Its growth would read +4,328 % or +11,998 %, which says nothing."""
+        return self.growth is None and self.current.cost > 0
+
+
+# A previous period that spent less than a tenth of this one is too small to measure growth
+# against: the page says "new" rather than a figure above +900 %.
+GROWTH_MIN_PREVIOUS_RATIO = 10
 
 
 COMPARISON_SORTS = {

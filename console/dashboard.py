@@ -197,6 +197,10 @@ class PlatformAdminSite(admin.AdminSite):
     site_title = "LLM proxy admin"
     index_title = "Dashboard"
     index_template = "admin/dashboard.html"
+    # Django's app list down the left took 300 px of every page and pushed the changelists'
+    # columns behind a horizontal scroll at 1280 px; the breadcrumbs and the dashboard's app list
+    # already lead everywhere.
+    enable_nav_sidebar = False
 
     def get_urls(self):
         return [

@@ -195,6 +195,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# ISO dates in the admin (Y-m-d H:i), see proxy_platform/formats/en/formats.py.
+FORMAT_MODULE_PATH = ["proxy_platform.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from billing import latency
 from billing.models import BudgetAlert, Invoice, Plan, Subscription, UsageRollup
-from billing.services import invoices_generate
+from billing.services import invoices_generate, usage_rollup
 from console import analytics
 from console.analytics import dashboard_summary, tenant_comparison, tenant_overview
 from tenants.models import ApiKey, Tenant
@@ -148,6 +148,60 @@ def test_tenants_side_by_side_compare_with_the_previous_period(world):
         assert row.current.cost_per_1k_tokens == now.cost * 1000 / (now.input_tokens + now.output_tokens)
     assert rows["carol"].current.requests == 0
     assert rows["carol"].growth is None
+
+
+def test_growth_is_new_when_the_previous_period_spent_next_to_nothing(admin_client, world, catalog):
+    """A tenant that spent a tenth of a cent before the period and dollars in it: "new", not
+    +100,000 %. A previous period of a tenth or more of this one still gives a figure."""
+    dave = make_tenant("dave")
+    end = today()
+    start = end - timedelta(days=1)
+    tiny = big = catalog["claude"]  # 1.00 per 1M input tokens
+    save(
+        usage(dave, tiny, usage_at(start - timedelta(days=1)), input_tokens=1_000),  # 0.001 before
+        usage(dave, big, usage_at(start), input_tokens=1_000_000),  # 1.00 in the period
+    )
+    usage_rollup(since=start - timedelta(days=1), until=end - timedelta(days=1))  # past days are read from rollups
+    rows = {row.slug: row for row in tenant_comparison(start=start, end=end, sort="tenant")}
+    dave_row = rows["dave"]
+    assert (dave_row.previous.cost, dave_row.current.cost) == (Decimal("0.001"), Decimal("1"))
+    assert dave_row.growth is None
+    assert dave_row.is_new
+    assert not rows["carol"].is_new  # spent nothing in either period: no growth, not new
+    assert rows["alice"].growth is not None
+    assert not rows["alice"].is_new
+    # The boundary: a previous period of exactly a tenth still compares (+900 %).
+    save(usage(dave, big, usage_at(start - timedelta(days=1), 1), input_tokens=99_000))  # 0.099 more before
+    usage_rollup(since=start - timedelta(days=1), until=end - timedelta(days=1))
+    dave_row = {row.slug: row for row in tenant_comparison(start=start, end=end, sort="tenant")}["dave"]
+    assert dave_row.growth == pytest.approx(900.0)
+    assert not dave_row.is_new
+    page = admin_client.get(reverse("admin:analytics") + f"?start={start}&end={end}&range=custom")
+    html = page.content.decode()
+    assert re.search(r'data-tenant="dave">.*?<td class="num growth">\+900\.0 %</td>', html, re.DOTALL)
+
+
+def test_the_analytics_page_says_new_rather_than_a_meaningless_growth(admin_client, world, catalog):
+    dave = make_tenant("dave")
+    end = today()
+    start = end - timedelta(days=1)
+    save(
+        usage(dave, catalog["claude"], usage_at(start - timedelta(days=1)), input_tokens=1_000),
+        usage(dave, catalog["claude"], usage_at(start), input_tokens=1_000_000),
+    )
+    usage_rollup(since=start - timedelta(days=1), until=end - timedelta(days=1))
+    page = admin_client.get(reverse("admin:analytics") + f"?start={start}&end={end}&range=custom")
+    assert page.status_code == 200, page.content.decode()[:500]
+    row = re.search(r'<tr data-tenant="dave">(.*?)</tr>', page.content.decode(), re.DOTALL).group(1)
+    growth = re.search(r'<td class="num growth">(.*?)</td>', row, re.DOTALL).group(1)
+    assert ">new<" in growth
+    assert "%" not in growth
+
+
+def usage_at(day, minute: int = 0):
+    return timezone.make_aware(timezone.datetime.combine(day, timezone.datetime.min.time())) + timedelta(
+        minutes=minute, seconds=30
+    )
 
 
 def test_the_comparison_sorts_either_way_with_empty_values_last(world):

@@ -54,6 +54,7 @@ from console.admin.tenants import TenantAdmin
 from console.analytics import live_limits, tenant_overview
 from console.dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
 from tenants.models import CatalogModel, Tenant
+from console.templatetags.figures import cents
 
 # --- plans and subscriptions ---------------------------------------------------------------
 
@@ -665,8 +666,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         "month",
         "kind",
         "status",
-        "currency",
-        "total",
+        "amount",
         "generated_at",
         "finalized_at",
     ]
@@ -699,6 +699,11 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.display(description="month", ordering="period")
     def month(self, obj: Invoice) -> str:
         return period_str(obj.period)
+
+    @admin.display(description="total", ordering="total")
+    def amount(self, obj: Invoice) -> str:
+        """Money with its currency, one column: "1,250.00 USD"."""
+        return f"{cents(obj.total)} {obj.currency}"
 
     def has_add_permission(self, request):
         return False
