@@ -53,8 +53,8 @@ from billing.services import (
 from console.admin.tenants import TenantAdmin
 from console.analytics import live_limits, tenant_overview
 from console.dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
-from tenants.models import CatalogModel, Tenant
 from console.templatetags.figures import cents
+from tenants.models import CatalogModel, Tenant
 
 # --- plans and subscriptions ---------------------------------------------------------------
 
