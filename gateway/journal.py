@@ -40,6 +40,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,19 +89,24 @@ _LUA_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-# KEYS: traces zset, traces hash. ARGV: id, data
+# KEYS: traces zset, traces hash. ARGV: id, data, id, data, ... (a group commit: see _GroupCommit)
 _OPEN = (
     _LUA_NOW
     + """
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+for i = 1, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
 return 1
 """
 )
-# KEYS: zset, hash. ARGV: id
+# KEYS: zset, hash. ARGV: ids
 _DONE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('HDEL', KEYS[2], ARGV[1])
+for _, id in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return 1
 """
 # KEYS: spool zset, spool hash, traces zset, traces hash. ARGV: id, data
 _SPOOL_WRITE = (
@@ -141,10 +147,61 @@ return 1
 """
 
 
+class _GroupCommit:
+    """The trace writes of every request that reaches the journal in the same turn of the event
+    loop go to Redis together: one script call for the lot, each caller still waiting for its own
+    write to be acknowledged (a trace is written ahead of the provider call, never after it).
+    At 50 requests in flight this makes the trace cost a fraction of a round trip per request
+    instead of two; alone, a request pays one turn of the loop (microseconds)."""
+
+    MAX_BATCH = 500  # arguments of one script call stay far below Lua's unpack limits
+
+    def __init__(self, send: Callable[[list], Awaitable[object]]) -> None:
+        self._send = send
+        self._pending: list[tuple[list, asyncio.Future]] = []
+        self._scheduled = False
+
+    async def submit(self, args: list) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        for start in range(0, len(batch), self.MAX_BATCH):
+            _hold(asyncio.ensure_future(self._commit(batch[start : start + self.MAX_BATCH])))
+
+    async def _commit(self, batch: list[tuple[list, asyncio.Future]]) -> None:
+        try:
+            await self._send([arg for args, _ in batch for arg in args])
+        except BaseException as exc:  # every waiter learns of the failure (UNREACHABLE: its pause)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in batch:
+                if not future.done():  # a waiter cancelled meanwhile (its client left)
+                    future.set_result(None)
+
+
+_commits: set[asyncio.Future] = set()
+
+
+def _hold(task: asyncio.Future) -> None:
+    _commits.add(task)
+    task.add_done_callback(_commits.discard)
+
+
 class _RedisJournal:
     """The journal in Redis, shared by every gateway process and the reconcilers."""
 
     _scripts: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
+    _groups: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]" = weakref.WeakKeyDictionary()
 
     def _bound(self):
         client = shared_redis()
@@ -157,11 +214,25 @@ class _RedisJournal:
             )
         return entry
 
+    def _group(self) -> tuple[_GroupCommit, _GroupCommit]:
+        """This loop's group commits of trace opens and trace dones (bound to its Redis client)."""
+        bound = self._bound()
+        loop = asyncio.get_running_loop()
+        entry = self._groups.get(loop)
+        if entry is None or entry[0] is not bound:
+            opens = _GroupCommit(lambda args: bound[1](keys=list(_TRACES), args=args))
+            dones = _GroupCommit(lambda args: bound[2](keys=list(_TRACES), args=args))
+            entry = self._groups[loop] = (bound, opens, dones)
+        return entry[1], entry[2]
+
     async def open(self, request_id: str, data: bytes) -> None:
-        await self._bound()[1](keys=list(_TRACES), args=[request_id, data])
+        await self._group()[0].submit([request_id, data])
 
     async def done(self, names: tuple[str, str], request_id: str) -> None:
-        await self._bound()[2](keys=list(names), args=[request_id])
+        if names == _TRACES:
+            await self._group()[1].submit([request_id])
+        else:
+            await self._bound()[2](keys=list(names), args=[request_id])
 
     async def spool(self, request_id: str, data: bytes) -> None:
         await self._bound()[3](keys=[*_SPOOL, *_TRACES], args=[request_id, data])

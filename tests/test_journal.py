@@ -292,6 +292,30 @@ def test_a_record_the_database_refuses_does_not_hold_back_the_others(priced, bac
     assert due == []  # the refused one waits for its lease, and is logged each time
 
 
+def test_traces_of_concurrent_requests_are_written_together_and_each_waits_for_its_own(priced, empty_journal):
+    """Group commit: 100 requests in flight write their traces in a few script calls, not 100
+    (counted by the server), and every one of them is in the journal when its call returns."""
+
+    def script_calls() -> int:
+        stats = empty_journal.info("commandstats")
+        return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+    async def scenario():
+        await journal.trace_open(call=call_of(priced, "warm-up"))  # loads the script once
+        before = script_calls()
+        await asyncio.gather(*(journal.trace_open(call=call_of(priced, f"req-{i}")) for i in range(100)))
+        opened = script_calls() - before
+        await asyncio.gather(*(journal.trace_done(request_id=f"req-{i}") for i in range(50)))
+        return opened, script_calls() - before - opened
+
+    opened, done = run(scenario())
+    assert opened <= 3
+    assert done <= 3
+    traced = {rid.decode() for rid in empty_journal.zrange("gw:journal:traces", 0, -1)}
+    assert traced == {"warm-up"} | {f"req-{i}" for i in range(50, 100)}
+    assert empty_journal.hlen("gw:journal:traces:data") == 51
+
+
 def test_the_command_reconciles_and_checks_its_argument(priced, capsys):
     run(journal.trace_open(call=call_of(priced, "req-cmd")))
     call_command("reconcile_requests", "--older-than", "3600")
