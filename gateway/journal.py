@@ -71,7 +71,9 @@ __all__ = [
     "reconcile_requests",
     "reconcile_requests_sync",
     "spool",
+    "flush",
     "trace_done",
+    "trace_done_soon",
     "trace_open",
     "usage_record_write",
 ]
@@ -234,6 +236,10 @@ class _RedisJournal:
         else:
             await self._bound()[2](keys=list(names), args=[request_id])
 
+    async def done_many(self, names: tuple[str, str], request_ids: list[str]) -> None:
+        for start in range(0, len(request_ids), _GroupCommit.MAX_BATCH):
+            await self._bound()[2](keys=list(names), args=request_ids[start : start + _GroupCommit.MAX_BATCH])
+
     async def spool(self, request_id: str, data: bytes) -> None:
         await self._bound()[3](keys=[*_SPOOL, *_TRACES], args=[request_id, data])
 
@@ -265,6 +271,11 @@ class _MemoryJournal:
     async def done(self, names: tuple[str, str], request_id: str) -> None:
         with self._lock:
             self._entries[names].pop(request_id, None)
+
+    async def done_many(self, names: tuple[str, str], request_ids: list[str]) -> None:
+        with self._lock:
+            for request_id in request_ids:
+                self._entries[names].pop(request_id, None)
 
     async def spool(self, request_id: str, data: bytes) -> None:
         with self._lock:
@@ -363,6 +374,46 @@ async def trace_done(*, request_id: str) -> None:
         await _journal().done(_TRACES, request_id)
     except UNREACHABLE as exc:
         _pause(request_id, "its trace stays until the reconciler runs", exc)
+
+
+# How long a finished request's trace may linger before this process removes it, together with the
+# traces of the requests that finished meanwhile: no request waits for the removal, and one script
+# call serves them all. A trace that outlives its request harmlessly is exactly what the
+# reconciler already expects (it finds the record and frees nothing).
+DONE_DELAY_SECONDS = 0.1
+_done_later: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[str]]" = weakref.WeakKeyDictionary()
+
+
+def trace_done_soon(*, request_id: str) -> None:
+    """`trace_done()` off the request's path: the trace goes within DONE_DELAY_SECONDS, in a batch."""
+    if _paused():
+        return
+    loop = asyncio.get_running_loop()
+    waiting = _done_later.setdefault(loop, [])
+    waiting.append(request_id)
+    if len(waiting) == 1:
+        loop.call_later(DONE_DELAY_SECONDS, _remove_finished, loop)
+
+
+def _remove_finished(loop: asyncio.AbstractEventLoop) -> None:
+    ids = _done_later.pop(loop, [])
+    if ids:
+        _hold(asyncio.ensure_future(_done_many(ids)))
+
+
+async def _done_many(ids: list[str]) -> None:
+    try:
+        await _journal().done_many(_TRACES, ids)
+    except UNREACHABLE as exc:
+        _pause(ids[0], f"{len(ids)} finished traces stay until the reconciler runs", exc)
+
+
+async def flush() -> None:
+    """Remove the traces waiting for removal now, and wait for every trace write of this process
+    (ASGI shutdown, tests)."""
+    _remove_finished(asyncio.get_running_loop())
+    if _commits:
+        await asyncio.gather(*_commits, return_exceptions=True)
 
 
 # Whether this process spooled records that it has not written yet (it tries after each commit).

@@ -172,7 +172,7 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, *, budgete
         raise
     else:
         if metered.deployment_id is not None:  # a provider was called: there is a trace to close
-            await journal.trace_done(request_id=metered.request_id)
+            journal.trace_done_soon(request_id=metered.request_id)
         if flush := journal.after_commit():
             keep_alive(flush)
     observability.request_finished(metered, cost=cost)
@@ -194,3 +194,4 @@ def _forget(task: asyncio.Future) -> None:
 async def drain_pending() -> None:
     if _pending:
         await asyncio.gather(*_pending, return_exceptions=True)
+    await journal.flush()
