@@ -49,11 +49,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
 
-from billing.models import ModelPrice, UsageRecord
+from billing.models import ModelPrice
 from billing.pricing import Price, Tokens
-from billing.services import usage_cost, usage_record_create
+from billing.services import RecordedUsage, usage_cost, usage_record_upsert
 
 from .db import DATABASE_UNAVAILABLE, db_call
 from .limits import UNREACHABLE, aclose, release_request, shared_redis
@@ -523,28 +522,15 @@ def _metered_load(data: bytes) -> Metered:
     )
 
 
-def usage_record_write(*, metered: Metered) -> UsageRecord:
-    """Insert the usage record of a request once, whoever tries and however often.
+def usage_record_write(*, metered: Metered) -> RecordedUsage:
+    """Insert the usage record of a request once, whoever tries and however often: one
+    `INSERT … ON CONFLICT` statement (billing's `usage_record_upsert`).
 
     A record already there is the answer (a replay of a spooled record whose first write
     committed after all), except an `interrupted` one that the reconciler wrote while the request
-    was still running: the request's own record replaces it. Outside a transaction the insert is
-    a single statement, so the hot path pays no BEGIN/COMMIT for this.
+    was still running: the request's own record replaces it.
     """
-    try:
-        if connection.in_atomic_block:
-            with transaction.atomic():
-                return usage_record_create(metered=metered)
-        return usage_record_create(metered=metered)
-    except IntegrityError:
-        with transaction.atomic():
-            existing = UsageRecord.objects.select_for_update().filter(request_id=metered.request_id).first()
-            if existing is None:
-                raise
-            if existing.error_type != INTERRUPTED or metered.error_type == INTERRUPTED:
-                return existing
-            existing.delete()
-            return usage_record_create(metered=metered)
+    return usage_record_upsert(metered=metered, replaceable=INTERRUPTED)
 
 
 def _interrupted(trace: dict) -> Metered:
@@ -584,8 +570,8 @@ def _interrupted(trace: dict) -> Metered:
 
 
 def _write_interrupted(trace: dict) -> bool:
-    record = usage_record_write(metered=_interrupted(trace))
-    return record.error_type == INTERRUPTED
+    """Whether the trace became the request's record (False: the request has its own)."""
+    return usage_record_write(metered=_interrupted(trace)).written
 
 
 # --- The reconciler ---

@@ -99,6 +99,42 @@ def main() -> None:
     # which SQLite keeps to 15 significant digits (not asserted).
     lines = list(Invoice.objects.get(tenant=tenant, period=march).lines.all())
     finance = selectors.finance_summary(period=march)[0]
+
+    # The gateway's own write (one INSERT … ON CONFLICT), as the demo runs it on SQLite: a record,
+    # its replay, an `interrupted` record and the request's own one replacing it.
+    from gateway.journal import usage_record_write
+    from gateway.metered import Metered
+
+    def metered(request_id: str, error_type: str = "", output: int = 21) -> Metered:
+        return Metered(
+            request_id=request_id,
+            created_at=datetime(2020, 1, 15, tzinfo=UTC),  # outside every period summed above
+            tenant_id=tenant.id,
+            api_key_id=None,
+            model=model.name,
+            provider="openai",
+            upstream_model=model.name,
+            endpoint="chat",
+            status_code=502 if error_type else 200,
+            error_type=error_type,
+            tokens=Tokens(input=882999999, output=output),
+            price_id=price.id,
+            price=price_view,
+            latency_ms=5,
+            streamed=False,
+            estimated=bool(error_type),
+        )
+
+    upserts = [
+        usage_record_write(metered=metered("upsert-1")),
+        usage_record_write(metered=metered("upsert-1", output=999)),  # a replay: the first stays
+        usage_record_write(metered=metered("upsert-2", "interrupted", output=0)),
+        usage_record_write(metered=metered("upsert-2")),  # the request's own record replaces it
+    ]
+    stored = {
+        r.request_id: [r.error_type, r.output_tokens, text(r.cost)]
+        for r in UsageRecord.objects.filter(request_id__startswith="upsert-")
+    }
     print(
         json.dumps(
             {
@@ -122,6 +158,8 @@ def main() -> None:
                 ),
                 "registry_month_to_date": text(registry._month_to_date(tenant.id)),
                 "finance_provider_cost": text(finance.provider_cost),
+                "upserts": [[text(u.cost), u.error_type, u.written] for u in upserts],
+                "upserted": stored,
                 "invoice_usage_lines": text(
                     sum((line.amount for line in lines if line.line_type in ("input", "output")), Decimal(0))
                 ),

@@ -65,3 +65,15 @@ def test_month_to_date_spends_are_exact(figures):
         "registry_month_to_date",
     ):
         assert D(figures[name]) == TODAY, name
+
+
+def test_the_gateways_upsert_works_on_sqlite(figures):
+    """The demo's database takes the gateway's one-statement insert-or-keep-or-replace too."""
+    first = str(D("0.021882999999"))  # 882999999 × 10⁻¹² + 21 × 0.001
+    assert figures["upserts"] == [
+        [first, "", True],
+        [first, "", False],  # the replay found the first
+        [str(D("0.000882999999")), "interrupted", True],
+        [first, "", True],  # replaced the interrupted one
+    ]
+    assert figures["upserted"] == {"upsert-1": ["", 21, first], "upsert-2": ["", 21, first]}

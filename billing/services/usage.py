@@ -5,9 +5,13 @@ point gateway → billing → tenants) but reads the same attributes through `Me
 protocol: the hot path hands its own object over as is, no copy, no conversion.
 """
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Protocol
+
+from django.db import connection
 
 from billing.models import UsageRecord
 from billing.pricing import Price, Tokens, request_cost
@@ -90,3 +94,96 @@ def usage_record_create(*, metered: MeteredUsage) -> UsageRecord:
         estimated=metered.estimated,
         cache_hit=metered.cache_hit,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedUsage:
+    """What `usage_record_upsert` left in the table for a request id."""
+
+    cost: Decimal
+    error_type: str
+    written: bool  # this call's record is the one stored (inserted, or replacing a replaceable one)
+
+
+_UPSERT_FIELDS = (
+    "request_id",
+    "created_at",
+    "tenant",
+    "api_key",
+    "model",
+    "provider",
+    "upstream_model",
+    "endpoint",
+    "status_code",
+    "error_type",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost",
+    "price",
+    "latency_ms",
+    "streamed",
+    "estimated",
+    "cache_hit",
+)
+
+
+@cache
+def _upsert_statement(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    table = quote(UsageRecord._meta.db_table)
+    columns = [quote(UsageRecord._meta.get_field(name).column) for name in _UPSERT_FIELDS]
+    error_type = quote("error_type")
+    # Identifiers from the model's own metadata, quoted; every value is a parameter.
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "  # noqa: S608
+        f"ON CONFLICT ({quote('request_id')}) DO UPDATE SET "
+        + ", ".join(f"{column} = EXCLUDED.{column}" for column in columns)
+        + f" WHERE {table}.{error_type} = %s AND EXCLUDED.{error_type} <> %s RETURNING {error_type}"  # noqa: S608
+    )
+
+
+def usage_record_upsert(*, metered: MeteredUsage, replaceable: str) -> RecordedUsage:
+    """Record one request once, whoever tries and however often: one `INSERT … ON CONFLICT`
+    statement (PostgreSQL and SQLite alike), no transaction of its own.
+
+    A record already there for the request id stays (a replay of a write that committed after
+    all), unless its error type is `replaceable` and this one's is not: then this record takes its
+    place (the journal's `interrupted`, written while the request was in fact still running).
+    The cost is computed here once (`usage_cost`), as `usage_record_create` computes it.
+    """
+    cost = usage_cost(metered=metered)
+    tokens = metered.tokens
+    values = {
+        "request_id": metered.request_id,
+        "created_at": metered.created_at,
+        "tenant": metered.tenant_id,
+        "api_key": metered.api_key_id,
+        "model": metered.model[:100],
+        "provider": metered.provider,
+        "upstream_model": metered.upstream_model,
+        "endpoint": metered.endpoint,
+        "status_code": metered.status_code,
+        "error_type": metered.error_type,
+        "input_tokens": tokens.input,
+        "cached_input_tokens": tokens.cached_input,
+        "cache_write_tokens": tokens.cache_write,
+        "output_tokens": tokens.output,
+        "cost": cost,
+        "price": metered.price_id,
+        "latency_ms": metered.latency_ms,
+        "streamed": metered.streamed,
+        "estimated": metered.estimated,
+        "cache_hit": metered.cache_hit,
+    }
+    get_field = UsageRecord._meta.get_field
+    params = [get_field(name).get_db_prep_save(values[name], connection) for name in _UPSERT_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(_upsert_statement(connection.vendor), [*params, replaceable, replaceable])
+        if cursor.fetchone() is not None:
+            return RecordedUsage(cost=cost, error_type=metered.error_type, written=True)
+    kept_cost, kept_error_type = UsageRecord.objects.filter(request_id=metered.request_id).values_list(
+        "cost", "error_type"
+    )[0]
+    return RecordedUsage(cost=kept_cost, error_type=kept_error_type, written=False)
