@@ -279,7 +279,10 @@ async def stream(call: Call, owner: Owner) -> StreamingHttpResponse:
         model=call.requested_model,
         include_usage=call.include_usage,
         request_id=call.request_id,
-        prompt_estimate=estimate_prompt_tokens(call.body),
+        # Only an Anthropic client of an OpenAI upstream needs it (message_start's input tokens).
+        prompt_estimate=estimate_prompt_tokens(call.body)
+        if (call.client_family, adapter.family) == ("anthropic", "openai")
+        else 0,
     )
 
     def abandoned() -> Outcome:
