@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 
+from billing.pricing import Price
 from tenants.models import MONEY_DIGITS, ApiKey, CatalogModel, Tenant
 
 PRICE_DIGITS = {"max_digits": 14, "decimal_places": 6}  # per 1M tokens, e.g. 0.075000
@@ -110,6 +111,15 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name} from {self.effective_from:%Y-%m-%d}"
+
+    def as_price(self) -> Price:
+        """The row's prices as the pure pricing functions take them."""
+        return Price(
+            input_per_1m=self.input_per_1m,
+            output_per_1m=self.output_per_1m,
+            cached_input_per_1m=self.cached_input_per_1m,
+            cache_write_per_1m=self.cache_write_per_1m,
+        )
 
 
 class UsageRecord(models.Model):

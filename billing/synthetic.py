@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from tenants.models import ApiKey, CatalogModel, Tenant
 
 from .models import ModelPrice, Plan, Subscription, UsageRecord
-from .pricing import Price, Tokens, request_cost
+from .pricing import Tokens, request_cost
 
 _ERRORS = [
     (429, "upstream_rate_limit"),
@@ -102,16 +102,7 @@ def synthetic_values(
     tenants = list(Tenant.objects.filter(status=Tenant.Status.ACTIVE).prefetch_related("allowed_models"))
     usable_by_tenant = {tenant.id: [m for m in _tenant_models(tenant, models) if m.id in prices] for tenant in tenants}
     deployments = {model.id: next(iter(model.deployments.all()), None) for model in models}
-    price_values = {
-        row.id: Price(
-            input_per_1m=row.input_per_1m,
-            output_per_1m=row.output_per_1m,
-            cached_input_per_1m=row.cached_input_per_1m,
-            cache_write_per_1m=row.cache_write_per_1m,
-        )
-        for rows in prices.values()
-        for row in rows
-    }
+    price_values = {row.id: row.as_price() for rows in prices.values() for row in rows}
     tenant_ids = [tenant.id for tenant in tenants if usable_by_tenant[tenant.id]]
     plan = _day_counts(rng, tenant_ids, start=start, end=end, per_tenant_day=requests_per_tenant_day, total=total)
     for tenant_id, begin, until, count in plan:

@@ -535,16 +535,8 @@ def usage_record_write(*, metered: Metered) -> RecordedUsage:
 
 def _interrupted(trace: dict) -> Metered:
     """The usage record of a request whose process died: what its trace knows, flagged."""
-    price = None
-    if trace["price_id"] is not None:
-        row = ModelPrice.objects.filter(id=trace["price_id"]).first()
-        if row is not None:
-            price = Price(
-                input_per_1m=row.input_per_1m,
-                output_per_1m=row.output_per_1m,
-                cached_input_per_1m=row.cached_input_per_1m,
-                cache_write_per_1m=row.cache_write_per_1m,
-            )
+    row = None if trace["price_id"] is None else ModelPrice.objects.filter(id=trace["price_id"]).first()
+    price = None if row is None else row.as_price()
     return Metered(
         request_id=trace["request_id"],
         created_at=datetime.fromisoformat(trace["created_at"]),

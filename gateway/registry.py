@@ -233,12 +233,7 @@ def _load_catalog() -> dict[str, ModelView]:
             PriceView(
                 id=p.id,
                 effective_from=p.effective_from,
-                price=Price(
-                    input_per_1m=p.input_per_1m,
-                    output_per_1m=p.output_per_1m,
-                    cached_input_per_1m=p.cached_input_per_1m,
-                    cache_write_per_1m=p.cache_write_per_1m,
-                ),
+                price=p.as_price(),
             )
         )
     return {

@@ -26,7 +26,6 @@ from billing.invoicing import (
 )
 from billing.models import Invoice, InvoiceLine, InvoiceRun, ModelPrice, Subscription
 from billing.periods import PeriodState, month_end, month_start, period_bounds, period_state, period_str
-from billing.pricing import Price
 from billing.selectors import BillableUsage, billable_usage, shared_cost_total
 from tenants.models import Tenant
 
@@ -160,12 +159,7 @@ def _price_usage(usages: list[BillableUsage], prices: dict[int, ModelPrice]) -> 
                 price_id=row.id,
                 model=row.model.name,
                 effective_from=row.effective_from,
-                price=Price(
-                    input_per_1m=row.input_per_1m,
-                    output_per_1m=row.output_per_1m,
-                    cached_input_per_1m=row.cached_input_per_1m,
-                    cache_write_per_1m=row.cache_write_per_1m,
-                ),
+                price=row.as_price(),
                 input_tokens=usage.input_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_write_tokens=usage.cache_write_tokens,

@@ -64,36 +64,40 @@ def usage_cost(*, metered: MeteredUsage) -> Decimal:
     return request_cost(tokens=metered.tokens, price=metered.price)
 
 
+def _record_fields(metered: MeteredUsage, cost: Decimal) -> dict:
+    """A usage record's columns (by attribute name) for `metered`: one mapping for both writes."""
+    tokens = metered.tokens
+    return {
+        "request_id": metered.request_id,
+        "created_at": metered.created_at,
+        "tenant_id": metered.tenant_id,
+        "api_key_id": metered.api_key_id,
+        "model": metered.model[:100],
+        "provider": metered.provider,
+        "upstream_model": metered.upstream_model,
+        "endpoint": metered.endpoint,
+        "status_code": metered.status_code,
+        "error_type": metered.error_type,
+        "input_tokens": tokens.input,
+        "cached_input_tokens": tokens.cached_input,
+        "cache_write_tokens": tokens.cache_write,
+        "output_tokens": tokens.output,
+        "cost": cost,
+        "price_id": metered.price_id,
+        "latency_ms": metered.latency_ms,
+        "streamed": metered.streamed,
+        "estimated": metered.estimated,
+        "cache_hit": metered.cache_hit,
+    }
+
+
 def usage_record_create(*, metered: MeteredUsage) -> UsageRecord:
     """Record one request with its cost, computed here once and never again (docs/design.md#money).
 
     A request without a price (unknown model, refused before routing) costs nothing; so does a
     cache hit, whose saving is the cost it would have had.
     """
-    tokens = metered.tokens
-    cost = usage_cost(metered=metered)
-    return UsageRecord.objects.create(
-        request_id=metered.request_id,
-        created_at=metered.created_at,
-        tenant_id=metered.tenant_id,
-        api_key_id=metered.api_key_id,
-        model=metered.model[:100],
-        provider=metered.provider,
-        upstream_model=metered.upstream_model,
-        endpoint=metered.endpoint,
-        status_code=metered.status_code,
-        error_type=metered.error_type,
-        input_tokens=tokens.input,
-        cached_input_tokens=tokens.cached_input,
-        cache_write_tokens=tokens.cache_write,
-        output_tokens=tokens.output,
-        cost=cost,
-        price_id=metered.price_id,
-        latency_ms=metered.latency_ms,
-        streamed=metered.streamed,
-        estimated=metered.estimated,
-        cache_hit=metered.cache_hit,
-    )
+    return UsageRecord.objects.create(**_record_fields(metered, usage_cost(metered=metered)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,35 +109,11 @@ class RecordedUsage:
     written: bool  # this call's record is the one stored (inserted, or replacing a replaceable one)
 
 
-_UPSERT_FIELDS = (
-    "request_id",
-    "created_at",
-    "tenant",
-    "api_key",
-    "model",
-    "provider",
-    "upstream_model",
-    "endpoint",
-    "status_code",
-    "error_type",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "cost",
-    "price",
-    "latency_ms",
-    "streamed",
-    "estimated",
-    "cache_hit",
-)
-
-
 @cache
-def _upsert_statement(vendor: str) -> str:
+def _upsert_statement(vendor: str, names: tuple[str, ...]) -> str:
     quote = connection.ops.quote_name
     table = quote(UsageRecord._meta.db_table)
-    columns = [quote(UsageRecord._meta.get_field(name).column) for name in _UPSERT_FIELDS]
+    columns = [quote(UsageRecord._meta.get_field(name).column) for name in names]
     error_type = quote("error_type")
     # Identifiers from the model's own metadata, quoted; every value is a parameter.
     return (
@@ -154,33 +134,11 @@ def usage_record_upsert(*, metered: MeteredUsage, replaceable: str) -> RecordedU
     The cost is computed here once (`usage_cost`), as `usage_record_create` computes it.
     """
     cost = usage_cost(metered=metered)
-    tokens = metered.tokens
-    values = {
-        "request_id": metered.request_id,
-        "created_at": metered.created_at,
-        "tenant": metered.tenant_id,
-        "api_key": metered.api_key_id,
-        "model": metered.model[:100],
-        "provider": metered.provider,
-        "upstream_model": metered.upstream_model,
-        "endpoint": metered.endpoint,
-        "status_code": metered.status_code,
-        "error_type": metered.error_type,
-        "input_tokens": tokens.input,
-        "cached_input_tokens": tokens.cached_input,
-        "cache_write_tokens": tokens.cache_write,
-        "output_tokens": tokens.output,
-        "cost": cost,
-        "price": metered.price_id,
-        "latency_ms": metered.latency_ms,
-        "streamed": metered.streamed,
-        "estimated": metered.estimated,
-        "cache_hit": metered.cache_hit,
-    }
+    fields = _record_fields(metered, cost)
     get_field = UsageRecord._meta.get_field
-    params = [get_field(name).get_db_prep_save(values[name], connection) for name in _UPSERT_FIELDS]
+    params = [get_field(name).get_db_prep_save(value, connection) for name, value in fields.items()]
     with connection.cursor() as cursor:
-        cursor.execute(_upsert_statement(connection.vendor), [*params, replaceable, replaceable])
+        cursor.execute(_upsert_statement(connection.vendor, tuple(fields)), [*params, replaceable, replaceable])
         if cursor.fetchone() is not None:
             return RecordedUsage(cost=cost, error_type=metered.error_type, written=True)
     kept_cost, kept_error_type = UsageRecord.objects.filter(request_id=metered.request_id).values_list(
