@@ -22,6 +22,9 @@ from gateway import limits
 from tenants.models import CatalogModel, Tenant
 from tenants.services import api_key_create
 
+from .conftest import start_gateway, stop
+from .test_observability_live import METRICS_TOKEN, samples, scrape, summed
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MESSAGES = [{"role": "user", "content": "How many tokens is this prompt, roughly speaking?"}]
@@ -337,3 +340,35 @@ def test_a_model_the_key_may_not_use_is_a_404_in_either_shape(gateway, alice_mod
         "error": {"type": "not_found_error", "message": "The model `claude-test` does not exist."},
     }
     assert [m.id for m in client(gateway, narrow).models.list()] == ["gpt-test"]
+
+
+# --- count_tokens in /metrics -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def observed_gateway(mock_llm, django_db_setup):
+    process, url = start_gateway(mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0", GATEWAY_METRICS_TOKEN=METRICS_TOKEN)
+    yield url
+    stop(process)
+
+
+def test_count_tokens_shows_in_metrics_without_tokens_or_cost(observed_gateway, catalog, alice, alice_key):
+    sdk = client(observed_gateway, alice_key)
+    sdk.messages.count_tokens(model="claude-test", messages=MESSAGES)
+    sdk.messages.count_tokens(model="gpt-test", messages=MESSAGES)
+    with pytest.raises(anthropic.NotFoundError):
+        sdk.messages.count_tokens(model="no-such-model", messages=MESSAGES)
+
+    metrics = samples(scrape(observed_gateway))
+    counted = {"tenant": "alice", "endpoint": "count_tokens"}
+    assert summed(metrics, "gateway_requests_total", status="200", **counted) == 2
+    assert summed(metrics, "gateway_requests_total", status="404", **counted) == 1
+    assert summed(metrics, "gateway_errors_total", error_type="model_not_found", **counted) == 1
+    assert summed(metrics, "gateway_request_duration_seconds_count", **counted) == 3
+    in_flight = [v for (name, labels), v in metrics.items() if name == "gateway_requests_in_flight" and
+                 ("endpoint", "count_tokens") in labels]  # fmt: skip
+    assert in_flight  # counted while in flight (observability.InFlight) ...
+    assert sum(in_flight) == 0  # ... and landed
+    assert summed(metrics, "gateway_tokens_total", tenant="alice") == 0  # nothing billed
+    assert summed(metrics, "gateway_cost_usd_total", tenant="alice") == 0
+    assert not UsageRecord.objects.filter(tenant=alice).exists()

@@ -37,3 +37,26 @@ def test_the_operator_extends_the_list(settings):
         "our-private-beta-2026-12-01",
         "claude-code-20250219",
     )
+
+
+# What Claude Code 2.1.337 was seen sending in one header, and the other betas its binary names.
+CLAUDE_CODE_HEADER = (
+    "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+    "mid-conversation-tool-changes-2026-07-01,thinking-token-count-2026-05-13,advanced-tool-use-2025-11-20,"
+    "effort-2025-11-24"
+)
+CLAUDE_CODE_OTHERS = (
+    "mid-conversation-system-2026-04-07",
+    "per-turn-control-2026-07-01",
+    "timing-2026-09-09",
+    "inline-tools-2026-09-15",
+    "server-side-fallback-2026-06-01",
+    "server-side-fallback-2026-07-01",
+    "program-use-case-ids-2026-09-17",
+    "fallback-credit-2026-06-01",
+)
+
+
+def test_every_beta_claude_code_sends_passes():
+    assert len(parse_betas(CLAUDE_CODE_HEADER)) == 7
+    assert parse_betas(",".join(CLAUDE_CODE_OTHERS)) == CLAUDE_CODE_OTHERS
