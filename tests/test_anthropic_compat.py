@@ -372,3 +372,13 @@ def test_count_tokens_shows_in_metrics_without_tokens_or_cost(observed_gateway, 
     assert summed(metrics, "gateway_tokens_total", tenant="alice") == 0  # nothing billed
     assert summed(metrics, "gateway_cost_usd_total", tenant="alice") == 0
     assert not UsageRecord.objects.filter(tenant=alice).exists()
+
+
+def test_a_tenant_alias_retrieves_the_model_it_stands_for(gateway, alice_models, alice, alice_key):
+    Tenant.objects.filter(pk=alice.pk).update(model_aliases={"fast": "claude-test"})
+    assert client(gateway, alice_key).models.retrieve("fast").id == "claude-test"
+    gpt = openai.OpenAI(base_url=f"{gateway}/v1", api_key=alice_key, max_retries=0)
+    assert gpt.models.retrieve("fast").id == "claude-test"
+    # count_tokens resolves the alias like a completion: the provider is asked for the upstream model.
+    raw = client(gateway, alice_key).messages.with_raw_response.count_tokens(model="fast", messages=MESSAGES)
+    assert raw.parse().input_tokens > 0
