@@ -54,7 +54,7 @@ class Call:
     """What is known about one completion request as it advances."""
 
     request_id: str
-    endpoint: str  # "chat" or "messages"
+    endpoint: str  # "chat", "messages" or "embeddings" (UsageRecord.Endpoint)
     client_family: str  # the wire format the caller speaks: "openai" or "anthropic"
     caller: Caller
     started: float = field(default_factory=time.perf_counter)

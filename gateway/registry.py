@@ -110,6 +110,7 @@ class ModelView:
     provider: str
     deployments: tuple[DeploymentView, ...]
     prices: tuple[PriceView, ...]  # newest first
+    kind: str = "chat"  # CatalogModel.Kind: "chat" or "embedding"
 
     def price_at(self, at: datetime) -> PriceView | None:
         for price in self.prices:
@@ -243,6 +244,7 @@ def _load_catalog() -> dict[str, ModelView]:
             provider=m.provider,
             deployments=tuple(deployments.get(m.id, ())),
             prices=tuple(prices.get(m.id, ())),
+            kind=m.kind,
         )
         for m in CatalogModel.objects.filter(active=True)
     }

@@ -25,7 +25,7 @@ from . import observability, proxy, schemas
 from .auth import Access, access_check, authenticate
 from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
-from .lifecycle import Call, internal_error, owned
+from .lifecycle import Call, Owner, internal_error, owned
 from .registry import Caller, catalog, policy
 from .throttle import tenant_rate_limited
 
@@ -59,7 +59,8 @@ def _validate_messages(body: dict) -> schemas.MessagesRequest:
     return schemas.parse_messages(body)
 
 
-Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest]
+Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest | schemas.EmbeddingsRequest]
+Serve = Callable[[Call, Owner], Awaitable[HttpResponse]]
 _PARSERS: dict[str, Validator] = {
     "openai": schemas.parse_chat,
     "anthropic": schemas.parse_messages,
@@ -105,8 +106,10 @@ async def _completion(
     family: str,
     validate: Validator,
     render: Callable[[GatewayError], HttpResponse],
+    serve: Serve | None = None,
 ) -> HttpResponse:
-    """Parse, run under the request's owner (gateway.lifecycle), render."""
+    """Parse, run under the request's owner (gateway.lifecycle), render. `serve` answers the
+    parsed call; by default a completion (`proxy.complete`, or `proxy.stream` when it streams)."""
     request_id = _request_id()
     try:
         if request.method != "POST":
@@ -123,7 +126,9 @@ async def _completion(
     try:
         async with owned(call) as owner:
             await _parse(request, call, validate)
-            response = await (proxy.stream(call, owner) if call.stream else proxy.complete(call, owner))
+            if serve is None:
+                serve = proxy.stream if call.stream else proxy.complete
+            response = await serve(call, owner)
     except GatewayError as error:
         response = render(error)
     for name, value in owner.headers.items():
@@ -138,7 +143,7 @@ async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
     body = _json_body(request)
     if isinstance(body.get("model"), str):
         call.requested_model = call.model_name = body["model"]
-    if "template" in body:
+    if "template" in body and call.endpoint in ("chat", "messages"):
         await _expand_template(call.caller, body, call.client_family)
     parsed = validate(body)
     call.body = body  # the caller's own JSON goes upstream, as sent: the parse vouches for its shape
@@ -158,6 +163,18 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 async def messages(request: HttpRequest) -> HttpResponse:
     return await _completion(
         request, endpoint="messages", family="anthropic", validate=_validate_messages, render=anthropic_error_response
+    )
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    return await _completion(
+        request,
+        endpoint="embeddings",
+        family="openai",
+        validate=schemas.parse_embeddings,
+        render=openai_error_response,
+        serve=proxy.embed,
     )
 
 
