@@ -365,3 +365,21 @@ def test_usage_breaks_down_by_endpoint(gateway_day_window, limited):
     embedding = UsageRecord.objects.get(tenant=tenant, endpoint="embeddings")
     assert by_endpoint["embeddings"]["requests"] == 1
     assert Decimal(by_endpoint["embeddings"]["cost"]) == embedding.cost
+
+
+def test_a_client_that_hangs_up_is_billed_the_providers_usage_and_gives_everything_back(gateway_day_window, limited):
+    """The provider answers (and bills) after the client left: recorded as 499 with its real numbers."""
+    tenant, _key, secret = limited
+    text = "[[mock:latency_ms=1500]] a slow answer"
+    impatient = sdk(gateway_day_window, secret).with_options(timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.embeddings.create(model="embed-small", input=text)
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.filter(tenant=tenant).exists():
+        assert time.monotonic() < deadline, "no usage record for the abandoned request"
+        time.sleep(0.05)
+    record = UsageRecord.objects.get(tenant=tenant)
+    tokens = count_tokens(text, encoding=CL100K)
+    assert (record.status_code, record.error_type, record.estimated) == (499, "client_disconnected", False)
+    assert (record.input_tokens, record.cost) == (tokens, expected_cost(tokens, "0.02"))
+    assert_settled(tenant)
