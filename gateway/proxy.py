@@ -327,7 +327,9 @@ async def _embeddings_answer(call: Call, owner: Owner, deployments: list[Deploym
     async def operation(adapter: Adapter, body: dict) -> dict:
         return await adapter.embed(body)
 
-    _adapter, result = await _first_that_answers(call, deployments, operation)
+    adapter, result = await _first_that_answers(call, deployments, operation)
+    if not isinstance(result, dict):  # a provider's answer is untrusted: not ours to turn into a 500
+        raise GatewayError(502, f"The upstream provider ({adapter.provider}) failed to answer.", "upstream_error")
     usage = result.get("usage")
     reported = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
