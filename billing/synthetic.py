@@ -143,15 +143,20 @@ def _values(
         prompt = int(rng.lognormvariate(6.5, 0.9)) + 10
         cached = int(prompt * rng.uniform(0.3, 0.9)) if rng.random() < 0.25 else 0
         tokens = Tokens(input=prompt, cached_input=cached, output=int(rng.lognormvariate(5.3, 0.8)) + 1)
+    request_id = uuid.UUID(int=rng.getrandbits(128)).hex
+    endpoint = UsageRecord.Endpoint.MESSAGES if rng.random() < 0.25 else UsageRecord.Endpoint.CHAT
+    if model.kind == CatalogModel.Kind.EMBEDDING:
+        # The same draws as a chat request (so the sequence stays the same), shaped as an embedding.
+        tokens, streamed, endpoint = Tokens(input=tokens.input), False, UsageRecord.Endpoint.EMBEDDINGS
     return {
-        "request_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+        "request_id": request_id,
         "created_at": at,
         "tenant_id": tenant_id,
         "api_key_id": key_id,
         "model": model.name,
         "provider": deployment.provider if deployment else model.provider,
         "upstream_model": deployment.upstream if deployment else "",
-        "endpoint": UsageRecord.Endpoint.MESSAGES if rng.random() < 0.25 else UsageRecord.Endpoint.CHAT,
+        "endpoint": endpoint,
         "status_code": status,
         "error_type": error,
         "input_tokens": tokens.input,

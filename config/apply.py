@@ -144,10 +144,13 @@ class _Applier:
         return catalog
 
     def _model_create(self, name: str, entry: dict[str, Any]) -> CatalogModel:
-        model = CatalogModel.objects.create(name=name, provider=entry["provider"])
+        model = CatalogModel.objects.create(
+            name=name, provider=entry["provider"], kind=entry.get("kind", CatalogModel.Kind.CHAT)
+        )
         region = entry.get("region", "")
         Deployment.objects.create(model=model, provider=entry["provider"], upstream=entry["upstream"], region=region)
-        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)})")
+        kind = "" if model.kind == CatalogModel.Kind.CHAT else f", {model.kind}"
+        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)}{kind})")
         self._price_set(model, entry, current=None)
         return model
 
@@ -161,6 +164,10 @@ class _Applier:
             self.changes.append(f"update model {name}.provider: {model.provider} → {entry['provider']}")
             model.provider = entry["provider"]
             model.save(update_fields=["provider"])
+        if "kind" in entry and entry["kind"] != model.kind:
+            self.changes.append(f"update model {name}.kind: {model.kind} → {entry['kind']}")
+            model.kind = entry["kind"]
+            model.save(update_fields=["kind"])
         self._deployment_set(model, entry)
         current = ModelPrice.objects.filter(model=model, effective_from__lte=self.now).order_by("-effective_from")
         self._price_set(model, entry, current=current.first())
@@ -201,6 +208,8 @@ class _Applier:
     def _price_set(self, model: CatalogModel, entry: dict[str, Any], *, current: ModelPrice | None) -> None:
         wanted = {key: getattr(current, key) if current else None for key in PRICE_KEYS}
         wanted.update({key: entry[key] for key in PRICE_KEYS if key in entry})
+        if wanted["output_per_1m"] is None and model.kind == CatalogModel.Kind.EMBEDDING:
+            wanted["output_per_1m"] = Decimal(0)  # embeddings have no output tokens
         if current is not None and all(wanted[key] == getattr(current, key) for key in PRICE_KEYS):
             return
         if wanted["input_per_1m"] is None or wanted["output_per_1m"] is None:

@@ -26,7 +26,7 @@ def config_export() -> dict:
         prices.setdefault(price.model_id, price)
     models: dict[str, dict] = {}
     for model in CatalogModel.objects.filter(active=True).prefetch_related("deployments").order_by("name"):
-        entry: dict[str, Any] = {"provider": model.provider}
+        entry: dict[str, Any] = {"provider": model.provider, "kind": model.kind}
         deployment = primary_deployment(list(model.deployments.all()))
         if deployment is not None:
             entry.update(provider=deployment.provider, upstream=deployment.upstream, region=deployment.region)

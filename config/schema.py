@@ -15,6 +15,9 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
                                            # (billing/migrations/0002_default_catalog.py)
         "<model name>": {                  # the name clients send, e.g. "gpt-4o"
           "provider": "openai" | "anthropic" | "azure",
+          "kind": "chat" | "embedding",    # extension, optional; a new model defaults to "chat".
+                                           # An embedding model serves only /v1/embeddings (OpenAI
+                                           # and Azure), a chat model every other endpoint
           "upstream": "<provider model id, or the Azure deployment name>",
           "region": "eu",                  # "" = any region
           "input_per_1m": "2.50",          # USD per 1M tokens
@@ -75,8 +78,10 @@ leaves out is kept (a new object gets the default), nothing is ever deleted. In 
 
 - models: an entry describes the model's primary deployment (the first active one by
   priority) and its price. A new model needs provider, upstream, input_per_1m and
-  output_per_1m. A price different from the price in force now becomes a NEW ModelPrice row
-  effective now; history is never edited. A referenced model must exist in the file or in
+  output_per_1m; an embedding model may leave output_per_1m out (it is then "0": embeddings
+  have no output tokens), and cannot be an Anthropic model (Anthropic has no embeddings). A
+  price different from the price in force now becomes a NEW ModelPrice row effective now;
+  history is never edited. A referenced model must exist in the file or in
   the catalog.
 - plans: a `billing_plan` defined neither in the file nor in the database is created with
   zero fees (and said so in the change list).
@@ -132,6 +137,7 @@ CONFIG_KEY_NAME = "config"
 TOP_KEYS = ("models", "plans", "tenants", "policy")
 MODEL_KEYS = (
     "provider",
+    "kind",
     "upstream",
     "region",
     "input_per_1m",
@@ -182,6 +188,7 @@ _DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 _PLAIN_PATH_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 _MAX_INT = 2_147_483_647  # PositiveIntegerField on PostgreSQL
 _PROVIDERS = tuple(sorted(p.value for p in Provider))
+_KINDS = tuple(k.value for k in CatalogModel.Kind)
 _MARKUP_DIGITS = {"max_digits": 6, "decimal_places": 2}  # Plan.markup_percent
 
 
@@ -420,6 +427,13 @@ def _provider(checked: _Checked, value: Any, path: Path) -> Any:
     return value
 
 
+def _kind(checked: _Checked, value: Any, path: Path) -> Any:
+    if value not in _KINDS:
+        checked.error(path, f"unknown kind {json.dumps(value)} (expected one of: {', '.join(_KINDS)})")
+        return _INVALID
+    return value
+
+
 def _region(checked: _Checked, value: Any, path: Path) -> Any:
     hint = 'a region (lower-case letters, digits, "-"), or "" for any'
     return _string(checked, value, path, max_length=32, pattern=_REGION, hint=hint)
@@ -436,6 +450,8 @@ def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     if "provider" in obj:
         entry["provider"] = _provider(checked, obj["provider"], (*path, "provider"))
+    if "kind" in obj:
+        entry["kind"] = _kind(checked, obj["kind"], (*path, "kind"))
     if "upstream" in obj:
         entry["upstream"] = _string(
             checked,
@@ -619,10 +635,18 @@ def _check_references(checked: _Checked) -> None:
     }
 
     for name, entry in config.models.items():
+        kind = entry.get("kind", catalog[name].kind if name in catalog else CatalogModel.Kind.CHAT)
         if name not in catalog:
-            for key in ("provider", "upstream", "input_per_1m", "output_per_1m"):
+            needed = ("provider", "upstream", "input_per_1m")
+            kind_known = ("models", name, "kind") not in checked.bad_paths
+            if kind != CatalogModel.Kind.EMBEDDING and kind_known:  # an embedding model's output price defaults to 0
+                needed += ("output_per_1m",)
+            for key in needed:
                 if key not in entry and ("models", name, key) not in checked.bad_paths:
                     checked.error(("models", name), f"a new model needs {json.dumps(key)}")
+        provider = entry.get("provider", catalog[name].provider if name in catalog else None)
+        if kind == CatalogModel.Kind.EMBEDDING and provider == Provider.ANTHROPIC:
+            checked.error(("models", name, "kind"), "an anthropic model cannot be an embedding model")
 
     def model_provider(name: str) -> str | None:
         entry = config.models.get(name, {})

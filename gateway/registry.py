@@ -110,6 +110,7 @@ class ModelView:
     provider: str
     deployments: tuple[DeploymentView, ...]
     prices: tuple[PriceView, ...]  # newest first
+    kind: str = "chat"  # CatalogModel.Kind: "chat" or "embedding"
     created_at: datetime | None = None  # when the catalog entry was made: /v1/models' `created`
     context_window: int | None = None  # input tokens, when the catalog says
 
@@ -245,6 +246,7 @@ def _load_catalog() -> dict[str, ModelView]:
             provider=m.provider,
             deployments=tuple(deployments.get(m.id, ())),
             prices=tuple(prices.get(m.id, ())),
+            kind=m.kind,
             created_at=m.created_at,
             context_window=m.context_window,
         )

@@ -6,6 +6,7 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
     path("v1/messages", views.messages),
     path("v1/messages/count_tokens", views.count_tokens),
+    path("v1/embeddings", views.embeddings),
     path("v1/models", models_api.models_list),
     path("v1/models/<path:model_id>", models_api.model_retrieve),
     path("v1/usage", views.usage),

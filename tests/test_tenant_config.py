@@ -62,6 +62,7 @@ COMPLETE = {
     "models": {
         "gpt-4o-eu": {
             "provider": "azure",
+            "kind": "chat",
             "upstream": "gpt-4o-eu",
             "region": "eu",
             "input_per_1m": "2.75",
@@ -71,6 +72,7 @@ COMPLETE = {
         },
         "claude-3.7-custom": {
             "provider": "anthropic",
+            "kind": "chat",
             "upstream": "claude-3-7-sonnet-20250219",
             "region": "",
             "input_per_1m": "3.00",
@@ -398,7 +400,7 @@ def test_unknown_keys_are_refused_at_every_level(db):
     }
     assert errors_of(document) == {
         "version: unknown key (expected one of: models, plans, tenants, policy)",
-        "models.gpt-4o.discount: unknown key (expected one of: provider, upstream, region, input_per_1m, "
+        "models.gpt-4o.discount: unknown key (expected one of: provider, kind, upstream, region, input_per_1m, "
         "output_per_1m, cached_input_per_1m, cache_write_per_1m)",
         "plans.gold.fee: unknown key (expected one of: description, currency, monthly_base_fee, "
         "included_allowance, default_monthly_budget, markup_percent)",

@@ -8,6 +8,7 @@ no framework, orjson for JSON.
 Endpoints
     POST /v1/chat/completions                                   OpenAI; `Authorization: Bearer <any>`
     POST /openai/deployments/{deployment}/chat/completions      Azure; header `api-key`, query `api-version`
+    POST /v1/embeddings, /openai/deployments/{d}/embeddings     OpenAI, Azure embeddings (see `embeddings`)
     POST /v1/messages                                           Anthropic; `anthropic-version` and a key, in
                                                                 `x-api-key` or `Authorization: Bearer` (anthropic>=2)
     POST /v1/messages/count_tokens                              Anthropic's token count (gateway/mock/count_tokens.py)
@@ -89,6 +90,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from gateway.mock import embeddings
 from gateway.tokenizer import (
     CL100K,
     O200K,
@@ -830,6 +832,8 @@ class MockApp:
             await count_tokens_endpoint(self, request, send)
         elif azure and method == "POST":
             await self._model_request(Api.AZURE, request, receive, send, deployment=azure.group(1))
+        elif (target := embeddings.route(path)) and method == "POST":
+            await embeddings.serve(self, request, send, *target)
         else:
             error = ApiError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
             await _send_json(send, 404, error_body(Api.OPENAI, error, request_id=self._id("req_")))
