@@ -29,7 +29,7 @@ _ERRORS = [
 
 def _prices_by_model() -> dict[int, list[ModelPrice]]:
     prices: dict[int, list[ModelPrice]] = {}
-    for price in ModelPrice.objects.order_by("-effective_from"):
+    for price in ModelPrice.objects.prefetch_related("tiers").order_by("-effective_from"):
         prices.setdefault(price.model_id, []).append(price)
     return prices
 
@@ -143,6 +143,8 @@ def _values(
         prompt = int(rng.lognormvariate(6.5, 0.9)) + 10
         cached = int(prompt * rng.uniform(0.3, 0.9)) if rng.random() < 0.25 else 0
         tokens = Tokens(input=prompt, cached_input=cached, output=int(rng.lognormvariate(5.3, 0.8)) + 1)
+    price = price_values[price_row.id]
+    tier = None if failed or cache_hit else price.tier_for(tokens.input)
     return {
         "request_id": uuid.UUID(int=rng.getrandbits(128)).hex,
         "created_at": at,
@@ -158,8 +160,9 @@ def _values(
         "cached_input_tokens": tokens.cached_input,
         "cache_write_tokens": 0,
         "output_tokens": tokens.output,
-        "cost": Decimal(0) if failed or cache_hit else request_cost(tokens=tokens, price=price_values[price_row.id]),
+        "cost": Decimal(0) if failed or cache_hit else request_cost(tokens=tokens, price=price),
         "price_id": price_row.id if not failed else None,
+        "price_tier_id": None if tier is None else tier.id,
         "latency_ms": _latency(rng, failed=failed, cache_hit=cache_hit),
         "streamed": streamed,
         "estimated": False,
