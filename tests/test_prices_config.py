@@ -110,15 +110,15 @@ def test_bad_tiers_are_refused_whole_with_every_error(db):
     assert errors_of(doc) == {
         'models.sonnet-house.cache_write_1h_per_1m: must be a decimal string such as "2.50", not a JSON number '
         "(money never goes through floats)",
-        'models.sonnet-house.tiers[0].discount: unknown key (expected one of: above_input_tokens, input_per_1m, '
+        "models.sonnet-house.tiers[0].discount: unknown key (expected one of: above_input_tokens, input_per_1m, "
         "output_per_1m, cached_input_per_1m, cache_write_per_1m, cache_write_1h_per_1m)",
-        'models.sonnet-house.tiers[1].above_input_tokens: another tier starts above 200000 too',
+        "models.sonnet-house.tiers[1].above_input_tokens: another tier starts above 200000 too",
         'models.sonnet-house.tiers[2]: a tier needs "input_per_1m"',
-        'models.sonnet-house.tiers[2].above_input_tokens: must be a positive integer (prompt tokens)',
-        'models.sonnet-house.tiers[3]: must be an object',
+        "models.sonnet-house.tiers[2].above_input_tokens: must be a positive integer (prompt tokens)",
+        "models.sonnet-house.tiers[3]: must be an object",
     }
     assert errors_of(document(tiers={"above_input_tokens": 1})) == {
-        'models.sonnet-house.tiers: must be a list of tiers (or [] for none)'
+        "models.sonnet-house.tiers: must be a list of tiers (or [] for none)"
     }
     assert not CatalogModel.objects.filter(name="sonnet-house").exists()
 
