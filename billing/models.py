@@ -202,7 +202,8 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     cached_input_tokens = models.PositiveIntegerField(default=0)
     cache_write_tokens = models.PositiveIntegerField(default=0)
-    cache_write_1h_tokens = models.PositiveIntegerField(default=0)
+    # db_default: a gateway still running the code before this column existed can go on inserting.
+    cache_write_1h_tokens = models.PositiveIntegerField(default=0, db_default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(**COST_DIGITS, default=Decimal("0"))
     price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
@@ -263,7 +264,7 @@ class UsageRollup(models.Model):
     input_tokens = models.PositiveBigIntegerField(default=0)
     cached_input_tokens = models.PositiveBigIntegerField(default=0)
     cache_write_tokens = models.PositiveBigIntegerField(default=0)
-    cache_write_1h_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_1h_tokens = models.PositiveBigIntegerField(default=0, db_default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=28, decimal_places=12, default=Decimal("0"))
     latency_ms = models.PositiveBigIntegerField(default=0, help_text="Sum over the requests, for averages.")
