@@ -280,6 +280,7 @@ _SAVINGS = {
     "input_tokens": _sum("input_tokens"),
     "cached_input_tokens": _sum("cached_input_tokens"),
     "cache_write_tokens": _sum("cache_write_tokens"),
+    "cache_write_1h_tokens": _sum("cache_write_1h_tokens"),
     "output_tokens": _sum("output_tokens"),
 }
 
@@ -290,6 +291,8 @@ def _price(row: ModelPrice) -> Price:
         output_per_1m=row.output_per_1m,
         cached_input_per_1m=row.cached_input_per_1m,
         cache_write_per_1m=row.cache_write_per_1m,
+        cache_write_1h_per_1m=row.cache_write_1h_per_1m,
+        # No tiers: these are sums over many requests, whose tier no sum can tell (an estimate at base prices).
     )
 
 
@@ -313,6 +316,7 @@ def _savings(*, start: date, end: date, tenant_id: int | None = None, today: dat
                 input=row["input_tokens"],
                 cached_input=row["cached_input_tokens"],
                 cache_write=row["cache_write_tokens"],
+                cache_write_1h=row["cache_write_1h_tokens"],
                 output=row["output_tokens"],
             )
             response_cache += request_cost(tokens=tokens, price=price)

@@ -397,8 +397,9 @@ def _stream_tokens(call: Call, processor, *, complete: bool) -> tuple[Tokens, bo
     prompt = reported.input if reported is not None and reported.input else estimate_prompt_tokens(call.body)
     cached = reported.cached_input if reported is not None and reported.input else 0
     write = reported.cache_write if reported is not None and reported.input else 0
+    write_1h = reported.cache_write_1h if reported is not None and reported.input else 0
     output = estimate_output_tokens(processor.text)
-    return Tokens(input=prompt, cached_input=cached, cache_write=write, output=output), True
+    return Tokens(input=prompt, cached_input=cached, cache_write=write, cache_write_1h=write_1h, output=output), True
 
 
 def _partial(call: Call, processor, *, error_type: str, status: int = 200) -> Outcome:

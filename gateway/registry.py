@@ -231,7 +231,7 @@ def _load_catalog() -> dict[str, ModelView]:
             DeploymentView(id=d.id, provider=d.provider, upstream=d.upstream, region=d.region, base_url=d.base_url)
         )
     prices: dict[int, list[PriceView]] = {}
-    for p in ModelPrice.objects.order_by("-effective_from"):
+    for p in ModelPrice.objects.prefetch_related("tiers").order_by("-effective_from"):
         prices.setdefault(p.model_id, []).append(
             PriceView(
                 id=p.id,
