@@ -26,6 +26,7 @@ TIER = {
 }
 MODEL = {
     "provider": "anthropic",
+    "kind": "chat",
     "upstream": "claude-sonnet-4-5-20250929",
     "region": "",
     "input_per_1m": "3.00",
