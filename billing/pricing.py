@@ -134,18 +134,22 @@ def request_cost(*, tokens: Tokens, price: Price) -> Decimal:
     return cost_at(tokens=tokens, rates=price.rates(price.tier_for(tokens.input)))
 
 
-def worst_case_cost(*, prompt_tokens: int, max_output_tokens: int, price: Price) -> Decimal:
+def worst_case_cost(*, prompt_tokens: int, max_output_tokens: int, price: Price, cache_writes: bool = True) -> Decimal:
     """Upper bound of a request's cost before it is made (for budget reservations).
 
     `prompt_tokens` is an upper bound of the prompt: the request may be billed at the base prices
     or at any tier that bound reaches (the highest, normally the dearest); the hold is the dearest
-    of them. Every prompt token is held at the dearest input-side price (a one-hour cache write
-    costs 2x input at Anthropic), so no way of billing the request exceeds the hold.
+    of them. With `cache_writes` (the request may write to the provider's cache), every prompt
+    token is held at the dearest input-side price (a one-hour cache write costs 2x input at
+    Anthropic); a request that cannot write (no `cache_control` anywhere) is held at the input
+    price, so that holds do not double for the prompts that never ask for a cache.
     """
     candidates = [None, *(tier for tier in price.tiers if prompt_tokens > tier.above_input_tokens)]
     worst = Decimal(0)
     for tier in candidates:
         rates = price.rates(tier)
-        per_prompt_token = max(rates.input, rates.cached_input, rates.cache_write, rates.cache_write_1h)
+        per_prompt_token = max(rates.input, rates.cached_input)
+        if cache_writes:
+            per_prompt_token = max(per_prompt_token, rates.cache_write, rates.cache_write_1h)
         worst = max(worst, (prompt_tokens * per_prompt_token + max_output_tokens * rates.output) / ONE_MILLION)
     return worst

@@ -151,12 +151,38 @@ async def admit_call(call: Call) -> Admission:
         request_id=call.request_id,
         prompt_tokens=prompt,
         max_output_tokens=max_output if isinstance(max_output, int) else None,
-        worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=reserve, price=call.price.price),
+        worst_case_cost=worst_case_cost(
+            prompt_tokens=prompt,
+            max_output_tokens=reserve,
+            price=call.price.price,
+            cache_writes=asks_cache_write(call.body),
+        ),
         budget=tenant.monthly_budget,
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
         key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
     )
+
+
+def asks_cache_write(body: dict) -> bool:
+    """Whether a request may be billed for writing the provider's prompt cache: Anthropic writes
+    only where the request puts a `cache_control` breakpoint (top level, system, tools or message
+    blocks). OpenAI's automatic caching bills no writes, and the Chat Completions format has no
+    breakpoints, so an OpenAI-format body never asks."""
+    if "cache_control" in body:
+        return True
+    groups = [body.get("system"), body.get("tools")]
+    groups.extend(m.get("content") for m in body.get("messages") or () if isinstance(m, dict))
+    while groups:
+        group = groups.pop()
+        if not isinstance(group, list):
+            continue
+        for block in group:
+            if isinstance(block, dict):
+                if "cache_control" in block:
+                    return True
+                groups.append(block.get("content"))  # a tool result's own blocks
+    return False
 
 
 def upstream_body(call: Call, deployment: DeploymentView, family: str) -> dict:
@@ -306,7 +332,9 @@ async def admit_embeddings(call: Call) -> Admission:
         request_id=call.request_id,
         prompt_tokens=prompt,
         max_output_tokens=0,
-        worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=0, price=call.price.price),
+        worst_case_cost=worst_case_cost(
+            prompt_tokens=prompt, max_output_tokens=0, price=call.price.price, cache_writes=False
+        ),
         budget=tenant.monthly_budget,
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,

@@ -163,6 +163,50 @@ def test_the_worst_case_holds_the_highest_tier_the_prompt_bound_reaches_at_the_d
     assert worst_case_cost(prompt_tokens=300_000, max_output_tokens=1_000, price=SONNET) == Decimal("3.6225")
 
 
+def test_a_request_that_cannot_write_the_cache_is_held_at_the_input_price():
+    # No cache_control breakpoint: no write can be billed, so the base input price (3.00) holds.
+    assert worst_case_cost(prompt_tokens=1_000, max_output_tokens=100, price=SONNET, cache_writes=False) == Decimal(
+        "0.0045"
+    )
+    # Above the threshold: the tier's input price (6.00) and output (22.50).
+    assert worst_case_cost(prompt_tokens=300_000, max_output_tokens=1_000, price=SONNET, cache_writes=False) == Decimal(
+        "1.8225"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "asks"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, False),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, False),
+        ({"cache_control": {"type": "ephemeral"}, "messages": []}, True),
+        ({"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}], "messages": []}, True),
+        ({"tools": [{"name": "t", "input_schema": {}, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}, True),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": "x",
+                                "content": [{"type": "text", "text": "r", "cache_control": {"type": "ephemeral"}}],
+                            }
+                        ],
+                    }
+                ]
+            },
+            True,
+        ),
+    ],
+)
+def test_a_cache_write_is_possible_only_where_the_request_puts_a_breakpoint(body, asks):
+    from gateway.proxy import asks_cache_write
+
+    assert asks_cache_write(body) is asks
+
+
 @given(
     prompt=st.integers(0, 1_500_000),
     cached_share=st.floats(0, 1),
@@ -179,6 +223,9 @@ def test_a_request_never_costs_more_than_its_worst_case_and_is_exact(
     tokens = Tokens(input=prompt, cached_input=cached, cache_write=write, cache_write_1h=one_hour, output=output)
     cost = request_cost(tokens=tokens, price=SONNET)
     assert cost <= worst_case_cost(prompt_tokens=prompt, max_output_tokens=output, price=SONNET)
+    if write == 0:
+        held = worst_case_cost(prompt_tokens=prompt, max_output_tokens=output, price=SONNET, cache_writes=False)
+        assert cost <= held
     assert cost.as_tuple().exponent >= -12
     rates = SONNET.rates(SONNET.tier_for(prompt))
     by_hand = (
