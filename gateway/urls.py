@@ -5,6 +5,9 @@ from . import api, views
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
     path("v1/messages", views.messages),
+    path("v1/responses", views.responses_create),
+    path("v1/responses/<str:response_id>", views.response_detail),
+    path("v1/responses/<str:response_id>/input_items", views.response_input_items),
     path("v1/models", views.models),
     path("v1/usage", views.usage),
     path("v1/templates", api.TemplatesView.as_view()),

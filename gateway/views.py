@@ -21,11 +21,11 @@ from django.views.decorators.csrf import csrf_exempt
 from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
-from . import observability, proxy, schemas
+from . import observability, proxy, responses, schemas
 from .auth import Access, access_check, authenticate
 from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
-from .lifecycle import Call, internal_error, owned
+from .lifecycle import Call, Owner, internal_error, owned
 from .registry import Caller, catalog, policy
 from .throttle import tenant_rate_limited
 
@@ -59,7 +59,8 @@ def _validate_messages(body: dict) -> schemas.MessagesRequest:
     return schemas.parse_messages(body)
 
 
-Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest]
+Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest | schemas.ResponsesRequest]
+Serve = Callable[[Call, Owner], Awaitable[HttpResponse]]
 _PARSERS: dict[str, Validator] = {
     "openai": schemas.parse_chat,
     "anthropic": schemas.parse_messages,
@@ -105,8 +106,10 @@ async def _completion(
     family: str,
     validate: Validator,
     render: Callable[[GatewayError], HttpResponse],
+    serve: Serve | None = None,
 ) -> HttpResponse:
-    """Parse, run under the request's owner (gateway.lifecycle), render."""
+    """Parse, run under the request's owner (gateway.lifecycle), render. `serve`: what answers
+    the parsed request (default: `proxy.complete` or `proxy.stream`)."""
     request_id = _request_id()
     try:
         if request.method != "POST":
@@ -123,7 +126,7 @@ async def _completion(
     try:
         async with owned(call) as owner:
             await _parse(request, call, validate)
-            response = await (proxy.stream(call, owner) if call.stream else proxy.complete(call, owner))
+            response = await (serve or _proxied)(call, owner)
     except GatewayError as error:
         response = render(error)
     for name, value in owner.headers.items():
@@ -134,11 +137,15 @@ async def _completion(
     return response
 
 
+async def _proxied(call: Call, owner: Owner) -> HttpResponse:
+    return await (proxy.stream(call, owner) if call.stream else proxy.complete(call, owner))
+
+
 async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
     body = _json_body(request)
     if isinstance(body.get("model"), str):
         call.requested_model = call.model_name = body["model"]
-    if "template" in body:
+    if "template" in body and call.client_family in _PARSERS:
         await _expand_template(call.caller, body, call.client_family)
     parsed = validate(body)
     call.body = body  # the caller's own JSON goes upstream, as sent: the parse vouches for its shape
@@ -161,10 +168,56 @@ async def messages(request: HttpRequest) -> HttpResponse:
     )
 
 
-async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitable[HttpResponse]]) -> HttpResponse:
+@csrf_exempt
+async def responses_create(request: HttpRequest) -> HttpResponse:
+    """`POST /v1/responses` (gateway/responses.py)."""
+    return await _completion(
+        request,
+        endpoint="responses",
+        family="responses",
+        validate=schemas.parse_responses,
+        render=openai_error_response,
+        serve=responses.create,
+    )
+
+
+@csrf_exempt
+@tenant_rate_limited("gw-api-responses")
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponse:
+    """`GET` or `DELETE /v1/responses/{id}`: this tenant's response only (another's is a 404)."""
+
+    async def handler(caller: Caller) -> HttpResponse:
+        if request.method == "DELETE":
+            access_check(caller, Access.WRITE)
+            return _json_response(await responses.delete(caller, response_id))
+        access_check(caller, Access.READ)
+        return _json_response(await responses.retrieve(caller, response_id))
+
+    return await _openai_api(request, handler, methods=("GET", "DELETE"))
+
+
+@csrf_exempt
+@tenant_rate_limited("gw-api-responses")
+async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponse:
+    """`GET /v1/responses/{id}/input_items?limit=&order=&after=`."""
+
+    async def handler(caller: Caller) -> HttpResponse:
+        access_check(caller, Access.READ)
+        return _json_response(await responses.input_items(caller, response_id, request.GET.dict()))
+
+    return await _openai_api(request, handler)
+
+
+def _json_response(payload: dict) -> HttpResponse:
+    return HttpResponse(orjson.dumps(payload), content_type="application/json")
+
+
+async def _openai_api(
+    request: HttpRequest, handler: Callable[[Caller], Awaitable[HttpResponse]], *, methods: tuple[str, ...] = ("GET",)
+) -> HttpResponse:
     try:
-        if request.method != "GET":
-            raise GatewayError(405, "Use GET.", "method_not_allowed")
+        if request.method not in methods:
+            raise GatewayError(405, f"Use {' or '.join(methods)}.", "method_not_allowed")
         return await handler(await authenticate(request))
     except GatewayError as error:
         return openai_error_response(error)

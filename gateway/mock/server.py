@@ -10,6 +10,8 @@ Endpoints
     POST /openai/deployments/{deployment}/chat/completions      Azure; header `api-key`, query `api-version`
     POST /v1/messages                                           Anthropic; `anthropic-version` and a key, in
                                                                 `x-api-key` or `Authorization: Bearer` (anthropic>=2)
+    POST/GET/DELETE /v1/responses[/{id}[/input_items]]          the Responses API (gateway/mock/responses.py);
+                                                                Azure: the same under /openai/responses
     GET  /v1/models                                             a small list (Anthropic shape with `anthropic-version`)
     GET  /health                                                {"status": "ok"}
     GET  /_mock/requests                                        the last 500 requests seen (not /health, /_mock)
@@ -88,6 +90,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from gateway.mock import responses
 from gateway.tokenizer import (
     CL100K,
     O200K,
@@ -795,6 +798,7 @@ class MockApp:
         self._serial = itertools.count(1)
         # Unique across restarts, as a gateway may key records on upstream ids.
         self._run = secrets.token_hex(4)
+        self.responses = responses.ResponsesApi(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -825,6 +829,9 @@ class MockApp:
             await self._model_request(Api.ANTHROPIC, request, receive, send)
         elif azure and method == "POST":
             await self._model_request(Api.AZURE, request, receive, send, deployment=azure.group(1))
+        elif match := responses.route(path):
+            api = Api.AZURE if path.startswith("/openai/") else Api.OPENAI
+            await self.responses.handle(match, api, request, receive, send)
         else:
             error = ApiError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
             await _send_json(send, 404, error_body(Api.OPENAI, error, request_id=self._id("req_")))
