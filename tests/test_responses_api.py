@@ -252,7 +252,7 @@ def test_a_continuation_goes_to_the_deployment_that_holds_the_response(gw, limit
         first_deployment.active = False
         first_deployment.save()
         second_deployment = Deployment.objects.create(
-            model=model, provider="openai", upstream="gpt-4o-mini", base_url=f"{other_url}/v1", priority=5
+            model=model, provider="openai", upstream="gpt-4o-mini-b", base_url=f"{other_url}/v1", priority=5
         )
         client = sdk(gw, secret)
         w = window()
@@ -266,6 +266,9 @@ def test_a_continuation_goes_to_the_deployment_that_holds_the_response(gw, limit
         seen = json.loads(urllib.request.urlopen(f"{other_url}/_mock/requests").read())
         continued = [r for r in seen if (r.get("body") or {}).get("previous_response_id") == first.id]
         assert len(continued) == 2
+        # ... and never to the first one (whose 404 a fallback would have hidden).
+        seen_first = json.loads(urllib.request.urlopen(f"{mock_llm}/_mock/requests").read())
+        assert not [r for r in seen_first if (r.get("body") or {}).get("previous_response_id") == first.id]
         assert client.responses.retrieve(first.id).id == first.id  # read from the holding deployment too
         # A new conversation still goes to the first deployment (it comes first again).
         fresh = client.responses.create(model="gpt-two", input="new topic")
