@@ -330,6 +330,29 @@ def test_a_codex_style_stream_is_accepted_and_not_stored(gw, limited):
     assert not StoredResponse.objects.filter(tenant=tenant).exists()
 
 
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_the_body_codex_cli_sends(gw, limited, model):
+    """The body Codex CLI 0.171 sends (captured by the agents helper, tests/data/codex-request-body.json):
+    developer items with ids, function, namespace and web_search tools, store false, include,
+    reasoning.summary, prompt_cache_key, client_metadata. Codex needs `response.completed`."""
+    tenant, key, secret = limited
+    body = json.loads((ROOT / "tests" / "data" / "codex-request-body.json").read_text())
+    body["model"] = model
+    if model == "claude-test":  # tool types only OpenAI serves are refused by the translation, by name
+        body["tools"] = [tool for tool in body["tools"] if tool["type"] == "function"]
+    headers = {"authorization": f"Bearer {secret}", "accept": "text/event-stream", "originator": "codex_exec"}
+    with httpx2.stream("POST", f"{gw}/v1/responses", json=body, headers=headers, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        frames = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+    assert frames[-1]["type"] == "response.completed"
+    done = [f["item"] for f in frames if f["type"] == "response.output_item.done"]
+    assert done[-1]["type"] == "message"
+    assert done[-1]["content"][0]["text"].startswith("Mock reply from")
+    usage = openai.types.responses.ResponseUsage.model_validate(frames[-1]["response"]["usage"])
+    check_record(tenant, key, usage, model=model, streamed=True, records=1, w=window())
+    assert not StoredResponse.objects.filter(tenant=tenant).exists()
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
