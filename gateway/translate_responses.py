@@ -869,7 +869,7 @@ class AnthropicToResponsesStream:
 
     def finish(self) -> list[bytes]:
         frames = self._start()
-        frames += self._close(self._final_status()[0])
+        frames += self._close_all(self._final_status()[0])
         response = self.response or self._build_response()
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         frames.append(self._frame(kind, response=response))
@@ -1030,6 +1030,17 @@ class AnthropicToResponsesStream:
         self._closing = self._blocks.pop(event.get("index"), None)
         return frames
 
+    def _close_all(self, status: str) -> list[bytes]:
+        """Close the stopped block and any block left open (a stream that skipped content_block_stop),
+        so the client never holds an unfinished item; `status` goes to the last one."""
+        pending = [self._closing] if self._closing else []
+        pending += [self._blocks.pop(index) for index in sorted(self._blocks)]
+        frames = []
+        for k, state in enumerate(pending):
+            self._closing = state
+            frames += self._close(status if k == len(pending) - 1 else "completed")
+        return frames
+
     def _close(self, status: str) -> list[bytes]:
         """The .done frames of the stopped block, with its final status."""
         state, self._closing = self._closing, None
@@ -1064,11 +1075,11 @@ class AnthropicToResponsesStream:
         self._replace_usage(event.get("usage"))
         self._stop_reason = (event.get("delta") or {}).get("stop_reason") or self._stop_reason
         self._ended = True
-        return self._close(self._final_status()[0])
+        return self._close_all(self._final_status()[0])
 
     def _on_message_stop(self, event: dict) -> list[bytes]:
         self._ended = True
-        return self._close(self._final_status()[0])
+        return self._close_all(self._final_status()[0])
 
     def _on_error(self, event: dict) -> list[bytes]:
         error = event.get("error") or {}

@@ -1099,6 +1099,15 @@ def test_a_stream_cut_by_max_tokens_ends_incomplete():
         RESPONSES_EVENT.validate_python(payload)
 
 
+def test_a_block_left_open_by_upstream_is_closed_before_the_end():
+    events = [e for e in TEXT_EVENTS if e["type"] != "content_block_stop"]
+
+    _, frames, final = _run(events)
+    state = _accumulate(_parse_frames(frames + final))
+
+    assert state._completed_response.output_text == "Sunny, 18C."
+
+
 def test_an_upstream_error_event_raises_and_becomes_failed_and_error_frames():
     stream = AnthropicToResponsesStream(model="claude-sonnet", response_id="resp_gw1", request=REQUEST, created_at=1)
     for event in TEXT_EVENTS[:4]:
