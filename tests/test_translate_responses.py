@@ -433,6 +433,24 @@ def test_a_function_call_without_its_output_is_refused():
     assert "c1" in error.message
 
 
+def test_a_call_left_unanswered_among_answered_ones_is_refused():
+    error = _refused(
+        {
+            "model": "m",
+            "input": [
+                _user("Go"),
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "x"},
+                _user("and?"),
+            ],
+        }
+    )
+
+    assert error.param == "input"
+    assert "'c2'" in error.message
+
+
 def test_an_output_without_its_function_call_is_refused():
     error = _refused(
         {"model": "m", "input": [_user("Go"), {"type": "function_call_output", "call_id": "c9", "output": "x"}]}
