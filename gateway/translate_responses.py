@@ -4,7 +4,7 @@ Pure functions over wire JSON (plain dicts), like gateway/translate.py, whose er
 it shares: no Django, no I/O, no SDK calls. What cannot be said to Anthropic raises
 `TranslationError` (a 400 for the client, naming the field); an `error` event inside an
 Anthropic stream raises `StreamError`. The gateway keeps the conversation state itself: the
-caller passes the stored chain as `history` (docs/design.md, Responses API).
+caller passes the stored chain (earlier input and output items) as `history`.
 
 Request -> Anthropic Messages (`responses_request_to_anthropic`)
   mapped   `input` (a string, or items) after `history`; `instructions`, then system/developer
@@ -18,6 +18,8 @@ Request -> Anthropic Messages (`responses_request_to_anthropic`)
            alternate, tool results first in their turn; reasoning items this module produced ->
            thinking / redacted_thinking blocks (only when the request enables thinking);
            item_reference -> the earlier item with that id; function tools -> tools (strict kept);
+           namespace tools -> their function tools named "<namespace>__<name>" (function_call
+           items carry `namespace` and the plain name, both ways);
            tool_choice auto/none/required/{"type": "function"}/allowed_tools;
            parallel_tool_calls=false -> disable_parallel_tool_use; max_output_tokens -> max_tokens
            (DEFAULT_MAX_TOKENS when absent); temperature (clamped to 1); top_p (only without
@@ -27,11 +29,12 @@ Request -> Anthropic Messages (`responses_request_to_anthropic`)
            include (reasoning state is always returned), service_tier, prompt_cache_key,
            prompt_cache_retention, prompt_cache_options, truncation (Anthropic never truncates: a
            conversation too long is its 400, as with "disabled"), max_tool_calls (it limits
-           built-in tools, which are refused), stream_options, text.verbosity, reasoning.summary /
-           generate_summary / mode / context, image `detail`, message `phase` and `status`,
-           prompt_cache_breakpoint, function tool output_schema.
+           built-in tools, which are refused), stream_options, client_metadata (Codex CLI's
+           request tags), text.verbosity, reasoning.summary / generate_summary / mode / context,
+           image `detail`, message `phase` and `status`, prompt_cache_breakpoint, function tool
+           output_schema.
   refused  built-in tools (web_search, file_search, computer use, code_interpreter, mcp, shell,
-           image_generation, custom, namespace, ...) and tool_choice naming them; function tools
+           image_generation, custom, tool_search, ...) and tool_choice naming them; function tools
            with defer_loading or async; background, conversation, prompt, context_management,
            moderation, image, access_programs, top_logprobs > 0, include
            message.output_text.logprobs; text.format json_object; instructions as a list; item
@@ -110,6 +113,8 @@ ANTHROPIC_MIN_THINKING_BUDGET = 1024
 _THINKING_OFF = frozenset({"none", "minimal"})
 _ANTHROPIC_MAX_TEMPERATURE = 1.0
 _STATE_PREFIX = "anthropic:"
+NAMESPACE_SEPARATOR = "__"
+"""Between a namespace and a member's name in the Anthropic tool name (Anthropic allows [a-zA-Z0-9_-])."""
 _HISTORY_PARAM = "previous_response_id"
 
 
@@ -188,6 +193,7 @@ _DROPPED = frozenset(
         "truncation",
         "max_tool_calls",
         "stream_options",
+        "client_metadata",
     }
 )
 _REFUSED = frozenset(
@@ -314,7 +320,17 @@ def _tools(body: dict, *, thinking: bool) -> dict:
         if choice not in (None, "auto", "none"):
             raise TranslationError("tool_choice requires tools.", param="tool_choice")
         return {}
-    out_tools = [_tool(tool, param=f"tools[{i}]") for i, tool in enumerate(tools)]
+    out_tools = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") == "namespace":
+            # Anthropic has no namespaces: the members go as tools named "<namespace>__<name>".
+            members = tool.get("tools") or ()
+            out_tools += [
+                _tool(member, param=f"tools[{i}].tools[{j}]", namespace=tool["name"])
+                for j, member in enumerate(members)
+            ]
+        else:
+            out_tools.append(_tool(tool, param=f"tools[{i}]"))
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         # Anthropic has no allow-list: sending only the allowed tools has the same effect.
         allowed = set()
@@ -339,7 +355,21 @@ def _tools(body: dict, *, thinking: bool) -> dict:
     return out
 
 
-def _tool(tool: dict, *, param: str) -> dict:
+def _namespaced(namespace: str | None, name: str) -> str:
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+
+def _namespaced_names(request: dict) -> dict[str, tuple[str, str]]:
+    """Anthropic tool name -> (namespace, function name), for the namespace tools of a request."""
+    names = {}
+    for tool in request.get("tools") or ():
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            for member in tool.get("tools") or ():
+                names[_namespaced(tool["name"], member["name"])] = (tool["name"], member["name"])
+    return names
+
+
+def _tool(tool: dict, *, param: str, namespace: str | None = None) -> dict:
     kind = tool.get("type")
     if kind != "function":
         # Built-in tools run inside OpenAI's platform; Anthropic models have no access to it.
@@ -356,7 +386,7 @@ def _tool(tool: dict, *, param: str) -> dict:
         raise TranslationError(
             "Only directly called tools are supported for this model.", param=f"{param}.allowed_callers"
         )
-    out: dict[str, Any] = {"name": tool["name"]}
+    out: dict[str, Any] = {"name": _namespaced(namespace, tool["name"])}
     if tool.get("description"):
         out["description"] = tool["description"]
     out["input_schema"] = tool.get("parameters") or {"type": "object", "properties": {}}
@@ -545,7 +575,8 @@ def _function_call_to_tool_use(item: dict, *, param: str) -> dict:
             raise TranslationError("Function call arguments must be a JSON object.", param=f"{param}.arguments")
         # A stored call cut off by max_output_tokens: its output already says it went wrong.
         arguments = {}
-    return {"type": "tool_use", "id": item["call_id"], "name": item["name"], "input": arguments}
+    name = _namespaced(item.get("namespace"), item["name"])
+    return {"type": "tool_use", "id": item["call_id"], "name": name, "input": arguments}
 
 
 def _function_output_to_tool_result(item: dict, *, param: str) -> dict:
@@ -656,8 +687,10 @@ def _message_item(item_id: str, content: list[dict], status: str) -> dict:
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
-def _function_call_item(item_id: str, block: dict, arguments: str, status: str) -> dict:
-    return {
+def _function_call_item(
+    item_id: str, block: dict, arguments: str, status: str, names: dict[str, tuple[str, str]]
+) -> dict:
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -665,6 +698,9 @@ def _function_call_item(item_id: str, block: dict, arguments: str, status: str) 
         "name": block["name"],
         "arguments": arguments,
     }
+    if block["name"] in names:
+        item["namespace"], item["name"] = names[block["name"]]
+    return item
 
 
 def _reasoning_item(item_id: str, block: dict) -> dict:
@@ -672,13 +708,15 @@ def _reasoning_item(item_id: str, block: dict) -> dict:
     return {"id": item_id, "type": "reasoning", "summary": summary, "encrypted_content": _encode_state(block)}
 
 
-def _block_to_item(block: dict, *, response_id: str, index: int, status: str) -> dict | None:
+def _block_to_item(
+    block: dict, *, response_id: str, index: int, status: str, names: dict[str, tuple[str, str]]
+) -> dict | None:
     kind = block.get("type")
     if kind == "text":
         return _message_item(_item_id("msg", response_id, index), [_output_text(block.get("text") or "")], status)
     if kind == "tool_use":
         arguments = _dumps(block.get("input") or {})
-        return _function_call_item(_item_id("fc", response_id, index), block, arguments, status)
+        return _function_call_item(_item_id("fc", response_id, index), block, arguments, status, names)
     if kind == "thinking":
         thinking = {
             "type": "thinking",
@@ -692,6 +730,9 @@ def _block_to_item(block: dict, *, response_id: str, index: int, status: str) ->
 
 
 def _echo_tool(tool: dict) -> dict:
+    if tool.get("type") == "namespace":
+        members = [_echo_tool(member) for member in tool.get("tools") or ()]
+        return {"type": "namespace", "name": tool.get("name"), "description": tool.get("description"), "tools": members}
     return {
         "type": "function",
         "name": tool.get("name"),
@@ -761,8 +802,9 @@ def anthropic_message_to_response(
     """An Anthropic Message -> a Responses API `response` object (openai.types.responses.Response)."""
     status, incomplete_details = _status(message.get("stop_reason"))
     output = []
+    names = _namespaced_names(request)
     for index, block in enumerate(message.get("content") or ()):
-        item = _block_to_item(block, response_id=response_id, index=index, status="completed")
+        item = _block_to_item(block, response_id=response_id, index=index, status="completed", names=names)
         if item is not None:
             output.append(item)
     if status == "incomplete" and output and "status" in output[-1]:
@@ -804,13 +846,13 @@ class _Block:
     def kind(self) -> str:
         return self.anthropic["type"]
 
-    def item(self, status: str) -> dict:
+    def item(self, status: str, names: dict[str, tuple[str, str]]) -> dict:
         """The finished item, as anthropic_message_to_response makes it."""
         streamed = "".join(self.parts)
         if self.kind == "text":
             return _message_item(self.item_id, [_output_text(streamed)], status)
         if self.kind == "tool_use":
-            return _function_call_item(self.item_id, self.anthropic, _arguments(streamed), status)
+            return _function_call_item(self.item_id, self.anthropic, _arguments(streamed), status, names)
         if self.kind == "thinking":
             signature = self.anthropic.get("signature") or ""
             return _reasoning_item(self.item_id, {"type": "thinking", "thinking": streamed, "signature": signature})
@@ -850,6 +892,7 @@ class AnthropicToResponsesStream:
         self._next_output = 0
         self._text: list[str] = []
         self._response: dict | None = None
+        self._names = _namespaced_names(request)
 
     # -- protocol --
 
@@ -974,7 +1017,7 @@ class AnthropicToResponsesStream:
         state = _Block(block, _item_id(prefix, self.response_id, index), self._next_output)
         self._next_output += 1
         self._blocks[index] = state
-        added = dict(state.item("in_progress"))
+        added = dict(state.item("in_progress", self._names))
         if kind == "text":
             added["content"] = []
         elif kind == "tool_use":
@@ -1046,7 +1089,7 @@ class AnthropicToResponsesStream:
         state, self._closing = self._closing, None
         if state is None:
             return []
-        item = state.item(status if state.kind in ("text", "tool_use") else "completed")
+        item = state.item(status if state.kind in ("text", "tool_use") else "completed", self._names)
         where = {"item_id": state.item_id, "output_index": state.output_index}
         frames = []
         if state.kind == "text":

@@ -726,6 +726,105 @@ def test_a_malformed_body_is_a_translation_error_not_a_crash():
     assert _refused({"model": "m"}).param == "input"
 
 
+AGENTS_TOOL = {
+    "type": "namespace",
+    "name": "multi_agent_v1",
+    "description": "Tools for spawning and managing sub-agents.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "close_agent",
+            "description": "Close an agent.",
+            "strict": False,
+            "parameters": {"type": "object", "properties": {"target": {"type": "string"}}, "required": ["target"]},
+        }
+    ],
+}
+
+
+def _dev(item_id, *texts):
+    return {
+        "type": "message",
+        "id": item_id,
+        "role": "developer",
+        "content": [{"type": "input_text", "text": t} for t in texts],
+    }
+
+
+def _codex_body(**extra):
+    """The shape of what Codex CLI sends (see the agents helper's capture): developer items with ids,
+    function and namespace tools, store false, reasoning summary without effort, client_metadata."""
+    return {
+        "model": "claude-sonnet",
+        "stream": True,
+        "input": [
+            _dev("msg_1", "You are Codex."),
+            _dev("msg_2", "Sandbox: ", "read-only."),
+            {"type": "message", "id": "msg_3", "role": "user", "content": [{"type": "input_text", "text": "<env/>"}]},
+            {"type": "message", "id": "msg_4", "role": "user", "content": [{"type": "input_text", "text": "Say pong"}]},
+        ],
+        "tools": [TIME_TOOL, AGENTS_TOOL],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "reasoning": {"summary": "auto"},
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "4f1c",
+        "client_metadata": {"thread_id": "t", "x-codex-turn-metadata": "{}"},
+        **extra,
+    }
+
+
+def test_a_codex_cli_request_translates():
+    out = _to_anthropic(_codex_body())
+
+    assert out["system"] == [
+        {"type": "text", "text": "You are Codex."},
+        {"type": "text", "text": "Sandbox: "},
+        {"type": "text", "text": "read-only."},
+    ]
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "<env/>"}, {"type": "text", "text": "Say pong"}]}
+    ]
+    assert [tool["name"] for tool in out["tools"]] == ["get_time", "multi_agent_v1__close_agent"]
+    assert "thinking" not in out
+    assert out["stream"] is True
+
+
+def test_a_codex_cli_request_with_its_web_search_tool_is_refused_by_name():
+    body = _codex_body()
+    body["tools"] = [*body["tools"], {"type": "web_search", "external_web_access": False}]
+
+    assert _refused(body).param == "tools[2].type"
+
+
+def test_a_namespaced_call_comes_back_with_its_namespace_and_returns_joined():
+    body = _codex_body(stream=False)
+    tool_use = {"type": "tool_use", "id": "toolu_9", "name": "multi_agent_v1__close_agent", "input": {"target": "a1"}}
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [tool_use],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
+    events = _stream_events(_tool_block("toolu_9", tool_use["name"], '{"target": "a1"}'), stop_reason="tool_use")
+
+    response = anthropic_message_to_response(message, model="claude", response_id="resp_1", request=body, created_at=1)
+    stream = AnthropicToResponsesStream(model="claude", response_id="resp_1", request=body, created_at=1)
+    frames = [frame for event in events for frame in stream.feed(event)] + stream.finish()
+    history = input_items(body) + response["output"]
+    output = [{"type": "function_call_output", "call_id": "toolu_9", "output": "closed"}]
+    follow_up = _to_anthropic({**body, "input": output}, history=history)
+
+    call = Response.model_validate(response).output[0]
+    assert (call.name, call.namespace, call.call_id) == ("close_agent", "multi_agent_v1", "toolu_9")
+    assert _parse_frames(frames)[-1]["response"]["output"] == response["output"]
+    assert Response.model_validate(response).tools[1].type == "namespace"
+    assert follow_up["messages"][1]["content"] == [tool_use]
+
+
 # --- response --------------------------------------------------------------------------------
 
 USAGE = {
