@@ -47,7 +47,9 @@ Reasoning: effort none/minimal -> no thinking; low/medium/high/xhigh/max -> thin
 {"type": "enabled", "budget_tokens": REASONING_BUDGETS[effort]}, with max_tokens defaulting to
 budget + DEFAULT_MAX_TOKENS (at most REASONING_MAX_TOKENS) so the answer keeps its usual room. With
 max_output_tokens (which bounds reasoning and answer together at both providers) the budget is at
-most half of it, and at least Anthropic's minimum of 1024.
+most half of it, and at least Anthropic's minimum of 1024. A request that answers tool calls made
+without thinking (reasoning was off then, or the client left the reasoning item out) goes without
+thinking, since Anthropic refuses thinking in such a tool loop.
 
 Anthropic Message -> Response (`anthropic_message_to_response`, and the same from a stream)
   Each text block -> a message item with one output_text part; tool_use -> a function_call item
@@ -231,6 +233,11 @@ def responses_request_to_anthropic(body: dict, *, upstream_model: str, history: 
     _refuse_params(body)
     budget = _thinking_budget(body)
     system, messages = _conversation(list(history or ()), body.get("input"), keep_thinking=budget is not None)
+    if budget is not None and _tool_loop_without_thinking(messages):
+        # Anthropic refuses thinking in a tool loop whose call was made without it (reasoning was
+        # off then, or the client left the reasoning item out): this turn goes without thinking.
+        budget = None
+        system, messages = _conversation(list(history or ()), body.get("input"), keep_thinking=False)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise TranslationError("instructions must be a string for this model.", param="instructions")
@@ -252,6 +259,16 @@ def responses_request_to_anthropic(body: dict, *, upstream_model: str, history: 
     if output_format:
         out["output_config"] = {"format": output_format}
     return out
+
+
+def _tool_loop_without_thinking(messages: list[dict]) -> bool:
+    """The conversation answers the assistant's tool calls, and that assistant turn has no thinking."""
+    if len(messages) < 2 or not isinstance(messages[-1]["content"], list):
+        return False
+    if not any(block["type"] == "tool_result" for block in messages[-1]["content"]):
+        return False
+    calling = messages[-2]["content"]
+    return not (isinstance(calling, list) and calling[0]["type"] in ("thinking", "redacted_thinking"))
 
 
 def _thinking_budget(body: dict) -> int | None:

@@ -648,6 +648,27 @@ def test_reasoning_from_history_returns_as_thinking_only_when_thinking_is_on():
     assert plain["messages"][1] == {"role": "assistant", "content": [message["content"][2]]}
 
 
+def test_a_tool_loop_begun_without_thinking_continues_without_it():
+    body = {
+        "model": "m",
+        "reasoning": {"effort": "high"},
+        "input": [
+            _user("Weather?"),
+            {"type": "function_call", "call_id": "c1", "name": "get_time", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "10:00"},
+        ],
+    }
+
+    out = _to_anthropic(body)
+    fresh = _to_anthropic(
+        {**body, "input": [*body["input"], {"role": "assistant", "content": "It is 10."}, _user("And?")]}
+    )
+
+    assert "thinking" not in out
+    assert out["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert fresh["thinking"] == {"type": "enabled", "budget_tokens": REASONING_BUDGETS["high"]}
+
+
 def test_reasoning_items_of_other_models_are_left_out():
     history = [
         {"id": "msg_a", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
@@ -1421,7 +1442,11 @@ def test_any_valid_conversation_translates_to_a_valid_anthropic_request(items, s
         if b["type"] == "tool_result"
     ]
     assert sorted(uses) == sorted(results)
-    if effort:
+    last = out["messages"][-1]["content"]
+    in_tool_loop = isinstance(last, list) and any(block["type"] == "tool_result" for block in last)
+    # History made without thinking has no thinking blocks: a tool loop in it continues without.
+    assert ("thinking" in out) == bool(effort and not in_tool_loop)
+    if "thinking" in out:
         assert out["thinking"]["budget_tokens"] < out["max_tokens"]
 
 
