@@ -291,6 +291,13 @@ def test_reasoning_tokens_are_billed_as_output(gw, limited):
     record = check_record(tenant, key, response.usage, model="gpt-test", streamed=False, records=1, w=w)
     assert record.output_tokens == response.usage.output_tokens > 37
     assert response.output[0].type == "reasoning"
+    today = timezone.now().date().isoformat()
+    usage = httpx2.get(
+        f"{gw}/v1/usage", params={"start": today, "end": today}, headers={"authorization": f"Bearer {secret}"}
+    ).json()
+    assert [(row["endpoint"], row["requests"], Decimal(row["cost"])) for row in usage["by_endpoint"]] == [
+        ("responses", 1, record.cost)
+    ]
 
 
 @pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
