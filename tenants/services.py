@@ -407,14 +407,16 @@ def platform_policy_update(*, changes: Mapping[str, Any]) -> PlatformPolicy:
 
 
 def tenant_data_purge(*, tenant: Tenant) -> dict[str, int]:
-    """Delete every request log (prompts and responses) and prompt template of this tenant.
+    """Delete every request log (prompts and responses), prompt template and stored Responses API
+    response of this tenant.
 
     Billing (usage records, invoices) is kept: nothing there refers to these rows.
     """
     with transaction.atomic():
         logs, _ = RequestLog.objects.filter(tenant=tenant).delete()
         templates, _ = PromptTemplate.objects.filter(tenant=tenant).delete()
-    return {"request_logs": logs, "prompt_templates": templates}
+        responses, _ = StoredResponse.objects.filter(tenant=tenant).delete()
+    return {"request_logs": logs, "prompt_templates": templates, "stored_responses": responses}
 
 
 def request_logs_purge_expired(*, now: datetime) -> int:
