@@ -1272,6 +1272,8 @@ def test_no_tokens_are_reported_before_message_start():
 
     assert stream.reported_tokens() is None
     assert stream.response is None
+    stream.error_frame("api_error", "The upstream provider broke off the stream.")
+    assert stream.reported_tokens() is None  # an error frame is not Anthropic's usage
 
 
 # --- the openai SDK as the client ------------------------------------------------------------
