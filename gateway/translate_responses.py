@@ -112,11 +112,12 @@ that think (Opus 4 and 4.1), so a default never exceeds what the model allows.""
 
 ANTHROPIC_MIN_THINKING_BUDGET = 1024
 
+NAMESPACE_SEPARATOR = "__"
+"""Between a namespace and a member's name in the Anthropic tool name (Anthropic allows [a-zA-Z0-9_-])."""
+
 _THINKING_OFF = frozenset({"none", "minimal"})
 _ANTHROPIC_MAX_TEMPERATURE = 1.0
 _STATE_PREFIX = "anthropic:"
-NAMESPACE_SEPARATOR = "__"
-"""Between a namespace and a member's name in the Anthropic tool name (Anthropic allows [a-zA-Z0-9_-])."""
 _HISTORY_PARAM = "previous_response_id"
 
 
@@ -899,7 +900,8 @@ class AnthropicToResponsesStream:
         self.request = request
         self.created_at = created_at
         self._sequence = 0
-        self._started = False
+        self._started = False  # response.created went out
+        self._reported = False  # message_start came: Anthropic's usage is known
         self._usage: dict[str, Any] = {}
         self._stop_reason: str | None = None
         self._ended = False  # message_delta or message_stop arrived: the answer is whole
@@ -952,7 +954,7 @@ class AnthropicToResponsesStream:
 
     def reported_tokens(self):
         """Tokens as Anthropic reported them (billing.pricing.Tokens), None before message_start."""
-        if not self._started:
+        if not self._reported:
             return None
         # Imported here: gateway.metering needs Django, this module stays importable without it.
         from .metering import tokens_from_anthropic
@@ -1021,6 +1023,7 @@ class AnthropicToResponsesStream:
 
     def _on_message_start(self, event: dict) -> list[bytes]:
         self._replace_usage((event.get("message") or {}).get("usage"))
+        self._reported = True
         return self._start()
 
     def _on_block_start(self, event: dict) -> list[bytes]:

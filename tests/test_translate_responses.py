@@ -19,6 +19,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from gateway.mock import server as mock
 from gateway.translate_responses import (
     DEFAULT_MAX_TOKENS,
     REASONING_BUDGETS,
@@ -1117,6 +1118,15 @@ def _run(events, request=REQUEST):
     return stream, frames, stream.finish()
 
 
+def _unparsed(value):
+    """A ParsedResponse as a plain Response: without the SDK's own `parsed` / `parsed_arguments` fields."""
+    if isinstance(value, dict):
+        return {k: _unparsed(v) for k, v in value.items() if k not in ("parsed", "parsed_arguments")}
+    if isinstance(value, list):
+        return [_unparsed(v) for v in value]
+    return value
+
+
 def _accumulate(payloads):
     state = ResponseStreamState(input_tools=REQUEST["tools"], text_format=openai.omit)
     for payload in payloads:
@@ -1147,7 +1157,7 @@ def test_the_stream_accumulates_to_the_unstreamed_response(events):
     completed = state._completed_response
     assert completed is not None
     assert Response.model_validate(expected).output_text == completed.output_text
-    assert [item.type for item in completed.output] == [item["type"] for item in expected["output"]]
+    assert _unparsed(completed.to_dict()) == Response.model_validate(expected).to_dict()
     assert [p["sequence_number"] for p in payloads] == list(range(len(payloads)))
 
 
@@ -1271,6 +1281,8 @@ def test_no_tokens_are_reported_before_message_start():
 
     assert stream.reported_tokens() is None
     assert stream.response is None
+    stream.error_frame("api_error", "The upstream provider broke off the stream.")
+    assert stream.reported_tokens() is None  # an error frame is not Anthropic's usage
 
 
 # --- the openai SDK as the client ------------------------------------------------------------
@@ -1481,3 +1493,52 @@ def test_any_item_sequence_translates_or_is_refused_with_a_param(kinds):
         assert outcome.param.startswith("input")
     else:
         assert_valid_anthropic_request(outcome)
+
+
+# --- through the mock provider's Anthropic wire format -----------------------------------------
+
+
+def _mock_anthropic(body, *, stream):
+    """What `manage.py mockllm` answers to the translated request: the message, or its SSE events."""
+    exchange = mock.anthropic_exchange(body)
+    reply = mock.compose_reply(exchange, tool_id="toolu_mock1")
+    usage = mock.usage_of(exchange, reply)
+    if not stream:
+        return mock.anthropic_message(exchange, reply, usage, message_id="msg_mock1"), usage
+    sse = mock.anthropic_stream(exchange, reply, usage, message_id="msg_mock1")
+    frames = sse.head + sse.content + sse.tail
+    return [json.loads(frame.decode().split("\ndata: ", 1)[1]) for frame in frames], usage
+
+
+@pytest.mark.parametrize("prompt", ["Tell me about Paris [[mock:cached=5]]", "Weather? [[mock:tool]]"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_mock_providers_answer_translates_with_its_usage(prompt, stream):
+    request = {"model": "claude-sonnet", "input": prompt, "instructions": "Be brief.", "tools": [WEATHER_TOOL]}
+    body = _to_anthropic({**request, "stream": stream})
+
+    answer, usage = _mock_anthropic(body, stream=stream)
+    if stream:
+        translator = AnthropicToResponsesStream(
+            model="claude-sonnet", response_id="resp_m", request=request, created_at=1
+        )
+        frames = [frame for event in answer for frame in translator.feed(event)] + translator.finish()
+        payloads = _parse_frames(frames)
+        response = Response.model_validate(payloads[-1]["response"])
+        assert _accumulate(payloads)._completed_response.output_text == response.output_text
+    else:
+        raw = anthropic_message_to_response(
+            answer, model="claude-sonnet", response_id="resp_m", request=request, created_at=1
+        )
+        response = Response.model_validate(raw)
+
+    assert response.status == "completed"
+    assert response.usage.input_tokens == usage.prompt_tokens
+    assert response.usage.input_tokens_details.cached_tokens == usage.cache_read
+    assert response.usage.output_tokens == usage.output_tokens
+    if "[[mock:tool]]" in prompt:
+        assert response.output[0].type == "function_call"
+        assert response.output[0].call_id == "toolu_mock1"
+        assert json.loads(response.output[0].arguments).keys() == {"city", "unit"}
+    else:
+        assert response.usage.input_tokens_details.cached_tokens == 5
+        assert response.output_text
