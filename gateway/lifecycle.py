@@ -54,8 +54,8 @@ class Call:
     """What is known about one completion request as it advances."""
 
     request_id: str
-    endpoint: str  # "chat" or "messages"
-    client_family: str  # the wire format the caller speaks: "openai" or "anthropic"
+    endpoint: str  # "chat", "messages" or "responses"
+    client_family: str  # the wire format the caller speaks: "openai", "anthropic" or "responses"
     caller: Caller
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=timezone.now)
