@@ -385,6 +385,21 @@ def test_a_bad_body_is_a_400_naming_the_field(gw, limited, body, param):
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_tenants_max_tokens_ceiling_holds_max_output_tokens(gw, limited, model):
+    tenant, key, secret = limited
+    tenant.max_tokens_cap = 4
+    tenant.save()
+    response = sdk(gw, secret).responses.create(
+        model=model, input="[[mock:words=30]] a long story", max_output_tokens=500
+    )
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 4
+    record = UsageRecord.objects.get(tenant=tenant)
+    assert record.output_tokens == 4
+
+
 def test_limits_and_budgets_refuse(gw, limited):
     tenant, key, secret = limited
     client = sdk(gw, secret)
