@@ -110,16 +110,27 @@ def stored_response_get(*, tenant_id: int, response_id: str) -> StoredResponse |
 
 def stored_response_chain(*, tenant_id: int, response_id: str) -> list[StoredResponse] | None:
     """The conversation that ends with `response_id`, oldest first, following `previous_response_id`
-    within this tenant only; None when a link is missing (deleted, expired, another tenant's)."""
-    chain: list[StoredResponse] = []
-    next_id = response_id
-    while next_id:
-        if len(chain) >= RESPONSE_CHAIN_MAX:
-            return None
-        row = stored_response_get(tenant_id=tenant_id, response_id=next_id)
-        if row is None:
-            return None
-        chain.append(row)
-        next_id = row.previous_response_id
-    chain.reverse()
-    return chain
+    within this tenant only; None when a link is missing (deleted, expired, another tenant's) or
+    the chain is longer than RESPONSE_CHAIN_MAX. One query (a recursive CTE), whatever its length."""
+    table = StoredResponse._meta.db_table
+    now = timezone.now()
+    rows = list(
+        StoredResponse.objects.raw(
+            f"""
+            WITH RECURSIVE chain AS (
+                SELECT id, previous_response_id, 1 AS depth FROM {table}
+                WHERE tenant_id = %s AND response_id = %s AND expires_at > %s
+                UNION ALL
+                SELECT s.id, s.previous_response_id, c.depth + 1 FROM {table} s
+                JOIN chain c ON s.response_id = c.previous_response_id
+                WHERE s.tenant_id = %s AND s.expires_at > %s AND c.depth <= %s
+            )
+            SELECT r.*, chain.depth AS depth FROM {table} r JOIN chain ON chain.id = r.id
+            ORDER BY chain.depth DESC
+            """,  # noqa: S608 (the table name is the model's own; every value is a parameter)
+            [tenant_id, response_id, now, tenant_id, now, RESPONSE_CHAIN_MAX],
+        )
+    )
+    if not rows or len(rows) > RESPONSE_CHAIN_MAX or rows[0].previous_response_id:
+        return None  # missing, too long, or the oldest one continues a response that is gone
+    return rows

@@ -470,3 +470,36 @@ def test_expired_stored_responses_are_purged(limited):
     assert stored_responses_purge_expired(now=now) == 1
     assert list(StoredResponse.objects.values_list("response_id", flat=True)) == ["resp_new"]
     assert stored_responses_purge_expired(now=now) == 0
+
+
+def test_a_conversation_is_read_in_one_query_and_only_within_its_tenant(limited, bob, django_assert_num_queries):
+    from tenants.selectors import stored_response_chain
+
+    tenant, key, secret = limited
+    now = timezone.now()
+
+    def row(response_id, previous="", owner=tenant, expires=now + timedelta(days=1)):
+        StoredResponse.objects.create(
+            response_id=response_id,
+            tenant=owner,
+            model="claude-test",
+            created_at=now,
+            expires_at=expires,
+            kept_by_gateway=True,
+            previous_response_id=previous,
+        )
+
+    row("resp_1")
+    row("resp_2", "resp_1")
+    row("resp_3", "resp_2")
+    with django_assert_num_queries(1):
+        chain = stored_response_chain(tenant_id=tenant.id, response_id="resp_3")
+    assert [r.response_id for r in chain] == ["resp_1", "resp_2", "resp_3"]
+    # A link of another tenant, or an expired one, breaks the chain.
+    row("resp_b1", owner=bob)
+    row("resp_a2", "resp_b1")
+    row("resp_old", expires=now - timedelta(seconds=1))
+    row("resp_a3", "resp_old")
+    assert stored_response_chain(tenant_id=tenant.id, response_id="resp_a2") is None
+    assert stored_response_chain(tenant_id=tenant.id, response_id="resp_a3") is None
+    assert stored_response_chain(tenant_id=bob.id, response_id="resp_3") is None
