@@ -503,3 +503,38 @@ def test_a_conversation_is_read_in_one_query_and_only_within_its_tenant(limited,
     assert stored_response_chain(tenant_id=tenant.id, response_id="resp_a2") is None
     assert stored_response_chain(tenant_id=tenant.id, response_id="resp_a3") is None
     assert stored_response_chain(tenant_id=bob.id, response_id="resp_3") is None
+
+
+@pytest.mark.parametrize("fault", ["[[mock:status=500]]", "[[mock:break_after=2]]", "[[mock:status=400]]"])
+@pytest.mark.parametrize("model", MODELS)
+def test_an_upstream_failure_before_the_answer_is_recorded_at_zero_and_released(gw, limited, model, fault):
+    tenant, key, secret = limited
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gw, secret).responses.create(model=model, input=f"{fault} [[mock:words=20]] hello")
+    status = 400 if fault == "[[mock:status=400]]" else 502
+    assert caught.value.status_code == status
+    wait_until_settled(tenant, key, records=1, window=window())
+    record = UsageRecord.objects.get(tenant=tenant)
+    assert (record.endpoint, record.status_code, record.cost) == ("responses", status, 0)
+    assert not StoredResponse.objects.filter(tenant=tenant).exists()
+
+
+def test_a_json_client_that_hangs_up_is_billed_with_the_providers_numbers(gw, limited):
+    tenant, key, secret = limited
+    quick = sdk(
+        gw,
+        secret,
+    ).with_options(timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        quick.responses.create(model="gpt-test", input="[[mock:latency_ms=1500]] hello")
+    wait_until_settled(tenant, key, records=1, window=window())
+    record = UsageRecord.objects.get(tenant=tenant)
+    assert (record.status_code, record.error_type, record.estimated) == (499, "client_disconnected", False)
+    assert record.output_tokens > 0
+    # The answer still came: the response is the tenant's, and can be read (its row is written
+    # just after the usage record, on the same task).
+    deadline = time.monotonic() + 5
+    while not StoredResponse.objects.filter(tenant=tenant).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stored = StoredResponse.objects.get(tenant=tenant)
+    assert sdk(gw, secret).responses.retrieve(stored.response_id).usage.output_tokens == record.output_tokens
