@@ -45,6 +45,7 @@ def fuzz(examples: int) -> hypothesis_settings:
 
 
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
 MODELS = ["gpt-test", "claude-test", "azure-gpt-test"]  # the `catalog` fixture: both families, translated too
 
 
@@ -283,6 +284,16 @@ def messages_bodies(draw):
     return with_future_field(draw, body)
 
 
+@st.composite
+def count_tokens_bodies(draw):
+    """A Messages body without what only generation takes (count_tokens refuses those)."""
+    body = draw(messages_bodies())
+    for name in ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata", "template"):
+        if draw(st.integers(0, 29)):  # now and then one is left in, to be refused
+            body.pop(name, None)
+    return body
+
+
 def _slots(value, slots: list) -> list:
     """Every (container, key) of a JSON value: the positions a mutation may hit."""
     if isinstance(value, dict):
@@ -349,7 +360,9 @@ def broken(draw, bodies):
 
 
 @pytest.mark.parametrize(
-    ("path", "bodies"), [(CHAT, chat_bodies()), (MESSAGES, messages_bodies())], ids=["chat", "messages"]
+    ("path", "bodies"),
+    [(CHAT, chat_bodies()), (MESSAGES, messages_bodies()), (COUNT_TOKENS, count_tokens_bodies())],
+    ids=["chat", "messages", "count_tokens"],
 )
 def test_completion_endpoints_never_answer_5xx(fuzz_world, path, bodies):
     loop, key = fuzz_world
@@ -371,7 +384,7 @@ def test_completion_endpoints_never_answer_5xx(fuzz_world, path, bodies):
 
 def test_random_json_and_bytes_never_answer_5xx(fuzz_world):
     loop, key = fuzz_world
-    paths = st.sampled_from([CHAT, MESSAGES, "/v1/templates"])
+    paths = st.sampled_from([CHAT, MESSAGES, COUNT_TOKENS, "/v1/templates"])
     payloads = json_values.map(dumps) | st.binary(max_size=64)
 
     @fuzz(500)
