@@ -93,7 +93,8 @@ async def create(call: Call, owner: Owner) -> HttpResponse:
 
 async def _route(request: _Request, deployments: list[DeploymentView]) -> list[DeploymentView]:
     """The deployments this request may go to: with a `previous_response_id`, only the one that
-    holds it (native), or any of the model's (the gateway holds the conversation)."""
+    holds it, or one on the same provider account (native), or any of the model's (the gateway
+    holds the conversation)."""
     call = request.call
     previous_id = call.body.get("previous_response_id")
     if previous_id is None:
@@ -116,7 +117,12 @@ async def _route(request: _Request, deployments: list[DeploymentView]) -> list[D
         for row in chain:
             request.history += list(row.input_items or []) + list((row.response or {}).get("output") or [])
         return deployments
+    # The deployment that made it, else one on the same provider account (provider and endpoint):
+    # a provider keeps responses per account, and another of its models may continue one.
     holding = [d for d in deployments if d.id == previous.deployment_id]
+    if not holding and previous.deployment is not None:
+        account = (previous.deployment.provider, previous.deployment.base_url)
+        holding = [d for d in deployments if (d.provider, d.base_url) == account][:1]
     if translated or not holding:
         raise bad_request(
             f"The response `{previous_id}` is held by a deployment this request cannot use; continue it "

@@ -277,6 +277,12 @@ def test_a_continuation_goes_to_the_deployment_that_holds_the_response(gw, limit
         # A new conversation still goes to the first deployment (it comes first again).
         fresh = client.responses.create(model="gpt-two", input="new topic")
         assert StoredResponse.objects.get(response_id=fresh.id).deployment_id == first_deployment.id
+        # Another model continues a response on the same provider account, and none elsewhere.
+        other_model = client.responses.create(model="gpt-test", previous_response_id=fresh.id, input="go on")
+        assert other_model.previous_response_id == fresh.id
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="gpt-test", previous_response_id=first.id, input="go on")
+        assert caught.value.body["param"] == "previous_response_id"
     finally:
         stop(other)
 
