@@ -101,6 +101,8 @@ RESPONSE_CHAIN_MAX = 500
 def stored_response_get(*, tenant_id: int, response_id: str) -> StoredResponse | None:
     """This tenant's stored response of that id, with its deployment; None for another tenant's
     (which, for this tenant, does not exist), an expired or an unknown one."""
+    if "\x00" in response_id:
+        return None  # no id holds one, and PostgreSQL refuses NUL in a query's text
     return (
         StoredResponse.objects.select_related("deployment")
         .filter(tenant_id=tenant_id, response_id=response_id, expires_at__gt=timezone.now())
@@ -112,6 +114,8 @@ def stored_response_chain(*, tenant_id: int, response_id: str) -> list[StoredRes
     """The conversation that ends with `response_id`, oldest first, following `previous_response_id`
     within this tenant only; None when a link is missing (deleted, expired, another tenant's) or
     the chain is longer than RESPONSE_CHAIN_MAX. One query (a recursive CTE), whatever its length."""
+    if "\x00" in response_id:
+        return None
     table = StoredResponse._meta.db_table
     now = timezone.now()
     rows = list(
