@@ -463,6 +463,7 @@ def stored_response_save(
     """Record that `response_id` is this tenant's (and where it is held), kept for the tenant's
     `log_retention_days`. Saving the same id again (a retried write) updates the row."""
     days = Tenant.objects.filter(pk=tenant_id).values_list("log_retention_days", flat=True).first() or 30
+    input_items, response = _without_nul(input_items), _without_nul(response)
     stored, _ = StoredResponse.objects.update_or_create(
         response_id=response_id,
         tenant_id=tenant_id,
@@ -485,3 +486,14 @@ def stored_response_delete(*, tenant_id: int, response_id: str) -> bool:
     """Forget one of this tenant's responses; False when it has none of that id."""
     deleted, _ = StoredResponse.objects.filter(tenant_id=tenant_id, response_id=response_id).delete()
     return deleted > 0
+
+
+def _without_nul(value):
+    """PostgreSQL's jsonb refuses U+0000, which JSON allows: the stored text keeps the rest."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value

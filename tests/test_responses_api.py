@@ -544,3 +544,12 @@ def test_a_json_client_that_hangs_up_is_billed_with_the_providers_numbers(gw, li
         time.sleep(0.05)
     stored = StoredResponse.objects.get(tenant=tenant)
     assert sdk(gw, secret).responses.retrieve(stored.response_id).usage.output_tokens == record.output_tokens
+
+
+def test_a_conversation_with_nul_characters_is_kept(gw, limited):
+    tenant, key, secret = limited
+    client = sdk(gw, secret)
+    first = client.responses.create(model="claude-test", input="a\u0000b")
+    assert StoredResponse.objects.get(response_id=first.id).input_items[0]["content"][0]["text"] == "ab"
+    second = client.responses.create(model="claude-test", previous_response_id=first.id, input="and?")
+    assert second.previous_response_id == first.id
