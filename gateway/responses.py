@@ -9,8 +9,9 @@ fallback, the request's owner recording and settling once), with these differenc
   whose it is and which deployment holds it; for a translated one, its input items and the
   response object. A `previous_response_id` (and GET, DELETE, input_items) is looked up by tenant
   (another tenant's id is a 404, the same as an unknown one); a native continuation goes to the
-  deployment that holds the response and nowhere else (no fallback), a translated one rebuilds the
-  history from the chain of stored rows.
+  deployment that holds the response (or, for another model, its deployment on the same provider
+  account) and nowhere else (no fallback), a translated one rebuilds the history from the chain
+  of stored rows.
 - Usage records carry endpoint `responses`; the Responses usage shape is metered by
   `metering.tokens_from_responses` (reasoning tokens are inside `output_tokens`, billed as output).
 - No response cache: a response is an object with an id that the tenant may retrieve or continue.
