@@ -1,10 +1,12 @@
 """The lines of one invoice, from a tenant's usage and plan. Pure: no ORM, no I/O.
 
 Rules (documented in the README, "Invoices"):
-- Usage lines: one per price row and token type (uncached input, cached input, cache write,
-  output), quantity in tokens, unit price per 1M tokens, amount = quantity × price / 1M
-  rounded half-up to the cent. A price change mid-month gives two lines for the same model
-  and token type. Cache hits and requests without a price (refused, failed) are not billed.
+- Usage lines: one per price row, long-context tier and token type (uncached input, cached
+  input, 5-minute cache write, 1-hour cache write, output), quantity in tokens, unit price per
+  1M tokens, amount = quantity × price / 1M rounded half-up to the cent. A price change
+  mid-month gives two lines for the same model and token type. Requests billed at a
+  long-context tier get lines of their own (`long_*` types). Cache hits and requests without a
+  price (refused, failed) are not billed.
 - Markup: one line, the plan's percentage of the exact provider cost (the sum of the usage
   records' costs, unrounded), rounded once.
 - Base fee: the plan's monthly fee.
@@ -22,7 +24,7 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, localcontext
 from fractions import Fraction
 
-from .pricing import ONE_MILLION, Price
+from .pricing import ONE_MILLION, Price, Tier
 
 CENT = Decimal("0.01")
 ZERO = Decimal(0)
@@ -33,8 +35,14 @@ UNIT_MONTH = "month"
 class LineType(enum.StrEnum):
     INPUT = "input"
     CACHED_INPUT = "cached_input"
-    CACHE_WRITE = "cache_write"
+    CACHE_WRITE = "cache_write"  # five-minute writes
+    CACHE_WRITE_1H = "cache_write_1h"
     OUTPUT = "output"
+    LONG_INPUT = "long_input"
+    LONG_CACHED_INPUT = "long_cached_input"
+    LONG_CACHE_WRITE = "long_cache_write"
+    LONG_CACHE_WRITE_1H = "long_cache_write_1h"
+    LONG_OUTPUT = "long_output"
     MARKUP = "markup"
     BASE_FEE = "base_fee"
     ALLOWANCE_CREDIT = "allowance_credit"
@@ -42,11 +50,28 @@ class LineType(enum.StrEnum):
     MINIMUM_COMMITMENT = "minimum_commitment"
 
 
-TOKEN_TYPES = (LineType.INPUT, LineType.CACHED_INPUT, LineType.CACHE_WRITE, LineType.OUTPUT)
+BASE_TOKEN_TYPES = (
+    LineType.INPUT,
+    LineType.CACHED_INPUT,
+    LineType.CACHE_WRITE,
+    LineType.CACHE_WRITE_1H,
+    LineType.OUTPUT,
+)
+# A long-context request's tokens: the same kinds, billed at its tier's prices, on lines of their own.
+LONG_CONTEXT = {
+    LineType.INPUT: LineType.LONG_INPUT,
+    LineType.CACHED_INPUT: LineType.LONG_CACHED_INPUT,
+    LineType.CACHE_WRITE: LineType.LONG_CACHE_WRITE,
+    LineType.CACHE_WRITE_1H: LineType.LONG_CACHE_WRITE_1H,
+    LineType.OUTPUT: LineType.LONG_OUTPUT,
+}
+TOKEN_TYPES = (*BASE_TOKEN_TYPES, *LONG_CONTEXT.values())
+_BASE_OF = {long: base for base, long in LONG_CONTEXT.items()}
 _TOKEN_LABELS = {
     LineType.INPUT: "input tokens",
     LineType.CACHED_INPUT: "cached input tokens",
-    LineType.CACHE_WRITE: "cache write tokens",
+    LineType.CACHE_WRITE: "5-minute cache write tokens",
+    LineType.CACHE_WRITE_1H: "1-hour cache write tokens",
     LineType.OUTPUT: "output tokens",
 }
 
@@ -62,7 +87,7 @@ def round_cents(amount: Decimal) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class PriceUsage:
-    """A tenant's billable usage in the month at one price row (cache hits excluded)."""
+    """A tenant's billable usage in the month at one price row and tier (cache hits excluded)."""
 
     price_id: int
     model: str
@@ -70,28 +95,29 @@ class PriceUsage:
     price: Price
     input_tokens: int  # the whole prompt, cached and cache-write tokens included
     cached_input_tokens: int
-    cache_write_tokens: int
+    cache_write_tokens: int  # one-hour writes included
     output_tokens: int
     cost: Decimal  # the exact sum of the records' stored costs
+    cache_write_1h_tokens: int = 0
+    tier: Tier | None = None  # the long-context tier these requests were billed at; None: base prices
 
     def quantities(self) -> dict[LineType, tuple[int, Decimal]]:
-        """Tokens and price per 1M, per token type."""
-        price = self.price
-        return {
-            LineType.INPUT: (
-                self.input_tokens - self.cached_input_tokens - self.cache_write_tokens,
-                price.input_per_1m,
-            ),
-            LineType.CACHED_INPUT: (
-                self.cached_input_tokens,
-                price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m,
-            ),
-            LineType.CACHE_WRITE: (
-                self.cache_write_tokens,
-                price.input_per_1m if price.cache_write_per_1m is None else price.cache_write_per_1m,
-            ),
-            LineType.OUTPUT: (self.output_tokens, price.output_per_1m),
+        """Tokens and price per 1M, per token type (the `long_*` types for a tier's usage)."""
+        rates = self.price.rates(self.tier)
+        quantities = {
+            LineType.INPUT: (self.input_tokens - self.cached_input_tokens - self.cache_write_tokens, rates.input),
+            LineType.CACHED_INPUT: (self.cached_input_tokens, rates.cached_input),
+            LineType.CACHE_WRITE: (self.cache_write_tokens - self.cache_write_1h_tokens, rates.cache_write),
+            LineType.CACHE_WRITE_1H: (self.cache_write_1h_tokens, rates.cache_write_1h),
+            LineType.OUTPUT: (self.output_tokens, rates.output),
         }
+        if self.tier is None:
+            return quantities
+        return {LONG_CONTEXT[line_type]: value for line_type, value in quantities.items()}
+
+    @property
+    def tier_id(self) -> int | None:
+        return None if self.tier is None else self.tier.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +142,7 @@ class Line:
     amount: Decimal
     model: str = ""
     price_id: int | None = None
+    price_tier_id: int | None = None
 
 
 def provider_cost(usage: Sequence[PriceUsage]) -> Decimal:
@@ -124,19 +151,28 @@ def provider_cost(usage: Sequence[PriceUsage]) -> Decimal:
 
 def _usage_lines(usage: Sequence[PriceUsage]) -> list[Line]:
     lines = []
-    for group in sorted(usage, key=lambda u: (u.model, u.effective_from, u.price_id)):
+
+    def order(u: PriceUsage) -> tuple:
+        return (u.model, u.effective_from, u.price_id, -1 if u.tier is None else u.tier.above_input_tokens)
+
+    for group in sorted(usage, key=order):
         exact_total = ZERO
+        tier = group.tier
+        # A base line keeps the key it had before tiers existed, so regenerating a draft keeps its rows.
+        suffix = f"{group.price_id}" if tier is None else f"{group.price_id}:{tier.id}"
         for line_type, (tokens, per_1m) in group.quantities().items():
             exact = tokens * per_1m / ONE_MILLION
             exact_total += exact
             if tokens == 0:
                 continue
+            label = _TOKEN_LABELS[_BASE_OF.get(line_type, line_type)]
+            context = "" if tier is None else f" long context (input above {tier.above_input_tokens:,} tokens)"
             lines.append(
                 Line(
-                    key=f"{line_type}:{group.price_id}",
+                    key=f"{line_type}:{suffix}",
                     line_type=line_type,
                     description=(
-                        f"{group.model} {_TOKEN_LABELS[line_type]} at {per_1m.normalize():f} per 1M "
+                        f"{group.model}{context} {label} at {per_1m.normalize():f} per 1M "
                         f"(price from {group.effective_from:%Y-%m-%d})"
                     ),
                     quantity=Decimal(tokens),
@@ -145,11 +181,13 @@ def _usage_lines(usage: Sequence[PriceUsage]) -> list[Line]:
                     amount=round_cents(exact),
                     model=group.model,
                     price_id=group.price_id,
+                    price_tier_id=group.tier_id,
                 )
             )
         if exact_total != group.cost:
+            where = "" if tier is None else f" (tier above {tier.above_input_tokens})"
             raise CostMismatch(
-                f"records of {group.model} at price #{group.price_id} cost {group.cost} as stored, "
+                f"records of {group.model} at price #{group.price_id}{where} cost {group.cost} as stored, "
                 f"but their tokens cost {exact_total} at that price"
             )
     return lines

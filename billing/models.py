@@ -11,7 +11,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 
-from billing.pricing import Price
+from billing.pricing import Price, Tier
 from tenants.models import MONEY_DIGITS, ApiKey, CatalogModel, Tenant
 
 PRICE_DIGITS = {"max_digits": 14, "decimal_places": 6}  # per 1M tokens, e.g. 0.075000
@@ -90,7 +90,9 @@ class ModelPrice(models.Model):
     """Price of a catalog model from `effective_from` until the next row's date.
 
     A request is billed at the row in force when it was made. Cached-input and cache-write
-    prices fall back to the input price when empty (providers that give no discount).
+    prices fall back to the input price when empty (providers that give no discount); the
+    one-hour cache-write price falls back to the cache-write price. Long-context prices are
+    `PriceTier` rows of this row (billing/pricing.py).
     """
 
     model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="prices")
@@ -98,7 +100,12 @@ class ModelPrice(models.Model):
     input_per_1m = models.DecimalField(**PRICE_DIGITS)
     output_per_1m = models.DecimalField(**PRICE_DIGITS)
     cached_input_per_1m = models.DecimalField(**PRICE_DIGITS, null=True, blank=True)
-    cache_write_per_1m = models.DecimalField(**PRICE_DIGITS, null=True, blank=True)
+    cache_write_per_1m = models.DecimalField(
+        **PRICE_DIGITS, null=True, blank=True, help_text="A five-minute cache write; empty: the input price."
+    )
+    cache_write_1h_per_1m = models.DecimalField(
+        **PRICE_DIGITS, null=True, blank=True, help_text="A one-hour cache write; empty: the cache-write price."
+    )
 
     class Meta:
         ordering = ["model", "-effective_from"]
@@ -113,12 +120,58 @@ class ModelPrice(models.Model):
         return f"{self.model.name} from {self.effective_from:%Y-%m-%d}"
 
     def as_price(self) -> Price:
-        """The row's prices as the pure pricing functions take them."""
+        """The row's prices (and tiers) as the pure pricing functions take them.
+
+        Reads `tiers.all()`: callers converting many rows prefetch "tiers".
+        """
         return Price(
             input_per_1m=self.input_per_1m,
             output_per_1m=self.output_per_1m,
             cached_input_per_1m=self.cached_input_per_1m,
             cache_write_per_1m=self.cache_write_per_1m,
+            cache_write_1h_per_1m=self.cache_write_1h_per_1m,
+            tiers=tuple(tier.as_tier() for tier in sorted(self.tiers.all(), key=lambda t: t.above_input_tokens)),
+        )
+
+
+class PriceTier(models.Model):
+    """Long-context prices of a price row: a request whose input (cache reads and writes included)
+    is above `above_input_tokens` is billed WHOLLY at these prices (the highest tier it reaches).
+
+    Empty cache prices fall back as the row's do, within the tier: cached input and cache writes
+    to the tier's input price, one-hour writes to the tier's cache-write price. Like its row, a
+    tier that billed a request is never edited: a price change is a new row with its own tiers.
+    """
+
+    price = models.ForeignKey(ModelPrice, on_delete=models.CASCADE, related_name="tiers")
+    above_input_tokens = models.PositiveIntegerField()
+    input_per_1m = models.DecimalField(**PRICE_DIGITS)
+    output_per_1m = models.DecimalField(**PRICE_DIGITS)
+    cached_input_per_1m = models.DecimalField(**PRICE_DIGITS, null=True, blank=True)
+    cache_write_per_1m = models.DecimalField(**PRICE_DIGITS, null=True, blank=True)
+    cache_write_1h_per_1m = models.DecimalField(**PRICE_DIGITS, null=True, blank=True)
+
+    class Meta:
+        ordering = ["price", "above_input_tokens"]
+        constraints = [
+            models.UniqueConstraint(fields=["price", "above_input_tokens"], name="pricetier_one_per_threshold"),
+            models.CheckConstraint(
+                condition=Q(input_per_1m__gte=0) & Q(output_per_1m__gte=0), name="pricetier_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.price} above {self.above_input_tokens} input tokens"
+
+    def as_tier(self) -> Tier:
+        return Tier(
+            above_input_tokens=self.above_input_tokens,
+            input_per_1m=self.input_per_1m,
+            output_per_1m=self.output_per_1m,
+            cached_input_per_1m=self.cached_input_per_1m,
+            cache_write_per_1m=self.cache_write_per_1m,
+            cache_write_1h_per_1m=self.cache_write_1h_per_1m,
+            id=self.id,
         )
 
 
@@ -127,12 +180,15 @@ class UsageRecord(models.Model):
 
     Written for every request of a known tenant, errors and cache hits included. `estimated`
     marks token counts made by the local tokenizer because the provider's usage never came.
-    `input_tokens` is the total prompt, cached and cache-write tokens included.
+    `input_tokens` is the total prompt, cached and cache-write tokens included;
+    `cache_write_1h_tokens` is the part of `cache_write_tokens` written for one hour.
+    `price_tier` is the long-context tier the request was billed at (empty: the base prices).
     """
 
     class Endpoint(models.TextChoices):
         CHAT = "chat", "/v1/chat/completions"
         MESSAGES = "messages", "/v1/messages"
+        EMBEDDINGS = "embeddings", "/v1/embeddings"
         RESPONSES = "responses", "/v1/responses"
 
     request_id = models.CharField(max_length=64, unique=True)
@@ -148,9 +204,12 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     cached_input_tokens = models.PositiveIntegerField(default=0)
     cache_write_tokens = models.PositiveIntegerField(default=0)
+    # db_default: a gateway still running the code before this column existed can go on inserting.
+    cache_write_1h_tokens = models.PositiveIntegerField(default=0, db_default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(**COST_DIGITS, default=Decimal("0"))
     price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    price_tier = models.ForeignKey(PriceTier, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     latency_ms = models.PositiveIntegerField(default=0)
     streamed = models.BooleanField(default=False)
     estimated = models.BooleanField(default=False)
@@ -164,6 +223,10 @@ class UsageRecord(models.Model):
             models.CheckConstraint(
                 condition=Q(input_tokens__gte=models.F("cached_input_tokens") + models.F("cache_write_tokens")),
                 name="usage_cache_within_input",
+            ),
+            models.CheckConstraint(
+                condition=Q(cache_write_1h_tokens__lte=models.F("cache_write_tokens")),
+                name="usage_1h_writes_within_writes",
             ),
         ]
 
@@ -182,7 +245,7 @@ class UsageRollup(models.Model):
     """Usage of one UTC day, summed per tenant, model, endpoint, outcome and price row.
 
     The outcome is the status code, the error type and whether the answer came from the
-    cache. The price row is part of the key so that invoices, which bill each request at the
+    cache. The price row and its long-context tier are part of the key so that invoices, which bill each request at the
     price in force when it was made, can be computed from rollups alone. A day is always
     rolled up whole (delete and insert under the lock of its `UsageRollupDay` row), so running
     the rollup again, or twice at once, gives the same rows.
@@ -196,12 +259,14 @@ class UsageRollup(models.Model):
     error_type = models.CharField(max_length=64, blank=True)
     cache_hit = models.BooleanField(default=False)
     price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    price_tier = models.ForeignKey(PriceTier, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     requests = models.PositiveBigIntegerField(default=0)
     streamed = models.PositiveBigIntegerField(default=0)
     estimated = models.PositiveBigIntegerField(default=0)
     input_tokens = models.PositiveBigIntegerField(default=0)
     cached_input_tokens = models.PositiveBigIntegerField(default=0)
     cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_1h_tokens = models.PositiveBigIntegerField(default=0, db_default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=28, decimal_places=12, default=Decimal("0"))
     latency_ms = models.PositiveBigIntegerField(default=0, help_text="Sum over the requests, for averages.")
@@ -237,7 +302,8 @@ class UsageRollup(models.Model):
                 models.F("error_type"),
                 models.F("cache_hit"),
                 Coalesce(models.F("price"), models.Value(0)),
-                name="rollup_one_row_per_key",
+                Coalesce(models.F("price_tier"), models.Value(0)),
+                name="rollup_one_row_per_key_tier",
             ),
         ]
 
@@ -368,7 +434,7 @@ class Invoice(models.Model):
 class InvoiceLine(models.Model):
     """One line: quantity × unit price, rounded half-up to the cent once, here.
 
-    Usage lines are per price row and token type: quantity in tokens, unit price per 1M tokens
+    Usage lines are per price row, long-context tier and token type: quantity in tokens, unit price per 1M tokens
     (unit "1M tokens"), so amount = quantity × unit price / 1,000,000. `key` names the line
     within its invoice, so that a regeneration updates the same rows.
     """
@@ -376,8 +442,14 @@ class InvoiceLine(models.Model):
     class Type(models.TextChoices):
         INPUT = "input", "Input tokens"
         CACHED_INPUT = "cached_input", "Cached input tokens"
-        CACHE_WRITE = "cache_write", "Cache write tokens"
+        CACHE_WRITE = "cache_write", "5-minute cache write tokens"
+        CACHE_WRITE_1H = "cache_write_1h", "1-hour cache write tokens"
         OUTPUT = "output", "Output tokens"
+        LONG_INPUT = "long_input", "Long-context input tokens"
+        LONG_CACHED_INPUT = "long_cached_input", "Long-context cached input tokens"
+        LONG_CACHE_WRITE = "long_cache_write", "Long-context 5-minute cache write tokens"
+        LONG_CACHE_WRITE_1H = "long_cache_write_1h", "Long-context 1-hour cache write tokens"
+        LONG_OUTPUT = "long_output", "Long-context output tokens"
         MARKUP = "markup", "Markup on provider cost"
         BASE_FEE = "base_fee", "Base fee"
         ALLOWANCE_CREDIT = "allowance_credit", "Included allowance"
@@ -390,6 +462,7 @@ class InvoiceLine(models.Model):
     line_type = models.CharField(max_length=24, choices=Type.choices)
     model = models.CharField(max_length=100, blank=True)
     price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    price_tier = models.ForeignKey(PriceTier, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     description = models.CharField(max_length=200, blank=True)
     quantity = models.DecimalField(max_digits=28, decimal_places=12)
     unit = models.CharField(max_length=16)

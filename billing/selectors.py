@@ -19,7 +19,7 @@ from django.utils import timezone
 from tenants.crypto import decrypt
 
 from .aggregates import MoneySum, money_from_db
-from .invoicing import ZERO
+from .invoicing import TOKEN_TYPES, ZERO
 from .models import (
     Invoice,
     InvoiceRun,
@@ -214,42 +214,49 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
 
 @dataclass(slots=True)
 class BillableUsage:
-    """Sums of a tenant's billable records at one price row (cache hits and unpriced excluded)."""
+    """Sums of a tenant's billable records at one price row and long-context tier (cache hits and
+    unpriced excluded); `price_tier_id` None: the base prices."""
 
     tenant_id: int
     price_id: int
+    price_tier_id: int | None = None
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = _ZERO
 
 
 def billable_usage(*, start: date, end: date, today: date | None = None) -> list[BillableUsage]:
-    """Per tenant and price row, in SQL over rollups plus raw records; a handful of rows."""
+    """Per tenant, price row and tier, in SQL over rollups plus raw records; a handful of rows."""
     sources = usage_sources(start=start, end=end, today=today)
-    merged: dict[tuple[int, int], BillableUsage] = {}
+    merged: dict[tuple[int, int, int], BillableUsage] = {}
     for qs in (sources.rollups, sources.raw):
         if qs is None:
             continue
         rows = (
             qs.filter(cache_hit=False, price__isnull=False)
-            .values("tenant_id", "price_id")
+            .values("tenant_id", "price_id", "price_tier_id")
             .annotate(
                 input_sum=Sum("input_tokens"),
                 cached_sum=Sum("cached_input_tokens"),
                 write_sum=Sum("cache_write_tokens"),
+                write_1h_sum=Sum("cache_write_1h_tokens"),
                 output_sum=Sum("output_tokens"),
                 cost_sum=MoneySum("cost"),
             )
             .order_by()
         )
         for row in rows:
-            key = (row["tenant_id"], row["price_id"])
-            usage = merged.setdefault(key, BillableUsage(tenant_id=key[0], price_id=key[1]))
+            key = (row["tenant_id"], row["price_id"], row["price_tier_id"] or 0)
+            usage = merged.setdefault(
+                key, BillableUsage(tenant_id=key[0], price_id=key[1], price_tier_id=row["price_tier_id"])
+            )
             usage.input_tokens += int(row["input_sum"])
             usage.cached_input_tokens += int(row["cached_sum"])
             usage.cache_write_tokens += int(row["write_sum"])
+            usage.cache_write_1h_tokens += int(row["write_1h_sum"])
             usage.output_tokens += int(row["output_sum"])
             usage.cost += _as(Decimal, row["cost_sum"])
     return [merged[key] for key in sorted(merged)]
@@ -296,7 +303,7 @@ def finance_summary(*, period: date) -> list[FinanceRow]:
     provider cost is the sum of the usage lines, what the providers charge us for that usage;
     margin = revenue − provider cost − shared infrastructure cost.
     """
-    usage_types = ["input", "cached_input", "cache_write", "output"]
+    usage_types = [str(line_type) for line_type in TOKEN_TYPES]
     invoices = (
         Invoice.objects.filter(period=period)
         .select_related("tenant")

@@ -29,7 +29,7 @@ _ERRORS = [
 
 def _prices_by_model() -> dict[int, list[ModelPrice]]:
     prices: dict[int, list[ModelPrice]] = {}
-    for price in ModelPrice.objects.order_by("-effective_from"):
+    for price in ModelPrice.objects.prefetch_related("tiers").order_by("-effective_from"):
         prices.setdefault(price.model_id, []).append(price)
     return prices
 
@@ -143,23 +143,32 @@ def _values(
         prompt = int(rng.lognormvariate(6.5, 0.9)) + 10
         cached = int(prompt * rng.uniform(0.3, 0.9)) if rng.random() < 0.25 else 0
         tokens = Tokens(input=prompt, cached_input=cached, output=int(rng.lognormvariate(5.3, 0.8)) + 1)
+    request_id = uuid.UUID(int=rng.getrandbits(128)).hex
+    endpoint = UsageRecord.Endpoint.MESSAGES if rng.random() < 0.25 else UsageRecord.Endpoint.CHAT
+    if model.kind == CatalogModel.Kind.EMBEDDING:
+        # The same draws as a chat request (so the sequence stays the same), shaped as an embedding.
+        tokens, streamed, endpoint = Tokens(input=tokens.input), False, UsageRecord.Endpoint.EMBEDDINGS
+    price = price_values[price_row.id]
+    tier = None if failed or cache_hit else price.tier_for(tokens.input)
     return {
-        "request_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+        "request_id": request_id,
         "created_at": at,
         "tenant_id": tenant_id,
         "api_key_id": key_id,
         "model": model.name,
         "provider": deployment.provider if deployment else model.provider,
         "upstream_model": deployment.upstream if deployment else "",
-        "endpoint": UsageRecord.Endpoint.MESSAGES if rng.random() < 0.25 else UsageRecord.Endpoint.CHAT,
+        "endpoint": endpoint,
         "status_code": status,
         "error_type": error,
         "input_tokens": tokens.input,
         "cached_input_tokens": tokens.cached_input,
         "cache_write_tokens": 0,
+        "cache_write_1h_tokens": 0,
         "output_tokens": tokens.output,
-        "cost": Decimal(0) if failed or cache_hit else request_cost(tokens=tokens, price=price_values[price_row.id]),
+        "cost": Decimal(0) if failed or cache_hit else request_cost(tokens=tokens, price=price),
         "price_id": price_row.id if not failed else None,
+        "price_tier_id": None if tier is None else tier.id,
         "latency_ms": _latency(rng, failed=failed, cache_hit=cache_hit),
         "streamed": streamed,
         "estimated": False,
@@ -218,9 +227,11 @@ COPY_COLUMNS = [
     "input_tokens",
     "cached_input_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
     "output_tokens",
     "cost",
     "price_id",
+    "price_tier_id",
     "latency_ms",
     "streamed",
     "estimated",

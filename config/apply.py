@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import ModelPrice, Plan, Subscription
+from billing.models import ModelPrice, Plan, PriceTier, Subscription
 from tenants.keys import key_display_parts, key_hash
 from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
 from tenants.selectors import platform_policy
@@ -27,12 +27,20 @@ from .schema import (
     PRICE_KEYS,
     PROFILE_KEYS,
     RATE_LIMIT_KEYS,
+    TIER_KEYS,
     Config,
     ConfigInvalid,
     decimal_text,
     document_check,
     primary_deployment,
 )
+
+
+def _tiers_of(price: ModelPrice | None) -> list[dict[str, Any]]:
+    """A price row's tiers as the file gives them, sorted by threshold."""
+    if price is None:
+        return []
+    return [{key: getattr(tier, key) for key in TIER_KEYS} for tier in price.tiers.order_by("above_input_tokens")]
 
 
 def config_apply(*, document: Any, dry_run: bool = False) -> list[str]:
@@ -144,10 +152,13 @@ class _Applier:
         return catalog
 
     def _model_create(self, name: str, entry: dict[str, Any]) -> CatalogModel:
-        model = CatalogModel.objects.create(name=name, provider=entry["provider"])
+        model = CatalogModel.objects.create(
+            name=name, provider=entry["provider"], kind=entry.get("kind", CatalogModel.Kind.CHAT)
+        )
         region = entry.get("region", "")
         Deployment.objects.create(model=model, provider=entry["provider"], upstream=entry["upstream"], region=region)
-        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)})")
+        kind = "" if model.kind == CatalogModel.Kind.CHAT else f", {model.kind}"
+        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)}{kind})")
         self._price_set(model, entry, current=None)
         return model
 
@@ -161,6 +172,10 @@ class _Applier:
             self.changes.append(f"update model {name}.provider: {model.provider} → {entry['provider']}")
             model.provider = entry["provider"]
             model.save(update_fields=["provider"])
+        if "kind" in entry and entry["kind"] != model.kind:
+            self.changes.append(f"update model {name}.kind: {model.kind} → {entry['kind']}")
+            model.kind = entry["kind"]
+            model.save(update_fields=["kind"])
         self._deployment_set(model, entry)
         current = ModelPrice.objects.filter(model=model, effective_from__lte=self.now).order_by("-effective_from")
         self._price_set(model, entry, current=current.first())
@@ -201,17 +216,33 @@ class _Applier:
     def _price_set(self, model: CatalogModel, entry: dict[str, Any], *, current: ModelPrice | None) -> None:
         wanted = {key: getattr(current, key) if current else None for key in PRICE_KEYS}
         wanted.update({key: entry[key] for key in PRICE_KEYS if key in entry})
-        if current is not None and all(wanted[key] == getattr(current, key) for key in PRICE_KEYS):
+        if wanted["output_per_1m"] is None and model.kind == CatalogModel.Kind.EMBEDDING:
+            wanted["output_per_1m"] = Decimal(0)  # embeddings have no output tokens
+        have_tiers = _tiers_of(current)
+        wanted_tiers = [{key: tier[key] for key in TIER_KEYS} for tier in entry.get("tiers", have_tiers)]
+        if (
+            current is not None
+            and all(wanted[key] == getattr(current, key) for key in PRICE_KEYS)
+            and wanted_tiers == have_tiers
+        ):
             return
         if wanted["input_per_1m"] is None or wanted["output_per_1m"] is None:
             return  # an existing model without any price, and the file gives only part of one
         # Never edit a price row: requests already billed point at it (docs/design.md#money).
-        ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
+        row = ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
+        PriceTier.objects.bulk_create(PriceTier(price=row, **tier) for tier in wanted_tiers)
         parts = [f"input {decimal_text(wanted['input_per_1m'])}", f"output {decimal_text(wanted['output_per_1m'])}"]
         if wanted["cached_input_per_1m"] is not None:
             parts.append(f"cached input {decimal_text(wanted['cached_input_per_1m'])}")
         if wanted["cache_write_per_1m"] is not None:
             parts.append(f"cache write {decimal_text(wanted['cache_write_per_1m'])}")
+        if wanted["cache_write_1h_per_1m"] is not None:
+            parts.append(f"1-hour cache write {decimal_text(wanted['cache_write_1h_per_1m'])}")
+        for tier in wanted_tiers:
+            parts.append(
+                f"above {tier['above_input_tokens']} input tokens: input {decimal_text(tier['input_per_1m'])}, "
+                f"output {decimal_text(tier['output_per_1m'])}"
+            )
         self.changes.append(f"set price {model.name} from {self.now:%Y-%m-%dT%H:%M:%SZ}: {', '.join(parts)}")
 
     def _tenant(self, slug: str, entry: dict[str, Any], *, plans: dict[str, Plan], catalog: dict) -> None:

@@ -14,7 +14,7 @@ from billing.models import ModelPrice, Plan
 from tenants.models import CatalogModel, Tenant
 from tenants.selectors import platform_policy
 
-from .schema import POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, decimal_text, primary_deployment
+from .schema import POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, TIER_KEYS, decimal_text, primary_deployment
 
 
 def config_export() -> dict:
@@ -22,11 +22,12 @@ def config_export() -> dict:
     now and their primary deployment, all plans, all tenants (keys never). Sorted, stable."""
     now = timezone.now()
     prices: dict[int, ModelPrice] = {}
-    for price in ModelPrice.objects.filter(effective_from__lte=now).order_by("model_id", "-effective_from"):
+    in_force = ModelPrice.objects.filter(effective_from__lte=now).prefetch_related("tiers")
+    for price in in_force.order_by("model_id", "-effective_from"):
         prices.setdefault(price.model_id, price)
     models: dict[str, dict] = {}
     for model in CatalogModel.objects.filter(active=True).prefetch_related("deployments").order_by("name"):
-        entry: dict[str, Any] = {"provider": model.provider}
+        entry: dict[str, Any] = {"provider": model.provider, "kind": model.kind}
         deployment = primary_deployment(list(model.deployments.all()))
         if deployment is not None:
             entry.update(provider=deployment.provider, upstream=deployment.upstream, region=deployment.region)
@@ -35,6 +36,13 @@ def config_export() -> dict:
             # null, not absent, for "no discount": absent would mean "keep yours" when the export
             # is imported into another installation.
             entry.update({key: decimal_text(getattr(price, key)) for key in PRICE_KEYS})
+            entry["tiers"] = [
+                {
+                    key: tier.above_input_tokens if key == "above_input_tokens" else decimal_text(getattr(tier, key))
+                    for key in TIER_KEYS
+                }
+                for tier in sorted(price.tiers.all(), key=lambda tier: tier.above_input_tokens)
+            ]
         models[model.name] = dict(sorted(entry.items()))
 
     plans = {

@@ -15,12 +15,25 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
                                            # (billing/migrations/0002_default_catalog.py)
         "<model name>": {                  # the name clients send, e.g. "gpt-4o"
           "provider": "openai" | "anthropic" | "azure",
+          "kind": "chat" | "embedding",    # extension, optional; a new model defaults to "chat".
+                                           # An embedding model serves only /v1/embeddings (OpenAI
+                                           # and Azure), a chat model every other endpoint
           "upstream": "<provider model id, or the Azure deployment name>",
           "region": "eu",                  # "" = any region
           "input_per_1m": "2.50",          # USD per 1M tokens
           "output_per_1m": "10.00",
           "cached_input_per_1m": "1.25",   # optional; null = no discount (input price)
-          "cache_write_per_1m": null       # optional; null = input price
+          "cache_write_per_1m": null,      # optional: a 5-minute cache write; null = input price
+          "cache_write_1h_per_1m": null,   # extension, optional: a 1-hour cache write;
+                                           # null = the cache_write_per_1m price
+          "tiers": [                       # extension, optional: long-context prices; [] = none
+            {"above_input_tokens": 200000, # a request whose input (cache reads and writes
+                                           # included) is above this is billed WHOLLY at the
+                                           # tier's prices (the highest tier it reaches)
+             "input_per_1m": "6.00", "output_per_1m": "22.50",   # required
+             "cached_input_per_1m": "0.60", "cache_write_per_1m": "7.50",
+             "cache_write_1h_per_1m": "12.00"}  # optional, null: fall back as above, within the tier
+          ]
         }
       },
       "plans": {                           # extension, optional
@@ -75,8 +88,11 @@ leaves out is kept (a new object gets the default), nothing is ever deleted. In 
 
 - models: an entry describes the model's primary deployment (the first active one by
   priority) and its price. A new model needs provider, upstream, input_per_1m and
-  output_per_1m. A price different from the price in force now becomes a NEW ModelPrice row
-  effective now; history is never edited. A referenced model must exist in the file or in
+  output_per_1m; an embedding model may leave output_per_1m out (it is then "0": embeddings
+  have no output tokens), and cannot be an Anthropic model (Anthropic has no embeddings). A
+  price different from the price in force now (its tiers included: `tiers` left out keeps the
+  current ones) becomes a NEW ModelPrice row, with its tiers, effective now; history is never
+  edited. A referenced model must exist in the file or in
   the catalog.
 - plans: a `billing_plan` defined neither in the file nor in the database is created with
   zero fees (and said so in the change list).
@@ -132,14 +148,19 @@ CONFIG_KEY_NAME = "config"
 TOP_KEYS = ("models", "plans", "tenants", "policy")
 MODEL_KEYS = (
     "provider",
+    "kind",
     "upstream",
     "region",
     "input_per_1m",
     "output_per_1m",
     "cached_input_per_1m",
     "cache_write_per_1m",
+    "cache_write_1h_per_1m",
+    "tiers",
 )
-PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m")
+PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m", "cache_write_1h_per_1m")
+NULLABLE_PRICE_KEYS = ("cached_input_per_1m", "cache_write_per_1m", "cache_write_1h_per_1m")
+TIER_KEYS = ("above_input_tokens", *PRICE_KEYS)
 PLAN_MONEY_KEYS = ("monthly_base_fee", "included_allowance", "default_monthly_budget")
 PLAN_KEYS = ("description", "currency", *PLAN_MONEY_KEYS, "markup_percent")
 RATE_LIMIT_KEYS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
@@ -182,6 +203,7 @@ _DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 _PLAIN_PATH_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 _MAX_INT = 2_147_483_647  # PositiveIntegerField on PostgreSQL
 _PROVIDERS = tuple(sorted(p.value for p in Provider))
+_KINDS = tuple(k.value for k in CatalogModel.Kind)
 _MARKUP_DIGITS = {"max_digits": 6, "decimal_places": 2}  # Plan.markup_percent
 
 
@@ -420,6 +442,13 @@ def _provider(checked: _Checked, value: Any, path: Path) -> Any:
     return value
 
 
+def _kind(checked: _Checked, value: Any, path: Path) -> Any:
+    if value not in _KINDS:
+        checked.error(path, f"unknown kind {json.dumps(value)} (expected one of: {', '.join(_KINDS)})")
+        return _INVALID
+    return value
+
+
 def _region(checked: _Checked, value: Any, path: Path) -> Any:
     hint = 'a region (lower-case letters, digits, "-"), or "" for any'
     return _string(checked, value, path, max_length=32, pattern=_REGION, hint=hint)
@@ -436,6 +465,8 @@ def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     if "provider" in obj:
         entry["provider"] = _provider(checked, obj["provider"], (*path, "provider"))
+    if "kind" in obj:
+        entry["kind"] = _kind(checked, obj["kind"], (*path, "kind"))
     if "upstream" in obj:
         entry["upstream"] = _string(
             checked,
@@ -448,11 +479,53 @@ def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
         )
     if "region" in obj:
         entry["region"] = _region(checked, obj["region"], (*path, "region"))
+    _prices(checked, obj, path, entry)
+    if "tiers" in obj:
+        entry["tiers"] = _tiers(checked, obj["tiers"], (*path, "tiers"))
+    return _keep_valid(entry)
+
+
+def _prices(checked: _Checked, obj: dict, path: Path, entry: dict[str, Any]) -> None:
     for key in PRICE_KEYS:
         if key in obj:
-            nullable = key in ("cached_input_per_1m", "cache_write_per_1m")
+            nullable = key in NULLABLE_PRICE_KEYS
             entry[key] = _decimal(checked, obj[key], (*path, key), digits=PRICE_DIGITS, nullable=nullable)
-    return _keep_valid(entry)
+
+
+def _tiers(checked: _Checked, value: Any, path: Path) -> Any:
+    """Long-context tiers: a list of objects, each with every price key (the optional ones may be
+    left out: null), sorted by threshold; two tiers with one threshold are an error."""
+    if not isinstance(value, list):
+        checked.error(path, "must be a list of tiers (or [] for none)")
+        return _INVALID
+    tiers, valid = [], True
+    for index, raw in enumerate(value):
+        where = (*path, index)
+        obj = _object(checked, raw, where, TIER_KEYS)
+        if obj is None:
+            valid = False
+            continue
+        tier: dict[str, Any] = dict.fromkeys(NULLABLE_PRICE_KEYS)
+        _prices(checked, obj, where, tier)
+        for key in ("above_input_tokens", "input_per_1m", "output_per_1m"):
+            if key not in obj:
+                checked.error(where, f"a tier needs {json.dumps(key)}")
+                valid = False
+        above = obj.get("above_input_tokens")
+        if "above_input_tokens" in obj:
+            if isinstance(above, bool) or not isinstance(above, int) or not 0 < above <= _MAX_INT:
+                checked.error((*where, "above_input_tokens"), "must be a positive integer (prompt tokens)")
+                valid = False
+            elif any(t["above_input_tokens"] == above for t in tiers):
+                checked.error((*where, "above_input_tokens"), f"another tier starts above {above} too")
+                valid = False
+            tier["above_input_tokens"] = above
+        if any(v is _INVALID for v in tier.values()):
+            valid = False
+        tiers.append(tier)
+    if not valid:
+        return _INVALID
+    return sorted(tiers, key=lambda t: t["above_input_tokens"])
 
 
 def _plan_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
@@ -619,10 +692,18 @@ def _check_references(checked: _Checked) -> None:
     }
 
     for name, entry in config.models.items():
+        kind = entry.get("kind", catalog[name].kind if name in catalog else CatalogModel.Kind.CHAT)
         if name not in catalog:
-            for key in ("provider", "upstream", "input_per_1m", "output_per_1m"):
+            needed = ("provider", "upstream", "input_per_1m")
+            kind_known = ("models", name, "kind") not in checked.bad_paths
+            if kind != CatalogModel.Kind.EMBEDDING and kind_known:  # an embedding model's output price defaults to 0
+                needed += ("output_per_1m",)
+            for key in needed:
                 if key not in entry and ("models", name, key) not in checked.bad_paths:
                     checked.error(("models", name), f"a new model needs {json.dumps(key)}")
+        provider = entry.get("provider", catalog[name].provider if name in catalog else None)
+        if kind == CatalogModel.Kind.EMBEDDING and provider == Provider.ANTHROPIC:
+            checked.error(("models", name, "kind"), "an anthropic model cannot be an embedding model")
 
     def model_provider(name: str) -> str | None:
         entry = config.models.get(name, {})

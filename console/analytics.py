@@ -280,6 +280,7 @@ _SAVINGS = {
     "input_tokens": _sum("input_tokens"),
     "cached_input_tokens": _sum("cached_input_tokens"),
     "cache_write_tokens": _sum("cache_write_tokens"),
+    "cache_write_1h_tokens": _sum("cache_write_1h_tokens"),
     "output_tokens": _sum("output_tokens"),
 }
 
@@ -290,6 +291,8 @@ def _price(row: ModelPrice) -> Price:
         output_per_1m=row.output_per_1m,
         cached_input_per_1m=row.cached_input_per_1m,
         cache_write_per_1m=row.cache_write_per_1m,
+        cache_write_1h_per_1m=row.cache_write_1h_per_1m,
+        # No tiers: these are sums over many requests, whose tier no sum can tell (an estimate at base prices).
     )
 
 
@@ -313,6 +316,7 @@ def _savings(*, start: date, end: date, tenant_id: int | None = None, today: dat
                 input=row["input_tokens"],
                 cached_input=row["cached_input_tokens"],
                 cache_write=row["cache_write_tokens"],
+                cache_write_1h=row["cache_write_1h_tokens"],
                 output=row["output_tokens"],
             )
             response_cache += request_cost(tokens=tokens, price=price)
@@ -349,6 +353,42 @@ class Share:
     share: float | None  # of the period's spend
     tenant_id: int | None = None
     revenue: Decimal = ZERO
+
+
+# How each endpoint (UsageRecord.endpoint) is named on the staff pages: what it is, then its path.
+# "responses" is listed ahead of its endpoint, so that no page ever shows a bare value.
+ENDPOINT_LABELS = {
+    "chat": "Chat Completions (/v1/chat/completions)",
+    "messages": "Messages (/v1/messages)",
+    "embeddings": "Embeddings (/v1/embeddings)",
+    "responses": "Responses (/v1/responses)",
+}
+
+
+def endpoint_label(endpoint: str) -> str:
+    """A readable name for an endpoint value; an unlisted one by its UsageRecord choice, else as stored."""
+    if endpoint in ENDPOINT_LABELS:
+        return ENDPOINT_LABELS[endpoint]
+    return dict(UsageRecord.Endpoint.choices).get(endpoint, endpoint or "(none)")
+
+
+def _fold(rows: list[dict], key: str) -> list[dict]:
+    """Rows of `_USAGE` per (model, endpoint), summed per `key` (one of the two)."""
+    folded: dict[str, dict] = {}
+    for row in rows:
+        empty = {name: _value(m.kind, None) for name, m in _USAGE.items()}
+        into = folded.setdefault(row[key], {key: row[key], **empty})
+        for name in _USAGE:
+            into[name] += row[name]
+    return list(folded.values())
+
+
+def _shares(rows: list[dict], key: str, total_cost: Decimal) -> list[Share]:
+    """Per `key`, by spend then requests, largest first."""
+    shares = [
+        Share(key=row[key], totals=Totals.of(row), share=ratio(row["cost"], total_cost)) for row in _fold(rows, key)
+    ]
+    return sorted(shares, key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
 
 
 def _markups() -> dict[int, Decimal]:
@@ -418,6 +458,7 @@ class Dashboard:
     latency: Latency
     top_tenants: list[Share]
     top_models: list[Share]
+    by_endpoint: list[Share]  # keyed by UsageRecord.endpoint; shown by `endpoint_label`
     budgets: list[BudgetLine]
     alerts: list[BudgetAlert]
     invoices: list[Invoice]
@@ -452,9 +493,9 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
         )
     tenants.sort(key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
 
-    by_model = _aggregate(start=start, end=end, keys=["model"], measures=_USAGE, today=today)
-    models = [Share(key=row["model"], totals=Totals.of(row), share=ratio(row["cost"], totals.cost)) for row in by_model]
-    models.sort(key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
+    # One query for both breakdowns: per model and endpoint, folded each way here.
+    by_model_endpoint = _aggregate(start=start, end=end, keys=["model", "endpoint"], measures=_USAGE, today=today)
+    models = _shares(by_model_endpoint, "model", totals.cost)
 
     errors = _aggregate(
         start=start, end=end, keys=["error_type"], measures={"requests": _requests()}, where=_ERROR, today=today
@@ -477,6 +518,7 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
         latency=_latency(histogram),
         top_tenants=tenants[:top],
         top_models=models[:top],
+        by_endpoint=_shares(by_model_endpoint, "endpoint", totals.cost),
         budgets=budget_lines(today=today),
         alerts=list(BudgetAlert.objects.select_related("tenant").order_by("-created_at", "-id")[:10]),
         invoices=list(Invoice.objects.select_related("tenant").order_by("-generated_at", "-id")[:10]),
@@ -515,6 +557,7 @@ class TenantOverview:
     totals: Totals
     revenue: Decimal
     by_model: list[Share]
+    by_endpoint: list[Share]  # keyed by UsageRecord.endpoint; shown by `endpoint_label`
     errors_by_type: list[tuple[str, int, float | None]]
     savings: Savings
     latency: Latency
@@ -562,17 +605,11 @@ def tenant_overview(
     subscription = Subscription.objects.select_related("plan").filter(tenant_id=tenant_id).first()
     markup = subscription.plan.markup_percent if subscription else None
 
-    by_model_rows = _aggregate(start=start, end=end, keys=["model"], measures=_USAGE, tenant_id=tenant_id, today=today)
-    totals = Totals.of(
-        {name: sum((row[name] for row in by_model_rows), _value(m.kind, None)) for name, m in _USAGE.items()}
+    rows = _aggregate(
+        start=start, end=end, keys=["model", "endpoint"], measures=_USAGE, tenant_id=tenant_id, today=today
     )
-    by_model = sorted(
-        (
-            Share(key=row["model"], totals=Totals.of(row), share=ratio(row["cost"], totals.cost))
-            for row in by_model_rows
-        ),
-        key=lambda s: (-s.totals.cost, -s.totals.requests, s.key),
-    )
+    totals = Totals.of({name: sum((row[name] for row in rows), _value(m.kind, None)) for name, m in _USAGE.items()})
+    by_model = _shares(rows, "model", totals.cost)
     errors = _aggregate(
         start=start,
         end=end,
@@ -614,6 +651,7 @@ def tenant_overview(
         totals=totals,
         revenue=_revenue(totals.cost, markup),
         by_model=by_model,
+        by_endpoint=_shares(rows, "endpoint", totals.cost),
         errors_by_type=sorted(
             ((r["error_type"] or "(none)", r["requests"], ratio(r["requests"], totals.requests)) for r in errors),
             key=lambda item: (-item[1], item[0]),

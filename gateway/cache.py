@@ -68,7 +68,8 @@ def cache_key(
 
 def _encode(cached: Cached) -> bytes:
     t = cached.tokens
-    return orjson.dumps({"response": cached.response, "tokens": [t.input, t.cached_input, t.cache_write, t.output]})
+    tokens = [t.input, t.cached_input, t.cache_write, t.output, t.cache_write_1h]
+    return orjson.dumps({"response": cached.response, "tokens": tokens})
 
 
 def _decode(raw: bytes) -> Cached:
@@ -76,7 +77,13 @@ def _decode(raw: bytes) -> Cached:
     tokens = entry["tokens"]
     return Cached(
         response=entry["response"],
-        tokens=Tokens(input=tokens[0], cached_input=tokens[1], cache_write=tokens[2], output=tokens[3]),
+        tokens=Tokens(
+            input=tokens[0],
+            cached_input=tokens[1],
+            cache_write=tokens[2],
+            output=tokens[3],
+            cache_write_1h=tokens[4] if len(tokens) > 4 else 0,  # an entry stored before one-hour writes
+        ),
     )
 
 

@@ -51,7 +51,7 @@ import orjson
 from django.conf import settings
 
 from billing.models import ModelPrice
-from billing.pricing import Price, Tokens
+from billing.pricing import Price, Tier, Tokens
 from billing.services import RecordedUsage, usage_cost, usage_record_upsert
 
 from .db import DATABASE_UNAVAILABLE, db_call
@@ -475,15 +475,31 @@ def _metered_dump(metered: Metered) -> bytes:
             "endpoint": metered.endpoint,
             "status_code": metered.status_code,
             "error_type": metered.error_type,
-            "tokens": [tokens.input, tokens.output, tokens.cached_input, tokens.cache_write],
+            "tokens": [tokens.input, tokens.output, tokens.cached_input, tokens.cache_write, tokens.cache_write_1h],
             "price_id": metered.price_id,
             "price": None
             if price is None
             else [
                 str(price.input_per_1m),
                 str(price.output_per_1m),
-                None if price.cached_input_per_1m is None else str(price.cached_input_per_1m),
-                None if price.cache_write_per_1m is None else str(price.cache_write_per_1m),
+                _decimal_dump(price.cached_input_per_1m),
+                _decimal_dump(price.cache_write_per_1m),
+                _decimal_dump(price.cache_write_1h_per_1m),
+            ],
+            # Long-context tiers: [id, above, input, output, cached, write, write 1h] each.
+            "tiers": []
+            if price is None
+            else [
+                [
+                    tier.id,
+                    tier.above_input_tokens,
+                    str(tier.input_per_1m),
+                    str(tier.output_per_1m),
+                    _decimal_dump(tier.cached_input_per_1m),
+                    _decimal_dump(tier.cache_write_per_1m),
+                    _decimal_dump(tier.cache_write_1h_per_1m),
+                ]
+                for tier in price.tiers
             ],
             "latency_ms": metered.latency_ms,
             "streamed": metered.streamed,
@@ -496,9 +512,36 @@ def _metered_dump(metered: Metered) -> bytes:
     )
 
 
+def _decimal_dump(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal_load(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _price_load(raw: dict) -> Price | None:
+    """The price a spooled record was billed at; records spooled before tiers have neither tiers
+    nor a one-hour write price (fewer list items), which the defaults fill in."""
+    if raw["price"] is None:
+        return None
+    tiers = tuple(
+        Tier(
+            id=tier_id,
+            above_input_tokens=above,
+            input_per_1m=Decimal(input_),
+            output_per_1m=Decimal(output),
+            cached_input_per_1m=_decimal_load(cached),
+            cache_write_per_1m=_decimal_load(write),
+            cache_write_1h_per_1m=_decimal_load(write_1h),
+        )
+        for tier_id, above, input_, output, cached, write, write_1h in raw.get("tiers") or []
+    )
+    return Price(*(_decimal_load(v) for v in raw["price"]), tiers=tiers)
+
+
 def _metered_load(data: bytes) -> Metered:
     raw = orjson.loads(data)
-    price = raw["price"]
     return Metered(
         request_id=raw["request_id"],
         created_at=datetime.fromisoformat(raw["created_at"]),
@@ -512,7 +555,7 @@ def _metered_load(data: bytes) -> Metered:
         error_type=raw["error_type"],
         tokens=Tokens(*raw["tokens"]),
         price_id=raw["price_id"],
-        price=None if price is None else Price(*(None if v is None else Decimal(v) for v in price)),
+        price=_price_load(raw),
         latency_ms=raw["latency_ms"],
         streamed=raw["streamed"],
         estimated=raw["estimated"],
@@ -535,7 +578,8 @@ def usage_record_write(*, metered: Metered) -> RecordedUsage:
 
 def _interrupted(trace: dict) -> Metered:
     """The usage record of a request whose process died: what its trace knows, flagged."""
-    row = None if trace["price_id"] is None else ModelPrice.objects.filter(id=trace["price_id"]).first()
+    rows = ModelPrice.objects.prefetch_related("tiers")
+    row = None if trace["price_id"] is None else rows.filter(id=trace["price_id"]).first()
     price = None if row is None else row.as_price()
     return Metered(
         request_id=trace["request_id"],

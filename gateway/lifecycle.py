@@ -58,7 +58,7 @@ class Call:
     """What is known about one completion request as it advances."""
 
     request_id: str
-    endpoint: str  # "chat", "messages", "count_tokens" or "responses"
+    endpoint: str  # "chat", "messages", "count_tokens", "embeddings" or "responses" (UsageRecord.Endpoint)
     client_family: str  # the wire format the caller speaks: "openai", "anthropic" or "responses"
     caller: Caller
     started: float = field(default_factory=time.perf_counter)

@@ -2,7 +2,9 @@
 
 OpenAI's `prompt_tokens` includes cached tokens; Anthropic's `input_tokens` excludes cache reads and
 writes (docs/design.md#wire-facts-billing-depends-on). Both are normalised to billing's `Tokens`, whose `input`
-is the whole prompt. A provider-reported count always wins over an estimate, zero included.
+is the whole prompt. Anthropic's `cache_creation` splits the writes by lifetime
+(`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`): the one-hour part becomes
+`Tokens.cache_write_1h`. A provider-reported count always wins over an estimate, zero included.
 """
 
 import asyncio
@@ -42,10 +44,17 @@ def tokens_from_openai(usage: dict) -> Tokens:
 def tokens_from_anthropic(usage: dict) -> Tokens:
     cache_read = _int(usage.get("cache_read_input_tokens"))
     cache_write = _int(usage.get("cache_creation_input_tokens"))
+    lifetimes = usage.get("cache_creation")
+    lifetimes = lifetimes if isinstance(lifetimes, dict) else {}
+    one_hour = _int(lifetimes.get("ephemeral_1h_input_tokens"))
+    if "cache_creation_input_tokens" not in usage and lifetimes:
+        cache_write = _int(lifetimes.get("ephemeral_5m_input_tokens")) + one_hour
     return Tokens(
         input=_int(usage.get("input_tokens")) + cache_read + cache_write,
         cached_input=cache_read,
         cache_write=cache_write,
+        # Part of the writes: a split that does not add up never bills more one-hour writes than writes.
+        cache_write_1h=min(one_hour, cache_write),
         output=_int(usage.get("output_tokens")),
     )
 

@@ -281,6 +281,7 @@ def _write_line(metered: Metered, cost: Decimal | None) -> None:
                 "input_tokens": tokens.input,
                 "cached_input_tokens": tokens.cached_input,
                 "cache_write_tokens": tokens.cache_write,
+                "cache_write_1h_tokens": tokens.cache_write_1h,
                 "output_tokens": tokens.output,
                 # Exact, as a decimal string: the line may be summed by log tooling.
                 "cost": None if cost is None else format(cost, "f"),
@@ -305,6 +306,7 @@ _NOT_ATTRIBUTED = dict.fromkeys(
         "input_tokens",
         "cached_input_tokens",
         "cache_write_tokens",
+        "cache_write_1h_tokens",
         "output_tokens",
         "cost",
         "streamed",

@@ -1,10 +1,10 @@
 """One proxied completion, from an authenticated caller to a metered response (docs/design.md#the-hot-path).
 
-`complete()` and `stream()` resolve the model under the tenant's policy, admit the request
-through its owner (`gateway.lifecycle`), route it to a deployment (falling back on retryable
-upstream failures), and translate formats when the client's endpoint and the provider differ.
-How the request ended is told to the owner, which records and settles it once, before the
-response ends. Errors are `GatewayError`s; the view renders them.
+`complete()` and `stream()` (and `embed()`, for /v1/embeddings) resolve the model under the
+tenant's policy, admit the request through its owner (`gateway.lifecycle`), route it to a
+deployment (falling back on retryable upstream failures), and translate formats when the
+client's endpoint and the provider differ. How the request ended is told to the owner, which
+records and settles it once, before the response ends. Errors are `GatewayError`s; the view renders them.
 """
 
 import asyncio
@@ -25,13 +25,17 @@ from .limits import Admission, admit
 from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive, tokens_from_usage
 from .providers import Adapter, EventStream, ProviderError, adapter_for
 from .providers.base import ANTHROPIC_BETAS, GATEWAY_REQUEST_ID
-from .registry import DeploymentView, catalog, key_month_to_date, month_to_date, policy
+from .registry import DeploymentView, ModelView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
-from .tokenizer import prompt_token_bound
+from .tokenizer import embedding_input_bound, prompt_token_bound
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Call", "complete", "stream"]
+__all__ = ["Call", "complete", "embed", "stream"]
+
+# The kind of catalog model (CatalogModel.Kind) each endpoint serves; any other endpoint serves
+# chat models. Checked in one place, `resolve`, for every endpoint.
+ENDPOINT_KIND = {"embeddings": "embedding"}
 
 
 async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
@@ -63,6 +67,7 @@ async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
             "model_not_allowed",
             param="model",
         )
+    kind_check(call, model)
     in_region = model.deployments_in(tenant.region)
     if not in_region:
         if model.deployments:
@@ -82,9 +87,25 @@ async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
     if call.price is None:
         # Serving a request that cannot be billed would break the promise of exact billing.
         raise GatewayError(503, f"The model `{call.requested_model}` has no price in force.", "no_price")
-    if profile:  # a token count generates nothing: no defaults, no max_tokens ceiling
+    # A token count generates nothing; an embedding model takes no chat parameters: no defaults,
+    # no max_tokens ceiling.
+    if profile and model.kind == "chat":
         apply_profile(call, global_cap=rules.max_tokens_cap)
     return deployments
+
+
+def kind_check(call: Call, model: ModelView) -> None:
+    """A chat model asked for embeddings, or an embedding model asked for a chat: 400 naming `model`."""
+    expected = ENDPOINT_KIND.get(call.endpoint, "chat")
+    if model.kind == expected:
+        return
+    if model.kind == "embedding":
+        message = f"The model `{call.requested_model}` is an embedding model: use it on /v1/embeddings."
+    elif expected == "embedding":
+        message = f"The model `{call.requested_model}` is a chat model: it cannot create embeddings."
+    else:
+        message = f"The model `{call.requested_model}` cannot be used on this endpoint."
+    raise GatewayError(400, message, "model_not_supported", param="model")
 
 
 # Default parameters a tenant may set, by wire format (the admin validates the values).
@@ -150,7 +171,7 @@ async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admissio
 
 
 def upstream_body(call: Call, deployment: DeploymentView, family: str) -> dict:
-    if family == call.client_family:
+    if family == call.client_family or call.endpoint == "embeddings":  # an Anthropic adapter refuses embeddings
         return {**call.body, "model": deployment.upstream}
     try:
         if family == "anthropic":
@@ -182,6 +203,8 @@ def gateway_error(exc: ProviderError) -> GatewayError:
             return GatewayError(503, f"{who} is overloaded. Retry later.", "upstream_overloaded", headers=headers)
         case "timeout":
             return GatewayError(504, f"{who} did not answer in time.", "upstream_timeout")
+        case "unsupported_endpoint":
+            return GatewayError(400, f"{who} does not serve this endpoint: {exc.message}.", exc.kind, param="model")
         case "not_configured":
             return GatewayError(503, f"{who} is not configured on this gateway.", "provider_not_configured")
         case "upstream_auth":
@@ -281,6 +304,73 @@ async def _answer(call: Call, owner: Owner, deployments: list[DeploymentView], *
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
 
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+async def admit_embeddings(call: Call) -> Admission:
+    """Like `admit_call`, for an embeddings request: its prompt is the tokens of its input, counted
+    with the model family's tokenizer, and it produces no output."""
+    tenant, key = call.caller.tenant, call.caller.key
+    prompt = call.prompt_estimate = embedding_input_bound(
+        call.body.get("input"), provider=call.model.provider, model=call.model.name
+    )
+    return await admit(
+        caller=call.caller,
+        request_id=call.request_id,
+        prompt_tokens=prompt,
+        max_output_tokens=0,
+        worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=0, price=call.price.price),
+        budget=tenant.monthly_budget,
+        month_to_date=lambda: month_to_date(tenant.id),
+        key_budget=key.monthly_budget,
+        key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
+    )
+
+
+async def embed(call: Call, owner: Owner) -> HttpResponse:
+    """`POST /v1/embeddings`: OpenAI and Azure deployments, the same routing, limits and metering as
+    a chat completion. Not answered from the response cache."""
+    deployments = await resolve(call)
+    await owner.admit(lambda: admit_embeddings(call))
+    answer = owner.hand_over(_embeddings_answer(call, owner, deployments))
+    try:
+        return await asyncio.shield(answer)
+    except asyncio.CancelledError:
+        call.client_gone = True  # the task records the provider's answer as `client_disconnected`
+        raise
+
+
+async def _embeddings_answer(call: Call, owner: Owner, deployments: list[DeploymentView]) -> HttpResponse:
+    async def operation(adapter: Adapter, body: dict) -> dict:
+        return await adapter.embed(body)
+
+    adapter, result = await _first_that_answers(call, deployments, operation)
+    if not isinstance(result, dict):  # a provider's answer is untrusted: not ours to turn into a 500
+        raise GatewayError(502, f"The upstream provider ({adapter.provider}) failed to answer.", "upstream_error")
+    usage = result.get("usage")
+    reported = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
+        tokens, estimated = Tokens(input=reported), False
+    else:
+        tokens, estimated = Tokens(input=call.prompt_estimate), True
+    result["model"] = call.requested_model
+    status, error_type = (499, "client_disconnected") if call.client_gone else (200, "")
+    await owner.finish(
+        Outcome(status=status, error_type=error_type, tokens=tokens, estimated=estimated, response=_logged(result))
+    )
+    # The vectors go back as the provider sent them: a base64 `embedding` is its string, unchanged.
+    return HttpResponse(orjson.dumps(result), content_type="application/json")
+
+
+def _logged(result: dict) -> dict:
+    """What a tenant's request log keeps of an embeddings answer: everything but the vectors."""
+    data = result.get("data")
+    if not isinstance(data, list):
+        return result
+    kept = [{k: v for k, v in item.items() if k != "embedding"} if isinstance(item, dict) else item for item in data]
+    return {**result, "data": kept}
+
+
 async def stream(call: Call, owner: Owner) -> StreamingHttpResponse:
     deployments = await resolve(call)
     await owner.admit(lambda: admit_call(call))
@@ -320,8 +410,9 @@ def _stream_tokens(call: Call, processor, *, complete: bool) -> tuple[Tokens, bo
     prompt = reported.input if reported is not None and reported.input else estimate_prompt_tokens(call.body)
     cached = reported.cached_input if reported is not None and reported.input else 0
     write = reported.cache_write if reported is not None and reported.input else 0
+    write_1h = reported.cache_write_1h if reported is not None and reported.input else 0
     output = estimate_output_tokens(processor.text)
-    return Tokens(input=prompt, cached_input=cached, cache_write=write, output=output), True
+    return Tokens(input=prompt, cached_input=cached, cache_write=write, cache_write_1h=write_1h, output=output), True
 
 
 def _partial(call: Call, processor, *, error_type: str, status: int = 200) -> Outcome:

@@ -110,6 +110,7 @@ class ModelView:
     provider: str
     deployments: tuple[DeploymentView, ...]
     prices: tuple[PriceView, ...]  # newest first
+    kind: str = "chat"  # CatalogModel.Kind: "chat" or "embedding"
     created_at: datetime | None = None  # when the catalog entry was made: /v1/models' `created`
     context_window: int | None = None  # input tokens, when the catalog says
 
@@ -230,7 +231,7 @@ def _load_catalog() -> dict[str, ModelView]:
             DeploymentView(id=d.id, provider=d.provider, upstream=d.upstream, region=d.region, base_url=d.base_url)
         )
     prices: dict[int, list[PriceView]] = {}
-    for p in ModelPrice.objects.order_by("-effective_from"):
+    for p in ModelPrice.objects.prefetch_related("tiers").order_by("-effective_from"):
         prices.setdefault(p.model_id, []).append(
             PriceView(
                 id=p.id,
@@ -245,6 +246,7 @@ def _load_catalog() -> dict[str, ModelView]:
             provider=m.provider,
             deployments=tuple(deployments.get(m.id, ())),
             prices=tuple(prices.get(m.id, ())),
+            kind=m.kind,
             created_at=m.created_at,
             context_window=m.context_window,
         )

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, Required, Union
+from typing import Annotated, Any, ClassVar, Literal, Required, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
@@ -690,6 +690,62 @@ COUNT_TOKENS_REFUSED = (
 )
 
 
+# --- the Embeddings body ---------------------------------------------------------------------
+
+EMBEDDING_INPUTS_MAX = 2048  # OpenAI's limit of inputs in one request
+_EMBEDDING_INPUT_SHAPE = "a string, an array of strings, an array of token ids or an array of arrays of token ids"
+
+
+def _token_ids(value: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT32_MAX for v in value)
+
+
+def _embedding_input(value: Any) -> str | list:
+    """`input` of an embeddings request: OpenAI's four shapes, none of them empty."""
+    if isinstance(value, str):
+        if not value:
+            raise PydanticCustomError("embedding_input", "must not be an empty string")
+        return value
+    if not isinstance(value, list):
+        raise PydanticCustomError("wrong_shape", f"must be {_EMBEDDING_INPUT_SHAPE}")
+    if not value:
+        raise PydanticCustomError("embedding_input", "must not be empty")
+    if len(value) > EMBEDDING_INPUTS_MAX:
+        raise PydanticCustomError("embedding_input", f"must have at most {EMBEDDING_INPUTS_MAX} items")
+    if all(isinstance(v, str) for v in value):
+        empty = next((i for i, v in enumerate(value) if not v), None)
+        if empty is not None:
+            raise PydanticCustomError("embedding_input", f"must not contain an empty string (item {empty})")
+        return value
+    if _token_ids(value):
+        return value
+    if all(isinstance(v, list) for v in value):
+        for i, ids in enumerate(value):
+            if not ids or not _token_ids(ids):
+                raise PydanticCustomError(
+                    "embedding_input", f"must hold non-empty arrays of token ids (integers >= 0; item {i} is not)"
+                )
+        return value
+    raise PydanticCustomError("wrong_shape", f"must be {_EMBEDDING_INPUT_SHAPE}")
+
+
+EmbeddingInput = Annotated[str | list, PlainValidator(_embedding_input)]
+
+
+class EmbeddingsRequest(_Open):
+    """`POST /v1/embeddings` (OpenAI). Fields the gateway does not know are forwarded, as for chat."""
+
+    model: NonEmptyStr
+    input: EmbeddingInput
+    dimensions: Count | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    user: str | None = None
+
+    # What the view asks every parsed body: an embeddings request never streams.
+    stream: ClassVar[None] = None
+    include_usage: ClassVar[bool] = False
+
+
 # --- query parameters ------------------------------------------------------------------------
 
 # The last day whose next day Python can still hold: the usage selectors read up to end + 1 day.
@@ -821,6 +877,7 @@ _CHAT = TypeAdapter(ChatRequest)
 _MESSAGES = TypeAdapter(MessagesRequest)
 _COUNT_TOKENS = TypeAdapter(CountTokensRequest)
 _USAGE = TypeAdapter(UsageQuery)
+_EMBEDDINGS = TypeAdapter(EmbeddingsRequest)
 _RESPONSES = TypeAdapter(ResponsesRequest)
 
 
@@ -874,6 +931,17 @@ def parse_responses(body: dict) -> ResponsesRequest:
     if parsed.stream_options is not None and not parsed.stream:
         raise bad_request("`stream_options` is only allowed with `stream: true`.", param="stream_options")
     return parsed
+
+
+def parse_embeddings(body: dict) -> EmbeddingsRequest:
+    """An Embeddings body, typed, or a GatewayError 400 naming the first wrong field."""
+    for name in ("stream", "template"):
+        if name in body:
+            raise bad_request(f"`{name}` is not a parameter of the Embeddings API.", param=name)
+    try:
+        return _EMBEDDINGS.validate_python(body)
+    except ValidationError as exc:
+        raise to_gateway_error(exc) from None
 
 
 def parse_count_tokens(body: dict) -> CountTokensRequest:

@@ -187,6 +187,29 @@ def prompt_token_bound(body: dict, *, provider: str, model: str) -> int:
     return total
 
 
+def embedding_input_bound(value: object, *, provider: str, model: str) -> int:
+    """At least as many tokens as an embeddings `input` can be billed for by `provider` serving `model`.
+
+    OpenAI bills the tokens of the input alone, no framing: each string counted with the model's
+    encoding (both encodings, the larger kept, for a name this module does not know), and an
+    input already tokenized (an array of token ids) is as many tokens as it has ids.
+    """
+    count = _text_bound(provider=provider, model=model)
+    if isinstance(value, str):
+        return count(value)
+    if not isinstance(value, list):
+        return 0
+    total = 0
+    for item in value:
+        if isinstance(item, str):
+            total += count(item)
+        elif isinstance(item, list):
+            total += len(item)
+        else:
+            total += 1  # a token id
+    return total
+
+
 def image_tokens_bound(*, provider: str, model: str) -> int:
     """The most one image in a prompt can cost (the module docstring gives the figures)."""
     if provider not in _OPENAI_PROVIDERS:

@@ -880,8 +880,12 @@ class AnthropicToOpenAIStream:
 
     @property
     def usage(self) -> dict:
-        """Anthropic usage so far: message_start's, with message_delta's cumulative counts replacing it."""
-        return {field: self._usage[field] for field in _ANTHROPIC_USAGE_FIELDS}
+        """Anthropic usage so far: message_start's, with message_delta's cumulative counts replacing it;
+        `cache_creation` (the writes by lifetime) too when the stream gave it: billing needs it."""
+        usage = {field: self._usage[field] for field in _ANTHROPIC_USAGE_FIELDS}
+        if isinstance(self._usage.get("cache_creation"), dict):
+            usage["cache_creation"] = dict(self._usage["cache_creation"])
+        return usage
 
     @property
     def text(self) -> str:

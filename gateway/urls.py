@@ -6,6 +6,7 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
     path("v1/messages", views.messages),
     path("v1/messages/count_tokens", views.count_tokens),
+    path("v1/embeddings", views.embeddings),
     path("v1/responses", views.responses_create),
     path("v1/responses/<str:response_id>", views.response_detail),
     path("v1/responses/<str:response_id>/input_items", views.response_input_items),

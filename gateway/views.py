@@ -61,7 +61,12 @@ def _validate_messages(body: dict) -> schemas.MessagesRequest:
 
 
 Validator = Callable[
-    [dict], schemas.ChatRequest | schemas.MessagesRequest | schemas.CountTokensRequest | schemas.ResponsesRequest
+    [dict],
+    schemas.ChatRequest
+    | schemas.MessagesRequest
+    | schemas.CountTokensRequest
+    | schemas.EmbeddingsRequest
+    | schemas.ResponsesRequest,
 ]
 _PARSERS: dict[str, Validator] = {
     "openai": schemas.parse_chat,
@@ -118,7 +123,8 @@ async def _completion(
     serve: Serve = _proxied,
     billable: bool = True,
 ) -> HttpResponse:
-    """Parse, run under the request's owner (gateway.lifecycle), render."""
+    """Parse, run under the request's owner (gateway.lifecycle), render. `serve` answers the
+    parsed call; by default a completion (`proxy.complete`, or `proxy.stream` when it streams)."""
     request_id = _request_id()
     try:
         if request.method != "POST":
@@ -149,8 +155,9 @@ async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
         call.requested_model = call.model_name = body["model"]
     if call.client_family == "anthropic":
         call.betas = betas.parse_betas(request.headers.get(betas.HEADER))
-    # A token count refuses `template` (schemas.parse_count_tokens); the Responses API has none.
-    if "template" in body and call.billable and call.client_family in _PARSERS:
+    # Only chat and messages take a template (a token count and embeddings refuse `template` in their
+    # parsers; the Responses API has none).
+    if "template" in body and call.endpoint in ("chat", "messages"):
         await _expand_template(call.caller, body, call.client_family)
     parsed = validate(body)
     call.body = body  # the caller's own JSON goes upstream, as sent: the parse vouches for its shape
@@ -184,6 +191,19 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
         render=anthropic_error_response,
         serve=count_tokens_service.count_tokens,
         billable=False,
+    )
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    """`POST /v1/embeddings` (proxy.embed): embedding models only, billed from the provider's usage."""
+    return await _completion(
+        request,
+        endpoint="embeddings",
+        family="openai",
+        validate=schemas.parse_embeddings,
+        render=openai_error_response,
+        serve=proxy.embed,
     )
 
 

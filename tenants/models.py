@@ -4,6 +4,7 @@ The catalog lives here (not in the gateway) because a tenant's configuration ref
 which models a tenant may call is tenant data. Prices of those models belong to billing.
 """
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -133,10 +134,22 @@ class CatalogModel(models.Model):
 
     The name is ours (what the client sends); each deployment says where it really runs.
     `api_format` is the wire family of the model's provider, which decides translation.
+    `kind` says which endpoints may use it: a chat model answers /v1/chat/completions and
+    /v1/messages (and /v1/responses), an embedding model only /v1/embeddings.
     """
+
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Chat"
+        EMBEDDING = "embedding", "Embedding"
 
     name = models.CharField(max_length=100, unique=True)
     provider = models.CharField(max_length=16, choices=Provider.choices)
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.CHAT,
+        help_text="Chat: /v1/chat/completions, /v1/messages. Embedding: /v1/embeddings only.",
+    )
     active = models.BooleanField(default=True)
     context_window = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -147,6 +160,10 @@ class CatalogModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.EMBEDDING and self.provider == Provider.ANTHROPIC:
+            raise ValidationError({"kind": "Anthropic has no embedding models."})
 
 
 class Deployment(models.Model):

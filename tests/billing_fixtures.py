@@ -28,12 +28,7 @@ def add_price(model, effective_from: datetime, *, input_per_1m, output_per_1m, c
 
 
 def price_of(row: ModelPrice) -> Price:
-    return Price(
-        input_per_1m=row.input_per_1m,
-        output_per_1m=row.output_per_1m,
-        cached_input_per_1m=row.cached_input_per_1m,
-        cache_write_per_1m=row.cache_write_per_1m,
-    )
+    return row.as_price()
 
 
 def usage(
@@ -44,6 +39,7 @@ def usage(
     input_tokens=0,
     cached=0,
     cache_write=0,
+    cache_write_1h=0,
     output_tokens=0,
     status_code=200,
     error_type="",
@@ -55,10 +51,19 @@ def usage(
     """An unsaved record as `usage_record_create` writes it: the price in force at `at`, its
     cost computed once (nothing for a cache hit, nothing and no price when unpriced)."""
     price_row = model.prices.filter(effective_from__lte=at).order_by("-effective_from").first() if priced else None
-    tokens = Tokens(input=input_tokens, cached_input=cached, cache_write=cache_write, output=output_tokens)
+    tokens = Tokens(
+        input=input_tokens,
+        cached_input=cached,
+        cache_write=cache_write,
+        cache_write_1h=cache_write_1h,
+        output=output_tokens,
+    )
     cost = Decimal(0)
+    tier = None
     if price_row is not None and not cache_hit:
-        cost = request_cost(tokens=tokens, price=price_of(price_row))
+        price = price_of(price_row)
+        cost = request_cost(tokens=tokens, price=price)
+        tier = price.tier_for(tokens.input)
     return UsageRecord(
         request_id=f"req-{next(_ids):09d}-{at.timestamp():.0f}",
         created_at=at,
@@ -72,9 +77,11 @@ def usage(
         input_tokens=input_tokens,
         cached_input_tokens=cached,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=cache_write_1h,
         output_tokens=output_tokens,
         cost=cost,
         price=price_row,
+        price_tier_id=None if tier is None else tier.id,
         latency_ms=100,
         streamed=streamed,
         cache_hit=cache_hit,

@@ -513,10 +513,17 @@ def test_an_unbilled_price_can_be_edited_and_a_new_price_added(admin_client, wor
             "effective_from_1": later.strftime("%H:%M:%S"),
             "input_per_1m": "0.20",
             "output_per_1m": "0.80",
+            "tiers-TOTAL_FORMS": "1",
+            "tiers-INITIAL_FORMS": "0",
+            "tiers-0-above_input_tokens": "200000",
+            "tiers-0-input_per_1m": "0.40",
+            "tiers-0-output_per_1m": "1.20",
         },
     )
     assert response.status_code == 302
     assert world["gpt"].prices.count() == 2
+    added = world["gpt"].prices.order_by("-effective_from").first()
+    assert list(added.tiers.values_list("above_input_tokens", "input_per_1m")) == [(200_000, Decimal("0.40"))]
 
 
 @pytest.mark.django_db
@@ -529,6 +536,8 @@ def test_a_price_cannot_be_back_dated_under_billed_usage(admin_client, world):
             "effective_from_1": "00:00:00",
             "input_per_1m": "0.20",
             "output_per_1m": "0.80",
+            "tiers-TOTAL_FORMS": "0",
+            "tiers-INITIAL_FORMS": "0",
         },
     )
     assert response.status_code == 200

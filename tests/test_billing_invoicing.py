@@ -19,7 +19,7 @@ from billing.invoicing import (
 )
 from billing.models import InvoiceLine
 from billing.periods import PeriodState, day_runs, month_end, period_parse, period_state
-from billing.pricing import Price, Tokens, request_cost
+from billing.pricing import Price, Tier, Tokens, request_cost
 
 D = Decimal
 GPT = Price(input_per_1m=D("2.50"), output_per_1m=D("10.00"), cached_input_per_1m=D("1.25"))
@@ -215,3 +215,56 @@ def test_day_runs_group_consecutive_days():
         (date(2024, 5, 5), date(2024, 5, 5)),
         (date(2024, 5, 7), date(2024, 5, 8)),
     ]
+
+
+# --- cache-write lifetimes and long-context tiers ---------------------------------------------
+
+SONNET = Price(
+    input_per_1m=D("3"),
+    output_per_1m=D("15"),
+    cached_input_per_1m=D("0.30"),
+    cache_write_per_1m=D("3.75"),
+    cache_write_1h_per_1m=D("6"),
+    tiers=(Tier(above_input_tokens=200_000, input_per_1m=D("6"), output_per_1m=D("22.5"), id=5),),
+)
+
+
+def tiered_usage(*, tier, input_tokens, write, write_1h, output, cost=None):
+    tokens = Tokens(input=input_tokens, cache_write=write, cache_write_1h=write_1h, output=output)
+    return PriceUsage(
+        price_id=1,
+        model="sonnet",
+        effective_from=FROM,
+        price=SONNET,
+        input_tokens=input_tokens,
+        cached_input_tokens=0,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=output,
+        cost=request_cost(tokens=tokens, price=SONNET) if cost is None else cost,
+        tier=tier,
+    )
+
+
+def test_one_hour_writes_and_long_context_usage_get_their_own_lines_and_keys():
+    base = tiered_usage(tier=None, input_tokens=100_000, write=40_000, write_1h=10_000, output=1_000)
+    long = tiered_usage(tier=SONNET.tiers[0], input_tokens=300_000, write=0, write_1h=0, output=2_000)
+    lines = by_type(invoice_lines(usage=[long, base], terms=Terms()))
+    assert lines[LineType.CACHE_WRITE].quantity == 30_000
+    assert lines[LineType.CACHE_WRITE].unit_price == D("3.75")
+    assert lines[LineType.CACHE_WRITE_1H].quantity == 10_000
+    assert lines[LineType.CACHE_WRITE_1H].amount == D("0.06")
+    assert lines[LineType.CACHE_WRITE].key == "cache_write:1"  # a base line keeps its key
+    assert lines[LineType.LONG_INPUT].key == "long_input:1:5"
+    assert (lines[LineType.LONG_INPUT].quantity, lines[LineType.LONG_INPUT].amount) == (300_000, D("1.80"))
+    assert lines[LineType.LONG_OUTPUT].unit_price == D("22.5")
+    assert lines[LineType.LONG_OUTPUT].price_tier_id == 5
+    assert LineType.LONG_CACHE_WRITE not in lines  # no tokens: no line
+
+
+def test_a_tier_group_whose_stored_cost_is_the_base_price_is_refused():
+    wrong = tiered_usage(
+        tier=SONNET.tiers[0], input_tokens=300_000, write=0, write_1h=0, output=0, cost=D("0.9")
+    )  # 300000 × 3: billed at the base price, claimed at the tier
+    with pytest.raises(CostMismatch, match="tier above 200000"):
+        invoice_lines(usage=[wrong], terms=Terms())

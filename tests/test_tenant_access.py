@@ -52,6 +52,7 @@ def test_models_leaves_out_what_platform_policy_blocks(gateway, catalog, alice_k
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 COUNT = {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}
+EMBEDDINGS = {"model": "gpt-test", "input": "hi"}  # refused as suspended before its kind is looked at
 NEW_TEMPLATE = {"name": "fresh", "messages": [{"role": "user", "content": "{{x}}"}]}
 
 # (route in gateway/urls.py, method, path, body, status for a suspended tenant)
@@ -59,6 +60,7 @@ SUSPENDED = [
     ("v1/chat/completions", "POST", "/v1/chat/completions", CHAT, 403),
     ("v1/messages", "POST", "/v1/messages", MESSAGES, 403),
     ("v1/messages/count_tokens", "POST", "/v1/messages/count_tokens", COUNT, 403),
+    ("v1/embeddings", "POST", "/v1/embeddings", EMBEDDINGS, 403),
     ("v1/models", "GET", "/v1/models", None, 403),
     ("v1/models/<path:model_id>", "GET", "/v1/models/gpt-test", None, 403),
     ("v1/usage", "GET", "/v1/usage?start=2025-03-01&end=2025-03-31", None, 200),

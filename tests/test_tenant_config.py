@@ -62,20 +62,43 @@ COMPLETE = {
     "models": {
         "gpt-4o-eu": {
             "provider": "azure",
+            "kind": "chat",
             "upstream": "gpt-4o-eu",
             "region": "eu",
             "input_per_1m": "2.75",
             "cached_input_per_1m": "1.375",
             "cache_write_per_1m": None,
+            "cache_write_1h_per_1m": None,
+            "tiers": [],
             "output_per_1m": "11.00",
         },
         "claude-3.7-custom": {
             "provider": "anthropic",
+            "kind": "chat",
             "upstream": "claude-3-7-sonnet-20250219",
             "region": "",
             "input_per_1m": "3.00",
             "cached_input_per_1m": "0.30",
             "cache_write_per_1m": "3.75",
+            "cache_write_1h_per_1m": "6.00",
+            "tiers": [
+                {
+                    "above_input_tokens": 1000,
+                    "input_per_1m": "4.00",
+                    "output_per_1m": "16.00",
+                    "cached_input_per_1m": None,
+                    "cache_write_per_1m": None,
+                    "cache_write_1h_per_1m": None,
+                },
+                {
+                    "above_input_tokens": 200000,
+                    "input_per_1m": "6.00",
+                    "output_per_1m": "22.50",
+                    "cached_input_per_1m": "0.60",
+                    "cache_write_per_1m": "7.50",
+                    "cache_write_1h_per_1m": "12.00",
+                },
+            ],
             "output_per_1m": "15.00",
         },
     },
@@ -398,8 +421,8 @@ def test_unknown_keys_are_refused_at_every_level(db):
     }
     assert errors_of(document) == {
         "version: unknown key (expected one of: models, plans, tenants, policy)",
-        "models.gpt-4o.discount: unknown key (expected one of: provider, upstream, region, input_per_1m, "
-        "output_per_1m, cached_input_per_1m, cache_write_per_1m)",
+        "models.gpt-4o.discount: unknown key (expected one of: provider, kind, upstream, region, input_per_1m, "
+        "output_per_1m, cached_input_per_1m, cache_write_per_1m, cache_write_1h_per_1m, tiers)",
         "plans.gold.fee: unknown key (expected one of: description, currency, monthly_base_fee, "
         "included_allowance, default_monthly_budget, markup_percent)",
         "tenants.acme.apikey: unknown key (expected one of: name, status, api_key, providers, rate_limit, models, "

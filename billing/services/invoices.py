@@ -68,7 +68,18 @@ def _terms(subscription: Subscription | None) -> Terms:
     )
 
 
-_LINE_FIELDS = ["position", "line_type", "model", "price_id", "description", "quantity", "unit", "unit_price", "amount"]
+_LINE_FIELDS = [
+    "position",
+    "line_type",
+    "model",
+    "price_id",
+    "price_tier_id",
+    "description",
+    "quantity",
+    "unit",
+    "unit_price",
+    "amount",
+]
 
 
 def _line_values(line: InvoiceLine) -> tuple:
@@ -123,6 +134,7 @@ def _invoice_write(
             line_type=line.line_type,
             model=line.model,
             price_id=line.price_id,
+            price_tier_id=line.price_tier_id,
             description=line.description[:200],
             quantity=line.quantity,
             unit=line.unit,
@@ -154,17 +166,23 @@ def _price_usage(usages: list[BillableUsage], prices: dict[int, ModelPrice]) -> 
     result = []
     for usage in usages:
         row = prices[usage.price_id]
+        price = row.as_price()
+        tier = None
+        if usage.price_tier_id is not None:
+            tier = next(t for t in price.tiers if t.id == usage.price_tier_id)
         result.append(
             PriceUsage(
                 price_id=row.id,
                 model=row.model.name,
                 effective_from=row.effective_from,
-                price=row.as_price(),
+                price=price,
                 input_tokens=usage.input_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
                 output_tokens=usage.output_tokens,
                 cost=usage.cost,
+                tier=tier,
             )
         )
     return result
@@ -206,7 +224,9 @@ def invoices_generate(
         run = InvoiceRun.objects.select_for_update().get(period=period)
         result.rolled_up_days = len(usage_rollup(since=period, until=month_end(period), now=now).days)
         usages = billable_usage(start=period, end=min(month_end(period), today), today=today)
-        prices = ModelPrice.objects.select_related("model").in_bulk({u.price_id for u in usages})
+        prices = (
+            ModelPrice.objects.select_related("model").prefetch_related("tiers").in_bulk({u.price_id for u in usages})
+        )
         by_tenant: dict[int, list[BillableUsage]] = {}
         for usage in usages:
             by_tenant.setdefault(usage.tenant_id, []).append(usage)
@@ -356,6 +376,7 @@ def credit_note_create(*, invoice_id: int, reason: str, now: datetime | None = N
                 line_type=line.line_type,
                 model=line.model,
                 price_id=line.price_id,
+                price_tier_id=line.price_tier_id,
                 description=line.description,
                 quantity=-line.quantity,
                 unit=line.unit,

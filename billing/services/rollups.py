@@ -28,10 +28,18 @@ class RollupResult:
     records: int
 
 
-_ROLLUP_KEY = ["tenant_id", "model", "endpoint", "status_code", "error_type", "cache_hit", "price_id"]
+_ROLLUP_KEY = ["tenant_id", "model", "endpoint", "status_code", "error_type", "cache_hit", "price_id", "price_tier_id"]
 
 
-_ROLLUP_SUMS = ["input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost", "latency_ms"]
+_ROLLUP_SUMS = [
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "cost",
+    "latency_ms",
+]
 
 
 def _rollup_insert_sql() -> str:

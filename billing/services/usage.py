@@ -64,6 +64,14 @@ def usage_cost(*, metered: MeteredUsage) -> Decimal:
     return request_cost(tokens=metered.tokens, price=metered.price)
 
 
+def _tier_id(metered: MeteredUsage) -> int | None:
+    """The long-context tier the request is billed at (`request_cost` picks the same one)."""
+    if metered.price is None or metered.cache_hit:
+        return None
+    tier = metered.price.tier_for(metered.tokens.input)
+    return None if tier is None else tier.id
+
+
 def _record_fields(metered: MeteredUsage, cost: Decimal) -> dict:
     """A usage record's columns (by attribute name) for `metered`: one mapping for both writes."""
     tokens = metered.tokens
@@ -81,9 +89,11 @@ def _record_fields(metered: MeteredUsage, cost: Decimal) -> dict:
         "input_tokens": tokens.input,
         "cached_input_tokens": tokens.cached_input,
         "cache_write_tokens": tokens.cache_write,
+        "cache_write_1h_tokens": tokens.cache_write_1h,
         "output_tokens": tokens.output,
         "cost": cost,
         "price_id": metered.price_id,
+        "price_tier_id": _tier_id(metered),
         "latency_ms": metered.latency_ms,
         "streamed": metered.streamed,
         "estimated": metered.estimated,

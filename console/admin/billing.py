@@ -29,6 +29,7 @@ from billing.models import (
     InvoiceLine,
     ModelPrice,
     Plan,
+    PriceTier,
     SharedCost,
     Subscription,
     UsageRecord,
@@ -275,6 +276,7 @@ class ModelPriceForm(forms.ModelForm):
             "output_per_1m",
             "cached_input_per_1m",
             "cache_write_per_1m",
+            "cache_write_1h_per_1m",
         ]
 
     def clean(self):
@@ -290,18 +292,45 @@ class ModelPriceForm(forms.ModelForm):
                 raise ValidationError(
                     {"effective_from": "Usage of this model has already been billed after this date; pick a later one."}
                 )
-        for name in ("cached_input_per_1m", "cache_write_per_1m"):
+        for name in ("cached_input_per_1m", "cache_write_per_1m", "cache_write_1h_per_1m"):
             value = cleaned.get(name)
             if value is not None and value < 0:
                 self.add_error(name, "A price cannot be negative.")
         return cleaned
 
 
+class PriceTierInline(admin.TabularInline):
+    """Long-context prices of a row (billing.PriceTier): frozen with their row once it billed usage."""
+
+    model = PriceTier
+    extra = 0
+    fields = [
+        "above_input_tokens",
+        "input_per_1m",
+        "output_per_1m",
+        "cached_input_per_1m",
+        "cache_write_per_1m",
+        "cache_write_1h_per_1m",
+    ]
+    verbose_name = "long-context tier"
+
+    def has_add_permission(self, request, obj=None):
+        return not (obj is not None and price_in_use(obj)) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return not (obj is not None and price_in_use(obj)) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return not (obj is not None and price_in_use(obj)) and super().has_delete_permission(request, obj)
+
+
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    """Prices are versioned: a row that usage was billed at is frozen, a change is a new row."""
+    """Prices are versioned: a row that usage was billed at is frozen, a change is a new row.
+    Its long-context tiers are edited inline, and frozen with it."""
 
     form = ModelPriceForm
+    inlines = [PriceTierInline]
     list_display = [
         "model",
         "effective_from",
@@ -443,7 +472,11 @@ class UsageColumns:
     def tokens(self, row) -> str:
         detail = ", ".join(
             f"{label} {count:,}"
-            for label, count in (("cached", row.cached_input_tokens), ("written", row.cache_write_tokens))
+            for label, count in (
+                ("cached", row.cached_input_tokens),
+                ("written", row.cache_write_tokens),
+                ("1 h", row.cache_write_1h_tokens),
+            )
             if count
         )
         figures = f"{row.input_tokens:,} → {row.output_tokens:,}"

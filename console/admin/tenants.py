@@ -951,8 +951,8 @@ class DeploymentInline(admin.TabularInline):
 
 
 class CatalogModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "provider", "active", "context_window", "deployment_count"]
-    list_filter = ["provider", "active"]
+    list_display = ["name", "provider", "kind", "active", "context_window", "deployment_count"]
+    list_filter = ["provider", "kind", "active"]
     search_fields = ["name"]
     readonly_fields = ["created_at"]
     inlines = [DeploymentInline]

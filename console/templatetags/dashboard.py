@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from django import template
 
+from console.analytics import endpoint_label
 from console.analytics import money as money_str
 
 register = template.Library()
@@ -19,6 +20,12 @@ def money(value) -> str:
     whole, _, fraction = text.partition(".")
     sign = "-" if whole.startswith("-") else ""
     return f"{sign}{int(whole.lstrip('-')):,}.{fraction}"
+
+
+@register.filter(name="endpoint_label")
+def endpoint_label_filter(value) -> str:
+    """ "embeddings" → "Embeddings (/v1/embeddings)": an endpoint as staff read it."""
+    return endpoint_label(str(value))
 
 
 @register.filter

@@ -8,6 +8,7 @@ no framework, orjson for JSON.
 Endpoints
     POST /v1/chat/completions                                   OpenAI; `Authorization: Bearer <any>`
     POST /openai/deployments/{deployment}/chat/completions      Azure; header `api-key`, query `api-version`
+    POST /v1/embeddings, /openai/deployments/{d}/embeddings     OpenAI, Azure embeddings (see `embeddings`)
     POST /v1/messages                                           Anthropic; `anthropic-version` and a key, in
                                                                 `x-api-key` or `Authorization: Bearer` (anthropic>=2)
     POST /v1/messages/count_tokens                              Anthropic's token count (gateway/mock/count_tokens.py)
@@ -51,7 +52,14 @@ an unknown or malformed one is a 400, so that a typo does not pass silently):
     [[mock:filtered_output]]   HTTP 200, finish_reason "content_filter" (Anthropic: stop_reason "refusal")
     [[mock:cached=N]]          N cached prompt tokens: OpenAI cached_tokens (inside prompt_tokens);
                                Anthropic cache_read_input_tokens (outside input_tokens)
-    [[mock:cache_write=N]]     Anthropic cache_creation_input_tokens (outside input_tokens)
+    [[mock:cache_write=N]]     Anthropic cache_creation_input_tokens (outside input_tokens), written for 5 minutes
+    [[mock:cache_write_1h=N]]  N more cache-write tokens, written for 1 hour: `usage.cache_creation` splits
+                               the writes into ephemeral_5m_input_tokens / ephemeral_1h_input_tokens. The
+                               request's cache_control breakpoints decide the lifetimes, as at the real API:
+                               with only 5-minute breakpoints ({"type": "ephemeral"} or "ttl": "5m") every
+                               write is a 5-minute one, with only "ttl": "1h" ones every write is a 1-hour
+                               one, with both (or with none: a translated request carries none) the split
+                               is as the directives say. A ttl other than "5m" / "1h" is a 400.
     [[mock:words=N]]           a reply of exactly N tokens (before max_tokens)
     [[mock:latency_ms=N]]      wait N ms before the first byte (overrides --latency-ms)
     [[mock:chunk_delay_ms=N]]  wait N ms between stream chunks (overrides --chunk-delay-ms)
@@ -91,7 +99,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from gateway.mock import responses
+from gateway.mock import embeddings, responses
 from gateway.tokenizer import (
     CL100K,
     O200K,
@@ -162,6 +170,7 @@ class Directives:
     filtered_output: bool = False
     cached: int = 0
     cache_write: int = 0
+    cache_write_1h: int = 0
     words: int | None = None
     latency_ms: int | None = None
     chunk_delay_ms: int | None = None
@@ -172,7 +181,17 @@ class Directives:
 
 _DIRECTIVE = re.compile(r"\[\[mock:([^\]=]*)(?:=([^\]]*))?\]\]")
 _NUMBER_DIRECTIVES = frozenset(
-    {"status", "retry_after", "cached", "cache_write", "words", "latency_ms", "chunk_delay_ms", "break_after"}
+    {
+        "status",
+        "retry_after",
+        "cached",
+        "cache_write",
+        "cache_write_1h",
+        "words",
+        "latency_ms",
+        "chunk_delay_ms",
+        "break_after",
+    }
 )
 _FLAG_DIRECTIVES = frozenset({"quota", "content_filter", "filtered_output", "stream_error", "tool"})
 
@@ -209,6 +228,7 @@ class Exchange:
     include_usage: bool
     tool: tuple[str, Json] | None
     directives: Directives
+    cache_ttls: frozenset[str] = frozenset()  # lifetimes the request's cache_control breakpoints ask for
 
 
 def openai_exchange(body: Json, *, deployment: str | None) -> Exchange:
@@ -272,7 +292,26 @@ def anthropic_exchange(body: Json) -> Exchange:
         include_usage=False,
         tool=_anthropic_tool(body),
         directives=parse_directives(prompt_text),
+        cache_ttls=_cache_ttls(body),
     )
+
+
+def _cache_ttls(body: Json) -> frozenset[str]:
+    """The ttls of every cache_control breakpoint (system, message blocks, tools); none given is "5m"."""
+    blocks: list[Any] = [*_list(body.get("system")), *_list(body.get("tools"))]
+    for message in _list(body.get("messages")):
+        if isinstance(message, dict):
+            blocks.extend(_list(message.get("content")))
+    ttls = set()
+    for block in blocks:
+        control = block.get("cache_control") if isinstance(block, dict) else None
+        if not isinstance(control, dict):
+            continue
+        ttl = control.get("ttl", "5m")
+        if ttl not in ("5m", "1h"):
+            raise ApiError(400, "cache_control.ttl: Input should be '5m' or '1h'")
+        ttls.add(ttl)
+    return frozenset(ttls)
 
 
 def billing_encoding(model: str) -> str:
@@ -395,8 +434,9 @@ class Reply:
 class Usage:
     prompt_tokens: int  # all input, cache reads and writes included
     cache_read: int
-    cache_write: int
+    cache_write: int  # one-hour writes included
     output_tokens: int
+    cache_write_1h: int = 0
 
 
 def token_pieces(text: str, *, encoding: str = O200K) -> list[str]:
@@ -467,9 +507,16 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
 
 def usage_of(exchange: Exchange, reply: Reply) -> Usage:
     total = exchange.prompt_tokens
-    read = min(exchange.directives.cached, total)
-    write = min(exchange.directives.cache_write, total - read)
-    return Usage(prompt_tokens=total, cache_read=read, cache_write=write, output_tokens=reply.output_tokens)
+    directives, ttls = exchange.directives, exchange.cache_ttls
+    read = min(directives.cached, total)
+    write = min(directives.cache_write + directives.cache_write_1h, total - read)
+    one_hour = min(directives.cache_write_1h, write)
+    if ttls == {"5m"}:
+        one_hour = 0
+    elif ttls == {"1h"}:
+        one_hour = write
+    output = reply.output_tokens
+    return Usage(prompt_tokens=total, cache_read=read, cache_write=write, output_tokens=output, cache_write_1h=one_hour)
 
 
 # --- OpenAI and Azure wire format -----------------------------------------------------------------------
@@ -603,7 +650,10 @@ def anthropic_usage(usage: Usage) -> Json:
         "input_tokens": usage.prompt_tokens - usage.cache_read - usage.cache_write,
         "cache_creation_input_tokens": usage.cache_write,
         "cache_read_input_tokens": usage.cache_read,
-        "cache_creation": {"ephemeral_5m_input_tokens": usage.cache_write, "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write - usage.cache_write_1h,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h,
+        },
         "output_tokens": usage.output_tokens,
         "service_tier": "standard",
     }
@@ -834,6 +884,8 @@ class MockApp:
             await count_tokens_endpoint(self, request, send)
         elif azure and method == "POST":
             await self._model_request(Api.AZURE, request, receive, send, deployment=azure.group(1))
+        elif (target := embeddings.route(path)) and method == "POST":
+            await embeddings.serve(self, request, send, *target)
         elif match := responses.route(path):
             api = Api.AZURE if path.startswith("/openai/") else Api.OPENAI
             await self.responses.handle(match, api, request, receive, send)

@@ -64,6 +64,11 @@ class AnthropicAdapter:
             raise error_from_sdk(exc) from exc
         return orjson.loads(response.content)
 
+    async def embed(self, body: dict) -> dict:
+        """Anthropic has no embeddings API: a deployment here cannot serve one. Retryable, so that
+        routing moves on to a deployment that can; when none can, the client gets a 400."""
+        raise ProviderError("anthropic", 0, "unsupported_endpoint", "Anthropic serves no embeddings", True)
+
     async def open_stream(self, body: dict) -> SSEEventStream:
         try:
             response = await self.client.post(

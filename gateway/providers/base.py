@@ -89,6 +89,8 @@ class Adapter(Protocol):
 
     async def open_stream(self, body: dict) -> EventStream: ...
 
+    async def embed(self, body: dict) -> dict: ...
+
 
 class SSEEventStream:
     """Iterates the `data:` payloads of a streamed upstream response (an unread httpx2.Response) as dicts.

@@ -1,4 +1,5 @@
-"""OpenAI (and, through `azure.py`, Azure OpenAI) chat completions and the Responses API via the official SDK."""
+"""OpenAI (and, through `azure.py`, Azure OpenAI) chat completions, embeddings and the Responses API via the
+official SDK."""
 
 from urllib.parse import quote
 
@@ -9,6 +10,7 @@ import orjson
 from .base import ProviderError, SSEEventStream, connection_failed, request_options
 
 PATH = "/chat/completions"  # under the client's base URL; AsyncAzureOpenAI adds /deployments/<model>
+EMBEDDINGS_PATH = "/embeddings"  # likewise routed to the deployment by AsyncAzureOpenAI
 # Not a deployment path: AsyncAzureOpenAI sends it to {endpoint}/openai/responses?api-version=..., the
 # body's `model` naming the deployment.
 RESPONSES = "/responses"
@@ -66,6 +68,17 @@ class OpenAIAdapter:
     async def complete(self, body: dict) -> dict:
         try:
             response = await self.client.post(PATH, cast_to=httpx2.Response, body=body, options=request_options())
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(self.provider, exc) from exc
+        return orjson.loads(response.content)
+
+    async def embed(self, body: dict) -> dict:
+        """An embeddings request as the client sent it (model set to the upstream's); the answer as
+        the provider gave it, vectors untouched (a base64 `embedding` stays the provider's string)."""
+        try:
+            response = await self.client.post(
+                EMBEDDINGS_PATH, cast_to=httpx2.Response, body=body, options=request_options()
+            )
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
         return orjson.loads(response.content)
