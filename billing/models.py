@@ -189,6 +189,7 @@ class UsageRecord(models.Model):
         CHAT = "chat", "/v1/chat/completions"
         MESSAGES = "messages", "/v1/messages"
         EMBEDDINGS = "embeddings", "/v1/embeddings"
+        RESPONSES = "responses", "/v1/responses"
 
     request_id = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(db_index=True)

@@ -58,8 +58,8 @@ class Call:
     """What is known about one completion request as it advances."""
 
     request_id: str
-    endpoint: str  # "chat", "messages", "count_tokens" or "embeddings" (UsageRecord.Endpoint)
-    client_family: str  # the wire format the caller speaks: "openai" or "anthropic"
+    endpoint: str  # "chat", "messages", "count_tokens", "embeddings" or "responses" (UsageRecord.Endpoint)
+    client_family: str  # the wire format the caller speaks: "openai", "anthropic" or "responses"
     caller: Caller
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=timezone.now)

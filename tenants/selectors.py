@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from .crypto import decrypt
 from .keys import key_hash
-from .models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
+from .models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, StoredResponse, Tenant
 from .profiles import ModelScope
 
 
@@ -92,3 +92,49 @@ def credential_secret(*, tenant_id: int | None, provider: str) -> tuple[str, str
 def platform_policy() -> PlatformPolicy:
     """The platform policy; an unsaved default when staff never set one (reading writes nothing)."""
     return PlatformPolicy.objects.filter(pk=1).first() or PlatformPolicy()
+
+
+# A conversation longer than this many stored responses is refused rather than walked.
+RESPONSE_CHAIN_MAX = 500
+
+
+def stored_response_get(*, tenant_id: int, response_id: str) -> StoredResponse | None:
+    """This tenant's stored response of that id, with its deployment; None for another tenant's
+    (which, for this tenant, does not exist), an expired or an unknown one."""
+    if "\x00" in response_id:
+        return None  # no id holds one, and PostgreSQL refuses NUL in a query's text
+    return (
+        StoredResponse.objects.select_related("deployment")
+        .filter(tenant_id=tenant_id, response_id=response_id, expires_at__gt=timezone.now())
+        .first()
+    )
+
+
+def stored_response_chain(*, tenant_id: int, response_id: str) -> list[StoredResponse] | None:
+    """The conversation that ends with `response_id`, oldest first, following `previous_response_id`
+    within this tenant only; None when a link is missing (deleted, expired, another tenant's) or
+    the chain is longer than RESPONSE_CHAIN_MAX. One query (a recursive CTE), whatever its length."""
+    if "\x00" in response_id:
+        return None
+    table = StoredResponse._meta.db_table
+    now = timezone.now()
+    rows = list(
+        StoredResponse.objects.raw(
+            f"""
+            WITH RECURSIVE chain AS (
+                SELECT id, previous_response_id, 1 AS depth FROM {table}
+                WHERE tenant_id = %s AND response_id = %s AND expires_at > %s
+                UNION ALL
+                SELECT s.id, s.previous_response_id, c.depth + 1 FROM {table} s
+                JOIN chain c ON s.response_id = c.previous_response_id
+                WHERE s.tenant_id = %s AND s.expires_at > %s AND c.depth <= %s
+            )
+            SELECT r.*, chain.depth AS depth FROM {table} r JOIN chain ON chain.id = r.id
+            ORDER BY chain.depth DESC
+            """,  # noqa: S608 (the table name is the model's own; every value is a parameter)
+            [tenant_id, response_id, now, tenant_id, now, RESPONSE_CHAIN_MAX],
+        )
+    )
+    if not rows or len(rows) > RESPONSE_CHAIN_MAX or rows[0].previous_response_id:
+        return None  # missing, too long, or the oldest one continues a response that is gone
+    return rows

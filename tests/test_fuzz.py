@@ -46,6 +46,7 @@ def fuzz(examples: int) -> hypothesis_settings:
 
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
+RESPONSES = "/v1/responses"
 MODELS = ["gpt-test", "claude-test", "azure-gpt-test"]  # the `catalog` fixture: both families, translated too
 
 
@@ -294,6 +295,72 @@ def count_tokens_bodies(draw):
     return body
 
 
+responses_part = st.one_of(
+    objects({"type": st.just("input_text"), "text": text}),
+    objects({"type": st.just("input_image"), "image_url": URLS}, {"detail": st.sampled_from(["low", "auto"])}),
+    objects(
+        {"type": st.just("input_file"), "file_data": st.just("data:application/pdf;base64,JVBE")}, {"filename": text}
+    ),
+    objects({"type": st.just("output_text"), "text": text}),
+)
+responses_item = st.one_of(
+    objects(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "developer"]),
+            "content": text | st.lists(responses_part, max_size=3),
+        },
+        {"type": st.just("message"), "id": st.just("msg_fuzz")},
+    ),
+    objects(
+        {
+            "type": st.just("function_call"),
+            "call_id": st.just("call_1"),
+            "name": st.just("lookup"),
+            "arguments": st.just('{"q": "x"}'),
+        }
+    ),
+    objects({"type": st.just("function_call_output"), "call_id": st.just("call_1"), "output": text}),
+    objects({"type": st.just("reasoning"), "summary": st.just([])}, {"encrypted_content": text}),
+)
+responses_tool = objects(
+    {"type": st.just("function"), "name": st.sampled_from(["lookup", "get"])},
+    {
+        "description": text,
+        "parameters": st.just({"type": "object", "properties": {"q": {"type": "string"}}}),
+        "strict": st.booleans(),
+    },
+)
+
+
+@st.composite
+def responses_bodies(draw):
+    """What `client.responses.create` sends (previous_response_id is unknown here: a 404)."""
+    body = draw(
+        objects(
+            {"model": st.sampled_from(MODELS), "input": text | st.lists(responses_item, min_size=1, max_size=4)},
+            {
+                "instructions": text,
+                "tools": st.lists(responses_tool, max_size=2),
+                "tool_choice": st.sampled_from(["auto", "none", "required", {"type": "function", "name": "lookup"}]),
+                "max_output_tokens": st.integers(1, 64),
+                "temperature": st.floats(0, 2),
+                "top_p": st.floats(0, 1),
+                "store": st.booleans(),
+                "stream": st.booleans(),
+                "reasoning": st.just({"effort": "low"}),
+                "text": st.just({"format": {"type": "text"}}),
+                "include": st.just(["reasoning.encrypted_content"]),
+                "parallel_tool_calls": st.booleans(),
+                "metadata": st.dictionaries(short, short, max_size=2),
+                "previous_response_id": st.just("resp_unknown"),
+                "user": text,
+                "prompt_cache_key": text,
+            },
+        )
+    )
+    return with_future_field(draw, body)
+
+
 def _slots(value, slots: list) -> list:
     """Every (container, key) of a JSON value: the positions a mutation may hit."""
     if isinstance(value, dict):
@@ -361,8 +428,13 @@ def broken(draw, bodies):
 
 @pytest.mark.parametrize(
     ("path", "bodies"),
-    [(CHAT, chat_bodies()), (MESSAGES, messages_bodies()), (COUNT_TOKENS, count_tokens_bodies())],
-    ids=["chat", "messages", "count_tokens"],
+    [
+        (CHAT, chat_bodies()),
+        (MESSAGES, messages_bodies()),
+        (COUNT_TOKENS, count_tokens_bodies()),
+        (RESPONSES, responses_bodies()),
+    ],
+    ids=["chat", "messages", "count_tokens", "responses"],
 )
 def test_completion_endpoints_never_answer_5xx(fuzz_world, path, bodies):
     loop, key = fuzz_world
@@ -384,7 +456,7 @@ def test_completion_endpoints_never_answer_5xx(fuzz_world, path, bodies):
 
 def test_random_json_and_bytes_never_answer_5xx(fuzz_world):
     loop, key = fuzz_world
-    paths = st.sampled_from([CHAT, MESSAGES, COUNT_TOKENS, "/v1/templates"])
+    paths = st.sampled_from([CHAT, MESSAGES, COUNT_TOKENS, RESPONSES, "/v1/templates"])
     payloads = json_values.map(dumps) | st.binary(max_size=64)
 
     @fuzz(500)
@@ -437,6 +509,8 @@ def test_query_strings_and_paths_never_answer_5xx(fuzz_world):
         check(loop, key, f"/v1/templates/{name}", method=method)
         check(loop, key, f"/v1/templates/{name}/versions/{version}", method="GET")
         check(loop, key, f"/v1/logs/{name}", method="GET")
+        check(loop, key, f"/v1/responses/{name}", method=method)
+        check(loop, key, f"/v1/responses/{name}/input_items", method="GET", query=version.encode())
 
     run_queries()
     run_paths()

@@ -10,9 +10,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from billing.models import UsageRecord
-from tenants.models import PromptTemplate, RequestLog, Tenant
+from tenants.models import PromptTemplate, RequestLog, StoredResponse, Tenant
 from tenants.prompting import template_create_version
 from tenants.services import request_logs_purge_expired, tenant_data_purge
 
@@ -69,7 +70,7 @@ def test_purging_a_tenant_deletes_its_logs_and_templates_and_keeps_billing(data)
     assert list(UsageRecord.objects.filter(tenant=alice).values()) == usage
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("tenant alice: 3 request log(s) and 2 prompt template version(s) will be deleted")
-    assert lines[-1] == "deleted 3 request log(s) and 2 prompt template version(s) of alice"
+    assert lines[-1] == "deleted 3 request log(s), 2 prompt template version(s) and 0 stored response(s) of alice"
     assert Tenant.objects.filter(slug="alice").exists()  # the tenant itself stays
 
 
@@ -92,8 +93,11 @@ def test_purging_an_unknown_tenant_is_an_error(db):
 
 
 def test_the_purge_service_returns_what_it_deleted(data):
-    assert tenant_data_purge(tenant=data["bob"]) == {"request_logs": 3, "prompt_templates": 2}
-    assert tenant_data_purge(tenant=data["bob"]) == {"request_logs": 0, "prompt_templates": 0}
+    StoredResponse.objects.create(
+        response_id="resp_bob", tenant=data["bob"], model="m", created_at=timezone.now(), expires_at=timezone.now()
+    )
+    assert tenant_data_purge(tenant=data["bob"]) == {"request_logs": 3, "prompt_templates": 2, "stored_responses": 1}
+    assert tenant_data_purge(tenant=data["bob"]) == {"request_logs": 0, "prompt_templates": 0, "stored_responses": 0}
 
 
 # --- retention ---------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """`manage.py purge_tenant_data SLUG [--yes]`: delete a tenant's request logs (prompts and
-responses) and prompt templates. Billing (usage records, invoices) is kept."""
+responses), prompt templates and stored Responses API responses. Billing (usage records, invoices) is kept."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from tenants.models import PromptTemplate, RequestLog, Tenant
+from tenants.models import PromptTemplate, RequestLog, StoredResponse, Tenant
 from tenants.services import tenant_data_purge
 
 
@@ -20,9 +20,10 @@ class Command(BaseCommand):
             raise CommandError(f"no tenant {slug!r}")
         logs = RequestLog.objects.filter(tenant=tenant).count()
         templates = PromptTemplate.objects.filter(tenant=tenant).count()
+        responses = StoredResponse.objects.filter(tenant=tenant).count()
         self.stdout.write(
-            f"tenant {slug}: {logs} request log(s) and {templates} prompt template version(s) will be deleted; "
-            "usage records and invoices are kept"
+            f"tenant {slug}: {logs} request log(s) and {templates} prompt template version(s) will be deleted, "
+            f"with {responses} stored response(s); usage records and invoices are kept"
         )
         if not yes:
             answer = input(f"Type the tenant's slug ({slug}) to delete them: ")
@@ -30,6 +31,6 @@ class Command(BaseCommand):
                 raise CommandError("not confirmed; nothing was deleted")
         deleted = tenant_data_purge(tenant=tenant)
         self.stdout.write(
-            f"deleted {deleted['request_logs']} request log(s) and {deleted['prompt_templates']} "
-            f"prompt template version(s) of {slug}"
+            f"deleted {deleted['request_logs']} request log(s), {deleted['prompt_templates']} "
+            f"prompt template version(s) and {deleted['stored_responses']} stored response(s) of {slug}"
         )
