@@ -44,15 +44,25 @@ class Cached:
 
 
 def cache_key(
-    *, tenant_id: int, ttl: int | None, family: str, model: str, body: dict, cache_control: str
+    *,
+    tenant_id: int,
+    ttl: int | None,
+    family: str,
+    model: str,
+    body: dict,
+    cache_control: str,
+    betas: tuple[str, ...] = (),
 ) -> str | None:
-    """The entry's key, or None when this request neither reads nor writes the cache."""
+    """The entry's key, or None when this request neither reads nor writes the cache.
+
+    Betas (`anthropic-beta`) can change the answer, so they are part of the key when there are any.
+    """
     if not ttl or body.get("stream") or "no-store" in cache_control:
         return None
-    canonical = orjson.dumps(
-        {"family": family, "model": model, "body": {k: v for k, v in body.items() if k != "model"}},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    entry = {"family": family, "model": model, "body": {k: v for k, v in body.items() if k != "model"}}
+    if betas:
+        entry["betas"] = sorted(betas)
+    canonical = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
     return f"gw:rc:{tenant_id}:{hashlib.sha256(canonical).hexdigest()}"
 
 

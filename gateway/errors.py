@@ -88,3 +88,11 @@ def openai_error_response(error: GatewayError) -> HttpResponse:
 
 def anthropic_error_response(error: GatewayError) -> HttpResponse:
     return _json(anthropic_error_body(error), error.status, error.headers)
+
+
+def with_request_id(response: HttpResponse, request_id: str) -> HttpResponse:
+    """The request's id on its answer: `x-request-id`, and `request-id`, which the Anthropic SDK
+    reads (`message._request_id`)."""
+    response["x-request-id"] = request_id
+    response["request-id"] = request_id
+    return response

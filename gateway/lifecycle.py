@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -37,6 +38,7 @@ from django.utils import timezone
 
 from billing.pricing import Tokens
 
+from . import observability
 from .db import DATABASE_UNAVAILABLE
 from .errors import GatewayError
 from .limits import Admission
@@ -54,7 +56,7 @@ class Call:
     """What is known about one completion request as it advances."""
 
     request_id: str
-    endpoint: str  # "chat" or "messages"
+    endpoint: str  # "chat", "messages" or "count_tokens"
     client_family: str  # the wire format the caller speaks: "openai" or "anthropic"
     caller: Caller
     started: float = field(default_factory=time.perf_counter)
@@ -72,6 +74,10 @@ class Call:
     upstream_asked: bool = False  # a provider was sent the request (it may bill us for the prompt)
     client_gone: bool = False  # the client hung up while the upstream call was on its way
     prompt_estimate: int = 0  # the admission's bound of the prompt, kept in the journal's trace
+    betas: tuple[str, ...] = ()  # the `anthropic-beta` header's betas, checked (gateway/betas.py)
+    # False for a call no provider bills (a token count): it writes no usage record, only its
+    # metrics and log line, and gives back its admission without settling tokens or cost.
+    billable: bool = True
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -166,6 +172,12 @@ class Owner:
     async def _record_and_settle(self, outcome: Outcome) -> None:
         call = self.call
         admission = self.admission
+        if not call.billable:
+            observability.request_finished(call.metered(outcome), cost=Decimal(0))
+            self.recorded = True
+            if admission is not None:
+                await admission.release()
+            return
         cost = None
         try:
             cost = await record(

@@ -18,16 +18,14 @@ from django.utils.deprecation import MiddlewareMixin
 from django.views import defaults
 
 from .db import DATABASE_UNAVAILABLE
-from .errors import GatewayError, anthropic_error_response, openai_error_response
+from .errors import GatewayError, anthropic_error_response, openai_error_response, with_request_id
 
 log = logging.getLogger(__name__)
 
 
 def _render(request: HttpRequest, error: GatewayError, request_id: str) -> HttpResponse:
     render = anthropic_error_response if request.path.startswith("/v1/messages") else openai_error_response
-    response = render(error)
-    response["x-request-id"] = request_id
-    return response
+    return with_request_id(render(error), request_id)
 
 
 def api_exception_response(request: HttpRequest, exception: Exception) -> HttpResponse | None:

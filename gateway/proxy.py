@@ -24,7 +24,7 @@ from .lifecycle import Call, Outcome, Owner
 from .limits import Admission, admit
 from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive, tokens_from_usage
 from .providers import Adapter, EventStream, ProviderError, adapter_for
-from .providers.base import GATEWAY_REQUEST_ID
+from .providers.base import ANTHROPIC_BETAS, GATEWAY_REQUEST_ID
 from .registry import DeploymentView, catalog, key_month_to_date, month_to_date, policy
 from .streams import StreamError, processor_for
 from .tokenizer import prompt_token_bound
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Call", "complete", "stream"]
 
 
-async def resolve(call: Call) -> list[DeploymentView]:
+async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
     """Policy: platform rules first, then the model exists, this key may use it, in the tenant's
     region, on a provider that is not switched off, and it has a price. Then the tenant's
     profile (default parameters, max_tokens ceiling) is applied to the body.
@@ -82,7 +82,8 @@ async def resolve(call: Call) -> list[DeploymentView]:
     if call.price is None:
         # Serving a request that cannot be billed would break the promise of exact billing.
         raise GatewayError(503, f"The model `{call.requested_model}` has no price in force.", "no_price")
-    apply_profile(call, global_cap=rules.max_tokens_cap)
+    if profile:  # a token count generates nothing: no defaults, no max_tokens ceiling
+        apply_profile(call, global_cap=rules.max_tokens_cap)
     return deployments
 
 
@@ -186,6 +187,7 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
     """Try deployments in order; move on only for failures another deployment may not have."""
     failure: ProviderError | None = None
     GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
+    ANTHROPIC_BETAS.set(call.betas)  # sent as anthropic-beta, by the Anthropic adapter only (gateway/betas.py)
     for deployment in deployments:
         call.deployment = deployment
         # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
@@ -219,6 +221,7 @@ async def complete(call: Call, owner: Owner) -> HttpResponse:
         model=call.model_name,
         body=call.body,
         cache_control=call.cache_control,
+        betas=call.betas,
     )
     if key is not None:
         cached = await cache_lookup(key, cache_control=call.cache_control)

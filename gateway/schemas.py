@@ -545,6 +545,47 @@ class MessagesRequest(_Open):
         return True
 
 
+class CountTokensRequest(_Open):
+    """`POST /v1/messages/count_tokens`: a Messages body without what only generation reads.
+
+    Typed like `MessagesRequest` (model, messages, system, tools, tool_choice, thinking,
+    output_config); beta-only fields (`context_management`, `mcp_servers`, ...) pass as unknown
+    fields and go to the provider as sent. `max_tokens`, `stream` and the sampling parameters
+    are refused (`parse_count_tokens`): Anthropic's endpoint refuses them too, and a count
+    made locally would ignore them without a word.
+    """
+
+    model: NonEmptyStr
+    messages: list[AnthropicMessage]
+    system: System | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+
+    @property
+    def stream(self) -> bool:
+        return False
+
+    @property
+    def include_usage(self) -> bool:
+        return False
+
+
+# Parameters of a generation that a token count does not take (Anthropic: "Extra inputs are not permitted").
+COUNT_TOKENS_REFUSED = (
+    "max_tokens",
+    "stream",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "metadata",
+    "service_tier",
+    "template",
+)
+
+
 # --- query parameters ------------------------------------------------------------------------
 
 # The last day whose next day Python can still hold: the usage selectors read up to end + 1 day.
@@ -674,6 +715,7 @@ def to_gateway_error(exc: ValidationError) -> GatewayError:
 
 _CHAT = TypeAdapter(ChatRequest)
 _MESSAGES = TypeAdapter(MessagesRequest)
+_COUNT_TOKENS = TypeAdapter(CountTokensRequest)
 _USAGE = TypeAdapter(UsageQuery)
 
 
@@ -729,6 +771,20 @@ def _system_turn_error(exc: ValidationError) -> GatewayError | None:
             param=path,
         )
     return None
+
+
+def parse_count_tokens(body: dict) -> CountTokensRequest:
+    """A count_tokens body, typed, or a GatewayError 400 naming the first wrong field."""
+    for name in COUNT_TOKENS_REFUSED:
+        if name in body:
+            raise bad_request(f"`{name}` is not a parameter of count_tokens.", param=name)
+    try:
+        parsed = _COUNT_TOKENS.validate_python(body)
+    except ValidationError as exc:
+        raise _system_turn_error(exc) or to_gateway_error(exc) from None
+    if not parsed.messages:
+        raise bad_request("`messages` must be a non-empty array.", param="messages")
+    return parsed
 
 
 def parse_usage_query(params: dict[str, str]) -> tuple[date, date]:

@@ -5,6 +5,7 @@ from . import api, views
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
     path("v1/messages", views.messages),
+    path("v1/messages/count_tokens", views.count_tokens),
     path("v1/models", views.models),
     path("v1/usage", views.usage),
     path("v1/templates", api.TemplatesView.as_view()),

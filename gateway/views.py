@@ -21,11 +21,12 @@ from django.views.decorators.csrf import csrf_exempt
 from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
-from . import observability, proxy, schemas
+from . import betas, observability, proxy, schemas
+from . import count_tokens as count_tokens_service
 from .auth import Access, access_check, authenticate
 from .db import db_call
-from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response
-from .lifecycle import Call, internal_error, owned
+from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response, with_request_id
+from .lifecycle import Call, Owner, internal_error, owned
 from .registry import Caller, catalog, policy
 from .throttle import tenant_rate_limited
 
@@ -59,7 +60,7 @@ def _validate_messages(body: dict) -> schemas.MessagesRequest:
     return schemas.parse_messages(body)
 
 
-Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest]
+Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest | schemas.CountTokensRequest]
 _PARSERS: dict[str, Validator] = {
     "openai": schemas.parse_chat,
     "anthropic": schemas.parse_messages,
@@ -98,6 +99,13 @@ def _text_parts(content: list) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+Serve = Callable[[Call, Owner], Awaitable[HttpResponse]]
+
+
+async def _proxied(call: Call, owner: Owner) -> HttpResponse:
+    return await (proxy.stream(call, owner) if call.stream else proxy.complete(call, owner))
+
+
 async def _completion(
     request: HttpRequest,
     *,
@@ -105,6 +113,8 @@ async def _completion(
     family: str,
     validate: Validator,
     render: Callable[[GatewayError], HttpResponse],
+    serve: Serve = _proxied,
+    billable: bool = True,
 ) -> HttpResponse:
     """Parse, run under the request's owner (gateway.lifecycle), render."""
     request_id = _request_id()
@@ -115,30 +125,29 @@ async def _completion(
     except Exception as exc:
         error = exc if isinstance(exc, GatewayError) else internal_error(request_id, exc)
         observability.request_unattributed(request, request_id=request_id, endpoint=endpoint, error=error)
-        response = render(error)
-        response["x-request-id"] = request_id
-        return response
+        return with_request_id(render(error), request_id)
     observability.request_attributed(request, tenant=caller.tenant.slug)
-    call = Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller)
+    call = Call(request_id=request_id, endpoint=endpoint, client_family=family, caller=caller, billable=billable)
     try:
         async with owned(call) as owner:
             await _parse(request, call, validate)
-            response = await (proxy.stream(call, owner) if call.stream else proxy.complete(call, owner))
+            response = await serve(call, owner)
     except GatewayError as error:
         response = render(error)
     for name, value in owner.headers.items():
         response.setdefault(name, value)
     if call.cache_status:
         response["x-cache"] = call.cache_status
-    response["x-request-id"] = request_id
-    return response
+    return with_request_id(response, request_id)
 
 
 async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
     body = _json_body(request)
     if isinstance(body.get("model"), str):
         call.requested_model = call.model_name = body["model"]
-    if "template" in body:
+    if call.client_family == "anthropic":
+        call.betas = betas.parse_betas(request.headers.get(betas.HEADER))
+    if "template" in body and call.billable:  # a token count refuses `template` (schemas.parse_count_tokens)
         await _expand_template(call.caller, body, call.client_family)
     parsed = validate(body)
     call.body = body  # the caller's own JSON goes upstream, as sent: the parse vouches for its shape
@@ -158,6 +167,20 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 async def messages(request: HttpRequest) -> HttpResponse:
     return await _completion(
         request, endpoint="messages", family="anthropic", validate=_validate_messages, render=anthropic_error_response
+    )
+
+
+@csrf_exempt
+async def count_tokens(request: HttpRequest) -> HttpResponse:
+    """`POST /v1/messages/count_tokens` (gateway/count_tokens.py): not billed, admitted, Anthropic's shape."""
+    return await _completion(
+        request,
+        endpoint="count_tokens",
+        family="anthropic",
+        validate=schemas.parse_count_tokens,
+        render=anthropic_error_response,
+        serve=count_tokens_service.count_tokens,
+        billable=False,
     )
 
 

@@ -35,7 +35,7 @@ if settings.SERVE_STATIC:
 
 # Exact paths: anything else under /v1/ (a typo, a trailing slash) gets Django's full stack and
 # the gateway's 404 in wire format.
-HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages"})
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"})
 hot_path_application = HotPathHandler()
 
 # The URLconf imports the views, and so the SDKs and their transports, now rather than on the

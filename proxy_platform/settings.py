@@ -228,6 +228,9 @@ GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)
 GATEWAY_CONCURRENCY_HORIZON_SECONDS = env_int("GATEWAY_CONCURRENCY_HORIZON_SECONDS", 900)
 GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
 GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
+# Betas a caller may name in `anthropic-beta` on top of the built-in list (gateway/betas.py):
+# comma-separated names; any other beta is a 400 naming the header.
+GATEWAY_ANTHROPIC_BETAS = env_list("GATEWAY_ANTHROPIC_BETAS")
 # The longest a request waits on one database call of the gateway (gateway/db.py), then 503 (or,
 # for a usage record, the journal). Redis calls are bounded by GATEWAY_LIMITS_REDIS_TIMEOUT.
 GATEWAY_DB_TIMEOUT = env_float("GATEWAY_DB_TIMEOUT", 3.0)

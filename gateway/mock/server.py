@@ -10,6 +10,7 @@ Endpoints
     POST /openai/deployments/{deployment}/chat/completions      Azure; header `api-key`, query `api-version`
     POST /v1/messages                                           Anthropic; `anthropic-version` and a key, in
                                                                 `x-api-key` or `Authorization: Bearer` (anthropic>=2)
+    POST /v1/messages/count_tokens                              Anthropic's token count (gateway/mock/count_tokens.py)
     GET  /v1/models                                             a small list (Anthropic shape with `anthropic-version`)
     GET  /health                                                {"status": "ok"}
     GET  /_mock/requests                                        the last 500 requests seen (not /health, /_mock)
@@ -823,6 +824,10 @@ class MockApp:
             await self._model_request(Api.OPENAI, request, receive, send)
         elif path == "/v1/messages" and method == "POST":
             await self._model_request(Api.ANTHROPIC, request, receive, send)
+        elif path == "/v1/messages/count_tokens" and method == "POST":
+            from gateway.mock.count_tokens import count_tokens_endpoint  # the module imports this one
+
+            await count_tokens_endpoint(self, request, send)
         elif azure and method == "POST":
             await self._model_request(Api.AZURE, request, receive, send, deployment=azure.group(1))
         else:

@@ -25,6 +25,9 @@ import orjson
 # read here, without widening every adapter's signature.
 GATEWAY_REQUEST_ID: ContextVar[str] = ContextVar("gateway_request_id", default="")
 REQUEST_ID_HEADER = "x-gateway-request-id"
+# The betas of the current request's `anthropic-beta` header (gateway/betas.py), set like the
+# request id where the call is routed; only the Anthropic adapter sends them.
+ANTHROPIC_BETAS: ContextVar[tuple[str, ...]] = ContextVar("anthropic_betas", default=())
 
 
 def request_options() -> dict:
