@@ -170,6 +170,7 @@ def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, a
     body = sent[0]["body"]
     assert body["model"] == "claude-haiku-4-5"
     assert body["stream"] is True
+    assert "claude-code-20250219" in sent[0]["headers"]["anthropic-beta"].split(",")
     exchange = anthropic_exchange(body)
     reply = compose_reply(exchange, tool_id="unused")
     usage = usage_of(exchange, reply)
