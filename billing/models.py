@@ -133,6 +133,7 @@ class UsageRecord(models.Model):
     class Endpoint(models.TextChoices):
         CHAT = "chat", "/v1/chat/completions"
         MESSAGES = "messages", "/v1/messages"
+        RESPONSES = "responses", "/v1/responses"
 
     request_id = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(db_index=True)

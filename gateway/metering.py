@@ -50,19 +50,55 @@ def tokens_from_anthropic(usage: dict) -> Tokens:
     )
 
 
+def tokens_from_responses(usage: dict) -> Tokens:
+    """The Responses API's usage: `input_tokens` includes `input_tokens_details.cached_tokens`, and
+    `output_tokens` includes `output_tokens_details.reasoning_tokens` (billed as output)."""
+    details = usage.get("input_tokens_details") or {}
+    prompt = _int(usage.get("input_tokens"))
+    return Tokens(
+        input=prompt,
+        cached_input=min(_int(details.get("cached_tokens")), prompt),
+        output=_int(usage.get("output_tokens")),
+    )
+
+
 def tokens_from_usage(family: str, usage: dict) -> Tokens:
     return tokens_from_openai(usage) if family == "openai" else tokens_from_anthropic(usage)
 
 
 def estimate_prompt_tokens(body: dict) -> int:
-    """Local estimate of a request's prompt, in either wire format."""
+    """Local estimate of a request's prompt, in any of the three wire formats (a Responses API
+    request: its `input` items and `instructions`; an earlier turn held upstream is not counted)."""
     total = count_message_tokens(body.get("messages") or [])
+    if "input" in body:
+        total += count_message_tokens(responses_messages(body["input"])) + count_tokens(
+            body.get("instructions") if isinstance(body.get("instructions"), str) else ""
+        )
     system = body.get("system")
     if isinstance(system, str):
         total += count_tokens(system)
     elif isinstance(system, list):
         total += sum(count_tokens(b.get("text", "")) for b in system if isinstance(b, dict))
     return total
+
+
+def responses_messages(value: object) -> list[dict]:
+    """A Responses API `input` as chat-like messages, for counting: a message's text parts, a
+    function call's name and arguments, a function call output's text."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    messages = []
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            messages.append({"content": f"{item.get('name', '')} {item.get('arguments', '')}"})
+        elif kind == "function_call_output":
+            messages.append({"content": item.get("output")})  # text_of: a string, or text parts
+        elif kind != "reasoning":
+            messages.append({"content": item.get("content")})
+    return messages
 
 
 def estimate_output_tokens(text: str) -> int:

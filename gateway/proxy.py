@@ -91,6 +91,7 @@ async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
 _DEFAULTABLE = {
     "openai": ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "stop", "seed", "user"),
     "anthropic": ("temperature", "top_p", "max_tokens"),
+    "responses": ("temperature", "top_p", "user"),
 }
 
 
@@ -101,6 +102,8 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
     for name in _DEFAULTABLE[call.client_family]:
         if name in tenant.default_params and name not in body:
             body[name] = tenant.default_params[name]
+    if call.client_family == "responses" and "max_tokens" in tenant.default_params and "max_output_tokens" not in body:
+        body["max_output_tokens"] = tenant.default_params["max_tokens"]
     if call.client_family == "anthropic" and "stop" in tenant.default_params and "stop_sequences" not in body:
         stop = tenant.default_params["stop"]
         body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -109,21 +112,29 @@ def apply_profile(call: Call, *, global_cap: int | None) -> None:
         return
     cap = min(caps)
     field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    if call.client_family == "openai" and field_name not in body:
+    if call.client_family == "responses":
+        field_name = "max_output_tokens"
+    elif call.client_family == "openai" and field_name not in body:
         field_name = "max_completion_tokens"  # accepted by every current chat model, reasoning ones included
     # A request asking for more than the ceiling is served up to the ceiling rather than refused.
     body[field_name] = min(body.get(field_name) or cap, cap)
 
 
-async def admit_call(call: Call) -> Admission:
+async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admission:
     """Take the request's place in its limits (rate, tokens, concurrency, budgets) or refuse it.
 
     The prompt is held at an upper bound of what it can be billed (`prompt_token_bound`), by the
     catalog model's provider: the deployment is not chosen yet, and settlement corrects the hold.
+    `prompt_body`: the prompt in chat terms when the request's body is not (the Responses API).
     """
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = call.prompt_estimate = prompt_token_bound(call.body, provider=call.model.provider, model=call.model.name)
-    max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
+    prompt = call.prompt_estimate = prompt_token_bound(
+        call.body if prompt_body is None else prompt_body, provider=call.model.provider, model=call.model.name
+    )
+    if call.client_family == "responses":
+        max_output = call.body.get("max_output_tokens")
+    else:
+        max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
     return await admit(
         caller=call.caller,
@@ -183,8 +194,10 @@ def gateway_error(exc: ProviderError) -> GatewayError:
             return GatewayError(502, f"{who} failed to answer.", "upstream_error")
 
 
-async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation):
-    """Try deployments in order; move on only for failures another deployment may not have."""
+async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation, *, body_for=None):
+    """Try deployments in order; move on only for failures another deployment may not have.
+    `body_for(call, deployment, family)`: the upstream body (default: `upstream_body`)."""
+    body_for = body_for or upstream_body
     failure: ProviderError | None = None
     GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     ANTHROPIC_BETAS.set(call.betas)  # sent as anthropic-beta, by the Anthropic adapter only (gateway/betas.py)
@@ -197,7 +210,7 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
         try:
             adapter = adapter_for(deployment.provider, base_url=own_base_url or deployment.base_url, api_key=secret)
             call.upstream_asked = True
-            return adapter, await operation(adapter, upstream_body(call, deployment, adapter.family))
+            return adapter, await operation(adapter, body_for(call, deployment, adapter.family))
         except ProviderError as exc:
             failure = exc
             log.warning("request %s: deployment %s failed: %s", call.request_id, deployment.id, exc.kind)
@@ -323,9 +336,10 @@ def _partial(call: Call, processor, *, error_type: str, status: int = 200) -> Ou
     )
 
 
-async def _relay(call: Call, owner: Owner, events: EventStream, processor):
+async def _relay(call: Call, owner: Owner, events: EventStream, processor, *, after_recorded=None):
     """The body of a streamed response; it owns the request until it ends, however it ends.
-    Nothing is retried once the first byte has gone out."""
+    Nothing is retried once the first byte has gone out. `after_recorded()`: awaited once the
+    usage is recorded and before the last frame goes out (it must not raise)."""
     error: tuple[str, str] | None = None
     try:
         try:
@@ -342,6 +356,8 @@ async def _relay(call: Call, owner: Owner, events: EventStream, processor):
             tokens, estimated = _stream_tokens(call, processor, complete=True)
             outcome = Outcome(status=200, tokens=tokens, estimated=estimated, response={"content": processor.text})
             await owner.finish(outcome)  # committed before the client sees the end
+            if after_recorded is not None and owner.recorded:
+                await after_recorded()
             # A record kept nowhere (database and journal both down): the client must not take
             # the answer as complete and billed; its SDK raises on the error event.
             frames = processor.finish() if owner.recorded else processor.error_frame("api_error", _unrecorded(call))

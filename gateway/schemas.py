@@ -586,6 +586,110 @@ COUNT_TOKENS_REFUSED = (
 )
 
 
+# --- the Responses API body (POST /v1/responses) ---------------------------------------------
+
+
+class _ResponsesPart(TypedDict, total=False):
+    """A content part of an input message: input_text, input_image, input_file, output_text ..."""
+
+    type: Required[str]
+    text: str
+
+
+ResponsesPart = _tagged_union(
+    {"part": _ResponsesPart, "untyped": _Untyped},
+    lambda v: (f"{_TAG}part" if isinstance(v.get("type"), str) else f"{_TAG}untyped") if isinstance(v, dict) else None,
+    "an object with a string `type`",
+)
+
+
+class ResponsesInputItem(TypedDict, total=False):
+    """One input item: a message (`type` "message" or absent, with a role and content), a
+    function_call, a function_call_output, a reasoning item, or another item the provider knows."""
+
+    type: str
+    role: Literal["user", "assistant", "system", "developer"]
+    content: _text_or_list(str, list[ResponsesPart], "a string or an array of content parts")
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None
+
+
+ResponsesInput = _text_or_list(str, list[ResponsesInputItem], "a string or an array of input items")
+
+
+class ResponsesFunctionTool(TypedDict, total=False):
+    type: Required[Literal["function"]]
+    name: Required[NonEmptyStr]
+    description: str | None
+    parameters: JsonObject | None
+    strict: bool | None
+
+
+ResponsesTool = _tagged_union(
+    {"function": ResponsesFunctionTool, "other": _Other, "untyped": _Untyped},
+    _by_type(frozenset({"function"})),
+    "an object with a string `type`",
+)
+
+
+class _ResponsesChoiceFunction(TypedDict, total=False):
+    type: Required[Literal["function"]]
+    name: Required[str]
+
+
+ResponsesToolChoice = _tagged_union(
+    {
+        "mode": Literal["none", "auto", "required"],
+        "function": _ResponsesChoiceFunction,
+        "other": _Other,
+        "untyped": _Untyped,
+    },
+    lambda v: f"{_TAG}mode" if isinstance(v, str) else _by_type(frozenset({"function"}))(v),
+    "'none', 'auto', 'required' or an object with a string `type`",
+)
+
+
+class ResponsesRequest(_Open):
+    """`POST /v1/responses`. Unknown fields pass through to an OpenAI or Azure upstream."""
+
+    model: NonEmptyStr
+    input: ResponsesInput
+    instructions: str | None = None
+    tools: list[ResponsesTool] | None = None
+    tool_choice: ResponsesToolChoice | None = None
+    stream: bool | None = None
+    stream_options: JsonObject | None = None
+    max_output_tokens: Count | None = None
+    previous_response_id: NonEmptyStr | None = None
+    store: bool | None = None
+    background: bool | None = None
+    metadata: dict[str, str] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Probability | None = None
+    reasoning: JsonObject | None = None
+    text: JsonObject | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    include: list[str] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    max_tool_calls: Count | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """A Responses stream always ends with the response and its usage."""
+        return True
+
+    @property
+    def template(self) -> None:
+        return None
+
+
 # --- query parameters ------------------------------------------------------------------------
 
 # The last day whose next day Python can still hold: the usage selectors read up to end + 1 day.
@@ -717,6 +821,7 @@ _CHAT = TypeAdapter(ChatRequest)
 _MESSAGES = TypeAdapter(MessagesRequest)
 _COUNT_TOKENS = TypeAdapter(CountTokensRequest)
 _USAGE = TypeAdapter(UsageQuery)
+_RESPONSES = TypeAdapter(ResponsesRequest)
 
 
 def _messages_given(parsed: ChatRequest | MessagesRequest) -> None:
@@ -784,6 +889,24 @@ def parse_count_tokens(body: dict) -> CountTokensRequest:
         raise _system_turn_error(exc) or to_gateway_error(exc) from None
     if not parsed.messages:
         raise bad_request("`messages` must be a non-empty array.", param="messages")
+    return parsed
+
+
+def parse_responses(body: dict) -> ResponsesRequest:
+    """A Responses API body, typed, or a GatewayError 400 naming the first wrong field."""
+    try:
+        parsed = _RESPONSES.validate_python(body)
+    except ValidationError as exc:
+        raise to_gateway_error(exc) from None
+    if isinstance(parsed.input, list) and not parsed.input:
+        raise bad_request("`input` must be a non-empty string or array.", param="input")
+    if parsed.background:
+        raise bad_request(
+            "`background: true` is not supported by this gateway: a response is metered while it is made.",
+            param="background",
+        )
+    if parsed.stream_options is not None and not parsed.stream:
+        raise bad_request("`stream_options` is only allowed with `stream: true`.", param="stream_options")
     return parsed
 
 

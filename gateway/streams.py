@@ -10,10 +10,10 @@ import orjson
 
 from billing.pricing import Tokens
 
-from .metering import tokens_from_anthropic, tokens_from_openai
+from .metering import tokens_from_anthropic, tokens_from_openai, tokens_from_responses
 from .translate import AnthropicToOpenAIStream, OpenAIToAnthropicStream, StreamError
 
-__all__ = ["StreamError", "processor_for", "sse_anthropic", "sse_openai"]
+__all__ = ["ResponsesPassthrough", "StreamError", "processor_for", "sse_anthropic", "sse_event", "sse_openai"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -22,8 +22,12 @@ def sse_openai(chunk: dict) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def sse_anthropic(event_type: str, data: dict) -> bytes:
+def sse_event(event_type: str, data: dict) -> bytes:
+    """A typed server-sent event (Anthropic's Messages and OpenAI's Responses streams)."""
     return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+sse_anthropic = sse_event
 
 
 class OpenAIPassthrough:
@@ -171,6 +175,69 @@ class OpenAIToAnthropic:
     def reported_tokens(self) -> Tokens | None:
         usage = self._translator.usage
         return None if usage is None else tokens_from_openai(usage)
+
+
+class ResponsesPassthrough:
+    """Responses API events (OpenAI or Azure upstream) to a Responses client.
+
+    Events pass through with the model name rewritten in the response objects they carry. The
+    stream's last event (`response.completed`, `response.incomplete` or `response.failed`) carries
+    the usage and the whole response: it is held back until `finish()`. An upstream `error` event
+    raises `StreamError`; the error frame the gateway sends has the Responses `error` event's
+    fields and an `error` object, on which the openai SDK raises.
+    """
+
+    TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+    def __init__(self, *, model: str) -> None:
+        self.model = model
+        self.usage: dict | None = None
+        self.response: dict | None = None  # the final response object, once the stream ended
+        self._text: list[str] = []
+        self._held: list[bytes] = []
+        self._sequence = -1
+
+    def feed(self, event: dict) -> list[bytes]:
+        kind = str(event.get("type"))
+        if kind == "error":
+            error = event.get("error") if isinstance(event.get("error"), dict) else event
+            raise StreamError(str(error.get("code") or error.get("type") or "api_error"), str(error.get("message")))
+        if isinstance(event.get("sequence_number"), int):
+            self._sequence = event["sequence_number"]
+        response = event.get("response")
+        if isinstance(response, dict):
+            response["model"] = self.model
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            delta = event.get("delta")
+            if isinstance(delta, str):
+                self._text.append(delta)
+        frame = sse_event(kind, event)
+        if kind in self.TERMINAL:
+            self.response = response if isinstance(response, dict) else None
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):
+                self.usage = usage
+            self._held.append(frame)
+            return []
+        return [frame]
+
+    def finish(self) -> list[bytes]:
+        if not self._held:  # the upstream stream ended without its last event: not a complete answer
+            return self.error_frame("api_error", "The upstream stream ended before the response was complete.")
+        return self._held
+
+    def error_frame(self, error_type: str, message: str) -> list[bytes]:
+        self._sequence += 1
+        error = {"type": error_type, "code": error_type, "message": message, "param": None}
+        data = {"type": "error", "code": error_type, "message": message, "param": None}
+        return [sse_event("error", {**data, "sequence_number": self._sequence, "error": error})]
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def reported_tokens(self) -> Tokens | None:
+        return None if self.usage is None else tokens_from_responses(self.usage)
 
 
 def processor_for(

@@ -21,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 from billing.selectors import usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
-from . import betas, observability, proxy, schemas
+from . import betas, observability, proxy, responses, schemas
 from . import count_tokens as count_tokens_service
 from .auth import Access, access_check, authenticate
 from .db import db_call
@@ -60,7 +60,9 @@ def _validate_messages(body: dict) -> schemas.MessagesRequest:
     return schemas.parse_messages(body)
 
 
-Validator = Callable[[dict], schemas.ChatRequest | schemas.MessagesRequest | schemas.CountTokensRequest]
+Validator = Callable[
+    [dict], schemas.ChatRequest | schemas.MessagesRequest | schemas.CountTokensRequest | schemas.ResponsesRequest
+]
 _PARSERS: dict[str, Validator] = {
     "openai": schemas.parse_chat,
     "anthropic": schemas.parse_messages,
@@ -116,7 +118,8 @@ async def _completion(
     serve: Serve = _proxied,
     billable: bool = True,
 ) -> HttpResponse:
-    """Parse, run under the request's owner (gateway.lifecycle), render."""
+    """Parse, run under the request's owner (gateway.lifecycle), render. `serve`: what answers
+    the parsed request (default: `proxy.complete` or `proxy.stream`)."""
     request_id = _request_id()
     try:
         if request.method != "POST":
@@ -147,7 +150,8 @@ async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
         call.requested_model = call.model_name = body["model"]
     if call.client_family == "anthropic":
         call.betas = betas.parse_betas(request.headers.get(betas.HEADER))
-    if "template" in body and call.billable:  # a token count refuses `template` (schemas.parse_count_tokens)
+    # A token count refuses `template` (schemas.parse_count_tokens); the Responses API has none.
+    if "template" in body and call.billable and call.client_family in _PARSERS:
         await _expand_template(call.caller, body, call.client_family)
     parsed = validate(body)
     call.body = body  # the caller's own JSON goes upstream, as sent: the parse vouches for its shape
@@ -184,10 +188,56 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     )
 
 
-async def _openai_api(request: HttpRequest, handler: Callable[[Caller], Awaitable[HttpResponse]]) -> HttpResponse:
+@csrf_exempt
+async def responses_create(request: HttpRequest) -> HttpResponse:
+    """`POST /v1/responses` (gateway/responses.py)."""
+    return await _completion(
+        request,
+        endpoint="responses",
+        family="responses",
+        validate=schemas.parse_responses,
+        render=openai_error_response,
+        serve=responses.create,
+    )
+
+
+@csrf_exempt
+@tenant_rate_limited("gw-api-responses")
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponse:
+    """`GET` or `DELETE /v1/responses/{id}`: this tenant's response only (another's is a 404)."""
+
+    async def handler(caller: Caller) -> HttpResponse:
+        if request.method == "DELETE":
+            access_check(caller, Access.WRITE)
+            return _json_response(await responses.delete(caller, response_id))
+        access_check(caller, Access.READ)
+        return _json_response(await responses.retrieve(caller, response_id))
+
+    return await _openai_api(request, handler, methods=("GET", "DELETE"))
+
+
+@csrf_exempt
+@tenant_rate_limited("gw-api-responses")
+async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponse:
+    """`GET /v1/responses/{id}/input_items?limit=&order=&after=`."""
+
+    async def handler(caller: Caller) -> HttpResponse:
+        access_check(caller, Access.READ)
+        return _json_response(await responses.input_items(caller, response_id, request.GET.dict()))
+
+    return await _openai_api(request, handler)
+
+
+def _json_response(payload: dict) -> HttpResponse:
+    return HttpResponse(orjson.dumps(payload), content_type="application/json")
+
+
+async def _openai_api(
+    request: HttpRequest, handler: Callable[[Caller], Awaitable[HttpResponse]], *, methods: tuple[str, ...] = ("GET",)
+) -> HttpResponse:
     try:
-        if request.method != "GET":
-            raise GatewayError(405, "Use GET.", "method_not_allowed")
+        if request.method not in methods:
+            raise GatewayError(405, f"Use {' or '.join(methods)}.", "method_not_allowed")
         return await handler(await authenticate(request))
     except GatewayError as error:
         return openai_error_response(error)

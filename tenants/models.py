@@ -225,6 +225,39 @@ class RequestLog(models.Model):
         return self.request_id
 
 
+class StoredResponse(models.Model):
+    """A Responses API response (`POST /v1/responses`) that a tenant may read, delete or continue.
+
+    Per-tenant data with the tenant's log retention (`expires_at`), purged with the request logs.
+    For an OpenAI or Azure model the provider keeps the response and this row says whose it is and
+    which deployment holds it (`kept_by_gateway` false: reads and continuations go there); for a
+    translated model (Anthropic) the gateway keeps the conversation itself: `input_items` and the
+    `response` object, and a continuation rebuilds the history from the chain of
+    `previous_response_id`s (docs/responses.md).
+    """
+
+    response_id = models.CharField(max_length=200, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="stored_responses")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model = models.CharField(max_length=100, help_text="The catalog model name it was made with.")
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="stored_responses"
+    )
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    kept_by_gateway = models.BooleanField(default=False)
+    previous_response_id = models.CharField(max_length=200, blank=True)
+    input_items = models.JSONField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="storedresponse_tenant_recent")]
+
+    def __str__(self) -> str:
+        return self.response_id
+
+
 class ProviderCredential(models.Model):
     """An API key for a provider: the platform's own (no tenant) or a tenant's (bring your own key).
 

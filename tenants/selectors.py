@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from .crypto import decrypt
 from .keys import key_hash
-from .models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
+from .models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, StoredResponse, Tenant
 from .profiles import ModelScope
 
 
@@ -92,3 +92,34 @@ def credential_secret(*, tenant_id: int | None, provider: str) -> tuple[str, str
 def platform_policy() -> PlatformPolicy:
     """The platform policy; an unsaved default when staff never set one (reading writes nothing)."""
     return PlatformPolicy.objects.filter(pk=1).first() or PlatformPolicy()
+
+
+# A conversation longer than this many stored responses is refused rather than walked.
+RESPONSE_CHAIN_MAX = 500
+
+
+def stored_response_get(*, tenant_id: int, response_id: str) -> StoredResponse | None:
+    """This tenant's stored response of that id, with its deployment; None for another tenant's
+    (which, for this tenant, does not exist), an expired or an unknown one."""
+    return (
+        StoredResponse.objects.select_related("deployment")
+        .filter(tenant_id=tenant_id, response_id=response_id, expires_at__gt=timezone.now())
+        .first()
+    )
+
+
+def stored_response_chain(*, tenant_id: int, response_id: str) -> list[StoredResponse] | None:
+    """The conversation that ends with `response_id`, oldest first, following `previous_response_id`
+    within this tenant only; None when a link is missing (deleted, expired, another tenant's)."""
+    chain: list[StoredResponse] = []
+    next_id = response_id
+    while next_id:
+        if len(chain) >= RESPONSE_CHAIN_MAX:
+            return None
+        row = stored_response_get(tenant_id=tenant_id, response_id=next_id)
+        if row is None:
+            return None
+        chain.append(row)
+        next_id = row.previous_response_id
+    chain.reverse()
+    return chain

@@ -30,6 +30,7 @@ from .models import (
     Provider,
     ProviderCredential,
     RequestLog,
+    StoredResponse,
     Tenant,
 )
 from .profiles import (
@@ -432,3 +433,53 @@ def request_logs_purge_expired(*, now: datetime) -> int:
         count, _ = RequestLog.objects.filter(tenant_id=tenant_id, created_at__lt=now - timedelta(days=days)).delete()
         deleted += count
     return deleted
+
+
+def stored_responses_purge_expired(*, now: datetime) -> int:
+    """Delete stored Responses API responses past their `expires_at` (the tenant's
+    `log_retention_days` after they were made); the number deleted. Idempotent."""
+    count, _ = StoredResponse.objects.filter(expires_at__lt=now).delete()
+    return count
+
+
+# --- stored responses (POST /v1/responses) ----------------------------------------------------
+
+
+def stored_response_save(
+    *,
+    tenant_id: int,
+    response_id: str,
+    api_key_id: int | None,
+    model: str,
+    deployment_id: int | None,
+    created_at: datetime,
+    kept_by_gateway: bool,
+    previous_response_id: str = "",
+    input_items: list | None = None,
+    response: dict | None = None,
+) -> StoredResponse:
+    """Record that `response_id` is this tenant's (and where it is held), kept for the tenant's
+    `log_retention_days`. Saving the same id again (a retried write) updates the row."""
+    days = Tenant.objects.filter(pk=tenant_id).values_list("log_retention_days", flat=True).first() or 30
+    stored, _ = StoredResponse.objects.update_or_create(
+        response_id=response_id,
+        tenant_id=tenant_id,
+        defaults={
+            "api_key_id": api_key_id,
+            "model": model[:100],
+            "deployment_id": deployment_id,
+            "created_at": created_at,
+            "expires_at": created_at + timedelta(days=days),
+            "kept_by_gateway": kept_by_gateway,
+            "previous_response_id": previous_response_id or "",
+            "input_items": input_items,
+            "response": response,
+        },
+    )
+    return stored
+
+
+def stored_response_delete(*, tenant_id: int, response_id: str) -> bool:
+    """Forget one of this tenant's responses; False when it has none of that id."""
+    deleted, _ = StoredResponse.objects.filter(tenant_id=tenant_id, response_id=response_id).delete()
+    return deleted > 0

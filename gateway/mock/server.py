@@ -11,6 +11,8 @@ Endpoints
     POST /v1/messages                                           Anthropic; `anthropic-version` and a key, in
                                                                 `x-api-key` or `Authorization: Bearer` (anthropic>=2)
     POST /v1/messages/count_tokens                              Anthropic's token count (gateway/mock/count_tokens.py)
+    POST/GET/DELETE /v1/responses[/{id}[/input_items]]          the Responses API (gateway/mock/responses.py);
+                                                                Azure: the same under /openai/responses
     GET  /v1/models                                             a small list (Anthropic shape with `anthropic-version`)
     GET  /health                                                {"status": "ok"}
     GET  /_mock/requests                                        the last 500 requests seen (not /health, /_mock)
@@ -89,6 +91,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from gateway.mock import responses
 from gateway.tokenizer import (
     CL100K,
     O200K,
@@ -796,6 +799,7 @@ class MockApp:
         self._serial = itertools.count(1)
         # Unique across restarts, as a gateway may key records on upstream ids.
         self._run = secrets.token_hex(4)
+        self.responses = responses.ResponsesApi(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -830,6 +834,9 @@ class MockApp:
             await count_tokens_endpoint(self, request, send)
         elif azure and method == "POST":
             await self._model_request(Api.AZURE, request, receive, send, deployment=azure.group(1))
+        elif match := responses.route(path):
+            api = Api.AZURE if path.startswith("/openai/") else Api.OPENAI
+            await self.responses.handle(match, api, request, receive, send)
         else:
             error = ApiError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
             await _send_json(send, 404, error_body(Api.OPENAI, error, request_id=self._id("req_")))

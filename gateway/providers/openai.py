@@ -1,4 +1,6 @@
-"""OpenAI (and, through `azure.py`, Azure OpenAI) chat completions via the official SDK."""
+"""OpenAI (and, through `azure.py`, Azure OpenAI) chat completions and the Responses API via the official SDK."""
+
+from urllib.parse import quote
 
 import httpx2
 import openai
@@ -7,6 +9,9 @@ import orjson
 from .base import ProviderError, SSEEventStream, connection_failed, request_options
 
 PATH = "/chat/completions"  # under the client's base URL; AsyncAzureOpenAI adds /deployments/<model>
+# Not a deployment path: AsyncAzureOpenAI sends it to {endpoint}/openai/responses?api-version=..., the
+# body's `model` naming the deployment.
+RESPONSES = "/responses"
 
 
 def status_kind(status: int, code: str | None) -> tuple[str, bool]:
@@ -75,3 +80,47 @@ class OpenAIAdapter:
         except openai.OpenAIError as exc:
             raise error_from_sdk(self.provider, exc) from exc
         return SSEEventStream(response, lambda exc: error_from_sdk(self.provider, exc))
+
+    # --- the Responses API (gateway/responses.py) -------------------------------------------------
+
+    async def responses_create(self, body: dict) -> dict:
+        body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        return await self._call("post", RESPONSES, body=body)
+
+    async def responses_stream(self, body: dict) -> SSEEventStream:
+        try:
+            response = await self.client.post(
+                RESPONSES,
+                cast_to=httpx2.Response,
+                body={**body, "stream": True},
+                stream=True,
+                options=request_options(),
+            )
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(self.provider, exc) from exc
+        return SSEEventStream(response, lambda exc: error_from_sdk(self.provider, exc))
+
+    async def responses_get(self, response_id: str) -> dict:
+        return await self._call("get", f"{RESPONSES}/{quote(response_id, safe='')}")
+
+    async def responses_delete(self, response_id: str) -> dict:
+        return await self._call("delete", f"{RESPONSES}/{quote(response_id, safe='')}")
+
+    async def responses_input_items(self, response_id: str, params: dict[str, str]) -> dict:
+        path = f"{RESPONSES}/{quote(response_id, safe='')}/input_items"
+        return await self._call("get", path, params=params)
+
+    async def _call(self, method: str, path: str, *, body: dict | None = None, params: dict | None = None) -> dict:
+        options = request_options()
+        if params:
+            options["params"] = params
+        try:
+            if method == "post":
+                response = await self.client.post(path, cast_to=httpx2.Response, body=body, options=options)
+            elif method == "delete":
+                response = await self.client.delete(path, cast_to=httpx2.Response, options=options)
+            else:
+                response = await self.client.get(path, cast_to=httpx2.Response, options=options)
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(self.provider, exc) from exc
+        return orjson.loads(response.content)
