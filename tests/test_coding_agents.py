@@ -31,12 +31,18 @@ from django.db.models import Sum
 
 from billing.models import UsageRecord
 from gateway import limits
-from gateway.mock.server import anthropic_exchange, compose_reply, usage_of
+from gateway.mock import responses as mock_responses
+from gateway.mock.server import anthropic_exchange, billing_encoding, compose_reply, prompt_tokens, reply_text, usage_of
+from gateway.tokenizer import count_tokens
 from tenants.services import api_key_create
+
+from .conftest import start_gateway, stop
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.coding_agents]
 
 AGENTS = Path(__file__).resolve().parent / "agents"
+# A day-long tokens window, so that the window's counter can be compared with the records.
+WINDOW_SECONDS = 86400
 INSTALL_TIMEOUT = 900  # a first install downloads ~250 MB of native binaries
 RUN_TIMEOUT = 120
 ONE_MILLION = Decimal(1_000_000)
@@ -89,10 +95,20 @@ def agent_bin() -> Path:
     return install_agents(agents_dir())
 
 
+@pytest.fixture(scope="module")
+def gateway(mock_llm, django_db_setup):
+    """This module's own gateway process: the day-long tokens window, the mock as every upstream."""
+    process, url = start_gateway(
+        mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0", GATEWAY_LIMIT_WINDOW_SECONDS=str(WINDOW_SECONDS)
+    )
+    yield url
+    stop(process)
+
+
 @pytest.fixture
 def agent_tenant(settings, catalog, alice):
     """alice with every limit the counters track (so that they can be read back), and a key."""
-    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 60
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = WINDOW_SECONDS
     alice.max_concurrent = 4
     alice.tokens_per_minute = 2_000_000
     alice.save()
@@ -120,14 +136,20 @@ def read_usage(tenant_id: int) -> limits.LiveUsage:
     return asyncio.run(read())
 
 
-def assert_settled(tenant) -> None:
+def assert_settled(tenant, *, window: int) -> None:
     """Nothing in flight; the month's spend and the tokens window equal what the records say."""
     records = UsageRecord.objects.filter(tenant=tenant)
     totals = records.aggregate(cost=Sum("cost"), input=Sum("input_tokens"), output=Sum("output_tokens"))
     usage = read_usage(tenant.id)
     assert usage.in_flight == 0
     assert usage.month_spend == totals["cost"]
-    assert usage.tokens_this_window == totals["input"] + totals["output"]
+    if window == current_window():
+        # (When the day's window turned during the run, at 00:00 UTC, it holds only part of the tokens.)
+        assert usage.tokens_this_window == totals["input"] + totals["output"]
+
+
+def current_window() -> int:
+    return int(time.time()) // WINDOW_SECONDS
 
 
 def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, agent_tenant, tmp_path, catalog):
@@ -135,7 +157,7 @@ def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, a
     home, workdir = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     workdir.mkdir()
-    seen_before = len(mock_requests(mock_llm))
+    seen_before, window = len(mock_requests(mock_llm)), current_window()
     env = base_env(home) | {
         "ANTHROPIC_BASE_URL": gateway,
         "ANTHROPIC_API_KEY": key,
@@ -192,4 +214,80 @@ def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, a
     assert answered.cost == (usage.prompt_tokens * price.input_per_1m + usage.output_tokens * price.output_per_1m) / (
         ONE_MILLION
     )
-    assert_settled(tenant)
+    assert_settled(tenant, window=window)
+
+
+CODEX_CONFIG = """\
+model = "gpt-test"
+model_provider = "gateway"
+check_for_update_on_startup = false
+
+[model_providers.gateway]
+name = "LLM gateway"
+base_url = "{gateway}/v1"
+env_key = "GATEWAY_API_KEY"
+wire_api = "responses"
+
+[analytics]
+enabled = false
+"""
+
+
+def test_codex_answers_through_the_gateway(agent_bin, gateway, mock_llm, agent_tenant, tmp_path, catalog):
+    tenant, key = agent_tenant
+    home, workdir = tmp_path / "home", tmp_path / "work"
+    (home / ".codex").mkdir(parents=True)
+    workdir.mkdir()
+    (home / ".codex" / "config.toml").write_text(CODEX_CONFIG.format(gateway=gateway))
+    seen_before, window = len(mock_requests(mock_llm)), current_window()
+    env = base_env(home) | {"CODEX_HOME": str(home / ".codex"), "GATEWAY_API_KEY": key}
+    run = subprocess.run(
+        [
+            agent_bin / "codex",
+            "exec",
+            "--strict-config",
+            "--skip-git-repo-check",
+            "--ephemeral",
+            "--json",
+            "Reply with the word pong",
+        ],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout: {run.stdout[-3000:]}\nstderr: {run.stderr[-3000:]}"
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    messages = [
+        e["item"]["text"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"
+    ]
+    (turn,) = [e for e in events if e["type"] == "turn.completed"]
+
+    # What reached the provider: one streamed Responses request, by the catalog model's upstream name.
+    sent = [r for r in mock_requests(mock_llm)[seen_before:] if r["path"] == "/v1/responses"]
+    assert len(sent) == 1
+    body = sent[0]["body"]
+    upstream = "gpt-4o-mini-2024-07-18"
+    assert body["model"] == upstream
+    assert body["stream"] is True
+    items = mock_responses.input_items(body)
+    task = [item for item in items if item.get("role") == "user"][-1]
+    expected = reply_text(upstream, mock_responses._text(task["content"]))
+    encoding = billing_encoding(upstream)
+    input_tokens = prompt_tokens(mock_responses.as_messages(items), body.get("instructions"), encoding=encoding)
+    output_tokens = count_tokens(expected, encoding=encoding)
+    assert messages == [expected]
+
+    (record,) = UsageRecord.objects.filter(tenant=tenant)
+    assert (record.endpoint, record.status_code, record.model) == ("responses", 200, "gpt-test")
+    assert record.streamed is True
+    assert record.estimated is False
+    assert record.input_tokens == input_tokens == turn["usage"]["input_tokens"]
+    assert record.output_tokens == output_tokens == turn["usage"]["output_tokens"]
+    assert record.cached_input_tokens == 0
+    price = catalog["gpt"].prices.get()
+    assert record.cost == (input_tokens * price.input_per_1m + output_tokens * price.output_per_1m) / ONE_MILLION
+    assert_settled(tenant, window=window)
