@@ -35,7 +35,7 @@ HEADER = "anthropic-beta"
 # first group (docs/anthropic.md lists what each installed version was seen sending).
 BUILTIN_BETAS = frozenset(
     {
-        # Claude Code
+        # Claude Code 2.1 (what it was seen sending, and the other names in its binary)
         "claude-code-20250219",
         "oauth-2025-04-20",
         "fine-grained-tool-streaming-2025-05-14",
@@ -45,6 +45,10 @@ BUILTIN_BETAS = frozenset(
         "tool-search-tool-2025-10-19",
         "effort-2025-11-24",
         "advanced-tool-use-2025-11-20",
+        "mid-conversation-system-2026-04-07",
+        "per-turn-control-2026-07-01",
+        "timing-2026-09-09",
+        "program-use-case-ids-2026-09-17",
         # server tools and older feature betas still accepted by the API
         "web-search-2025-03-05",
         "web-fetch-2025-09-10",

@@ -13,7 +13,9 @@ first byte, an upstream error after it, a cache hit, a bug) can forget either.
 - `Owner.finish(outcome)` records the usage and then settles the admission with the real tokens
   and cost (or releases it when nothing billable happened). The first call wins; later ones are
   no-ops. It runs on a task of its own, shielded, so a client that hangs up while the record is
-  being written cancels the request, not the write.
+  being written cancels the request, not the write. A call that is not billable
+  (`Call.billable = False`: a token count) gets no usage record, only its metrics and log line,
+  and its admission is released.
 - Until the request is handed over, `owned` finishes it on the way out: a `GatewayError` with its
   status, a bug as `internal_error`, a cancellation (the client hung up) as 499
   `client_disconnected`, with the prompt estimated when the provider was already asked.

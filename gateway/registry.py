@@ -110,6 +110,8 @@ class ModelView:
     provider: str
     deployments: tuple[DeploymentView, ...]
     prices: tuple[PriceView, ...]  # newest first
+    created_at: datetime | None = None  # when the catalog entry was made: /v1/models' `created`
+    context_window: int | None = None  # input tokens, when the catalog says
 
     def price_at(self, at: datetime) -> PriceView | None:
         for price in self.prices:
@@ -243,6 +245,8 @@ def _load_catalog() -> dict[str, ModelView]:
             provider=m.provider,
             deployments=tuple(deployments.get(m.id, ())),
             prices=tuple(prices.get(m.id, ())),
+            created_at=m.created_at,
+            context_window=m.context_window,
         )
         for m in CatalogModel.objects.filter(active=True)
     }

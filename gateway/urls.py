@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import api, views
+from . import api, models_api, views
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
@@ -9,7 +9,8 @@ urlpatterns = [
     path("v1/responses", views.responses_create),
     path("v1/responses/<str:response_id>", views.response_detail),
     path("v1/responses/<str:response_id>/input_items", views.response_input_items),
-    path("v1/models", views.models),
+    path("v1/models", models_api.models_list),
+    path("v1/models/<path:model_id>", models_api.model_retrieve),
     path("v1/usage", views.usage),
     path("v1/templates", api.TemplatesView.as_view()),
     path("v1/templates/<str:name>", api.TemplateView.as_view()),

@@ -27,7 +27,7 @@ from .auth import Access, access_check, authenticate
 from .db import db_call
 from .errors import GatewayError, anthropic_error_response, bad_request, openai_error_response, with_request_id
 from .lifecycle import Call, Owner, internal_error, owned
-from .registry import Caller, catalog, policy
+from .registry import Caller
 from .throttle import tenant_rate_limited
 
 log = logging.getLogger(__name__)
@@ -241,28 +241,6 @@ async def _openai_api(
         return await handler(await authenticate(request))
     except GatewayError as error:
         return openai_error_response(error)
-
-
-@csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page
-async def models(request: HttpRequest) -> HttpResponse:
-    """The models this key may call: the tenant's, narrowed by the key's own list, in the tenant's
-    region, minus what platform policy blocks (the same rules as `proxy.resolve`)."""
-
-    async def handler(caller: Caller) -> HttpResponse:
-        access_check(caller, Access.USE)
-        tenant = caller.tenant
-        rules = await policy()
-        data = [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
-            for m in sorted((await catalog()).values(), key=lambda m: m.name)
-            if caller.may_use(m)
-            and m.deployments_in(tenant.region)
-            and m.name not in rules.blocked_models
-            and m.provider not in rules.blocked_providers
-        ]
-        return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
-
-    return await _openai_api(request, handler)
 
 
 @csrf_exempt  # a POST with a key is a 405 in wire format, not Django's CSRF page

@@ -51,13 +51,16 @@ def test_models_leaves_out_what_platform_policy_blocks(gateway, catalog, alice_k
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+COUNT = {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}
 NEW_TEMPLATE = {"name": "fresh", "messages": [{"role": "user", "content": "{{x}}"}]}
 
 # (route in gateway/urls.py, method, path, body, status for a suspended tenant)
 SUSPENDED = [
     ("v1/chat/completions", "POST", "/v1/chat/completions", CHAT, 403),
     ("v1/messages", "POST", "/v1/messages", MESSAGES, 403),
+    ("v1/messages/count_tokens", "POST", "/v1/messages/count_tokens", COUNT, 403),
     ("v1/models", "GET", "/v1/models", None, 403),
+    ("v1/models/<path:model_id>", "GET", "/v1/models/gpt-test", None, 403),
     ("v1/usage", "GET", "/v1/usage?start=2025-03-01&end=2025-03-31", None, 200),
     ("v1/templates", "GET", "/v1/templates", None, 200),
     ("v1/templates", "POST", "/v1/templates", NEW_TEMPLATE, 403),
@@ -94,7 +97,7 @@ def test_a_suspended_tenant_may_read_what_it_has_and_nothing_else(
     assert response.status_code == status, response.text
     if status == 403:
         error = response.json()["error"]
-        if route == "v1/messages":
+        if route.startswith("v1/messages"):
             assert error["type"] == "permission_error"
         else:
             assert error["code"] == "tenant_suspended"
