@@ -51,13 +51,16 @@ def tokens_from_anthropic(usage: dict) -> Tokens:
 
 
 def tokens_from_responses(usage: dict) -> Tokens:
-    """The Responses API's usage: `input_tokens` includes `input_tokens_details.cached_tokens`, and
-    `output_tokens` includes `output_tokens_details.reasoning_tokens` (billed as output)."""
+    """The Responses API's usage: `input_tokens` includes `input_tokens_details.cached_tokens` (cache
+    reads) and `.cache_write_tokens` (cache writes), and `output_tokens` includes
+    `output_tokens_details.reasoning_tokens` (billed as output)."""
     details = usage.get("input_tokens_details") or {}
     prompt = _int(usage.get("input_tokens"))
+    cached = min(_int(details.get("cached_tokens")), prompt)
     return Tokens(
         input=prompt,
-        cached_input=min(_int(details.get("cached_tokens")), prompt),
+        cached_input=cached,
+        cache_write=min(_int(details.get("cache_write_tokens")), prompt - cached),
         output=_int(usage.get("output_tokens")),
     )
 

@@ -110,7 +110,12 @@ _LIMITS = {
     "concurrency_limit": "concurrency",
     "budget_exhausted": "budget",
 }
-_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens"}
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+    "/v1/responses": "responses",
+}
 _FLIGHT = "gateway.flight"  # the ASGI scope key under which InFlight leaves the request's _Flight
 
 _problems = logging.getLogger(__name__)

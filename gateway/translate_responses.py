@@ -4,7 +4,7 @@ Pure functions over wire JSON (plain dicts), like gateway/translate.py, whose er
 it shares: no Django, no I/O, no SDK calls. What cannot be said to Anthropic raises
 `TranslationError` (a 400 for the client, naming the field); an `error` event inside an
 Anthropic stream raises `StreamError`. The gateway keeps the conversation state itself: the
-caller passes the stored chain as `history` (docs/design.md, Responses API).
+caller passes the stored chain (earlier input and output items) as `history`.
 
 Request -> Anthropic Messages (`responses_request_to_anthropic`)
   mapped   `input` (a string, or items) after `history`; `instructions`, then system/developer
@@ -18,6 +18,8 @@ Request -> Anthropic Messages (`responses_request_to_anthropic`)
            alternate, tool results first in their turn; reasoning items this module produced ->
            thinking / redacted_thinking blocks (only when the request enables thinking);
            item_reference -> the earlier item with that id; function tools -> tools (strict kept);
+           namespace tools -> their function tools named "<namespace>__<name>" (function_call
+           items carry `namespace` and the plain name, both ways);
            tool_choice auto/none/required/{"type": "function"}/allowed_tools;
            parallel_tool_calls=false -> disable_parallel_tool_use; max_output_tokens -> max_tokens
            (DEFAULT_MAX_TOKENS when absent); temperature (clamped to 1); top_p (only without
@@ -27,11 +29,12 @@ Request -> Anthropic Messages (`responses_request_to_anthropic`)
            include (reasoning state is always returned), service_tier, prompt_cache_key,
            prompt_cache_retention, prompt_cache_options, truncation (Anthropic never truncates: a
            conversation too long is its 400, as with "disabled"), max_tool_calls (it limits
-           built-in tools, which are refused), stream_options, text.verbosity, reasoning.summary /
-           generate_summary / mode / context, image `detail`, message `phase` and `status`,
-           prompt_cache_breakpoint, function tool output_schema.
+           built-in tools, which are refused), stream_options, client_metadata (Codex CLI's
+           request tags), text.verbosity, reasoning.summary / generate_summary / mode / context,
+           image `detail`, message `phase` and `status`, prompt_cache_breakpoint, function tool
+           output_schema.
   refused  built-in tools (web_search, file_search, computer use, code_interpreter, mcp, shell,
-           image_generation, custom, namespace, ...) and tool_choice naming them; function tools
+           image_generation, custom, tool_search, ...) and tool_choice naming them; function tools
            with defer_loading or async; background, conversation, prompt, context_management,
            moderation, image, access_programs, top_logprobs > 0, include
            message.output_text.logprobs; text.format json_object; instructions as a list; item
@@ -44,7 +47,9 @@ Reasoning: effort none/minimal -> no thinking; low/medium/high/xhigh/max -> thin
 {"type": "enabled", "budget_tokens": REASONING_BUDGETS[effort]}, with max_tokens defaulting to
 budget + DEFAULT_MAX_TOKENS (at most REASONING_MAX_TOKENS) so the answer keeps its usual room. With
 max_output_tokens (which bounds reasoning and answer together at both providers) the budget is at
-most half of it, and at least Anthropic's minimum of 1024.
+most half of it, and at least Anthropic's minimum of 1024. A request that answers tool calls made
+without thinking (reasoning was off then, or the client left the reasoning item out) goes without
+thinking, since Anthropic refuses thinking in such a tool loop.
 
 Anthropic Message -> Response (`anthropic_message_to_response`, and the same from a stream)
   Each text block -> a message item with one output_text part; tool_use -> a function_call item
@@ -110,6 +115,8 @@ ANTHROPIC_MIN_THINKING_BUDGET = 1024
 _THINKING_OFF = frozenset({"none", "minimal"})
 _ANTHROPIC_MAX_TEMPERATURE = 1.0
 _STATE_PREFIX = "anthropic:"
+NAMESPACE_SEPARATOR = "__"
+"""Between a namespace and a member's name in the Anthropic tool name (Anthropic allows [a-zA-Z0-9_-])."""
 _HISTORY_PARAM = "previous_response_id"
 
 
@@ -188,6 +195,7 @@ _DROPPED = frozenset(
         "truncation",
         "max_tool_calls",
         "stream_options",
+        "client_metadata",
     }
 )
 _REFUSED = frozenset(
@@ -225,6 +233,11 @@ def responses_request_to_anthropic(body: dict, *, upstream_model: str, history: 
     _refuse_params(body)
     budget = _thinking_budget(body)
     system, messages = _conversation(list(history or ()), body.get("input"), keep_thinking=budget is not None)
+    if budget is not None and _tool_loop_without_thinking(messages):
+        # Anthropic refuses thinking in a tool loop whose call was made without it (reasoning was
+        # off then, or the client left the reasoning item out): this turn goes without thinking.
+        budget = None
+        system, messages = _conversation(list(history or ()), body.get("input"), keep_thinking=False)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise TranslationError("instructions must be a string for this model.", param="instructions")
@@ -246,6 +259,16 @@ def responses_request_to_anthropic(body: dict, *, upstream_model: str, history: 
     if output_format:
         out["output_config"] = {"format": output_format}
     return out
+
+
+def _tool_loop_without_thinking(messages: list[dict]) -> bool:
+    """The conversation answers the assistant's tool calls, and that assistant turn has no thinking."""
+    if len(messages) < 2 or not isinstance(messages[-1]["content"], list):
+        return False
+    if not any(block["type"] == "tool_result" for block in messages[-1]["content"]):
+        return False
+    calling = messages[-2]["content"]
+    return not (isinstance(calling, list) and calling[0]["type"] in ("thinking", "redacted_thinking"))
 
 
 def _thinking_budget(body: dict) -> int | None:
@@ -314,7 +337,17 @@ def _tools(body: dict, *, thinking: bool) -> dict:
         if choice not in (None, "auto", "none"):
             raise TranslationError("tool_choice requires tools.", param="tool_choice")
         return {}
-    out_tools = [_tool(tool, param=f"tools[{i}]") for i, tool in enumerate(tools)]
+    out_tools = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") == "namespace":
+            # Anthropic has no namespaces: the members go as tools named "<namespace>__<name>".
+            members = tool.get("tools") or ()
+            out_tools += [
+                _tool(member, param=f"tools[{i}].tools[{j}]", namespace=tool["name"])
+                for j, member in enumerate(members)
+            ]
+        else:
+            out_tools.append(_tool(tool, param=f"tools[{i}]"))
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         # Anthropic has no allow-list: sending only the allowed tools has the same effect.
         allowed = set()
@@ -339,7 +372,21 @@ def _tools(body: dict, *, thinking: bool) -> dict:
     return out
 
 
-def _tool(tool: dict, *, param: str) -> dict:
+def _namespaced(namespace: str | None, name: str) -> str:
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+
+def _namespaced_names(request: dict) -> dict[str, tuple[str, str]]:
+    """Anthropic tool name -> (namespace, function name), for the namespace tools of a request."""
+    names = {}
+    for tool in request.get("tools") or ():
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            for member in tool.get("tools") or ():
+                names[_namespaced(tool["name"], member["name"])] = (tool["name"], member["name"])
+    return names
+
+
+def _tool(tool: dict, *, param: str, namespace: str | None = None) -> dict:
     kind = tool.get("type")
     if kind != "function":
         # Built-in tools run inside OpenAI's platform; Anthropic models have no access to it.
@@ -356,7 +403,7 @@ def _tool(tool: dict, *, param: str) -> dict:
         raise TranslationError(
             "Only directly called tools are supported for this model.", param=f"{param}.allowed_callers"
         )
-    out: dict[str, Any] = {"name": tool["name"]}
+    out: dict[str, Any] = {"name": _namespaced(namespace, tool["name"])}
     if tool.get("description"):
         out["description"] = tool["description"]
     out["input_schema"] = tool.get("parameters") or {"type": "object", "properties": {}}
@@ -545,7 +592,8 @@ def _function_call_to_tool_use(item: dict, *, param: str) -> dict:
             raise TranslationError("Function call arguments must be a JSON object.", param=f"{param}.arguments")
         # A stored call cut off by max_output_tokens: its output already says it went wrong.
         arguments = {}
-    return {"type": "tool_use", "id": item["call_id"], "name": item["name"], "input": arguments}
+    name = _namespaced(item.get("namespace"), item["name"])
+    return {"type": "tool_use", "id": item["call_id"], "name": name, "input": arguments}
 
 
 def _function_output_to_tool_result(item: dict, *, param: str) -> dict:
@@ -656,8 +704,10 @@ def _message_item(item_id: str, content: list[dict], status: str) -> dict:
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
-def _function_call_item(item_id: str, block: dict, arguments: str, status: str) -> dict:
-    return {
+def _function_call_item(
+    item_id: str, block: dict, arguments: str, status: str, names: dict[str, tuple[str, str]]
+) -> dict:
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -665,6 +715,9 @@ def _function_call_item(item_id: str, block: dict, arguments: str, status: str) 
         "name": block["name"],
         "arguments": arguments,
     }
+    if block["name"] in names:
+        item["namespace"], item["name"] = names[block["name"]]
+    return item
 
 
 def _reasoning_item(item_id: str, block: dict) -> dict:
@@ -672,13 +725,15 @@ def _reasoning_item(item_id: str, block: dict) -> dict:
     return {"id": item_id, "type": "reasoning", "summary": summary, "encrypted_content": _encode_state(block)}
 
 
-def _block_to_item(block: dict, *, response_id: str, index: int, status: str) -> dict | None:
+def _block_to_item(
+    block: dict, *, response_id: str, index: int, status: str, names: dict[str, tuple[str, str]]
+) -> dict | None:
     kind = block.get("type")
     if kind == "text":
         return _message_item(_item_id("msg", response_id, index), [_output_text(block.get("text") or "")], status)
     if kind == "tool_use":
         arguments = _dumps(block.get("input") or {})
-        return _function_call_item(_item_id("fc", response_id, index), block, arguments, status)
+        return _function_call_item(_item_id("fc", response_id, index), block, arguments, status, names)
     if kind == "thinking":
         thinking = {
             "type": "thinking",
@@ -692,6 +747,9 @@ def _block_to_item(block: dict, *, response_id: str, index: int, status: str) ->
 
 
 def _echo_tool(tool: dict) -> dict:
+    if tool.get("type") == "namespace":
+        members = [_echo_tool(member) for member in tool.get("tools") or ()]
+        return {"type": "namespace", "name": tool.get("name"), "description": tool.get("description"), "tools": members}
     return {
         "type": "function",
         "name": tool.get("name"),
@@ -761,8 +819,9 @@ def anthropic_message_to_response(
     """An Anthropic Message -> a Responses API `response` object (openai.types.responses.Response)."""
     status, incomplete_details = _status(message.get("stop_reason"))
     output = []
+    names = _namespaced_names(request)
     for index, block in enumerate(message.get("content") or ()):
-        item = _block_to_item(block, response_id=response_id, index=index, status="completed")
+        item = _block_to_item(block, response_id=response_id, index=index, status="completed", names=names)
         if item is not None:
             output.append(item)
     if status == "incomplete" and output and "status" in output[-1]:
@@ -804,13 +863,13 @@ class _Block:
     def kind(self) -> str:
         return self.anthropic["type"]
 
-    def item(self, status: str) -> dict:
+    def item(self, status: str, names: dict[str, tuple[str, str]]) -> dict:
         """The finished item, as anthropic_message_to_response makes it."""
         streamed = "".join(self.parts)
         if self.kind == "text":
             return _message_item(self.item_id, [_output_text(streamed)], status)
         if self.kind == "tool_use":
-            return _function_call_item(self.item_id, self.anthropic, _arguments(streamed), status)
+            return _function_call_item(self.item_id, self.anthropic, _arguments(streamed), status, names)
         if self.kind == "thinking":
             signature = self.anthropic.get("signature") or ""
             return _reasoning_item(self.item_id, {"type": "thinking", "thinking": streamed, "signature": signature})
@@ -850,6 +909,7 @@ class AnthropicToResponsesStream:
         self._next_output = 0
         self._text: list[str] = []
         self._response: dict | None = None
+        self._names = _namespaced_names(request)
 
     # -- protocol --
 
@@ -869,7 +929,7 @@ class AnthropicToResponsesStream:
 
     def finish(self) -> list[bytes]:
         frames = self._start()
-        frames += self._close(self._final_status()[0])
+        frames += self._close_all(self._final_status()[0])
         response = self.response or self._build_response()
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         frames.append(self._frame(kind, response=response))
@@ -974,7 +1034,7 @@ class AnthropicToResponsesStream:
         state = _Block(block, _item_id(prefix, self.response_id, index), self._next_output)
         self._next_output += 1
         self._blocks[index] = state
-        added = dict(state.item("in_progress"))
+        added = dict(state.item("in_progress", self._names))
         if kind == "text":
             added["content"] = []
         elif kind == "tool_use":
@@ -1030,12 +1090,23 @@ class AnthropicToResponsesStream:
         self._closing = self._blocks.pop(event.get("index"), None)
         return frames
 
+    def _close_all(self, status: str) -> list[bytes]:
+        """Close the stopped block and any block left open (a stream that skipped content_block_stop),
+        so the client never holds an unfinished item; `status` goes to the last one."""
+        pending = [self._closing] if self._closing else []
+        pending += [self._blocks.pop(index) for index in sorted(self._blocks)]
+        frames = []
+        for k, state in enumerate(pending):
+            self._closing = state
+            frames += self._close(status if k == len(pending) - 1 else "completed")
+        return frames
+
     def _close(self, status: str) -> list[bytes]:
         """The .done frames of the stopped block, with its final status."""
         state, self._closing = self._closing, None
         if state is None:
             return []
-        item = state.item(status if state.kind in ("text", "tool_use") else "completed")
+        item = state.item(status if state.kind in ("text", "tool_use") else "completed", self._names)
         where = {"item_id": state.item_id, "output_index": state.output_index}
         frames = []
         if state.kind == "text":
@@ -1064,11 +1135,11 @@ class AnthropicToResponsesStream:
         self._replace_usage(event.get("usage"))
         self._stop_reason = (event.get("delta") or {}).get("stop_reason") or self._stop_reason
         self._ended = True
-        return self._close(self._final_status()[0])
+        return self._close_all(self._final_status()[0])
 
     def _on_message_stop(self, event: dict) -> list[bytes]:
         self._ended = True
-        return self._close(self._final_status()[0])
+        return self._close_all(self._final_status()[0])
 
     def _on_error(self, event: dict) -> list[bytes]:
         error = event.get("error") or {}

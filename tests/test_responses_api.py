@@ -95,17 +95,21 @@ def check_record(tenant, key, usage, *, model: str, streamed: bool, records: int
     assert (record.status_code, record.error_type, record.estimated) == (200, "", False)
     assert record.streamed is streamed
     assert record.model == model
-    cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
-    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (
+    cached = usage.input_tokens_details.cached_tokens
+    written = usage.input_tokens_details.cache_write_tokens or 0
+    assert (record.input_tokens, record.cached_input_tokens, record.cache_write_tokens, record.output_tokens) == (
         usage.input_tokens,
         cached,
+        written,
         usage.output_tokens,
     )
     price = price_of(model)
     cached_price = price.cached_input_per_1m if price.cached_input_per_1m is not None else price.input_per_1m
+    write_price = price.cache_write_per_1m if price.cache_write_per_1m is not None else price.input_per_1m
     expected = (
-        (usage.input_tokens - cached) * price.input_per_1m
+        (usage.input_tokens - cached - written) * price.input_per_1m
         + cached * cached_price
+        + written * write_price
         + usage.output_tokens * price.output_per_1m
     ) / Decimal(1_000_000)
     assert record.cost == expected
@@ -252,7 +256,7 @@ def test_a_continuation_goes_to_the_deployment_that_holds_the_response(gw, limit
         first_deployment.active = False
         first_deployment.save()
         second_deployment = Deployment.objects.create(
-            model=model, provider="openai", upstream="gpt-4o-mini", base_url=f"{other_url}/v1", priority=5
+            model=model, provider="openai", upstream="gpt-4o-mini-b", base_url=f"{other_url}/v1", priority=5
         )
         client = sdk(gw, secret)
         w = window()
@@ -266,6 +270,9 @@ def test_a_continuation_goes_to_the_deployment_that_holds_the_response(gw, limit
         seen = json.loads(urllib.request.urlopen(f"{other_url}/_mock/requests").read())
         continued = [r for r in seen if (r.get("body") or {}).get("previous_response_id") == first.id]
         assert len(continued) == 2
+        # ... and never to the first one (whose 404 a fallback would have hidden).
+        seen_first = json.loads(urllib.request.urlopen(f"{mock_llm}/_mock/requests").read())
+        assert not [r for r in seen_first if (r.get("body") or {}).get("previous_response_id") == first.id]
         assert client.responses.retrieve(first.id).id == first.id  # read from the holding deployment too
         # A new conversation still goes to the first deployment (it comes first again).
         fresh = client.responses.create(model="gpt-two", input="new topic")
@@ -286,13 +293,16 @@ def test_reasoning_tokens_are_billed_as_output(gw, limited):
     assert response.output[0].type == "reasoning"
 
 
-def test_cached_input_is_billed_at_the_cached_price(gw, limited):
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_cache_reads_and_writes_are_billed_at_their_prices(gw, limited, model):
     tenant, key, secret = limited
     w = window()
-    response = sdk(gw, secret).responses.create(model="gpt-test", input="[[mock:cached=8]] hello again")
-    assert response.usage.input_tokens_details.cached_tokens == 8
-    record = check_record(tenant, key, response.usage, model="gpt-test", streamed=False, records=1, w=w)
-    assert record.cached_input_tokens == 8
+    text = "[[mock:cached=8]] [[mock:cache_write=5]] hello again"
+    response = sdk(gw, secret).responses.create(model=model, input=text)
+    details = response.usage.input_tokens_details
+    assert (details.cached_tokens, details.cache_write_tokens) == (8, 5)
+    record = check_record(tenant, key, response.usage, model=model, streamed=False, records=1, w=w)
+    assert (record.cached_input_tokens, record.cache_write_tokens) == (8, 5)
 
 
 def test_a_codex_style_stream_is_accepted_and_not_stored(gw, limited):
@@ -324,6 +334,29 @@ def test_a_codex_style_stream_is_accepted_and_not_stored(gw, limited):
     assert completed.response.model == "gpt-test"
     assert completed.response.output[0].type == "function_call"
     check_record(tenant, key, completed.response.usage, model="gpt-test", streamed=True, records=1, w=w)
+    assert not StoredResponse.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_the_body_codex_cli_sends(gw, limited, model):
+    """The body Codex CLI 0.171 sends (captured by the agents helper, tests/data/codex-request-body.json):
+    developer items with ids, function, namespace and web_search tools, store false, include,
+    reasoning.summary, prompt_cache_key, client_metadata. Codex needs `response.completed`."""
+    tenant, key, secret = limited
+    body = json.loads((ROOT / "tests" / "data" / "codex-request-body.json").read_text())
+    body["model"] = model
+    if model == "claude-test":  # hosted tools (web_search) are refused by the translation, naming the field
+        body["tools"] = [tool for tool in body["tools"] if tool["type"] != "web_search"]
+    headers = {"authorization": f"Bearer {secret}", "accept": "text/event-stream", "originator": "codex_exec"}
+    with httpx2.stream("POST", f"{gw}/v1/responses", json=body, headers=headers, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        frames = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+    assert frames[-1]["type"] == "response.completed"
+    done = [f["item"] for f in frames if f["type"] == "response.output_item.done"]
+    assert done[-1]["type"] == "message"
+    assert done[-1]["content"][0]["text"].startswith("Mock reply from")
+    usage = openai.types.responses.ResponseUsage.model_validate(frames[-1]["response"]["usage"])
+    check_record(tenant, key, usage, model=model, streamed=True, records=1, w=window())
     assert not StoredResponse.objects.filter(tenant=tenant).exists()
 
 

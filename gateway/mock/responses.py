@@ -19,7 +19,8 @@ Replies and usage are the chat mock's (`compose_reply`, `usage_of`, the same BPE
 as chat messages (a message's text parts; a function call's name and arguments; a function call
 output's text), `instructions` as the system prompt, so
     input_tokens  = count_message_tokens(history + input as messages) + count_tokens(instructions)
-    output_tokens = the reply's tokens + reasoning tokens; input_tokens_details.cached_tokens = [[mock:cached=N]]
+    output_tokens = the reply's tokens + reasoning tokens; input_tokens_details.cached_tokens = [[mock:cached=N]],
+    input_tokens_details.cache_write_tokens = [[mock:cache_write=N]] (both inside input_tokens)
 One more directive, for this API only: `[[mock:reasoning=N]]` adds a reasoning item and N reasoning
 tokens (inside output_tokens, as OpenAI counts them). `[[mock:tool]]` with function tools calls the
 first one (or `tool_choice`'s), unless the input ends with a function call's output (the model then
@@ -127,7 +128,7 @@ def _last_user_text(items: list[Json]) -> str:
 def _usage(usage: server.Usage, reasoning: int) -> Json:
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cache_read},
+        "input_tokens_details": {"cached_tokens": usage.cache_read, "cache_write_tokens": usage.cache_write},
         "output_tokens": usage.output_tokens + reasoning,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.prompt_tokens + usage.output_tokens + reasoning,
