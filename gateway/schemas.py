@@ -910,9 +910,29 @@ def parse_messages(body: dict) -> MessagesRequest:
     try:
         parsed = _MESSAGES.validate_python(body)
     except ValidationError as exc:
-        raise to_gateway_error(exc) from None
+        raise _system_turn_error(exc) or to_gateway_error(exc) from None
     _messages_given(parsed)
     return parsed
+
+
+def _system_turn_error(exc: ValidationError) -> GatewayError | None:
+    """A `"system"` turn inside `messages`, refused in Anthropic's own words.
+
+    Claude Code sends mid-conversation system turns to a model it does not know (every catalog
+    name is one) and drops them when the 400 says so in words it recognises: the provider's
+    ("Unexpected role ... input message role"). Our generic wording would make it retry the same
+    body until it gives up.
+    """
+    error = exc.errors(include_url=False)[0]
+    loc = error["loc"]
+    if error["type"] == "literal_error" and error.get("input") == "system" and loc[:1] == ("messages",):
+        path = error_path(loc)
+        return bad_request(
+            f'`{path}`: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '
+            'not "system" as an input message role.',
+            param=path,
+        )
+    return None
 
 
 def parse_responses(body: dict) -> ResponsesRequest:
@@ -952,7 +972,7 @@ def parse_count_tokens(body: dict) -> CountTokensRequest:
     try:
         parsed = _COUNT_TOKENS.validate_python(body)
     except ValidationError as exc:
-        raise to_gateway_error(exc) from None
+        raise _system_turn_error(exc) or to_gateway_error(exc) from None
     if not parsed.messages:
         raise bad_request("`messages` must be a non-empty array.", param="messages")
     return parsed

@@ -154,6 +154,18 @@ def test_a_wrong_type_anywhere_names_its_path_and_what_is_expected(
     assert words in message, message
 
 
+def test_a_system_turn_in_messages_is_refused_in_anthropics_own_words(upstreams, catalog, alice_key):
+    """Claude Code sends mid-conversation "system" turns and drops them only when the 400 reads like
+    the provider's (tests/test_coding_agents.py runs it)."""
+    system_turn = {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+    status, headers, answer = send(MESSAGES, alice_key, anthropic(messages=[USER, system_turn]))
+    assert_refused(MESSAGES, status, headers, answer, "messages[1].role")
+    assert answer["error"]["message"] == (
+        '`messages[1].role`: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '
+        'not "system" as an input message role.'
+    )
+
+
 def test_an_error_in_the_callers_own_messages_names_its_own_index_after_a_template(
     upstreams, catalog, alice, alice_key
 ):
