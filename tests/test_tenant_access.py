@@ -7,14 +7,17 @@
   matrix covers every tenant route of gateway/urls.py, so a new endpoint must take a side.
 """
 
+from datetime import timedelta
+
 import anthropic
 import httpx2
 import openai
 import pytest
+from django.utils import timezone
 
 from billing.models import UsageRecord
 from gateway import urls
-from tenants.models import PlatformPolicy, PromptTemplate, Tenant
+from tenants.models import PlatformPolicy, PromptTemplate, StoredResponse, Tenant
 from tenants.services import api_key_create
 from tests.test_logs_api import make_log
 
@@ -53,6 +56,7 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES = {"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 COUNT = {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}
 EMBEDDINGS = {"model": "gpt-test", "input": "hi"}  # refused as suspended before its kind is looked at
+RESPONSES = {"model": "gpt-test", "input": "hi"}
 NEW_TEMPLATE = {"name": "fresh", "messages": [{"role": "user", "content": "{{x}}"}]}
 
 # (route in gateway/urls.py, method, path, body, status for a suspended tenant)
@@ -61,6 +65,10 @@ SUSPENDED = [
     ("v1/messages", "POST", "/v1/messages", MESSAGES, 403),
     ("v1/messages/count_tokens", "POST", "/v1/messages/count_tokens", COUNT, 403),
     ("v1/embeddings", "POST", "/v1/embeddings", EMBEDDINGS, 403),
+    ("v1/responses", "POST", "/v1/responses", RESPONSES, 403),
+    ("v1/responses/<str:response_id>", "GET", "/v1/responses/resp_alice", None, 200),
+    ("v1/responses/<str:response_id>", "DELETE", "/v1/responses/resp_alice", None, 403),
+    ("v1/responses/<str:response_id>/input_items", "GET", "/v1/responses/resp_alice/input_items", None, 200),
     ("v1/models", "GET", "/v1/models", None, 403),
     ("v1/models/<path:model_id>", "GET", "/v1/models/gpt-test", None, 403),
     ("v1/usage", "GET", "/v1/usage?start=2025-03-01&end=2025-03-31", None, 200),
@@ -83,6 +91,25 @@ def test_the_matrix_covers_every_tenant_endpoint():
 def suspended(catalog, alice, alice_key):
     PromptTemplate.objects.create(tenant=alice, name="support", version=1, messages=[{"role": "user", "content": "x"}])
     make_log(alice, 1)
+    # A response the gateway keeps itself (a translated model's): reading it asks no provider.
+    StoredResponse.objects.create(
+        response_id="resp_alice",
+        tenant=alice,
+        model="claude-test",
+        created_at=timezone.now(),
+        expires_at=timezone.now() + timedelta(days=30),
+        kept_by_gateway=True,
+        input_items=[
+            {"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+        ],
+        response={
+            "id": "resp_alice",
+            "object": "response",
+            "status": "completed",
+            "model": "claude-test",
+            "output": [],
+        },
+    )
     Tenant.objects.filter(pk=alice.pk).update(status=Tenant.Status.SUSPENDED)
     return alice_key
 
