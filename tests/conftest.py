@@ -42,6 +42,13 @@ def make_model(name, provider, upstream, *, input_per_1m, output_per_1m, cached=
     return model
 
 
+def make_embedding_model(name, provider, upstream, *, input_per_1m="0.02", region=""):
+    model = make_model(name, provider, upstream, input_per_1m=input_per_1m, output_per_1m="0", region=region)
+    model.kind = CatalogModel.Kind.EMBEDDING
+    model.save(update_fields=["kind"])
+    return model
+
+
 def make_tenant(slug, *, plan=None, **fields):
     tenant = Tenant.objects.create(slug=slug, name=slug.title(), **fields)
     plan = plan or Plan.objects.get_or_create(name="standard")[0]

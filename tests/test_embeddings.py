@@ -21,10 +21,10 @@ from billing.models import UsageRecord
 from gateway import limits
 from gateway.mock import embeddings as mock_embeddings
 from gateway.tokenizer import CL100K, O200K, count_tokens
-from tenants.models import CatalogModel, Deployment
+from tenants.models import Deployment
 from tenants.services import api_key_create
 
-from .conftest import make_model, start_gateway, stop
+from .conftest import make_embedding_model, start_gateway, stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,20 +40,13 @@ def gateway_day_window(mock_llm, django_db_setup):
     stop(process)
 
 
-def embedding_model(name, provider, upstream, *, input_per_1m="0.02", region=""):
-    model = make_model(name, provider, upstream, input_per_1m=input_per_1m, output_per_1m="0", region=region)
-    model.kind = CatalogModel.Kind.EMBEDDING
-    model.save(update_fields=["kind"])
-    return model
-
-
 @pytest.fixture
 def embedding_catalog(catalog):
     return {
         **catalog,
-        "small": embedding_model("embed-small", "openai", "text-embedding-3-small"),
-        "large": embedding_model("embed-large", "openai", "text-embedding-3-large", input_per_1m="0.13"),
-        "azure": embedding_model("azure-embed", "azure", "text-embedding-3-small"),
+        "small": make_embedding_model("embed-small", "openai", "text-embedding-3-small"),
+        "large": make_embedding_model("embed-large", "openai", "text-embedding-3-large", input_per_1m="0.13"),
+        "azure": make_embedding_model("azure-embed", "azure", "text-embedding-3-small"),
     }
 
 
@@ -223,7 +216,7 @@ def test_an_azure_deployment_serves_a_catalog_embedding_model(gateway_day_window
 def test_an_anthropic_deployment_is_skipped_for_the_next_one(gateway_day_window, mock_llm, limited):
     """Routing falls back as for chat: Anthropic serves no embeddings, the OpenAI deployment does."""
     tenant, _key, secret = limited
-    model = embedding_model("embed-routed", "openai", "text-embedding-3-small")
+    model = make_embedding_model("embed-routed", "openai", "text-embedding-3-small")
     model.deployments.update(priority=1)
     Deployment.objects.create(model=model, provider="anthropic", upstream="claude-haiku-4-5", priority=0)
     raw = sdk(gateway_day_window, secret).embeddings.with_raw_response.create(
@@ -240,7 +233,7 @@ def test_an_anthropic_deployment_is_skipped_for_the_next_one(gateway_day_window,
 
 def test_a_model_only_on_anthropic_cannot_embed(gateway_day_window, limited):
     tenant, _key, secret = limited
-    embedding_model("embed-claude", "anthropic", "claude-haiku-4-5")
+    make_embedding_model("embed-claude", "anthropic", "claude-haiku-4-5")
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(gateway_day_window, secret).embeddings.create(model="embed-claude", input="hello")
     assert caught.value.body["param"] == "model"
@@ -339,7 +332,7 @@ def test_the_tokens_per_minute_limit_counts_the_input(gateway_day_window, limite
 
 def test_an_exhausted_budget_refuses_with_402(gateway_day_window, limited):
     tenant, _key, secret = limited
-    embedding_model("embed-pricey", "openai", "text-embedding-3-small", input_per_1m="1000.00")
+    make_embedding_model("embed-pricey", "openai", "text-embedding-3-small", input_per_1m="1000.00")
     tenant.subscription.monthly_budget = Decimal("0.01")
     tenant.subscription.save()
     client = sdk(gateway_day_window, secret)

@@ -1,7 +1,8 @@
 """Every way a completion request can end leaves its limits exactly as they should be.
 
-The matrix: {chat, messages} x {same family, translated} x {JSON, stream} x {success, upstream
-error, upstream error mid-stream, client hang-up, cache hit}, each under a tenant with one
+The matrix: {chat, messages, responses} x {same family, translated} x {JSON, stream} x {success,
+upstream error, upstream error mid-stream, client hang-up, cache hit}, and embeddings x {success,
+upstream error, broken answer, client hang-up}, each under a tenant with one
 concurrent request, a tokens-per-minute limit and a monthly budget, through a key with its own
 three. After each request this reads what it left behind, not only what it answered: one usage
 record, nothing in flight, the budget counters equal to the records' cost (no hold left), the
@@ -26,7 +27,7 @@ from billing.models import UsageRecord
 from gateway import limits
 from tenants.services import api_key_create
 
-from .conftest import start_gateway, stop
+from .conftest import make_embedding_model, start_gateway, stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,6 +65,7 @@ def limited(settings, catalog, alice):
 
 MODELS = {("chat", "same"): "gpt-test", ("chat", "translated"): "claude-test"}
 MODELS |= {("messages", "same"): "claude-test", ("messages", "translated"): "gpt-test"}
+MODELS |= {("responses", "same"): "gpt-test", ("responses", "translated"): "claude-test"}
 
 
 class Client:
@@ -71,12 +73,18 @@ class Client:
 
     def __init__(self, gateway: str, endpoint: str, model: str, key: str, *, timeout: float = 30) -> None:
         self.endpoint, self.model = endpoint, model
-        if endpoint == "chat":
+        if endpoint in ("chat", "responses", "embeddings"):
             self.sdk = openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0, timeout=timeout)
         else:
             self.sdk = anthropic.Anthropic(base_url=gateway, api_key=key, max_retries=0, timeout=timeout)
 
     def create(self, text: str, **extra):
+        if self.endpoint == "responses":
+            return self.sdk.responses.with_raw_response.create(
+                model=self.model, input=text, max_output_tokens=50, **extra
+            )
+        if self.endpoint == "embeddings":
+            return self.sdk.embeddings.with_raw_response.create(model=self.model, input=text, **extra)
         messages = [{"role": "user", "content": text}]
         if self.endpoint == "chat":
             return self.sdk.chat.completions.with_raw_response.create(
@@ -89,7 +97,7 @@ class Client:
 
     @property
     def errors(self) -> tuple[type[Exception], ...]:
-        return (openai.APIError,) if self.endpoint == "chat" else (anthropic.APIError,)
+        return (anthropic.APIError,) if self.endpoint == "messages" else (openai.APIError,)
 
 
 def read_counters(tenant_id: int, key_id: int) -> tuple[limits.LiveUsage, Decimal | None]:
@@ -159,7 +167,7 @@ def hang_up_stream(client: Client) -> str:
     return raw.headers["x-request-id"]
 
 
-ENDPOINTS = ["chat", "messages"]
+ENDPOINTS = ["chat", "messages", "responses"]
 FAMILIES = ["same", "translated"]
 MODES = ["json", "stream"]
 OUTCOMES = ["success", "upstream_error", "stream_broken", "hang_up", "cache_hit"]
@@ -210,15 +218,17 @@ def test_every_way_a_request_ends_gives_back_what_it_took(gateway_day_window, li
         second = client.stream("same again") if stream else client.create("same again")
         list(second.parse()) if stream else second.parse()
         records = 2
-        # Streams are never cached: both reach the provider.
-        assert second.headers.get("x-cache") == (None if stream else "hit")
-        expected = {"status_code": 200, "cache_hit": not stream, "cost": 0} if not stream else {"status_code": 200}
+        # Streams are never cached, nor is the Responses API (a response is state): both reach the provider.
+        cached = not stream and endpoint != "responses"
+        assert second.headers.get("x-cache") == ("hit" if cached else None)
+        expected = {"status_code": 200, "cache_hit": True, "cost": 0} if cached else {"status_code": 200}
 
     wait_until_settled(tenant, key, records=records, window=window)
     record = UsageRecord.objects.filter(tenant=tenant).order_by("-created_at").first()
     for name, value in expected.items():
         assert getattr(record, name) == value, (name, getattr(record, name), value)
     assert record.api_key_id == key.id
+    assert record.endpoint == endpoint
     if expected.get("status_code") in (200, 499) and outcome != "cache_hit":
         assert record.cost > 0
         assert record.input_tokens > 0
@@ -263,3 +273,39 @@ def test_a_stream_abandoned_before_its_first_byte_is_recorded_and_settled(gatewa
     wait_until_settled(tenant, key, records=1, window=window)
     record = UsageRecord.objects.get(tenant=tenant)
     assert (record.status_code, record.error_type) == (499, "client_disconnected")
+
+
+EMBEDDING_OUTCOMES = ["success", "upstream_error", "answer_broken", "hang_up"]
+
+
+@pytest.mark.parametrize("outcome", EMBEDDING_OUTCOMES)
+def test_every_way_an_embeddings_request_ends_gives_back_what_it_took(gateway_day_window, limited, outcome):
+    tenant, key, secret = limited
+    make_embedding_model("embed-test", "openai", "text-embedding-3-small")
+    client = Client(gateway_day_window, "embeddings", "embed-test", secret)
+    window = int(time.time()) // WINDOW_SECONDS
+    if outcome == "success":
+        client.create("hello there").parse()
+        expected = {"status_code": 200, "error_type": "", "estimated": False, "streamed": False}
+    elif outcome == "upstream_error":
+        with pytest.raises(client.errors):
+            client.create("[[mock:status=500]] hello")
+        expected = {"status_code": 502, "cost": 0, "input_tokens": 0}
+    elif outcome == "answer_broken":
+        with pytest.raises(client.errors):
+            client.create("[[mock:break_after=3]] hello")
+        expected = {"status_code": 502, "cost": 0}
+    else:
+        hang_up_json(client)
+        expected = {"status_code": 499, "error_type": "client_disconnected", "estimated": False}
+
+    wait_until_settled(tenant, key, records=1, window=window)
+    record = UsageRecord.objects.get(tenant=tenant)
+    for name, value in expected.items():
+        assert getattr(record, name) == value, (name, getattr(record, name), value)
+    assert record.endpoint == "embeddings"
+    if record.status_code in (200, 499):
+        assert record.cost > 0
+        assert record.input_tokens > 0
+    assert client.create("and now?").http_response.status_code == 200
+    wait_until_settled(tenant, key, records=2, window=window)
