@@ -36,11 +36,16 @@ Anthropic request -> OpenAI request (`anthropic_request_to_openai`)
            parallel_tool_calls=false; metadata.user_id -> user; stream -> stream with
            stream_options.include_usage (the gateway always meters); output_config.format ->
            response_format json_schema; thinking {"type": "disabled"}.
-  dropped  top_k (no OpenAI equivalent; it only narrows sampling), output_config.effort,
+  dropped  thinking enabled/adaptive (a request to show the model's thinking; an OpenAI model
+           reasons or not on its own, and the answer simply has no thinking blocks, which
+           Anthropic clients handle: Claude Code sends it on every turn), context_management
+           whose edits only clear thinking (`clear_thinking_*`: a translated conversation carries
+           no thinking blocks to clear), top_k (no OpenAI equivalent; it only narrows sampling), output_config.effort,
            service_tier, cache_control (top level and on blocks: OpenAI caches on its own),
            speed, diagnostics, user_profile_id, workspace_id, tool_result `is_error` (the
            text still says what went wrong), thinking/redacted_thinking blocks in history.
-  refused  thinking enabled/adaptive, server tools (web search, code execution, ...), their
+  refused  context_management with other edits (clearing tool uses changes what the model
+           sees), server tools (web search, code execution, ...), their
            result blocks, search_result and image-bearing tool results, file-id sources,
            container, mcp_servers, inference_geo, unknown parameters.
 
@@ -565,6 +570,7 @@ _ANTHROPIC_MAPPED = frozenset(
         "metadata",
         "thinking",
         "output_config",
+        "context_management",
     }
 )
 _ANTHROPIC_DROPPED = frozenset(
@@ -578,8 +584,16 @@ def _refuse_anthropic_params(body: dict) -> None:
     for param in sorted(_ANTHROPIC_REFUSED):
         if body.get(param):
             raise TranslationError(f"{param} is not supported for this model.", param=param)
-    if (body.get("thinking") or {}).get("type", "disabled") != "disabled":
-        raise TranslationError("Extended thinking is not supported for this model.", param="thinking")
+    management = body.get("context_management")
+    if management is not None:
+        edits = management.get("edits") if isinstance(management, dict) else None
+        for i, edit in enumerate(edits if isinstance(edits, list) else [None]):
+            kind = edit.get("type") if isinstance(edit, dict) else None
+            if not (isinstance(kind, str) and kind.startswith("clear_thinking")):
+                raise TranslationError(
+                    "context_management is supported for this model only with edits that clear thinking.",
+                    param=f"context_management.edits.{i}" if isinstance(edits, list) else "context_management",
+                )
 
 
 @_client_body

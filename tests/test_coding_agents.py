@@ -152,27 +152,23 @@ def current_window() -> int:
     return int(time.time()) // WINDOW_SECONDS
 
 
-def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, agent_tenant, tmp_path, catalog):
-    tenant, key = agent_tenant
-    home, workdir = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    workdir.mkdir()
-    seen_before, window = len(mock_requests(mock_llm)), current_window()
+def claude_code(agent_bin: Path, gateway: str, key: str, model: str, home: Path, workdir: Path):
+    """One non-interactive Claude Code run (`claude -p`) against the gateway, every model it may pick set to `model`."""
     env = base_env(home) | {
         "ANTHROPIC_BASE_URL": gateway,
         "ANTHROPIC_API_KEY": key,
-        "ANTHROPIC_MODEL": "claude-test",
-        "ANTHROPIC_DEFAULT_SONNET_MODEL": "claude-test",
-        "ANTHROPIC_DEFAULT_OPUS_MODEL": "claude-test",
-        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "claude-test",
-        "ANTHROPIC_SMALL_FAST_MODEL": "claude-test",
+        "ANTHROPIC_MODEL": model,
+        "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
+        "ANTHROPIC_DEFAULT_OPUS_MODEL": model,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": model,
+        "ANTHROPIC_SMALL_FAST_MODEL": model,
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
-    run = subprocess.run(
+    return subprocess.run(
         [agent_bin / "claude", "-p", "Reply with the word pong", "--output-format", "json"],
         cwd=workdir,
         env=env,
@@ -182,6 +178,15 @@ def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, a
         timeout=RUN_TIMEOUT,
         check=False,
     )
+
+
+def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, agent_tenant, tmp_path, catalog):
+    tenant, key = agent_tenant
+    home, workdir = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    workdir.mkdir()
+    seen_before, window = len(mock_requests(mock_llm)), current_window()
+    run = claude_code(agent_bin, gateway, key, "claude-test", home, workdir)
     assert run.returncode == 0, f"stdout: {run.stdout[-3000:]}\nstderr: {run.stderr[-3000:]}"
     answer = json.loads(run.stdout)
     assert answer["is_error"] is False
@@ -214,6 +219,31 @@ def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, a
     assert answered.cost == (usage.prompt_tokens * price.input_per_1m + usage.output_tokens * price.output_per_1m) / (
         ONE_MILLION
     )
+    assert_settled(tenant, window=window)
+
+
+def test_claude_code_on_a_gpt_model_answers_through_translation(
+    agent_bin, gateway, mock_llm, agent_tenant, tmp_path, catalog
+):
+    """The thinking and context management Claude Code asks for on every turn mean nothing to an
+    OpenAI model: they are dropped in translation, not refused (gateway/translate.py)."""
+    tenant, key = agent_tenant
+    home, workdir = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    workdir.mkdir()
+    seen_before, window = len(mock_requests(mock_llm)), current_window()
+    run = claude_code(agent_bin, gateway, key, "gpt-test", home, workdir)
+    assert run.returncode == 0, f"stdout: {run.stdout[-3000:]}\nstderr: {run.stderr[-3000:]}"
+    answer = json.loads(run.stdout)
+    assert answer["is_error"] is False
+    sent = [r for r in mock_requests(mock_llm)[seen_before:] if r["path"] == "/v1/chat/completions"]
+    assert len(sent) == 1
+    assert sent[0]["body"]["model"] == "gpt-4o-mini-2024-07-18"
+    assert answer["result"].startswith("Mock reply from gpt-4o-mini-2024-07-18:")
+    answered = UsageRecord.objects.filter(tenant=tenant, status_code=200).get()
+    assert (answered.endpoint, answered.model, answered.estimated) == ("messages", "gpt-test", False)
+    assert answered.input_tokens == answer["usage"]["input_tokens"]
+    assert answered.output_tokens == answer["usage"]["output_tokens"]
     assert_settled(tenant, window=window)
 
 

@@ -872,6 +872,25 @@ def test_output_config_format_becomes_strict_json_schema():
     assert_valid_openai_request(out)
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+        {"thinking": {"type": "adaptive"}},
+        {"context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}},
+        {"context_management": {"edits": []}},
+    ],
+)
+def test_thinking_and_clearing_it_are_dropped_for_an_openai_model(params):
+    """What Claude Code sends on every turn: an OpenAI model shows no thinking, and a translated
+    conversation has none to clear."""
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}], **params}
+    out = _to_openai(body)
+    assert "thinking" not in out
+    assert "context_management" not in out
+    assert out["messages"] == [{"role": "user", "content": "Hi"}]
+
+
 def test_disabled_thinking_is_fine():
     body = {
         "model": "m",
@@ -886,13 +905,12 @@ def test_disabled_thinking_is_fine():
 @pytest.mark.parametrize(
     ("params", "param"),
     [
-        ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, "thinking"),
-        ({"thinking": {"type": "adaptive"}}, "thinking"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
         ({"container": "container_abc"}, "container"),
         ({"inference_geo": "eu"}, "inference_geo"),
         ({"tool_choice": {"type": "unknown"}, "tools": ANTHROPIC_AGENT_REQUEST["tools"]}, "tool_choice"),
-        ({"context_management": {"edits": []}}, "context_management"),
+        ({"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}, "context_management.edits.0"),
+        ({"context_management": {"edits": "all"}}, "context_management"),
     ],
 )
 def test_anthropic_params_that_change_the_answer_are_refused(params, param):
