@@ -39,6 +39,7 @@ from billing.pricing import Tokens
 
 from .db import DATABASE_UNAVAILABLE
 from .errors import GatewayError
+from .journal import trace_confirmed
 from .limits import Admission
 from .metered import Metered
 from .metering import LogEntry, estimate_prompt_tokens, keep_alive, record
@@ -72,6 +73,7 @@ class Call:
     upstream_asked: bool = False  # a provider was sent the request (it may bill us for the prompt)
     client_gone: bool = False  # the client hung up while the upstream call was on its way
     prompt_estimate: int = 0  # the admission's bound of the prompt, kept in the journal's trace
+    trace_sent: asyncio.Future | None = None  # Redis' acknowledgment of the trace (journal.trace_confirmed)
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -167,6 +169,7 @@ class Owner:
         call = self.call
         admission = self.admission
         cost = None
+        await trace_confirmed(call)  # the trace is in Redis before the record can remove it
         try:
             cost = await record(
                 call.metered(outcome),

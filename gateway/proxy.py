@@ -189,7 +189,7 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
     for deployment in deployments:
         call.deployment = deployment
         # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
-        await journal.trace_open(call=call)
+        await journal.trace_open(call=call, ahead=True)
         # A tenant's own provider account (bring your own key) takes precedence over ours.
         secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:
