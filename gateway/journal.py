@@ -220,6 +220,13 @@ class _TraceWriter:
         self._reader = asyncio.get_running_loop().create_task(self._read())
         self.broken = False
 
+    @property
+    def usable(self) -> bool:
+        """Not broken, and not closed under us: a write to a closing transport would be dropped, and
+        one to a connection the server closed (an idle timeout, CLIENT KILL, a restart) lost."""
+        writer, reader = self._connection._writer, self._connection._reader
+        return not self.broken and writer is not None and not writer.transport.is_closing() and not reader.at_eof()
+
     async def send(self, args: list) -> tuple[asyncio.Future, bool]:
         """(the reply's future, whether the bytes left the process)."""
         loop = asyncio.get_running_loop()
@@ -238,7 +245,7 @@ class _TraceWriter:
             part = batch[start : start + _GroupCommit.MAX_BATCH]
             reply = loop.create_future()
             try:
-                if self.broken:
+                if not self.usable:
                     raise RedisConnectionError("the journal's trace connection is closed")
                 args = [arg for args, _ in part for arg in args]
                 writer = self._connection._writer  # redis-py's own send awaits a task per command
@@ -343,7 +350,7 @@ class _RedisJournal:
     async def _writer(self) -> _TraceWriter:
         loop = asyncio.get_running_loop()
         writer = self._writers.get(loop)
-        if writer is not None and not writer.broken and writer.client is shared_redis():
+        if writer is not None and writer.usable and writer.client is shared_redis():
             return writer
         # Requests that find no connection wait for the same one.
         connecting = self._connecting.get(loop)
