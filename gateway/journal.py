@@ -7,9 +7,11 @@ billed us; a PostgreSQL outage lost the records of requests that were served mea
 
 - Trace. Just before the provider is called, `trace_open()` writes what is known of the request
   (tenant, key, catalog model, endpoint, deployment, price row, start, streamed, the prompt
-  estimate) in Redis: one Lua script, one round trip, scored by Redis' own clock. The usage
-  record's commit removes it (`trace_done()`). A trace that outlives its request is the mark of
-  a request whose process died.
+  estimate) in Redis: one Lua script, scored by Redis' own clock. The proxy sends it ahead
+  (`_TraceWriter`: the bytes are in the kernel before the provider is called, Redis' reply is
+  awaited by `trace_confirmed()` before the usage record is written), so the request does not
+  wait a round trip for it. The usage record's commit removes it (`trace_done_soon()`). A trace
+  that outlives its request is the mark of a request whose process died.
 - Spool. When the usage record cannot be written because the database is unreachable or does not
   answer in time (gateway/db.py `DATABASE_UNAVAILABLE`), `spool()` keeps the whole record, cost
   computed as the database write would have, and removes its trace, atomically. The request ends
