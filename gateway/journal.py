@@ -39,6 +39,7 @@ of it. It is not crash-proof.
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 import time
@@ -54,6 +55,7 @@ import orjson
 from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.models import ModelPrice
 from billing.pricing import Price, Tokens
@@ -61,6 +63,7 @@ from billing.services import RecordedUsage, usage_cost, usage_record_upsert
 
 from .db import DATABASE_UNAVAILABLE, db_call
 from .limits import UNREACHABLE, aclose, release_request, shared_redis
+from .limits.config import redis_timeout
 from .limits.redis_store import dedicated_connection, forget_dedicated
 from .metered import Metered
 
@@ -197,6 +200,19 @@ class _GroupCommit:
                     future.set_result(None)
 
 
+def _reply(line: bytes) -> int | ResponseError:
+    """One reply of the trace connection, as RESP puts it on one line: the script's integer, or
+    its error (which fails this call only). Anything else means the connection is not ours to
+    read any more."""
+    if line[:1] == b":" and line.endswith(b"\r\n"):
+        return int(line[1:-2])
+    if line[:1] == b"-":
+        return ResponseError(line[1:].rstrip(b"\r\n").decode(errors="replace"))
+    if not line:
+        raise RedisConnectionError("the journal's trace connection was closed by the server")
+    raise RedisConnectionError(f"unexpected reply on the journal's trace connection: {line[:40]!r}")
+
+
 class _TraceWriter:
     """Trace writes on a connection of their own, sent ahead of the provider call and confirmed
     before the request ends (one per event loop and Redis client).
@@ -274,10 +290,7 @@ class _TraceWriter:
                     self._wake = loop.create_future()
                     await self._wake
                     continue
-                try:
-                    answer = await self._connection.read_response(disable_decoding=True)
-                except ResponseError as exc:  # this script call failed; the connection is fine
-                    answer = exc
+                answer = _reply(await self._connection._reader.readline())
                 reply = self._unanswered.popleft()
                 if reply.done():
                     continue
@@ -291,6 +304,20 @@ class _TraceWriter:
             raise
         except BaseException as exc:
             self._break(exc)
+
+    async def answer(self, reply: asyncio.Future) -> None:
+        """Wait for a script call's reply (shared by the batch: shielded), within the Redis
+        client's timeout; a Redis that does not answer in time gives up the connection."""
+        if reply.done():
+            reply.result()
+            return
+        try:
+            async with asyncio.timeout(redis_timeout()):
+                await asyncio.shield(reply)
+        except TimeoutError:
+            error = RedisTimeoutError("the journal's trace write was not acknowledged in time")
+            self._break(error)
+            raise error from None
 
     def _break(self, exc: BaseException, *, disconnect: bool = True) -> None:
         """The connection failed: every write without a reply fails with it, the next request
@@ -368,19 +395,20 @@ class _RedisJournal:
         writer = self._writers[loop] = _TraceWriter(*await dedicated_connection())
         return writer
 
-    async def send(self, request_id: str, data: bytes) -> asyncio.Future | None:
-        """Send the trace; the reply's future when the bytes left the process (await it before
-        the request ends), None when it was waited for here."""
-        reply, left = await (await self._writer()).send([request_id, data])
+    async def send(self, request_id: str, data: bytes) -> Callable[[], Awaitable[None]] | None:
+        """Send the trace; when its bytes left the process, a function that waits for Redis'
+        reply (call it before the request ends); None when the reply was waited for here."""
+        writer = await self._writer()
+        reply, left = await writer.send([request_id, data])
         if left:
-            return reply
-        await reply
+            return functools.partial(writer.answer, reply)
+        await writer.answer(reply)
         return None
 
     async def open(self, request_id: str, data: bytes) -> None:
-        reply = await self.send(request_id, data)
-        if reply is not None:
-            await reply
+        answer = await self.send(request_id, data)
+        if answer is not None:
+            await answer()
 
     async def done(self, names: tuple[str, str], request_id: str) -> None:
         if names == _TRACES:
@@ -521,29 +549,23 @@ async def trace_open(*, call: "Call", ahead: bool = False) -> None:
         if not ahead:
             await _journal().open(call.request_id, data)
             return
-        reply = await _journal().send(call.request_id, data)
+        answer = await _journal().send(call.request_id, data)
     except UNREACHABLE as exc:
         _pause(call.request_id, "no trace written", exc)
         return
-    if reply is not None:
-        reply.add_done_callback(_retrieved)  # an earlier trace of a fallback is never awaited
-        call.trace_sent = reply
-
-
-def _retrieved(reply: asyncio.Future) -> None:
-    if not reply.cancelled():
-        reply.exception()
+    if answer is not None:
+        call.trace_sent = answer  # a fallback's earlier trace: its reply is not waited for
 
 
 async def trace_confirmed(call: "Call") -> None:
     """Wait for Redis' acknowledgment of a trace written `ahead` (a no-op otherwise). A trace
     that failed is logged, as a failed `trace_open` is: the request was served unprotected.
-    Bounded by the Redis client's timeout (the trace connection's reads are)."""
-    reply, call.trace_sent = call.trace_sent, None
-    if reply is None:
+    Bounded by the Redis client's timeout (GATEWAY_LIMITS_REDIS_TIMEOUT)."""
+    answer, call.trace_sent = call.trace_sent, None
+    if answer is None:
         return
     try:
-        await reply
+        await answer()
     except (*UNREACHABLE, ResponseError) as exc:
         _pause(call.request_id, "its trace may not have been written", exc)
 

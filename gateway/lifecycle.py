@@ -26,7 +26,7 @@ first byte, an upstream error after it, a cache hit, a bug) can forget either.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,7 +73,7 @@ class Call:
     upstream_asked: bool = False  # a provider was sent the request (it may bill us for the prompt)
     client_gone: bool = False  # the client hung up while the upstream call was on its way
     prompt_estimate: int = 0  # the admission's bound of the prompt, kept in the journal's trace
-    trace_sent: asyncio.Future | None = None  # Redis' acknowledgment of the trace (journal.trace_confirmed)
+    trace_sent: Callable[[], Awaitable[None]] | None = None  # waits for Redis' acknowledgment of the trace
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None

@@ -370,7 +370,6 @@ def test_a_trace_written_ahead_is_on_its_way_when_the_call_returns_and_confirmed
 
     pending, after = run(scenario())
     assert pending is not None  # the reply was left for later
-    assert pending.done()
     assert after is None
     assert empty_journal.zscore("gw:journal:traces", "req-ahead") is not None
     assert orjson.loads(empty_journal.hget("gw:journal:traces:data", "req-ahead"))["prompt_tokens"] == 1000
@@ -448,15 +447,49 @@ def test_a_trace_redis_did_not_acknowledge_is_logged_and_pauses_the_journal(pric
 
     monkeypatch.setattr(journal, "_paused_until", 0.0)
 
+    async def reset() -> None:
+        raise RedisConnectionError("Connection reset by peer")
+
     async def scenario():
         call = call_of(priced, "req-lost")
-        call.trace_sent = asyncio.get_running_loop().create_future()
-        call.trace_sent.set_exception(RedisConnectionError("Connection reset by peer"))
+        call.trace_sent = reset
         await journal.trace_confirmed(call)  # does not raise
         return call.trace_sent, journal._paused()
 
     assert run(scenario()) == (None, True)
     assert "request req-lost: the journal is unreachable, its trace may not have been written" in caplog.text
+
+
+def test_a_redis_that_stops_answering_costs_a_trace_one_timeout(priced, own_redis, settings, monkeypatch, caplog):
+    """The reply of a trace sent ahead is waited for within GATEWAY_LIMITS_REDIS_TIMEOUT; then the
+    connection is given up (the next request connects again) and the journal pauses."""
+    import signal
+
+    settings.GATEWAY_LIMITS_REDIS_TIMEOUT = 0.3
+    monkeypatch.setattr(journal, "_paused_until", 0.0)
+    pid = own_redis.info("server")["process_id"]
+
+    async def scenario():
+        warm = call_of(priced, "req-warm")
+        warm.trace_sent = None
+        await journal.trace_open(call=warm, ahead=True)  # connected
+        await journal.trace_confirmed(warm)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            call = call_of(priced, "req-hung")
+            call.trace_sent = None
+            await journal.trace_open(call=call, ahead=True)  # sent: the kernel takes it
+            started = asyncio.get_running_loop().time()
+            await journal.trace_confirmed(call)
+            waited = asyncio.get_running_loop().time() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return waited, journal._paused()
+
+    waited, paused = run(scenario())
+    assert 0.25 <= waited < 2
+    assert paused
+    assert "request req-hung: the journal is unreachable, its trace may not have been written" in caplog.text
 
 
 def test_the_command_reconciles_and_checks_its_argument(priced, capsys):
