@@ -124,12 +124,16 @@ async def admit_call(call: Call) -> Admission:
     prompt = call.prompt_estimate = prompt_token_bound(call.body, provider=call.model.provider, model=call.model.name)
     max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
+    budgeted = tenant.monthly_budget is not None or key.monthly_budget is not None
     return await admit(
         caller=call.caller,
         request_id=call.request_id,
         prompt_tokens=prompt,
         max_output_tokens=max_output if isinstance(max_output, int) else None,
-        worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=reserve, price=call.price.price),
+        # Only a budget reads it (Decimal arithmetic that a caller without one need not pay for).
+        worst_case_cost=worst_case_cost(prompt_tokens=prompt, max_output_tokens=reserve, price=call.price.price)
+        if budgeted
+        else None,
         budget=tenant.monthly_budget,
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
