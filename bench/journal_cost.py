@@ -1,11 +1,16 @@
-"""What the write-ahead trace adds to one request: trace_open() before the upstream call and
-trace_done() after the usage record's commit (gateway/journal.py), against a bare Redis PING.
+"""What the write-ahead trace adds to one request (gateway/journal.py), against a bare Redis PING:
 
-Runs the journal as the gateway does (one event loop, real Redis at REDIS_URL, default
+- "trace sent ahead": what the proxy does, trace_open(ahead=True) before the upstream call,
+  trace_confirmed() before the usage record, trace_done_soon() after its commit (removals
+  batched every DONE_DELAY_SECONDS, their CPU counted);
+- "trace waited": trace_open() and trace_done() each awaiting Redis' reply through redis-py, as
+  the proxy did before the trace was sent ahead.
+
+Runs the journal as the gateway does (one uvloop event loop, real Redis at REDIS_URL, default
 redis://127.0.0.1:6379/3), sequentially and with 50 requests in flight, and prints wall and
 CPU microseconds per request. The traces it writes are removed again.
 
-usage: python bench/journal_cost.py [--requests N]
+usage: python bench/journal_cost.py [--requests N] [--reps N]
 """
 
 import argparse
@@ -39,12 +44,21 @@ def call(i: int) -> SimpleNamespace:
         created_at=datetime.now(UTC),
         stream=False,
         prompt_estimate=123,
+        trace_sent=None,
     )
 
 
-async def one(i: int) -> None:
+async def waited(i: int) -> None:
     await journal.trace_open(call=call(i))
     await journal.trace_done(request_id=f"bench-{i:08d}")
+
+
+async def ahead(i: int) -> None:
+    this = call(i)
+    await journal.trace_open(call=this, ahead=True)
+    await asyncio.sleep(0)  # the provider call would be made here
+    await journal.trace_confirmed(this)
+    journal.trace_done_soon(request_id=this.request_id)
 
 
 async def ping(_: int) -> None:
@@ -55,21 +69,30 @@ async def measure(fn, n: int, concurrency: int) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     for start in range(0, n, concurrency):
         await asyncio.gather(*(fn(i) for i in range(start, min(n, start + concurrency))))
-    return (time.perf_counter() - wall) / n * 1e6, (time.process_time() - cpu) / n * 1e6
+    await asyncio.sleep(journal.DONE_DELAY_SECONDS * 1.5)  # the last batched removals
+    await journal.flush()
+    cpu = time.process_time() - cpu
+    wall = time.perf_counter() - wall - journal.DONE_DELAY_SECONDS * 1.5
+    return wall / n * 1e6, cpu / n * 1e6
 
 
-async def main(n: int) -> None:
-    await one(-1)  # scripts loaded, connections open
+async def main(n: int, reps: int) -> None:
+    await waited(-1)  # scripts loaded, connections open
+    await ahead(-2)
     for concurrency in (1, 50):
-        for name, fn in (("ping x2", ping), ("trace open+done", one)):
-            runs = 2 if fn is ping else 1
+        for name, fn in (("ping", ping), ("trace waited", waited), ("trace sent ahead", ahead)) * reps:
             wall, cpu = await measure(fn, n, concurrency)
-            per = f"{wall * runs:7.1f} us wall, {cpu * runs:6.1f} us CPU per request"
-            print(f"{name:16} concurrency {concurrency:2}: {per}")
+            print(f"{name:16} concurrency {concurrency:2}: {wall:7.1f} us wall, {cpu:6.1f} us CPU per request")
     await limits.aclose()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=5000)
-    asyncio.run(main(parser.parse_args().requests))
+    parser.add_argument("--reps", type=int, default=1, help="alternate the three this many times")
+    args = parser.parse_args()
+    try:
+        import uvloop  # as the gateway runs (uvicorn picks it when installed)
+    except ImportError:
+        uvloop = None
+    (uvloop.run if uvloop is not None else asyncio.run)(main(args.requests, args.reps))

@@ -28,7 +28,7 @@ first byte, an upstream error after it, a cache hit, a bug) can forget either.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +43,7 @@ from billing.pricing import Tokens
 from . import observability
 from .db import DATABASE_UNAVAILABLE
 from .errors import GatewayError
+from .journal import trace_confirmed
 from .limits import Admission
 from .metered import Metered
 from .metering import LogEntry, estimate_prompt_tokens, keep_alive, record
@@ -80,6 +81,7 @@ class Call:
     # False for a call no provider bills (a token count): it writes no usage record, only its
     # metrics and log line, and gives back its admission without settling tokens or cost.
     billable: bool = True
+    trace_sent: Callable[[], Awaitable[None]] | None = None  # waits for Redis' acknowledgment of the trace
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -181,6 +183,7 @@ class Owner:
                 await admission.release()
             return
         cost = None
+        await trace_confirmed(call)  # the trace is in Redis before the record can remove it
         try:
             cost = await record(
                 call.metered(outcome),

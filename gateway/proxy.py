@@ -157,17 +157,21 @@ async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admissio
     else:
         max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
+    budgeted = tenant.monthly_budget is not None or key.monthly_budget is not None
     return await admit(
         caller=call.caller,
         request_id=call.request_id,
         prompt_tokens=prompt,
         max_output_tokens=max_output if isinstance(max_output, int) else None,
+        # Only a budget reads it (Decimal arithmetic that a caller without one need not pay for).
         worst_case_cost=worst_case_cost(
             prompt_tokens=prompt,
             max_output_tokens=reserve,
             price=call.price.price,
             cache_writes=asks_cache_write(call.body),
-        ),
+        )
+        if budgeted
+        else None,
         budget=tenant.monthly_budget,
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
@@ -253,7 +257,7 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
     for deployment in deployments:
         call.deployment = deployment
         # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
-        await journal.trace_open(call=call)
+        await journal.trace_open(call=call, ahead=True)
         # A tenant's own provider account (bring your own key) takes precedence over ours.
         secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:

@@ -354,6 +354,144 @@ def test_finished_traces_leave_together_off_the_requests_path(priced, own_redis)
     assert own_redis.hlen("gw:journal:traces:data") == 0
 
 
+def test_a_trace_written_ahead_is_on_its_way_when_the_call_returns_and_confirmed_before_the_record(
+    priced, empty_journal
+):
+    """The proxy's trace_open(ahead=True) does not wait for Redis' reply: it leaves it on the call,
+    and trace_confirmed() (the owner, before the usage record) waits for it."""
+
+    async def scenario():
+        call = call_of(priced, "req-ahead")
+        call.trace_sent = None
+        await journal.trace_open(call=call, ahead=True)
+        pending = call.trace_sent
+        await journal.trace_confirmed(call)
+        return pending, call.trace_sent
+
+    pending, after = run(scenario())
+    assert pending is not None  # the reply was left for later
+    assert after is None
+    assert empty_journal.zscore("gw:journal:traces", "req-ahead") is not None
+    assert orjson.loads(empty_journal.hget("gw:journal:traces:data", "req-ahead"))["prompt_tokens"] == 1000
+
+
+CRASH_AFTER_TRACE = """
+import asyncio, os, signal, sys
+from datetime import UTC, datetime
+from types import SimpleNamespace
+import django
+django.setup()
+from gateway import journal
+
+tenant = SimpleNamespace(id=1, slug="t")
+caller = SimpleNamespace(tenant=tenant, key_id=2)
+deployment = SimpleNamespace(id=3, provider="openai", upstream="gpt-test")
+
+
+async def main():
+    for n in range(int(sys.argv[2])):  # a connection of its own, as a gateway's first request makes it
+        call = SimpleNamespace(request_id=f"{sys.argv[1]}-{n}", caller=caller, model_name="gpt-test",
+            endpoint="chat", deployment=deployment, price=None, created_at=datetime.now(UTC), stream=False,
+            prompt_estimate=7, trace_sent=None)
+        await journal.trace_open(call=call, ahead=True)
+    # The provider would be called now; the process dies before it reads any reply.
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_trace_written_ahead_survives_the_process_dying_before_its_reply(priced, empty_journal, settings):
+    """kill -9 right after trace_open(ahead=True) returned, its reply never read: Redis has the
+    traces all the same (the bytes were in the kernel; Redis executes them in order)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "DJANGO_SETTINGS_MODULE": "proxy_platform.settings"}
+    process = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_TRACE, "req-killed", "20"], env=env, capture_output=True, timeout=60
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
+    deadline = time.monotonic() + 5
+    while empty_journal.zcard("gw:journal:traces") < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {rid.decode() for rid in empty_journal.zrange("gw:journal:traces", 0, -1)} == {
+        f"req-killed-{n}" for n in range(20)
+    }
+
+
+def test_a_trace_connection_closed_by_the_server_is_replaced_at_the_next_request(priced, own_redis):
+    async def scenario():
+        first = call_of(priced, "req-1")
+        first.trace_sent = None
+        await journal.trace_open(call=first, ahead=True)
+        await journal.trace_confirmed(first)
+        own_redis.client_kill_filter(_type="normal", skipme=True)  # every other client's connection
+        await asyncio.sleep(0.2)  # the loop sees the connection closed
+        second = call_of(priced, "req-2")
+        second.trace_sent = None
+        await journal.trace_open(call=second, ahead=True)
+        await journal.trace_confirmed(second)
+        return journal._paused()
+
+    assert run(scenario()) is False
+    assert {rid.decode() for rid in own_redis.zrange("gw:journal:traces", 0, -1)} == {"req-1", "req-2"}
+
+
+def test_a_trace_redis_did_not_acknowledge_is_logged_and_pauses_the_journal(priced, monkeypatch, caplog):
+    """The request was already served: the failure costs it nothing but the protection."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    monkeypatch.setattr(journal, "_paused_until", 0.0)
+
+    async def reset() -> None:
+        raise RedisConnectionError("Connection reset by peer")
+
+    async def scenario():
+        call = call_of(priced, "req-lost")
+        call.trace_sent = reset
+        await journal.trace_confirmed(call)  # does not raise
+        return call.trace_sent, journal._paused()
+
+    assert run(scenario()) == (None, True)
+    assert "request req-lost: the journal is unreachable, its trace may not have been written" in caplog.text
+
+
+def test_a_redis_that_stops_answering_costs_a_trace_one_timeout(priced, own_redis, settings, monkeypatch, caplog):
+    """The reply of a trace sent ahead is waited for within GATEWAY_LIMITS_REDIS_TIMEOUT; then the
+    connection is given up (the next request connects again) and the journal pauses."""
+    import signal
+
+    settings.GATEWAY_LIMITS_REDIS_TIMEOUT = 0.3
+    monkeypatch.setattr(journal, "_paused_until", 0.0)
+    pid = own_redis.info("server")["process_id"]
+
+    async def scenario():
+        warm = call_of(priced, "req-warm")
+        warm.trace_sent = None
+        await journal.trace_open(call=warm, ahead=True)  # connected
+        await journal.trace_confirmed(warm)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            call = call_of(priced, "req-hung")
+            call.trace_sent = None
+            await journal.trace_open(call=call, ahead=True)  # sent: the kernel takes it
+            started = asyncio.get_running_loop().time()
+            await journal.trace_confirmed(call)
+            waited = asyncio.get_running_loop().time() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return waited, journal._paused()
+
+    waited, paused = run(scenario())
+    assert 0.25 <= waited < 2
+    assert paused
+    assert "request req-hung: the journal is unreachable, its trace may not have been written" in caplog.text
+
+
 def test_the_command_reconciles_and_checks_its_argument(priced, capsys):
     run(journal.trace_open(call=call_of(priced, "req-cmd")))
     call_command("reconcile_requests", "--older-than", "3600")

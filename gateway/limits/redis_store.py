@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -44,6 +45,7 @@ class _LoopClient:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self.scripts = {name: self.client.register_script(source) for name, source in SCRIPTS.items()}
+        self.dedicated: list = []  # connections kept out of the pool (`dedicated_connection`)
 
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient]" = weakref.WeakKeyDictionary()
@@ -64,9 +66,16 @@ def _client() -> _LoopClient:
     entry = _clients.get(loop)
     if entry is None or entry.url != url:
         if entry is not None:
-            background(entry.client.aclose())
+            background(_close(entry))
         entry = _clients[loop] = _LoopClient(url)
     return entry
+
+
+async def _close(entry: _LoopClient) -> None:
+    for connection in entry.dedicated:
+        await connection.disconnect()
+    entry.dedicated.clear()
+    await entry.client.aclose()
 
 
 def shared_redis() -> Redis:
@@ -74,11 +83,35 @@ def shared_redis() -> Redis:
     return _client().client
 
 
+async def dedicated_connection() -> tuple[Redis, Connection]:
+    """A connection of this loop's client, configured like its pooled ones (URL, timeouts,
+    authentication, TLS), connected, and kept out of the pool for a caller that pipelines on it
+    by itself (gateway/journal.py's trace writer). It is closed with the client (`aclose`).
+    Returns the client too, so that the caller can tell when the client it came from is replaced."""
+    entry = _client()
+    connection = entry.client.connection_pool.make_connection()
+    entry.dedicated.append(connection)
+    try:
+        await connection.connect()
+    except BaseException:
+        entry.dedicated.remove(connection)
+        await connection.disconnect()
+        raise
+    return entry.client, connection
+
+
+def forget_dedicated(connection: Connection) -> None:
+    """A dedicated connection its user closed itself (broken): not to be closed again."""
+    for entry in list(_clients.values()):
+        if connection in entry.dedicated:
+            entry.dedicated.remove(connection)
+
+
 async def aclose() -> None:
     """Close this event loop's Redis client (ASGI lifespan shutdown, tests, one-off scripts)."""
     entry = _clients.pop(asyncio.get_running_loop(), None)
     if entry is not None:
-        await entry.client.aclose()
+        await _close(entry)
 
 
 def _text(value) -> str:
