@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from billing.models import UsageRecord
 
-from .test_embeddings import embedding_model
+from .conftest import make_embedding_model
 from .test_fuzz import broken, check, dumps, fuzz, fuzz_world, junk, text  # noqa: F401 (fuzz_world: a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,8 +37,8 @@ embeddings_bodies = st.fixed_dictionaries(
 
 def test_embeddings_never_answer_5xx(fuzz_world):  # noqa: F811 (the fixture, imported above)
     loop, key = fuzz_world
-    embedding_model("embed-fuzz", "openai", "text-embedding-3-small")
-    embedding_model("azure-embed-fuzz", "azure", "text-embedding-3-small")
+    make_embedding_model("embed-fuzz", "openai", "text-embedding-3-small")
+    make_embedding_model("azure-embed-fuzz", "azure", "text-embedding-3-small")
     statuses: list[int] = []
 
     @fuzz(400)
