@@ -121,9 +121,11 @@ def base_env(home: Path) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8", "TERM": "dumb"}
 
 
-def mock_requests(mock_url: str) -> list[dict]:
+def mock_requests(mock_url: str, *, since: float) -> list[dict]:
+    """What the shared mock received from `since` (its log keeps only the latest requests, so a
+    count taken before a run says nothing once it is full)."""
     with urllib.request.urlopen(f"{mock_url}/_mock/requests", timeout=5) as response:
-        return json.load(response)
+        return [r for r in json.load(response) if r["time"] >= since]
 
 
 def read_usage(tenant_id: int) -> limits.LiveUsage:
@@ -185,14 +187,14 @@ def test_claude_code_answers_through_the_gateway(agent_bin, gateway, mock_llm, a
     home, workdir = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     workdir.mkdir()
-    seen_before, window = len(mock_requests(mock_llm)), current_window()
+    since, window = time.time(), current_window()
     run = claude_code(agent_bin, gateway, key, "claude-test", home, workdir)
     assert run.returncode == 0, f"stdout: {run.stdout[-3000:]}\nstderr: {run.stderr[-3000:]}"
     answer = json.loads(run.stdout)
     assert answer["is_error"] is False
 
     # What reached the provider: the one model request, by the catalog model's upstream name.
-    sent = [r for r in mock_requests(mock_llm)[seen_before:] if r["path"] == "/v1/messages"]
+    sent = [r for r in mock_requests(mock_llm, since=since) if r["path"] == "/v1/messages"]
     assert len(sent) == 1
     body = sent[0]["body"]
     assert body["model"] == "claude-haiku-4-5"
@@ -231,12 +233,12 @@ def test_claude_code_on_a_gpt_model_answers_through_translation(
     home, workdir = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     workdir.mkdir()
-    seen_before, window = len(mock_requests(mock_llm)), current_window()
+    since, window = time.time(), current_window()
     run = claude_code(agent_bin, gateway, key, "gpt-test", home, workdir)
     assert run.returncode == 0, f"stdout: {run.stdout[-3000:]}\nstderr: {run.stderr[-3000:]}"
     answer = json.loads(run.stdout)
     assert answer["is_error"] is False
-    sent = [r for r in mock_requests(mock_llm)[seen_before:] if r["path"] == "/v1/chat/completions"]
+    sent = [r for r in mock_requests(mock_llm, since=since) if r["path"] == "/v1/chat/completions"]
     assert len(sent) == 1
     assert sent[0]["body"]["model"] == "gpt-4o-mini-2024-07-18"
     assert answer["result"].startswith("Mock reply from gpt-4o-mini-2024-07-18:")
@@ -269,7 +271,7 @@ def test_codex_answers_through_the_gateway(agent_bin, gateway, mock_llm, agent_t
     (home / ".codex").mkdir(parents=True)
     workdir.mkdir()
     (home / ".codex" / "config.toml").write_text(CODEX_CONFIG.format(gateway=gateway))
-    seen_before, window = len(mock_requests(mock_llm)), current_window()
+    since, window = time.time(), current_window()
     env = base_env(home) | {"CODEX_HOME": str(home / ".codex"), "GATEWAY_API_KEY": key}
     run = subprocess.run(
         [
@@ -297,7 +299,7 @@ def test_codex_answers_through_the_gateway(agent_bin, gateway, mock_llm, agent_t
     (turn,) = [e for e in events if e["type"] == "turn.completed"]
 
     # What reached the provider: one streamed Responses request, by the catalog model's upstream name.
-    sent = [r for r in mock_requests(mock_llm)[seen_before:] if r["path"] == "/v1/responses"]
+    sent = [r for r in mock_requests(mock_llm, since=since) if r["path"] == "/v1/responses"]
     assert len(sent) == 1
     body = sent[0]["body"]
     upstream = "gpt-4o-mini-2024-07-18"
