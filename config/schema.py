@@ -132,6 +132,7 @@ from billing.models import MONEY_DIGITS, PRICE_DIGITS
 from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant, provider_family
 from tenants.profiles import (
+    FAMILY_RULE,
     LOG_RETENTION_DAYS_MAX,
     POLICY_FIELDS,
     RESPONSE_CACHE_SECONDS_MAX,
@@ -139,6 +140,7 @@ from tenants.profiles import (
     Problem,
     default_max_tokens_problems,
     default_params_clean,
+    deployment_family_problems,
     model_aliases_problems,
     model_aliases_shape,
     policy_problems,
@@ -962,14 +964,10 @@ def _deployments_given(checked: _Checked, entry: dict, name: str) -> bool:
 def _check_families(checked: _Checked, name: str, entry: dict, provider: str, model: CatalogModel | None) -> None:
     """Every deployment of a model speaks the model's family: OpenAI and Azure together, Anthropic alone."""
     family = provider_family(provider)
-    rule = "OpenAI and Azure deployments go together, Anthropic ones alone"
-    if "deployments" in entry:
-        for item in entry["deployments"]:
-            if provider_family(item["provider"]) != family:
-                checked.error(
-                    ("models", name, "deployments", item["index"], "provider"),
-                    f"{item['provider']} does not speak the model's family ({provider}): {rule}",
-                )
+    if "deployments" in entry:  # a valid list: every item is there, at its index
+        checked.problems(
+            ("models", name), deployment_family_problems(provider, [d["provider"] for d in entry["deployments"]])
+        )
         return
     if model is None or _deployments_given(checked, entry, name):
         return
@@ -981,7 +979,7 @@ def _check_families(checked: _Checked, name: str, entry: dict, provider: str, mo
             checked.error(
                 ("models", name, "provider"),
                 f"the model's deployment {deployment.provider}:{deployment.upstream} does not speak {provider}'s "
-                f'family ({rule}): give the whole "deployments" list',
+                f'family ({FAMILY_RULE}): give the whole "deployments" list',
             )
 
 
