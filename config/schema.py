@@ -33,6 +33,21 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
              "input_per_1m": "6.00", "output_per_1m": "22.50",   # required
              "cached_input_per_1m": "0.60", "cache_write_per_1m": "7.50",
              "cache_write_1h_per_1m": "12.00"}  # optional, null: fall back as above, within the tier
+          ],
+          "routing": "priority",           # optional: priority | weighted | least_busy | latency | cost
+          "fallbacks": ["claude-sonnet-4-5"],  # optional: catalog models tried in order when every
+                                           # deployment failed; ORDERED (the export keeps the order)
+          "affinity": "prefix" | null,     # optional: prompt-cache affinity; null or "" = none
+          "deployments": [                 # optional: the model's WHOLE list of deployments;
+                                           # replaces "upstream" and "region" (both = an error)
+            {"provider": "openai", "upstream": "gpt-4o",  # required
+             "region": "us",               # "" = any
+             "base_url": "https://…" | null,  # null = the platform endpoint (staff only: SSRF)
+             "priority": 0,                # lower first; absent = the entry's index in the list
+             "weight": 1,                  # positive; the share under "weighted"
+             "requests_per_minute": 500 | null, "tokens_per_minute": 200000 | null,
+                                           # the provider account's quota (null = none)
+             "timeout_seconds": 60 | null}  # 0.1..3600; null = GATEWAY_UPSTREAM_TIMEOUT
           ]
         }
       },
@@ -94,6 +109,15 @@ leaves out is kept (a new object gets the default), nothing is ever deleted. In 
   current ones) becomes a NEW ModelPrice row, with its tiers, effective now; history is never
   edited. A referenced model must exist in the file or in
   the catalog.
+- models.deployments: matched to the model's deployments by (provider, upstream, region,
+  base_url); a listed one is updated (and reactivated), a new one created, one the list leaves
+  out deactivated (never deleted: stored responses point at deployments). Every deployment
+  speaks the model's family (openai and azure together, or anthropic alone), also after a change
+  of `provider` without a list. Without `deployments` the single-deployment keys work as before.
+  The export writes `deployments` for a model whose active deployments the single keys cannot
+  describe (several, or one with a base_url, weight, quota or timeout), single keys otherwise.
+- models.fallbacks: each a model of the file or the catalog, of the same kind, listed once,
+  never the model itself (longer cycles are the router's to stop: it tries a model once).
 - plans: a `billing_plan` defined neither in the file nor in the database is created with
   zero fees (and said so in the change list).
 - api_key: a key this tenant already has → nothing; otherwise the tenant's previous
@@ -111,8 +135,8 @@ transaction; a dry run computes the same change list and writes nothing.
 
 Export writes the same format with every key present (null where empty), all active catalog
 models with the price in force now, all plans, all tenants (never an api_key) and the policy
-(its defaults when staff never set one); keys and lists sorted. Importing an export changes
-nothing.
+(its defaults when staff never set one); keys and lists sorted, but for `fallbacks` and
+`deployments`, which keep their order (by priority). Importing an export changes nothing.
 """
 
 import dataclasses
