@@ -891,6 +891,8 @@ def _check_references(checked: _Checked) -> None:
         return catalog[name].provider if name in catalog else None
 
     def model_regions(name: str) -> set[str]:
+        if "deployments" in config.models.get(name, {}):  # the file's list is the whole set
+            return {item["region"] for item in config.models[name]["deployments"]}
         regions = set()
         deployments = [d for d in catalog[name].deployments.all() if d.active] if name in catalog else []
         primary = primary_deployment(deployments)

@@ -384,3 +384,17 @@ def test_one_bad_model_among_good_ones_changes_nothing():
     expected = "models.other.routing: must be one of: priority, weighted, least_busy, latency, cost"
     assert errors_of(document) == {expected}
     assert (CatalogModel.objects.count(), Deployment.objects.count(), ModelPrice.objects.count()) == before
+
+
+def test_a_region_pinned_tenant_is_warned_against_the_regions_of_the_files_deployments():
+    from config.schema import config_warnings
+
+    document = routed()
+    document["tenants"] = {
+        "eu-shop": {"billing_plan": "starter", "region": "eu", "models": ["gpt-4o-routed"]},
+        "us-shop": {"billing_plan": "starter", "region": "us", "models": ["gpt-4o-routed"]},
+    }
+    warnings = {str(w) for w in config_warnings(document=document)}
+    assert warnings == {
+        'tenants.eu-shop.models[0]: model "gpt-4o-routed" has no deployment in region eu; this tenant cannot use it'
+    }
