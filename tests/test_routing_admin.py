@@ -129,3 +129,10 @@ def test_bad_fallbacks_are_refused_naming_the_item(admin_client, fallbacks, mess
 def test_a_weight_of_zero_is_refused(admin_client):
     body = errors(admin_client.post(ADD_URL, two_deployments(**{"deployments-0-weight": "0"})))
     assert "Ensure this value is greater than or equal to 1" in body
+
+
+def test_an_empty_fallbacks_field_means_none(admin_client):
+    response = admin_client.post(ADD_URL, two_deployments(fallbacks="", affinity="", routing="priority"))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    model = CatalogModel.objects.get(name="gpt-4o-routed")
+    assert (model.fallbacks, model.affinity, model.routing) == ([], "", "priority")

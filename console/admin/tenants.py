@@ -986,9 +986,14 @@ class CatalogModelForm(forms.ModelForm):
         model = CatalogModel
         fields = ["name", "provider", "kind", "active", "context_window", "routing", "fallbacks", "affinity"]
 
+    def clean_fallbacks(self):
+        # An emptied field is None to the JSON form field; the column wants a list.
+        value = self.cleaned_data["fallbacks"]
+        return [] if value is None else value
+
     def clean(self):
         cleaned = super().clean()
-        if "fallbacks" in cleaned and cleaned["fallbacks"] is not None:
+        if "fallbacks" in cleaned:
             name = cleaned.get("name", self.instance.name)
             kind = cleaned.get("kind", self.instance.kind)
             catalog = dict(CatalogModel.objects.values_list("name", "kind"))
