@@ -398,3 +398,15 @@ def test_a_region_pinned_tenant_is_warned_against_the_regions_of_the_files_deplo
     assert warnings == {
         'tenants.eu-shop.models[0]: model "gpt-4o-routed" has no deployment in region eu; this tenant cannot use it'
     }
+
+
+def test_the_readme_format_example_models_import_with_their_deployments():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Tenants, models and prices.*?```json\n(.*?)```", readme, re.S).group(1)
+    models = config_parse(text=block)["models"]
+    config_apply(document={"models": models})
+    ha = CatalogModel.objects.get(name="gpt-4o-ha")
+    assert (ha.routing, ha.fallbacks, ha.affinity) == ("weighted", ["sonnet-1m"], "prefix")
+    assert [(d[0], d[5]) for d in deployments_of("gpt-4o-ha")] == [("openai", 1), ("azure", 3)]
