@@ -94,6 +94,11 @@ class DeploymentView:
     upstream: str
     region: str
     base_url: str
+    priority: int = 0
+    weight: int = 1  # for `weighted`
+    requests_per_minute: int | None = None  # the provider account's quota (None: none)
+    tokens_per_minute: int | None = None
+    timeout_seconds: float | None = None  # None: GATEWAY_UPSTREAM_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,9 @@ class ModelView:
     kind: str = "chat"  # CatalogModel.Kind: "chat" or "embedding"
     created_at: datetime | None = None  # when the catalog entry was made: /v1/models' `created`
     context_window: int | None = None  # input tokens, when the catalog says
+    routing: str = "priority"  # priority | weighted | least_busy | latency | cost
+    fallbacks: tuple[str, ...] = ()  # catalog model names, in order
+    affinity: str = ""  # "" or "prefix"
 
     def price_at(self, at: datetime) -> PriceView | None:
         for price in self.prices:
@@ -228,7 +236,18 @@ def _load_catalog() -> dict[str, ModelView]:
     deployments: dict[int, list[DeploymentView]] = {}
     for d in Deployment.objects.filter(active=True).order_by("priority", "id"):
         deployments.setdefault(d.model_id, []).append(
-            DeploymentView(id=d.id, provider=d.provider, upstream=d.upstream, region=d.region, base_url=d.base_url)
+            DeploymentView(
+                id=d.id,
+                provider=d.provider,
+                upstream=d.upstream,
+                region=d.region,
+                base_url=d.base_url,
+                priority=d.priority,
+                weight=d.weight,
+                requests_per_minute=d.requests_per_minute,
+                tokens_per_minute=d.tokens_per_minute,
+                timeout_seconds=d.timeout_seconds,
+            )
         )
     prices: dict[int, list[PriceView]] = {}
     for p in ModelPrice.objects.prefetch_related("tiers").order_by("-effective_from"):
@@ -249,6 +268,9 @@ def _load_catalog() -> dict[str, ModelView]:
             kind=m.kind,
             created_at=m.created_at,
             context_window=m.context_window,
+            routing=m.routing,
+            fallbacks=tuple(m.fallbacks or ()),
+            affinity=m.affinity,
         )
         for m in CatalogModel.objects.filter(active=True)
     }
