@@ -94,6 +94,11 @@ class DeploymentView:
     upstream: str
     region: str
     base_url: str
+    priority: int = 0
+    weight: int = 1  # for `weighted`
+    requests_per_minute: int | None = None  # the provider account's quota (None: none)
+    tokens_per_minute: int | None = None
+    timeout_seconds: float | None = None  # None: GATEWAY_UPSTREAM_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,9 @@ class ModelView:
     kind: str = "chat"  # CatalogModel.Kind: "chat" or "embedding"
     created_at: datetime | None = None  # when the catalog entry was made: /v1/models' `created`
     context_window: int | None = None  # input tokens, when the catalog says
+    routing: str = "priority"  # priority | weighted | least_busy | latency | cost
+    fallbacks: tuple[str, ...] = ()  # catalog model names, in order
+    affinity: str = ""  # "" or "prefix"
 
     def price_at(self, at: datetime) -> PriceView | None:
         for price in self.prices:
