@@ -22,11 +22,13 @@ from tenants.services import api_key_create, api_key_revoke, platform_policy_upd
 
 from .schema import (
     CONFIG_KEY_NAME,
+    DEPLOYMENT_SETTINGS,
     MISSING,
     POLICY_LIST_KEYS,
     PRICE_KEYS,
     PROFILE_KEYS,
     RATE_LIMIT_KEYS,
+    ROUTING_KEYS,
     TIER_KEYS,
     Config,
     ConfigInvalid,
@@ -77,8 +79,13 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _where(provider: str, upstream: str, region: str) -> str:
-    return f"{provider}:{upstream} @{region or 'any'}"
+def _where(provider: str, upstream: str, region: str, base_url: str = "") -> str:
+    return f"{provider}:{upstream} @{region or 'any'}" + (f" via {base_url}" if base_url else "")
+
+
+def _routing_value(key: str, value: Any) -> Any:
+    """A routing key as the model stores it: fallbacks come from the file with their indexes."""
+    return [name for _, name in value] if key == "fallbacks" else value
 
 
 def _key_display(raw: str) -> str:
@@ -153,14 +160,82 @@ class _Applier:
 
     def _model_create(self, name: str, entry: dict[str, Any]) -> CatalogModel:
         model = CatalogModel.objects.create(
-            name=name, provider=entry["provider"], kind=entry.get("kind", CatalogModel.Kind.CHAT)
+            name=name,
+            provider=entry["provider"],
+            kind=entry.get("kind", CatalogModel.Kind.CHAT),
+            **{key: _routing_value(key, entry[key]) for key in ROUTING_KEYS if key in entry},
         )
-        region = entry.get("region", "")
-        Deployment.objects.create(model=model, provider=entry["provider"], upstream=entry["upstream"], region=region)
         kind = "" if model.kind == CatalogModel.Kind.CHAT else f", {model.kind}"
-        self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)}{kind})")
+        if "deployments" in entry:
+            self.changes.append(f"create model {name} ({entry['provider']}{kind})")
+            self._deployments_replace(model, entry["deployments"], have=[])
+        else:
+            region = entry.get("region", "")
+            Deployment.objects.create(
+                model=model, provider=entry["provider"], upstream=entry["upstream"], region=region
+            )
+            self.changes.append(f"create model {name} ({_where(entry['provider'], entry['upstream'], region)}{kind})")
+        for key in ROUTING_KEYS:
+            if key in entry and getattr(model, key) != CatalogModel._meta.get_field(key).get_default():
+                self.changes.append(f"set model {name}.{key}: {_show(getattr(model, key))}")
         self._price_set(model, entry, current=None)
         return model
+
+    def _routing_set(self, model: CatalogModel, entry: dict[str, Any]) -> None:
+        changed = []
+        for key in ROUTING_KEYS:
+            if key not in entry:
+                continue
+            old, new = getattr(model, key), _routing_value(key, entry[key])
+            if old != new:
+                self.changes.append(f"update model {model.name}.{key}: {_show(old)} → {_show(new)}")
+                setattr(model, key, new)
+                changed.append(key)
+        if changed:
+            model.save(update_fields=changed)
+
+    def _deployments_replace(self, model: CatalogModel, wanted: list[dict[str, Any]], *, have: list[Deployment]):
+        """The file's list is the model's whole set of deployments: matched by target (provider,
+        upstream, region, base_url), updated or created; those it leaves out are deactivated, never
+        deleted (stored responses point at them)."""
+        existing = {(d.provider, d.upstream, d.region, d.base_url): d for d in have}
+        kept = set()
+        for item in wanted:
+            target = (item["provider"], item["upstream"], item["region"], item["base_url"])
+            settings = {key: item[key] for key in DEPLOYMENT_SETTINGS}
+            deployment = existing.get(target)
+            label = f"deployment {model.name} → {_where(*target)}"
+            if deployment is None:
+                Deployment.objects.create(
+                    model=model,
+                    provider=target[0],
+                    upstream=target[1],
+                    region=target[2],
+                    base_url=target[3],
+                    **settings,
+                )
+                details = ", ".join(f"{k} {_show(v)}" for k, v in settings.items() if v is not None)
+                self.changes.append(f"create {label} ({details})")
+                continue
+            kept.add(deployment.pk)
+            changed = [k for k, v in settings.items() if getattr(deployment, k) != v]
+            if not deployment.active:
+                deployment.active = True
+                changed.append("active")
+                self.changes.append(f"activate {label}")
+            for key in changed:
+                if key != "active":
+                    old = _show(getattr(deployment, key))
+                    self.changes.append(f"update {label}: {key} {old} → {_show(settings[key])}")
+                    setattr(deployment, key, settings[key])
+            if changed:
+                deployment.save(update_fields=changed)
+        for deployment in have:
+            if deployment.pk not in kept and deployment.active:
+                deployment.active = False
+                deployment.save(update_fields=["active"])
+                where = _where(deployment.provider, deployment.upstream, deployment.region, deployment.base_url)
+                self.changes.append(f"deactivate deployment {model.name} → {where} (not in the file's list)")
 
     def _model_update(self, model: CatalogModel, entry: dict[str, Any]) -> None:
         name = model.name
@@ -176,7 +251,11 @@ class _Applier:
             self.changes.append(f"update model {name}.kind: {model.kind} → {entry['kind']}")
             model.kind = entry["kind"]
             model.save(update_fields=["kind"])
-        self._deployment_set(model, entry)
+        self._routing_set(model, entry)
+        if "deployments" in entry:
+            self._deployments_replace(model, entry["deployments"], have=list(model.deployments.all()))
+        else:
+            self._deployment_set(model, entry)
         current = ModelPrice.objects.filter(model=model, effective_from__lte=self.now).order_by("-effective_from")
         self._price_set(model, entry, current=current.first())
 

@@ -11,7 +11,7 @@ from typing import Any
 from django.utils import timezone
 
 from billing.models import ModelPrice, Plan
-from tenants.models import CatalogModel, Tenant
+from tenants.models import CatalogModel, Deployment, Tenant
 from tenants.selectors import platform_policy
 
 from .schema import POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, TIER_KEYS, decimal_text, primary_deployment
@@ -27,10 +27,21 @@ def config_export() -> dict:
         prices.setdefault(price.model_id, price)
     models: dict[str, dict] = {}
     for model in CatalogModel.objects.filter(active=True).prefetch_related("deployments").order_by("name"):
-        entry: dict[str, Any] = {"provider": model.provider, "kind": model.kind}
-        deployment = primary_deployment(list(model.deployments.all()))
-        if deployment is not None:
-            entry.update(provider=deployment.provider, upstream=deployment.upstream, region=deployment.region)
+        entry: dict[str, Any] = {
+            "provider": model.provider,
+            "kind": model.kind,
+            "routing": model.routing,
+            "fallbacks": list(model.fallbacks or []),  # in order: the order is the fallback order
+            "affinity": model.affinity or None,
+        }
+        deployments = list(model.deployments.all())
+        active = sorted((d for d in deployments if d.active), key=lambda d: (d.priority, d.id))
+        if len(active) > 1 or (active and not _plain(active[0])):
+            entry["deployments"] = [_deployment_entry(d) for d in active]
+        else:
+            deployment = primary_deployment(deployments)
+            if deployment is not None:
+                entry.update(provider=deployment.provider, upstream=deployment.upstream, region=deployment.region)
         price = prices.get(model.id)
         if price is not None:
             # null, not absent, for "no discount": absent would mean "keep yours" when the export
@@ -91,6 +102,34 @@ def config_export() -> dict:
         "plans": plans,
         "policy": dict(sorted(policy_entry.items())),
         "tenants": dict(sorted(tenants.items())),
+    }
+
+
+def _plain(deployment: Deployment) -> bool:
+    """A deployment the single-deployment keys describe whole: nothing but provider, upstream, region."""
+    return (
+        not deployment.base_url
+        and deployment.weight == 1
+        and deployment.requests_per_minute is None
+        and deployment.tokens_per_minute is None
+        and deployment.timeout_seconds is None
+    )
+
+
+def _deployment_entry(deployment: Deployment) -> dict[str, Any]:
+    timeout = deployment.timeout_seconds
+    if timeout is not None and timeout == int(timeout):
+        timeout = int(timeout)  # 60, not 60.0
+    return {
+        "base_url": deployment.base_url or None,
+        "priority": deployment.priority,
+        "provider": deployment.provider,
+        "region": deployment.region,
+        "requests_per_minute": deployment.requests_per_minute,
+        "timeout_seconds": timeout,
+        "tokens_per_minute": deployment.tokens_per_minute,
+        "upstream": deployment.upstream,
+        "weight": deployment.weight,
     }
 
 

@@ -124,11 +124,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.utils import timezone
 
 from billing.models import MONEY_DIGITS, PRICE_DIGITS
 from tenants.keys import key_hash, key_is_well_formed
-from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant
+from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant, provider_family
 from tenants.profiles import (
     LOG_RETENTION_DAYS_MAX,
     POLICY_FIELDS,
@@ -157,7 +159,25 @@ MODEL_KEYS = (
     "cache_write_per_1m",
     "cache_write_1h_per_1m",
     "tiers",
+    "routing",
+    "fallbacks",
+    "affinity",
+    "deployments",
 )
+DEPLOYMENT_KEYS = (
+    "provider",
+    "upstream",
+    "region",
+    "base_url",
+    "priority",
+    "weight",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "timeout_seconds",
+)
+DEPLOYMENT_SETTINGS = ("priority", "weight", "requests_per_minute", "tokens_per_minute", "timeout_seconds")
+ROUTING_KEYS = ("routing", "fallbacks", "affinity")
+SINGLE_DEPLOYMENT_KEYS = ("upstream", "region")
 PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m", "cache_write_1h_per_1m")
 NULLABLE_PRICE_KEYS = ("cached_input_per_1m", "cache_write_per_1m", "cache_write_1h_per_1m")
 TIER_KEYS = ("above_input_tokens", *PRICE_KEYS)
@@ -204,6 +224,9 @@ _PLAIN_PATH_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 _MAX_INT = 2_147_483_647  # PositiveIntegerField on PostgreSQL
 _PROVIDERS = tuple(sorted(p.value for p in Provider))
 _KINDS = tuple(k.value for k in CatalogModel.Kind)
+_ROUTINGS = tuple(r.value for r in CatalogModel.Routing)
+_PRIORITY_MAX = 32767  # PositiveSmallIntegerField
+_TIMEOUT_MIN, _TIMEOUT_MAX = Decimal("0.1"), Decimal(3600)  # Deployment.timeout_seconds validators
 _MARKUP_DIGITS = {"max_digits": 6, "decimal_places": 2}  # Plan.markup_percent
 
 
@@ -482,7 +505,119 @@ def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
     _prices(checked, obj, path, entry)
     if "tiers" in obj:
         entry["tiers"] = _tiers(checked, obj["tiers"], (*path, "tiers"))
+    if "routing" in obj:
+        if obj["routing"] in _ROUTINGS:
+            entry["routing"] = obj["routing"]
+        else:
+            checked.error((*path, "routing"), f"must be one of: {', '.join(_ROUTINGS)}")
+    if "affinity" in obj:
+        if obj["affinity"] in (None, "", CatalogModel.Affinity.PREFIX):
+            entry["affinity"] = obj["affinity"] or ""
+        else:
+            checked.error((*path, "affinity"), 'must be "prefix", or null for none')
+    if "fallbacks" in obj:
+        entry["fallbacks"] = _name_list(
+            checked,
+            obj["fallbacks"],
+            (*path, "fallbacks"),
+            lambda c, v, p: _string(c, v, p, max_length=100, pattern=_MODEL_NAME, hint=_MODEL_NAME_HINT, empty=False),
+        )
+    if "deployments" in obj:
+        for key in SINGLE_DEPLOYMENT_KEYS:
+            if key in obj:
+                checked.error((*path, key), '"deployments" replaces the single-deployment keys: give one or the other')
+        entry["deployments"] = _deployments(checked, obj["deployments"], (*path, "deployments"))
     return _keep_valid(entry)
+
+
+def _deployments(checked: _Checked, value: Any, path: Path) -> Any:
+    """The model's whole list of deployments. Each item's priority is its index unless given."""
+    if not isinstance(value, list) or not value:
+        checked.error(path, "must be a non-empty list of deployments")
+        return _INVALID
+    deployments, valid, targets = [], True, set()
+    for index, raw in enumerate(value):
+        where = (*path, index)
+        obj = _object(checked, raw, where, DEPLOYMENT_KEYS)
+        if obj is None:
+            valid = False
+            continue
+        item: dict[str, Any] = {"index": index, "region": "", "base_url": "", "priority": index, "weight": 1}
+        item.update(dict.fromkeys(("requests_per_minute", "tokens_per_minute", "timeout_seconds")))
+        for key in ("provider", "upstream"):
+            if key not in obj:
+                checked.error(where, f"a deployment needs {json.dumps(key)}")
+                valid = False
+        if "provider" in obj:
+            item["provider"] = _provider(checked, obj["provider"], (*where, "provider"))
+        if "upstream" in obj:
+            item["upstream"] = _string(
+                checked,
+                obj["upstream"],
+                (*where, "upstream"),
+                max_length=200,
+                pattern=_NO_SPACE,
+                hint="a name without spaces",
+                empty=False,
+            )
+        if "region" in obj:
+            item["region"] = _region(checked, obj["region"], (*where, "region"))
+        if "base_url" in obj:
+            item["base_url"] = _base_url(checked, obj["base_url"], (*where, "base_url"))
+        for key, maximum in (("priority", _PRIORITY_MAX), ("weight", _MAX_INT)):
+            if key in obj:
+                number = obj[key]
+                low = 0 if key == "priority" else 1
+                if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= maximum:
+                    what = "a positive integer"
+                    if key == "priority":
+                        what = "a non-negative integer (lower is tried first)"
+                    checked.error((*where, key), f"must be {what}")
+                    item[key] = _INVALID
+                else:
+                    item[key] = number
+        for key in ("requests_per_minute", "tokens_per_minute"):
+            if key in obj:
+                item[key] = _positive_int(checked, obj[key], (*where, key))
+        if "timeout_seconds" in obj:
+            item["timeout_seconds"] = _timeout(checked, obj["timeout_seconds"], (*where, "timeout_seconds"))
+        if any(v is _INVALID for v in item.values()):
+            valid = False
+            continue
+        if "provider" not in item or "upstream" not in item:
+            continue
+        target = (item["provider"], item["upstream"], item["region"], item["base_url"])
+        if target in targets:
+            checked.error(where, "the same provider, upstream, region and base_url as an earlier deployment")
+            valid = False
+            continue
+        targets.add(target)
+        deployments.append(item)
+    return deployments if valid else _INVALID
+
+
+def _base_url(checked: _Checked, value: Any, path: Path) -> Any:
+    if value is None or value == "":
+        return ""  # the platform endpoint from the environment
+    if not isinstance(value, str) or len(value) > 200:
+        checked.error(path, "must be an http(s) URL of at most 200 characters, or null for the platform endpoint")
+        return _INVALID
+    try:
+        URLValidator(schemes=["http", "https"])(value)
+    except ValidationError:
+        checked.error(path, f"{json.dumps(value)} is not an http(s) URL")
+        return _INVALID
+    return value
+
+
+def _timeout(checked: _Checked, value: Any, path: Path) -> Any:
+    if value is None:
+        return None  # GATEWAY_UPSTREAM_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, int | Decimal) or not _TIMEOUT_MIN <= value <= _TIMEOUT_MAX:
+        bounds = f"from {_TIMEOUT_MIN} to {_TIMEOUT_MAX}"
+        checked.error(path, f"must be a number of seconds {bounds} (or null for the default)")
+        return _INVALID
+    return float(value)
 
 
 def _prices(checked: _Checked, obj: dict, path: Path, entry: dict[str, Any]) -> None:
@@ -698,12 +833,30 @@ def _check_references(checked: _Checked) -> None:
             kind_known = ("models", name, "kind") not in checked.bad_paths
             if kind != CatalogModel.Kind.EMBEDDING and kind_known:  # an embedding model's output price defaults to 0
                 needed += ("output_per_1m",)
+            if _deployments_given(checked, entry, name):
+                needed = tuple(key for key in needed if key != "upstream")
             for key in needed:
                 if key not in entry and ("models", name, key) not in checked.bad_paths:
                     checked.error(("models", name), f"a new model needs {json.dumps(key)}")
         provider = entry.get("provider", catalog[name].provider if name in catalog else None)
         if kind == CatalogModel.Kind.EMBEDDING and provider == Provider.ANTHROPIC:
             checked.error(("models", name, "kind"), "an anthropic model cannot be an embedding model")
+        if provider is not None:
+            _check_families(checked, name, entry, provider, catalog.get(name))
+        for index, target in entry.get("fallbacks", ()):
+            where = ("models", name, "fallbacks", index)
+            if target == name:
+                checked.error(where, "a model cannot fall back to itself")
+            elif target not in catalog and target not in config.models:
+                checked.error(
+                    where, f"unknown model {json.dumps(target)} (neither in the file's models nor in the catalog)"
+                )
+            else:
+                target_kind = config.models.get(target, {}).get(
+                    "kind", catalog[target].kind if target in catalog else CatalogModel.Kind.CHAT
+                )
+                if target_kind != kind:
+                    checked.error(where, f"{json.dumps(target)} is a {target_kind} model, this one a {kind} model")
 
     def model_provider(name: str) -> str | None:
         entry = config.models.get(name, {})
@@ -799,6 +952,37 @@ def _check_references(checked: _Checked) -> None:
             catalog=scope_catalog, active=scope_active, models={name for _, name in listed}, providers=providers
         )
         _check_profile(checked, path, entry, tenant, scope=after)
+
+
+def _deployments_given(checked: _Checked, entry: dict, name: str) -> bool:
+    """The file gives the model's deployments (valid or not: a bad list is reported already)."""
+    return "deployments" in entry or any(p[:3] == ("models", name, "deployments") for p in checked.bad_paths)
+
+
+def _check_families(checked: _Checked, name: str, entry: dict, provider: str, model: CatalogModel | None) -> None:
+    """Every deployment of a model speaks the model's family: OpenAI and Azure together, Anthropic alone."""
+    family = provider_family(provider)
+    rule = "OpenAI and Azure deployments go together, Anthropic ones alone"
+    if "deployments" in entry:
+        for item in entry["deployments"]:
+            if provider_family(item["provider"]) != family:
+                checked.error(
+                    ("models", name, "deployments", item["index"], "provider"),
+                    f"{item['provider']} does not speak the model's family ({provider}): {rule}",
+                )
+        return
+    if model is None or _deployments_given(checked, entry, name):
+        return
+    # The file keeps the model's other deployments: a change of provider must suit them too.
+    active = [d for d in model.deployments.all() if d.active]
+    primary = primary_deployment(active)
+    for deployment in active:
+        if deployment is not primary and provider_family(deployment.provider) != family:
+            checked.error(
+                ("models", name, "provider"),
+                f"the model's deployment {deployment.provider}:{deployment.upstream} does not speak {provider}'s "
+                f'family ({rule}): give the whole "deployments" list',
+            )
 
 
 def _check_profile(checked: _Checked, path: Path, entry: dict, tenant: Tenant | None, *, scope: ModelScope) -> None:

@@ -236,7 +236,18 @@ def _load_catalog() -> dict[str, ModelView]:
     deployments: dict[int, list[DeploymentView]] = {}
     for d in Deployment.objects.filter(active=True).order_by("priority", "id"):
         deployments.setdefault(d.model_id, []).append(
-            DeploymentView(id=d.id, provider=d.provider, upstream=d.upstream, region=d.region, base_url=d.base_url)
+            DeploymentView(
+                id=d.id,
+                provider=d.provider,
+                upstream=d.upstream,
+                region=d.region,
+                base_url=d.base_url,
+                priority=d.priority,
+                weight=d.weight,
+                requests_per_minute=d.requests_per_minute,
+                tokens_per_minute=d.tokens_per_minute,
+                timeout_seconds=d.timeout_seconds,
+            )
         )
     prices: dict[int, list[PriceView]] = {}
     for p in ModelPrice.objects.prefetch_related("tiers").order_by("-effective_from"):
@@ -257,6 +268,9 @@ def _load_catalog() -> dict[str, ModelView]:
             kind=m.kind,
             created_at=m.created_at,
             context_window=m.context_window,
+            routing=m.routing,
+            fallbacks=tuple(m.fallbacks or ()),
+            affinity=m.affinity,
         )
         for m in CatalogModel.objects.filter(active=True)
     }

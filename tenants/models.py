@@ -5,6 +5,7 @@ which models a tenant may call is tenant data. Prices of those models belong to 
 """
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -17,6 +18,12 @@ class Provider(models.TextChoices):
     OPENAI = "openai", "OpenAI"
     ANTHROPIC = "anthropic", "Anthropic"
     AZURE = "azure", "Azure OpenAI"
+
+
+def provider_family(provider: str) -> str:
+    """The wire family a provider speaks: "anthropic", or "openai" (OpenAI and Azure OpenAI).
+    Every deployment of a catalog model speaks its model's family."""
+    return "anthropic" if provider == Provider.ANTHROPIC else "openai"
 
 
 class Tenant(models.Model):
@@ -142,6 +149,17 @@ class CatalogModel(models.Model):
         CHAT = "chat", "Chat"
         EMBEDDING = "embedding", "Embedding"
 
+    class Routing(models.TextChoices):
+        PRIORITY = "priority", "Priority (lowest first, the next on failure)"
+        WEIGHTED = "weighted", "Weighted (random by weight)"
+        LEAST_BUSY = "least_busy", "Least busy (fewest requests in flight)"
+        LATENCY = "latency", "Latency (lowest recent latency)"
+        COST = "cost", "Cost (cheapest deployment first)"
+
+    class Affinity(models.TextChoices):
+        NONE = "", "None"
+        PREFIX = "prefix", "Prompt prefix (keep a tenant's shared prefixes on one deployment)"
+
     name = models.CharField(max_length=100, unique=True)
     provider = models.CharField(max_length=16, choices=Provider.choices)
     kind = models.CharField(
@@ -152,6 +170,24 @@ class CatalogModel(models.Model):
     )
     active = models.BooleanField(default=True)
     context_window = models.PositiveIntegerField(null=True, blank=True)
+    routing = models.CharField(
+        max_length=16,
+        choices=Routing.choices,
+        default=Routing.PRIORITY,
+        help_text="How a request picks among the model's deployments (after region pinning).",
+    )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Catalog model names tried in order when every deployment failed, e.g. ["claude-sonnet-4-5"].',
+    )
+    affinity = models.CharField(
+        max_length=16,
+        choices=Affinity.choices,
+        default=Affinity.NONE,
+        blank=True,
+        help_text="Prompt-cache affinity: a tenant's requests sharing a prefix go to the same deployment.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -177,14 +213,32 @@ class Deployment(models.Model):
     region = models.CharField(max_length=32, blank=True)
     base_url = models.URLField(blank=True, help_text="Empty: the platform endpoint from the environment.")
     priority = models.PositiveSmallIntegerField(default=0, help_text="Lower is tried first.")
+    weight = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="Share of traffic under weighted routing."
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The provider account's request quota; empty: none."
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The provider account's token quota; empty: none."
+    )
+    timeout_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+        help_text="Upstream timeout; empty: GATEWAY_UPSTREAM_TIMEOUT.",
+    )
     active = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["model", "priority", "id"]
         constraints = [
+            # base_url is part of the target: two accounts (or two endpoints) of one provider
+            # serving the same upstream model are two deployments.
             models.UniqueConstraint(
-                fields=["model", "provider", "upstream", "region"], name="deployment_unique_target"
+                fields=["model", "provider", "upstream", "region", "base_url"], name="deployment_unique_target"
             ),
+            models.CheckConstraint(condition=Q(weight__gte=1), name="deployment_weight_positive"),
             models.CheckConstraint(
                 condition=Q(provider__in=[p.value for p in Provider]), name="deployment_provider_known"
             ),

@@ -88,6 +88,9 @@ def test_an_embedding_model_imports_without_an_output_price_and_exports_back(db)
         "cache_write_per_1m": None,
         "cache_write_1h_per_1m": None,
         "tiers": [],
+        "routing": "priority",
+        "fallbacks": [],
+        "affinity": None,
     }
     assert exported["models"]["text-embedding-3-large"]["kind"] == "embedding"
     assert exported["models"]["gpt-4o"]["kind"] == "chat"

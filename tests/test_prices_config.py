@@ -35,6 +35,9 @@ MODEL = {
     "cache_write_per_1m": "3.75",
     "cache_write_1h_per_1m": "6.00",
     "tiers": [TIER],
+    "routing": "priority",
+    "fallbacks": [],
+    "affinity": None,
 }
 
 

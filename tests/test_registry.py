@@ -76,3 +76,29 @@ def test_the_catalog_snapshot_picks_the_price_in_force(catalog):
     assert str(gpt.price_at(timezone.now()).price.input_per_1m) == "0.150000"
     assert str(gpt.price_at(later).price.input_per_1m) == "1.000000"
     assert [d.upstream for d in gpt.deployments_in("")] == ["gpt-4o-mini-2024-07-18"]
+
+
+def test_the_catalog_carries_each_models_routing_and_every_deployments_settings(catalog, django_assert_num_queries):
+    from tenants.models import CatalogModel, Deployment
+
+    gpt = catalog["gpt"]
+    gpt.routing, gpt.fallbacks, gpt.affinity = CatalogModel.Routing.WEIGHTED, ["claude-test"], "prefix"
+    gpt.save()
+    Deployment.objects.filter(model=gpt).update(weight=1, requests_per_minute=500, tokens_per_minute=200_000)
+    Deployment.objects.create(
+        model=gpt, provider="azure", upstream="gpt4o-prod", priority=1, weight=3, timeout_seconds=12.5
+    )
+    Deployment.objects.create(model=gpt, provider="openai", upstream="off", priority=2, active=False)
+    # One query per table (catalog, deployments, prices and their tiers), however many models.
+    with django_assert_num_queries(4):
+        models = registry._load_catalog()
+    view = models["gpt-test"]
+    assert (view.routing, view.fallbacks, view.affinity) == ("weighted", ("claude-test",), "prefix")
+    first, second = view.deployments
+    assert (first.provider, first.priority, first.weight) == ("openai", 0, 1)
+    assert (first.requests_per_minute, first.tokens_per_minute, first.timeout_seconds) == (500, 200_000, None)
+    assert (second.provider, second.upstream, second.priority, second.weight) == ("azure", "gpt4o-prod", 1, 3)
+    assert (second.requests_per_minute, second.tokens_per_minute, second.timeout_seconds) == (None, None, 12.5)
+    claude = models["claude-test"]  # the defaults: today's behaviour
+    assert (claude.routing, claude.fallbacks, claude.affinity) == ("priority", (), "")
+    assert claude.deployments[0].weight == 1

@@ -71,6 +71,9 @@ COMPLETE = {
             "cache_write_1h_per_1m": None,
             "tiers": [],
             "output_per_1m": "11.00",
+            "routing": "priority",
+            "fallbacks": [],
+            "affinity": None,
         },
         "claude-3.7-custom": {
             "provider": "anthropic",
@@ -100,6 +103,9 @@ COMPLETE = {
                 },
             ],
             "output_per_1m": "15.00",
+            "routing": "priority",
+            "fallbacks": [],
+            "affinity": None,
         },
     },
     "plans": {
@@ -422,7 +428,8 @@ def test_unknown_keys_are_refused_at_every_level(db):
     assert errors_of(document) == {
         "version: unknown key (expected one of: models, plans, tenants, policy)",
         "models.gpt-4o.discount: unknown key (expected one of: provider, kind, upstream, region, input_per_1m, "
-        "output_per_1m, cached_input_per_1m, cache_write_per_1m, cache_write_1h_per_1m, tiers)",
+        "output_per_1m, cached_input_per_1m, cache_write_per_1m, cache_write_1h_per_1m, tiers, routing, fallbacks, "
+        "affinity, deployments)",
         "plans.gold.fee: unknown key (expected one of: description, currency, monthly_base_fee, "
         "included_allowance, default_monthly_budget, markup_percent)",
         "tenants.acme.apikey: unknown key (expected one of: name, status, api_key, providers, rate_limit, models, "
