@@ -235,6 +235,8 @@ GATEWAY_BREAKER_FAILURES = env_int("GATEWAY_BREAKER_FAILURES", 5)
 GATEWAY_BREAKER_WINDOW_SECONDS = env_float("GATEWAY_BREAKER_WINDOW_SECONDS", 30.0)
 GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0)
 GATEWAY_ROUTING_EXPLORATION = env_float("GATEWAY_ROUTING_EXPLORATION", 0.05)
+# A seed for the random draws of `weighted` and `latency` (repeatable tests); unset: random.
+GATEWAY_ROUTING_SEED = env_int("GATEWAY_ROUTING_SEED", 0) or None
 # Betas a caller may name in `anthropic-beta` on top of the built-in list (gateway/betas.py):
 # comma-separated names; any other beta is a 400 naming the header.
 GATEWAY_ANTHROPIC_BETAS = env_list("GATEWAY_ANTHROPIC_BETAS")

@@ -17,6 +17,8 @@ import math
 import random
 import time
 
+from django.conf import settings
+
 from gateway import observability
 from gateway.errors import GatewayError
 from gateway.limits.redis_store import UNREACHABLE, background
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 # kin are the request's fault: the deployment answered (for a probe, that closes the breaker).
 BREAKER_KINDS = frozenset({"timeout", "connection", "server", "overloaded", "rate_limit"})
 
-_rng = random.Random()
+# GATEWAY_ROUTING_SEED: repeatable draws (tests); unset, the system's randomness.
+_rng = random.Random(getattr(settings, "GATEWAY_ROUTING_SEED", None))
 _last_warning = -3600.0
 
 
