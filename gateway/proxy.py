@@ -267,7 +267,12 @@ async def _first_that_answers(call: Call, deployments: list[DeploymentView], ope
             await journal.trace_open(call=call, ahead=True)
             # A tenant's own provider account (bring your own key) takes precedence over ours.
             secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
-            adapter = adapter_for(deployment.provider, base_url=own_base_url or deployment.base_url, api_key=secret)
+            adapter = adapter_for(
+                deployment.provider,
+                base_url=own_base_url or deployment.base_url,
+                api_key=secret,
+                timeout=deployment.timeout_seconds,
+            )
             call.upstream_asked = True
             result = await operation(adapter, body_for(call, deployment, adapter.family))
         except ProviderError as exc:

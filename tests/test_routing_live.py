@@ -194,3 +194,22 @@ def test_streams_are_in_flight_until_they_end(client, mocks):
     assert in_flight(a, b) == [0, 0]
     records = UsageRecord.objects.filter(model="gpt-streamed")
     assert [(r.status_code, r.streamed, r.estimated) for r in records] == [(200, True, False)] * 4
+
+
+def test_a_deployments_own_timeout_moves_the_request_on(client, mocks):
+    slow, slow_url = start_mock("--latency-ms", "3000")
+    try:
+        _, (first, second) = make_routed_model(
+            "gpt-timeout",
+            "priority",
+            {"upstream": "gpt-slow", "base_url": f"{slow_url}/v1", "priority": 0, "timeout_seconds": 0.5},
+            {"upstream": "gpt-fast", "base_url": f"{mocks['b']}/v1", "priority": 1},
+        )
+        started = time.monotonic()
+        answer = ask(client, "gpt-timeout")
+        assert time.monotonic() - started < 2.5  # not GATEWAY_UPSTREAM_TIMEOUT, not the mock's 3 s
+        assert check_records("gpt-timeout", [answer]) == {"gpt-fast": 1}
+        assert received(slow_url, "gpt-slow") == 1
+        assert in_flight(first, second) == [0, 0]
+    finally:
+        stop(slow)
