@@ -33,6 +33,21 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
              "input_per_1m": "6.00", "output_per_1m": "22.50",   # required
              "cached_input_per_1m": "0.60", "cache_write_per_1m": "7.50",
              "cache_write_1h_per_1m": "12.00"}  # optional, null: fall back as above, within the tier
+          ],
+          "routing": "priority",           # optional: priority | weighted | least_busy | latency | cost
+          "fallbacks": ["claude-sonnet-4-5"],  # optional: catalog models tried in order when every
+                                           # deployment failed; ORDERED (the export keeps the order)
+          "affinity": "prefix" | null,     # optional: prompt-cache affinity; null or "" = none
+          "deployments": [                 # optional: the model's WHOLE list of deployments;
+                                           # replaces "upstream" and "region" (both = an error)
+            {"provider": "openai", "upstream": "gpt-4o",  # required
+             "region": "us",               # "" = any
+             "base_url": "https://…" | null,  # null = the platform endpoint (staff only: SSRF)
+             "priority": 0,                # lower first; absent = the entry's index in the list
+             "weight": 1,                  # positive; the share under "weighted"
+             "requests_per_minute": 500 | null, "tokens_per_minute": 200000 | null,
+                                           # the provider account's quota (null = none)
+             "timeout_seconds": 60 | null}  # 0.1..3600; null = GATEWAY_UPSTREAM_TIMEOUT
           ]
         }
       },
@@ -94,6 +109,15 @@ leaves out is kept (a new object gets the default), nothing is ever deleted. In 
   current ones) becomes a NEW ModelPrice row, with its tiers, effective now; history is never
   edited. A referenced model must exist in the file or in
   the catalog.
+- models.deployments: matched to the model's deployments by (provider, upstream, region,
+  base_url); a listed one is updated (and reactivated), a new one created, one the list leaves
+  out deactivated (never deleted: stored responses point at deployments). Every deployment
+  speaks the model's family (openai and azure together, or anthropic alone), also after a change
+  of `provider` without a list. Without `deployments` the single-deployment keys work as before.
+  The export writes `deployments` for a model whose active deployments the single keys cannot
+  describe (several, or one with a base_url, weight, quota or timeout), single keys otherwise.
+- models.fallbacks: each a model of the file or the catalog, of the same kind, listed once,
+  never the model itself (longer cycles are the router's to stop: it tries a model once).
 - plans: a `billing_plan` defined neither in the file nor in the database is created with
   zero fees (and said so in the change list).
 - api_key: a key this tenant already has → nothing; otherwise the tenant's previous
@@ -111,8 +135,8 @@ transaction; a dry run computes the same change list and writes nothing.
 
 Export writes the same format with every key present (null where empty), all active catalog
 models with the price in force now, all plans, all tenants (never an api_key) and the policy
-(its defaults when staff never set one); keys and lists sorted. Importing an export changes
-nothing.
+(its defaults when staff never set one); keys and lists sorted, but for `fallbacks` and
+`deployments`, which keep their order (by priority). Importing an export changes nothing.
 """
 
 import dataclasses
@@ -132,6 +156,7 @@ from billing.models import MONEY_DIGITS, PRICE_DIGITS
 from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, Provider, Tenant, provider_family
 from tenants.profiles import (
+    FAMILY_RULE,
     LOG_RETENTION_DAYS_MAX,
     POLICY_FIELDS,
     RESPONSE_CACHE_SECONDS_MAX,
@@ -139,6 +164,7 @@ from tenants.profiles import (
     Problem,
     default_max_tokens_problems,
     default_params_clean,
+    deployment_family_problems,
     model_aliases_problems,
     model_aliases_shape,
     policy_problems,
@@ -865,6 +891,8 @@ def _check_references(checked: _Checked) -> None:
         return catalog[name].provider if name in catalog else None
 
     def model_regions(name: str) -> set[str]:
+        if "deployments" in config.models.get(name, {}):  # the file's list is the whole set
+            return {item["region"] for item in config.models[name]["deployments"]}
         regions = set()
         deployments = [d for d in catalog[name].deployments.all() if d.active] if name in catalog else []
         primary = primary_deployment(deployments)
@@ -962,14 +990,10 @@ def _deployments_given(checked: _Checked, entry: dict, name: str) -> bool:
 def _check_families(checked: _Checked, name: str, entry: dict, provider: str, model: CatalogModel | None) -> None:
     """Every deployment of a model speaks the model's family: OpenAI and Azure together, Anthropic alone."""
     family = provider_family(provider)
-    rule = "OpenAI and Azure deployments go together, Anthropic ones alone"
-    if "deployments" in entry:
-        for item in entry["deployments"]:
-            if provider_family(item["provider"]) != family:
-                checked.error(
-                    ("models", name, "deployments", item["index"], "provider"),
-                    f"{item['provider']} does not speak the model's family ({provider}): {rule}",
-                )
+    if "deployments" in entry:  # a valid list: every item is there, at its index
+        checked.problems(
+            ("models", name), deployment_family_problems(provider, [d["provider"] for d in entry["deployments"]])
+        )
         return
     if model is None or _deployments_given(checked, entry, name):
         return
@@ -981,7 +1005,7 @@ def _check_families(checked: _Checked, name: str, entry: dict, provider: str, mo
             checked.error(
                 ("models", name, "provider"),
                 f"the model's deployment {deployment.provider}:{deployment.upstream} does not speak {provider}'s "
-                f'family ({rule}): give the whole "deployments" list',
+                f'family ({FAMILY_RULE}): give the whole "deployments" list',
             )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .models import MONEY_DIGITS, Provider
+from .models import MONEY_DIGITS, Provider, provider_family
 
 PROVIDERS = tuple(sorted(p.value for p in Provider))
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # what the config file accepts as a model name
@@ -371,4 +371,46 @@ def policy_problems(
         problems.append(Problem(("maintenance_message",), "must be a string"))
     elif len(maintenance_message) > MAINTENANCE_MESSAGE_MAX or "\x00" in maintenance_message:
         problems.append(Problem(("maintenance_message",), f"must be at most {MAINTENANCE_MESSAGE_MAX} characters"))
+    return problems
+
+
+# --- a catalog model's routing ---------------------------------------------------------------
+
+FAMILY_RULE = "OpenAI and Azure deployments go together, Anthropic ones alone"
+
+
+def deployment_family_problems(provider: str, deployment_providers: list[str]) -> list[Problem]:
+    """Every deployment of a model speaks the model's family (the provider's wire format)."""
+    family = provider_family(provider)
+    return [
+        Problem(
+            ("deployments", index, "provider"), f"{item} does not speak the model's family ({provider}): {FAMILY_RULE}"
+        )
+        for index, item in enumerate(deployment_providers)
+        if provider_family(item) != family
+    ]
+
+
+def fallbacks_problems(fallbacks: Any, *, name: str, kind: str, catalog: Mapping[str, str]) -> list[Problem]:
+    """A model's fallbacks: a list of other catalog models (`catalog`: name -> kind) of its kind,
+    each once. A model never falls back to itself; longer cycles are the router's to stop."""
+    if not isinstance(fallbacks, list):
+        return [Problem(("fallbacks",), 'must be a list of catalog model names, e.g. ["claude-sonnet-4-5"]')]
+    problems, seen = [], set()
+    for index, target in enumerate(fallbacks):
+        where = ("fallbacks", index)
+        if not isinstance(target, str) or not target:
+            problems.append(Problem(where, "must be a catalog model name"))
+        elif target in seen:
+            problems.append(Problem(where, f"{json.dumps(target)} is listed twice"))
+        elif target == name:
+            problems.append(Problem(where, "a model cannot fall back to itself"))
+        elif target not in catalog:
+            problems.append(Problem(where, f"unknown model {json.dumps(target)} (not in the catalog)"))
+        elif catalog[target] != kind:
+            problems.append(
+                Problem(where, f"{json.dumps(target)} is a {catalog[target]} model, this one a {kind} model")
+            )
+        if isinstance(target, str):
+            seen.add(target)
     return problems

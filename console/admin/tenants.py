@@ -44,6 +44,8 @@ from tenants.models import (
 )
 from tenants.profiles import (
     POLICY_FIELDS,
+    deployment_family_problems,
+    fallbacks_problems,
     key_models_problems,
     policy_problems,
     positive_int_problems,
@@ -943,16 +945,61 @@ class RequestLogAdmin(admin.ModelAdmin):
 # --- catalog -------------------------------------------------------------------------------
 
 
+class DeploymentFormSet(forms.BaseInlineFormSet):
+    """Every active deployment speaks the model's family (tenants.profiles, as the file import)."""
+
+    def clean(self) -> None:
+        super().clean()
+        kept = [
+            form
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE") and form.cleaned_data.get("active", True)
+        ]
+        provider = self.instance.provider
+        for problem in deployment_family_problems(provider, [form.cleaned_data.get("provider") for form in kept]):
+            kept[problem.path[1]].add_error("provider", problem.message)
+
+
 class DeploymentInline(admin.TabularInline):
+    """Deployments of a catalog model. base_url is set here by staff only, never by a tenant (SSRF)."""
+
     model = Deployment
-    fields = ["provider", "upstream", "region", "base_url", "priority", "active"]
+    formset = DeploymentFormSet
+    fields = [
+        "provider",
+        "upstream",
+        "region",
+        "base_url",
+        "priority",
+        "weight",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "timeout_seconds",
+        "active",
+    ]
     extra = 0
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
+class CatalogModelForm(forms.ModelForm):
+    class Meta:
+        model = CatalogModel
+        fields = ["name", "provider", "kind", "active", "context_window", "routing", "fallbacks", "affinity"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if "fallbacks" in cleaned and cleaned["fallbacks"] is not None:
+            name = cleaned.get("name", self.instance.name)
+            kind = cleaned.get("kind", self.instance.kind)
+            catalog = dict(CatalogModel.objects.values_list("name", "kind"))
+            add_problems(self, fallbacks_problems(cleaned["fallbacks"], name=name, kind=kind, catalog=catalog))
+        return cleaned
+
+
 class CatalogModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "provider", "kind", "active", "context_window", "deployment_count"]
-    list_filter = ["provider", "kind", "active"]
+    form = CatalogModelForm
+    list_display = ["name", "provider", "kind", "routing", "active", "context_window", "deployment_count"]
+    list_filter = ["provider", "kind", "routing", "active"]
     search_fields = ["name"]
     readonly_fields = ["created_at"]
     inlines = [DeploymentInline]
