@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx2
@@ -210,6 +211,32 @@ def test_a_deployments_own_timeout_moves_the_request_on(client, mocks):
         assert time.monotonic() - started < 2.5  # not GATEWAY_UPSTREAM_TIMEOUT, not the mock's 3 s
         assert check_records("gpt-timeout", [answer]) == {"gpt-fast": 1}
         assert received(slow_url, "gpt-slow") == 1
+        assert in_flight(first, second) == [0, 0]
+    finally:
+        stop(slow)
+
+
+@pytest.mark.parametrize("strategy", ["latency", "least_busy"])
+def test_latency_and_least_busy_send_most_traffic_away_from_a_slow_deployment(client, mocks, strategy):
+    slow, slow_url = start_mock("--latency-ms", "400")
+    try:
+        # The slow one first: under `priority` it would take every request.
+        _, (first, second) = make_routed_model(
+            f"gpt-{strategy}",
+            strategy,
+            {"upstream": "gpt-slowish", "base_url": f"{slow_url}/v1", "priority": 0},
+            {"upstream": "gpt-quick", "base_url": f"{mocks['b']}/v1", "priority": 1},
+        )
+        name = f"gpt-{strategy}"
+        if strategy == "latency":
+            answers = [ask(client, name) for _ in range(30)]  # one at a time: latency alone decides
+        else:
+            # Four at a time: the slow deployment's attempts pile up in flight, the quick one's end.
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: ask(client, name), range(40)))
+        counts = check_records(name, answers)
+        assert counts.get("gpt-slowish", 0) <= len(answers) // 5, counts
+        assert received(slow_url, "gpt-slowish") == counts.get("gpt-slowish", 0)
         assert in_flight(first, second) == [0, 0]
     finally:
         stop(slow)
