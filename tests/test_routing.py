@@ -279,7 +279,7 @@ def test_an_attempt_is_in_flight_until_it_ends_and_ends_once(backend, clock):
             plan = await routing.plan(make_call(a, b), [a, b])
             attempts.append(await plan.take(a))
         assert (await health(a)).in_flight == 3
-        await attempts[0].answered()  # a JSON answer: ended
+        await (await attempts[0].answered())  # a JSON answer: ended (reported off the response's path)
         await attempts[1].answered(release=False)  # a stream: still going
         assert (await health(a)).in_flight == 2
         await attempts[1].release()

@@ -71,6 +71,9 @@ class Attempt:
             if self._released:
                 release = False
             self._released = True
+        await self._report(result, release=release)
+
+    async def _report(self, result: str, *, release: bool) -> None:
         if not self.shared or (result == "none" and not release):
             return
         latency_ms = (time.perf_counter() - self.started) * 1000
@@ -84,12 +87,18 @@ class Attempt:
         if result != "none":
             observability.breaker_seen(model=self.model, deployment=self.deployment.id, state=state)
 
-    async def answered(self, *, release: bool = True) -> None:
-        """The deployment answered (a stream: its first event is on its way; `release=False`)."""
+    async def answered(self, *, release: bool = True) -> asyncio.Task | None:
+        """The deployment answered (a stream: its first event is on its way; `release=False`).
+        Reported off the response's path (a task that runs to completion, returned): nothing
+        waits on a success's report."""
         observability.upstream_attempted(
             model=self.model, deployment=self.deployment.id, provider=self.deployment.provider, outcome="ok"
         )
-        await self._done("ok", release=release)
+        if not self.shared:
+            return None
+        if release:
+            self._released = True  # taken now: a later release() must not count it again
+        return background(self._report("ok", release=release))
 
     async def failed(self, exc: ProviderError) -> None:
         observability.upstream_attempted(
