@@ -71,7 +71,8 @@ class Attempt:
             if self._released:
                 release = False
             self._released = True
-        await self._report(result, release=release)
+        # Shielded: a request cancelled meanwhile must not leave its attempt counted in flight.
+        await asyncio.shield(background(self._report(result, release=release)))
 
     async def _report(self, result: str, *, release: bool) -> None:
         if not self.shared or (result == "none" and not release):
@@ -138,8 +139,12 @@ class Plan:
             tokens_per_minute=deployment.tokens_per_minute,
             tokens=_tokens(call),
         )
+        task = background(store().take(ask))
         try:
-            taken = await store().take(ask)
+            taken = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_untake(deployment.id, member))  # counted in flight, never attempted
+            raise
         except UNREACHABLE as exc:
             _unreachable(exc)
             return Attempt(call.model_name, deployment, member, probe=False, shared=False)
@@ -176,6 +181,15 @@ class Plan:
             "upstream_unavailable",
             headers={"retry-after": str(max(1, math.ceil((self.open_ms or 1000) / 1000)))},
         )
+
+
+def _untake(deployment_id: int, member: str):
+    def untake(task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None or task.result().verdict not in ("ok", "probe"):
+            return
+        background(store().done(deployment_id, member, result="none", probe=False, latency_ms=0, release=True))
+
+    return untake
 
 
 def _tokens(call) -> int:
