@@ -240,3 +240,35 @@ def test_latency_and_least_busy_send_most_traffic_away_from_a_slow_deployment(cl
         assert in_flight(first, second) == [0, 0]
     finally:
         stop(slow)
+
+
+def test_two_gateway_processes_share_the_breaker_and_its_single_probe(transactional_db, mock_llm, mocks):
+    """Failures seen by either process open the breaker for both; after the cooldown, of many
+    concurrent requests over both processes exactly one probes the broken deployment."""
+    env = {
+        "GATEWAY_AUTH_CACHE_SECONDS": "0",
+        "GATEWAY_BREAKER_FAILURES": "2",
+        "GATEWAY_BREAKER_COOLDOWN_SECONDS": "3",
+    }
+    processes = [start_gateway(mock_llm, **env) for _ in range(2)]
+    try:
+        tenant = make_tenant("router2")
+        key = api_key_create(tenant=tenant, name="routing")[1]
+        clients = [openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30) for _, url in processes]
+        _, (broken, good) = make_routed_model(
+            "gpt-shared-breaker",
+            "priority",
+            {"upstream": "gpt-shared-broken", "base_url": f"{mocks['failing']}/v1", "priority": 0},
+            {"upstream": "gpt-shared-good", "base_url": f"{mocks['b']}/v1", "priority": 1},
+        )
+        answers = [ask(clients[i % 2], "gpt-shared-breaker") for i in range(10)]
+        assert received(mocks["failing"], "gpt-shared-broken") == 2  # one failure through each process
+        time.sleep(3.2)
+        with ThreadPoolExecutor(6) as pool:
+            answers += list(pool.map(lambda i: ask(clients[i % 2], "gpt-shared-breaker"), range(12)))
+        assert received(mocks["failing"], "gpt-shared-broken") == 3  # one probe, which failed: open again
+        assert check_records("gpt-shared-breaker", answers) == {"gpt-shared-good": 22}
+        assert in_flight(broken, good) == [0, 0]
+    finally:
+        for process, _ in processes:
+            stop(process)
