@@ -53,6 +53,8 @@ __all__ = [
     "request_attributed",
     "request_finished",
     "request_unattributed",
+    "breaker_seen",
+    "upstream_attempted",
     "upstream_failed",
 ]
 
@@ -102,6 +104,19 @@ UPSTREAM_ERRORS = Counter(
     "Failed upstream calls, by provider: every failed attempt (a fallback may then answer), and streams "
     "broken after the first byte (kind=stream).",
     [*_TENANT_MODEL, "provider", "kind"],
+)
+
+UPSTREAM_ATTEMPTS = Counter(
+    "gateway_upstream_attempts",
+    "Upstream attempts by deployment and outcome: ok, a failure kind (ProviderError.kind), or skipped "
+    "without a call: breaker_open, quota (the provider account's own requests/tokens per minute).",
+    ["model", "deployment", "provider", "outcome"],
+)
+BREAKER_STATE = Gauge(
+    "gateway_breaker_state",
+    "A deployment's circuit breaker as this process last saw it: 0 closed, 1 open, 2 half-open (a probe decides).",
+    ["model", "deployment"],
+    multiprocess_mode="mostrecent",
 )
 
 _LIMITS = {
@@ -351,6 +366,22 @@ def upstream_failed(*, tenant: str, model: str, provider: str, kind: str) -> Non
     """One upstream attempt failed before its first byte (ProviderError.kind)."""
     try:
         _child(UPSTREAM_ERRORS, tenant, model, provider, kind).inc()
+    except Exception:
+        _trouble()
+
+
+def upstream_attempted(*, model: str, deployment: int, provider: str, outcome: str) -> None:
+    """One attempt on a deployment, or one skipped by routing (gateway/routing/)."""
+    try:
+        _child(UPSTREAM_ATTEMPTS, model, str(deployment), provider, outcome).inc()
+    except Exception:
+        _trouble()
+
+
+def breaker_seen(*, model: str, deployment: int, state: str) -> None:
+    """A deployment's breaker state as routing last read or left it: closed, open or half_open."""
+    try:
+        _child(BREAKER_STATE, model, str(deployment)).set({"closed": 0, "open": 1, "half_open": 2}[state])
     except Exception:
         _trouble()
 

@@ -16,7 +16,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.pricing import Tokens, worst_case_cost
 
-from . import journal, observability, translate
+from . import journal, observability, routing, translate
 from .auth import Access, access_check
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
@@ -248,31 +248,53 @@ def gateway_error(exc: ProviderError) -> GatewayError:
 
 
 async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation, *, body_for=None):
-    """Try deployments in order; move on only for failures another deployment may not have.
+    """Try deployments in the model's routing order (gateway/routing/), skipping those whose breaker
+    is open or whose provider account is at its quota; move on only for failures another deployment
+    may not have. A stream's attempt stays in flight until the stream is closed.
     `body_for(call, deployment, family)`: the upstream body (default: `upstream_body`)."""
     body_for = body_for or upstream_body
     failure: ProviderError | None = None
     GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     ANTHROPIC_BETAS.set(call.betas)  # sent as anthropic-beta, by the Anthropic adapter only (gateway/betas.py)
-    for deployment in deployments:
+    plan = await routing.plan(call, deployments)
+    for deployment in plan.order:
+        attempt = await plan.take(deployment)
+        if attempt is None:
+            continue  # breaker open, or the provider account at its quota
         call.deployment = deployment
-        # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
-        await journal.trace_open(call=call, ahead=True)
-        # A tenant's own provider account (bring your own key) takes precedence over ours.
-        secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
         try:
-            adapter = adapter_for(deployment.provider, base_url=own_base_url or deployment.base_url, api_key=secret)
+            # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
+            await journal.trace_open(call=call, ahead=True)
+            # A tenant's own provider account (bring your own key) takes precedence over ours.
+            secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
+            adapter = adapter_for(
+                deployment.provider,
+                base_url=own_base_url or deployment.base_url,
+                api_key=secret,
+                timeout=deployment.timeout_seconds,
+            )
             call.upstream_asked = True
-            return adapter, await operation(adapter, body_for(call, deployment, adapter.family))
+            result = await operation(adapter, body_for(call, deployment, adapter.family))
         except ProviderError as exc:
             failure = exc
+            await attempt.failed(exc)
             log.warning("request %s: deployment %s failed: %s", call.request_id, deployment.id, exc.kind)
             observability.upstream_failed(
                 tenant=call.caller.tenant.slug, model=call.model_name, provider=deployment.provider, kind=exc.kind
             )
             if not exc.retryable:
                 break
-    assert failure is not None
+            continue
+        except BaseException:
+            attempt.release_soon()  # a refusal of ours (translation), a bug, a cancelled request
+            raise
+        if not hasattr(result, "aclose"):
+            await attempt.answered()
+            return adapter, result
+        await attempt.answered(release=False)  # a stream: in flight until it is closed
+        return adapter, routing.tracked(result, attempt)
+    if failure is None:
+        raise plan.nothing_tried()
     raise gateway_error(failure)
 
 

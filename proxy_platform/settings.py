@@ -228,6 +228,15 @@ GATEWAY_LIMIT_WINDOW_SECONDS = env_int("GATEWAY_LIMIT_WINDOW_SECONDS", 60)
 GATEWAY_CONCURRENCY_HORIZON_SECONDS = env_int("GATEWAY_CONCURRENCY_HORIZON_SECONDS", 900)
 GATEWAY_LIMITS_REDIS_TIMEOUT = env_float("GATEWAY_LIMITS_REDIS_TIMEOUT", 0.5)
 GATEWAY_DEFAULT_OUTPUT_RESERVE = env_int("GATEWAY_DEFAULT_OUTPUT_RESERVE", 4096)
+# Routing (gateway/routing/, docs/routing.md): a deployment's circuit breaker opens after this many
+# failures (timeouts, 5xx, provider 429s, connection errors) within the window, stays open for the
+# cooldown, then lets one probe request decide. The latency strategy explores at this probability.
+GATEWAY_BREAKER_FAILURES = env_int("GATEWAY_BREAKER_FAILURES", 5)
+GATEWAY_BREAKER_WINDOW_SECONDS = env_float("GATEWAY_BREAKER_WINDOW_SECONDS", 30.0)
+GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0)
+GATEWAY_ROUTING_EXPLORATION = env_float("GATEWAY_ROUTING_EXPLORATION", 0.05)
+# A seed for the random draws of `weighted` and `latency` (repeatable tests); unset: random.
+GATEWAY_ROUTING_SEED = env_int("GATEWAY_ROUTING_SEED", 0) or None
 # Betas a caller may name in `anthropic-beta` on top of the built-in list (gateway/betas.py):
 # comma-separated names; any other beta is a 400 naming the header.
 GATEWAY_ANTHROPIC_BETAS = env_list("GATEWAY_ANTHROPIC_BETAS")

@@ -30,15 +30,18 @@ _adapters: dict[tuple, Adapter] = {}
 log = logging.getLogger(__name__)
 
 
-def _timeout() -> httpx2.Timeout:
-    return httpx2.Timeout(settings.GATEWAY_UPSTREAM_TIMEOUT, connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT)
+def _timeout(seconds: float | None = None) -> httpx2.Timeout:
+    """GATEWAY_UPSTREAM_TIMEOUT, or a deployment's own `timeout_seconds`."""
+    total = settings.GATEWAY_UPSTREAM_TIMEOUT if seconds is None else seconds
+    return httpx2.Timeout(total, connect=min(total, settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT))
 
 
-def _build(provider: str, base_url: str, api_key: str) -> Adapter:
-    http_client = (anthropic_sdk if provider == "anthropic" else openai_sdk).DefaultAioHttpClient(timeout=_timeout())
+def _build(provider: str, base_url: str, api_key: str, timeout: float | None = None) -> Adapter:
+    sdk = anthropic_sdk if provider == "anthropic" else openai_sdk
+    http_client = sdk.DefaultAioHttpClient(timeout=_timeout(timeout))
     common = {
         "api_key": api_key,
-        "timeout": _timeout(),
+        "timeout": _timeout(timeout),
         "max_retries": settings.GATEWAY_UPSTREAM_MAX_RETRIES,
         "http_client": http_client,
     }
@@ -63,8 +66,11 @@ def _platform_credentials(provider: str) -> tuple[str, str]:
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def adapter_for(provider: str, *, base_url: str = "", api_key: str | None = None) -> Adapter:
+def adapter_for(
+    provider: str, *, base_url: str = "", api_key: str | None = None, timeout: float | None = None
+) -> Adapter:
     """The adapter for a deployment, on the platform's account unless a tenant's key is given.
+    `timeout`: the deployment's own upstream timeout in seconds (None: GATEWAY_UPSTREAM_TIMEOUT).
 
     Raises ProviderError when no credential is configured.
     """
@@ -74,10 +80,10 @@ def adapter_for(provider: str, *, base_url: str = "", api_key: str | None = None
     if not api_key or (provider == "azure" and not base_url):
         raise ProviderError(provider, 0, "not_configured", f"the {provider} provider is not configured", True)
     # The pool is keyed by a digest of the credential, never the credential itself.
-    key = (provider, base_url, hashlib.sha256(api_key.encode()).hexdigest())
+    key = (provider, base_url, hashlib.sha256(api_key.encode()).hexdigest(), timeout)
     adapter = _adapters.get(key)
     if adapter is None:
-        adapter = _adapters[key] = _build(provider, base_url, api_key)
+        adapter = _adapters[key] = _build(provider, base_url, api_key, timeout)
     return adapter
 
 

@@ -1,0 +1,31 @@
+"""Routing's settings, read when used (tests and operators change them at run time)."""
+
+from django.conf import settings
+
+from gateway.limits import config as limits_config
+
+# Weight of the newest successful attempt in a deployment's latency EWMA.
+EWMA_ALPHA = "0.3"
+
+
+def failures() -> int:
+    """Failures within the window that open a deployment's breaker (GATEWAY_BREAKER_FAILURES)."""
+    return max(1, int(getattr(settings, "GATEWAY_BREAKER_FAILURES", 5)))
+
+
+def window_ms() -> int:
+    return max(1, int(float(getattr(settings, "GATEWAY_BREAKER_WINDOW_SECONDS", 30)) * 1000))
+
+
+def cooldown_ms() -> int:
+    return max(1, int(float(getattr(settings, "GATEWAY_BREAKER_COOLDOWN_SECONDS", 30)) * 1000))
+
+
+def exploration() -> float:
+    """The latency strategy's chance of trying the deployments in random order (GATEWAY_ROUTING_EXPLORATION)."""
+    return min(1.0, max(0.0, float(getattr(settings, "GATEWAY_ROUTING_EXPLORATION", 0.05))))
+
+
+def horizon_ms() -> int:
+    """An attempt still counted in flight after this long belongs to a dead process: the limits' horizon."""
+    return limits_config.horizon_ms()

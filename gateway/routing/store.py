@@ -1,0 +1,240 @@
+"""Routing's shared state: per deployment, its circuit breaker, its provider account's quota of
+the minute, its attempts in flight and its latency EWMA.
+
+`RedisRouting` runs each step as one Lua script (scripts/*.lua, with the limits' clock prelude),
+one round trip, atomic across every gateway process; `MemoryRouting` makes the same decisions on
+dicts for one process (no REDIS_URL). Both read the limits' clock (`gateway.limits.use_clock`
+moves them too). tests/test_routing.py holds both to one contract.
+"""
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.limits import backend as limits_backend
+from gateway.limits import redis_store as limits_redis
+from gateway.limits.clock import SYSTEM_CLOCK
+
+from . import config
+
+_SCRIPTS = Path(__file__).resolve().parent / "scripts"
+_CLOCK = (limits_redis._SCRIPTS / "clock.lua").read_text()
+SOURCES = {name: _CLOCK + (_SCRIPTS / f"{name}.lua").read_text() for name in ("take", "done", "peek")}
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One attempt on one deployment."""
+
+    deployment_id: int
+    member: str  # unique per attempt: the request id and the deployment
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    tokens: int  # counted on the account's tokens per minute (the admission's estimate)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    verdict: str  # ok | probe | open | quota
+    ms: int = 0  # open: until a probe may go; quota: until the minute ends
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    in_flight: int
+    latency_ms: float | None  # EWMA of successful attempts; None: none yet
+    open_until_ms: int | None  # None: in rotation
+    recent_failures: int
+
+
+def _keys(deployment_id: int) -> tuple[str, str, str, str]:
+    prefix = f"gw:route:{deployment_id}"
+    return f"{prefix}:state", f"{prefix}:quota", f"{prefix}:busy", f"{prefix}:fail"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisRouting:
+    def _now_arg(self) -> int | str:
+        return limits_backend.redis_store._now_arg()
+
+    async def _run(self, name: str, keys: list[str], args: list):
+        client = limits_redis._client()
+        script = client.scripts.get(f"routing:{name}")
+        if script is None:
+            script = client.scripts[f"routing:{name}"] = client.client.register_script(SOURCES[name])
+        return await script(keys=keys, args=[self._now_arg(), *args])
+
+    async def take(self, ask: Ask) -> Taken:
+        state, quota, busy, _ = _keys(ask.deployment_id)
+        verdict, ms = await self._run(
+            "take",
+            [state, quota, busy],
+            [
+                config.cooldown_ms(),
+                -1 if ask.requests_per_minute is None else ask.requests_per_minute,
+                -1 if ask.tokens_per_minute is None else ask.tokens_per_minute,
+                ask.tokens,
+                ask.member,
+                config.horizon_ms(),
+            ],
+        )
+        return Taken(_text(verdict), int(ms))
+
+    async def done(
+        self, deployment_id: int, member: str, *, result: str, probe: bool, latency_ms: float, release: bool
+    ) -> str:
+        state, _, busy, fail = _keys(deployment_id)
+        reply = await self._run(
+            "done",
+            [state, fail, busy],
+            [
+                member,
+                result,
+                "1" if probe else "0",
+                f"{latency_ms:.3f}",
+                config.EWMA_ALPHA,
+                config.failures(),
+                config.window_ms(),
+                config.cooldown_ms(),
+                "1" if release else "0",
+            ],
+        )
+        return _text(reply[0])
+
+    async def health(self, deployment_ids: list[int]) -> list[Health]:
+        keys = []
+        for deployment_id in deployment_ids:
+            state, _, busy, fail = _keys(deployment_id)
+            keys += [state, busy, fail]
+        reply = await self._run("peek", keys, [config.horizon_ms()])
+        out = []
+        for i in range(0, len(reply), 4):
+            latency, until = _text(reply[i + 1]), _text(reply[i + 2])
+            out.append(
+                Health(
+                    in_flight=int(reply[i]),
+                    latency_ms=float(latency) if latency else None,
+                    open_until_ms=int(until) if until else None,
+                    recent_failures=int(reply[i + 3]),
+                )
+            )
+        return out
+
+
+class MemoryRouting:
+    """done.lua, take.lua and peek.lua on dicts, for one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[int, dict] = {}  # id -> {"until", "probe", "lat"}
+        self._quota: dict[int, tuple[int, int, int]] = {}  # id -> (minute, requests, tokens)
+        self._busy: dict[int, dict[str, int]] = {}  # id -> {member: start ms}
+        self._fail: dict[int, dict[str, int]] = {}  # id -> {member: ms}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._state.clear()
+            self._quota.clear()
+            self._busy.clear()
+            self._fail.clear()
+
+    def _now(self) -> int:
+        return (limits_backend.memory_store.clock or SYSTEM_CLOCK).now_ms()
+
+    async def take(self, ask: Ask) -> Taken:
+        with self._lock:
+            now, cooldown = self._now(), config.cooldown_ms()
+            state = self._state.setdefault(ask.deployment_id, {})
+            probe = False
+            if "until" in state:
+                if now < state["until"]:
+                    return Taken("open", state["until"] - now)
+                probing = state.get("probe")
+                if probing is not None and now - probing < cooldown:
+                    return Taken("open", probing + cooldown - now)
+                probe = True
+            rpm, tpm = ask.requests_per_minute, ask.tokens_per_minute
+            if rpm is not None or tpm is not None:
+                minute = now // 60000
+                stored = self._quota.get(ask.deployment_id)
+                requests, used = (stored[1], stored[2]) if stored and stored[0] == minute else (0, 0)
+                if (rpm is not None and requests + 1 > rpm) or (
+                    tpm is not None and used > 0 and used + ask.tokens > tpm
+                ):
+                    return Taken("quota", 60000 - now % 60000)
+                self._quota[ask.deployment_id] = (minute, requests + 1, used + ask.tokens)
+            if probe:
+                state["probe"] = now
+            busy = self._busy.setdefault(ask.deployment_id, {})
+            horizon = config.horizon_ms()
+            for member in [m for m, at in busy.items() if at <= now - horizon]:
+                del busy[member]
+            busy[ask.member] = now
+            return Taken("probe" if probe else "ok")
+
+    async def done(
+        self, deployment_id: int, member: str, *, result: str, probe: bool, latency_ms: float, release: bool
+    ) -> str:
+        with self._lock:
+            now = self._now()
+            state = self._state.setdefault(deployment_id, {})
+            failures = self._fail.setdefault(deployment_id, {})
+            if release:
+                self._busy.get(deployment_id, {}).pop(member, None)
+
+            def open_() -> str:
+                state["until"] = now + config.cooldown_ms()
+                state.pop("probe", None)
+                failures.clear()
+                return "open"
+
+            if result in ("ok", "neutral"):
+                if probe:
+                    state.pop("until", None)
+                    state.pop("probe", None)
+                    failures.clear()
+                if result == "ok":
+                    before = state.get("lat")
+                    alpha = float(config.EWMA_ALPHA)
+                    state["lat"] = latency_ms if before is None else alpha * latency_ms + (1 - alpha) * before
+            elif result == "fail":
+                if probe:
+                    return open_()
+                if "until" in state:
+                    return "open"
+                window = config.window_ms()
+                for old in [m for m, at in failures.items() if at <= now - window]:
+                    del failures[old]
+                failures[member] = now
+                if len(failures) >= config.failures():
+                    return open_()
+            return "open" if "until" in state else "closed"
+
+    async def health(self, deployment_ids: list[int]) -> list[Health]:
+        with self._lock:
+            now, horizon = self._now(), config.horizon_ms()
+            out = []
+            for deployment_id in deployment_ids:
+                state = self._state.get(deployment_id, {})
+                busy = self._busy.get(deployment_id, {})
+                out.append(
+                    Health(
+                        in_flight=sum(1 for at in busy.values() if at > now - horizon),
+                        latency_ms=state.get("lat"),
+                        open_until_ms=state.get("until"),
+                        recent_failures=len(self._fail.get(deployment_id, {})),
+                    )
+                )
+            return out
+
+
+redis_routing = RedisRouting()
+memory_routing = MemoryRouting()
+
+
+def store() -> RedisRouting | MemoryRouting:
+    """Redis when REDIS_URL is set (every process shares it), else this process's memory."""
+    return redis_routing if limits_backend.config.redis_url() else memory_routing
