@@ -33,10 +33,13 @@ from .analytics import (
     tenant_comparison,
 )
 from .charts import Point, bar_chart
+from .deployment_health import deployment_health
 
 # Who may see figures across tenants: staff with the view permission on usage rollups. Other
 # staff get the plain app list (and a 403 on the analytics page).
 FIGURES_PERMISSION = "billing.view_usagerollup"
+# Who may see the deployment health list: staff who may view the catalog.
+CATALOG_PERMISSION = "tenants.view_catalogmodel"
 MAX_PERIOD_DAYS = 366
 COST_PER_1K = Decimal("0.000001")  # places of "cost per 1K tokens" in the CSV
 
@@ -205,6 +208,7 @@ class PlatformAdminSite(admin.AdminSite):
     def get_urls(self):
         return [
             path("analytics/", self.admin_view(self.analytics_view), name="analytics"),
+            path("deployments/health/", self.admin_view(self.deployment_health_view), name="deployment_health"),
             *super().get_urls(),
         ]
 
@@ -274,6 +278,30 @@ class PlatformAdminSite(admin.AdminSite):
         }
         request.current_app = self.name
         return TemplateResponse(request, "admin/analytics.html", context, status=status)
+
+    def deployment_health_view(self, request):
+        """Every active deployment's breaker state, failures, latency and attempts in flight;
+        ?model=<catalog model id> for one model's."""
+        if not request.user.has_perm(CATALOG_PERMISSION):
+            raise PermissionDenied
+        raw = request.GET.get("model", "")
+        model_id, status, error = None, 200, ""
+        if raw:
+            if raw.isdigit():
+                model_id = int(raw)
+            else:
+                status, error = 400, "model: a catalog model id (a whole number)."
+        health = deployment_health(model_id=model_id)
+        context = {
+            **self.each_context(request),
+            "title": "Deployment health",
+            "health": health,
+            "model_id": model_id,
+            "error": error,
+            "can_change_catalog": request.user.has_perm("tenants.change_catalogmodel"),
+        }
+        request.current_app = self.name
+        return TemplateResponse(request, "admin/deployment_health.html", context, status=status)
 
     def _comparison_csv(self, rows: list[ComparisonRow], period: Period) -> HttpResponse:
         response = HttpResponse(content_type="text/csv; charset=utf-8")

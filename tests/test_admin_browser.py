@@ -9,6 +9,7 @@ The pages must work offline: every request the browser makes goes to the live se
 none of them fails (a missing favicon was a 404 on every page).
 """
 
+import asyncio
 import io
 import os
 from datetime import timedelta
@@ -16,6 +17,7 @@ from importlib import import_module
 from pathlib import Path
 
 import pytest
+import redis
 from django.apps import apps as django_apps
 from django.conf import settings as django_settings
 from django.core.management import call_command
@@ -27,7 +29,9 @@ from billing.models import Invoice
 from billing.periods import month_start, previous_month
 from billing.services import credit_note_create, invoices_generate, usage_rollup
 from billing.synthetic import synthetic_usage_create
-from tenants.models import ApiKey, CatalogModel, Tenant
+from gateway import limits, routing
+from gateway.routing.store import _keys as routing_keys
+from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
 from tenants.services import api_key_create
 from tests.dashboard_fixtures import dashboard_world, money, oracle, today
 
@@ -195,6 +199,7 @@ def test_every_console_page_fits_1280_and_1440_px(live_server, settings):
         "analytics": reverse("admin:analytics"),
         "finance summary": reverse("admin:billing_invoice_summary") + f"?period={world['month']}",
         "model and deployments": reverse("admin:tenants_catalogmodel_change", args=[CatalogModel.objects.first().pk]),
+        "deployment health": reverse("admin:deployment_health"),
     }
     # Every other list of the console too: a table added later is held to the same width.
     from django.contrib import admin
@@ -203,11 +208,52 @@ def test_every_console_page_fits_1280_and_1440_px(live_server, settings):
         url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
         if url not in pages.values():
             pages[f"{model._meta.verbose_name_plural} list"] = url
+    # One deployment out of rotation, so that the health list's longest state is measured too.
+    settings.GATEWAY_BREAKER_FAILURES = 1
+    broken = Deployment.objects.filter(active=True, model__active=True).order_by("model__name", "priority", "id")[0]
+    open_breaker(broken.pk)
     base = live_server.url
     foreign: list[str] = []
     failed: list[str] = []
     problems: dict[str, list[str]] = {}
     docs = os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1"
+    try:
+        shown = {"deployment health": (f'tr[data-deployment="{broken.pk}"] td.state', "cooling down until")}
+        visit_every_page(base, pages, problems, failed, foreign, docs, shown=shown)
+    finally:
+        forget_breaker(broken.pk)
+    assert problems == {}, "\n".join(f"{page}: {found}" for page, found in problems.items())
+    assert failed == []  # the favicon included
+    assert foreign == []  # no CDN, nothing but our own server
+    print(f"\nscreenshots: {ARTIFACTS / '1280'}, {ARTIFACTS / '1440'}")
+
+
+def open_breaker(deployment_id: int) -> None:
+    """A counted failure on the deployment (GATEWAY_BREAKER_FAILURES = 1 opens it), in the
+    routing store the live server reads."""
+
+    async def fail():
+        try:
+            await routing.store().done(
+                deployment_id, "browser-test", result="fail", probe=False, latency_ms=1.0, release=True
+            )
+        finally:
+            await limits.aclose()
+
+    asyncio.run(fail())
+
+
+def forget_breaker(deployment_id: int) -> None:
+    """The Redis database outlives this test: later tests must find the deployment in rotation."""
+    routing.memory_routing.clear()
+    if django_settings.REDIS_URL:
+        redis.Redis.from_url(django_settings.REDIS_URL).delete(*routing_keys(deployment_id))
+
+
+def visit_every_page(
+    base: str, pages: dict, problems: dict, failed: list, foreign: list, docs: bool, *, shown: dict
+) -> None:
+    """Each page at each width; `shown`: page name -> (selector, text the element starts with)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         try:
@@ -224,6 +270,9 @@ def test_every_console_page_fits_1280_and_1440_px(live_server, settings):
                 for name, path in pages.items():
                     response = page.goto(base + path)
                     assert response.status == 200, f"{name}: {response.status}"
+                    if name in shown:
+                        selector, text = shown[name]
+                        assert page.locator(selector).inner_text().startswith(text), name
                     found = page.evaluate(FIT_REPORT)
                     if found:
                         problems[f"{name} at {width} px"] = found
@@ -237,7 +286,3 @@ def test_every_console_page_fits_1280_and_1440_px(live_server, settings):
                 page.close()
         finally:
             browser.close()
-    assert problems == {}, "\n".join(f"{page}: {found}" for page, found in problems.items())
-    assert failed == []  # the favicon included
-    assert foreign == []  # no CDN, nothing but our own server
-    print(f"\nscreenshots: {ARTIFACTS / '1280'}, {ARTIFACTS / '1440'}")

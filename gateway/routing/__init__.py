@@ -7,12 +7,13 @@ and a memory twin), router.py (one request's plan and attempts), config.py (sett
 """
 
 from .router import BREAKER_KINDS, Attempt, Plan, engaged, plan, tracked
-from .store import Health, memory_routing, redis_routing, store
+from .store import Health, Snapshot, memory_routing, redis_routing, store
 
 __all__ = [
     "BREAKER_KINDS",
     "Attempt",
     "Health",
+    "Snapshot",
     "Plan",
     "engaged",
     "memory_routing",

@@ -47,6 +47,15 @@ class Health:
     recent_failures: int
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The staff's health list: each deployment's state, read at `now_ms` on the store's clock
+    (Redis' for every process), failures counted within the breaker's window only."""
+
+    now_ms: int
+    health: list[Health]
+
+
 def _keys(deployment_id: int) -> tuple[str, str, str, str]:
     prefix = f"gw:route:{deployment_id}"
     return f"{prefix}:state", f"{prefix}:quota", f"{prefix}:busy", f"{prefix}:fail"
@@ -105,13 +114,20 @@ class RedisRouting:
         return _text(reply[0])
 
     async def health(self, deployment_ids: list[int]) -> list[Health]:
+        return (await self._peek(deployment_ids, window=False)).health
+
+    async def snapshot(self, deployment_ids: list[int]) -> Snapshot:
+        return await self._peek(deployment_ids, window=True)
+
+    async def _peek(self, deployment_ids: list[int], *, window: bool) -> Snapshot:
         keys = []
         for deployment_id in deployment_ids:
             state, _, busy, fail = _keys(deployment_id)
             keys += [state, busy, fail]
-        reply = await self._run("peek", keys, [config.horizon_ms()])
+        args = [config.horizon_ms(), *([config.window_ms()] if window else [])]
+        reply = await self._run("peek", keys, args)
         out = []
-        for i in range(0, len(reply), 4):
+        for i in range(0, len(reply) - 1, 4):
             latency, until = _text(reply[i + 1]), _text(reply[i + 2])
             out.append(
                 Health(
@@ -121,7 +137,7 @@ class RedisRouting:
                     recent_failures=int(reply[i + 3]),
                 )
             )
-        return out
+        return Snapshot(now_ms=int(_text(reply[-1])), health=out)
 
 
 class MemoryRouting:
@@ -214,21 +230,29 @@ class MemoryRouting:
             return "open" if "until" in state else "closed"
 
     async def health(self, deployment_ids: list[int]) -> list[Health]:
+        return self._peek(deployment_ids, window=False).health
+
+    async def snapshot(self, deployment_ids: list[int]) -> Snapshot:
+        return self._peek(deployment_ids, window=True)
+
+    def _peek(self, deployment_ids: list[int], *, window: bool) -> Snapshot:
         with self._lock:
             now, horizon = self._now(), config.horizon_ms()
+            since = now - config.window_ms() if window else None
             out = []
             for deployment_id in deployment_ids:
                 state = self._state.get(deployment_id, {})
                 busy = self._busy.get(deployment_id, {})
+                failures = self._fail.get(deployment_id, {})
                 out.append(
                     Health(
                         in_flight=sum(1 for at in busy.values() if at > now - horizon),
                         latency_ms=state.get("lat"),
                         open_until_ms=state.get("until"),
-                        recent_failures=len(self._fail.get(deployment_id, {})),
+                        recent_failures=sum(1 for at in failures.values() if since is None or at > since),
                     )
                 )
-            return out
+            return Snapshot(now_ms=now, health=out)
 
 
 redis_routing = RedisRouting()
