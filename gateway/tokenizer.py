@@ -104,6 +104,11 @@ def count_tokens(text: str, *, encoding: str = O200K) -> int:
         return _encoder(encoding).count(_without_surrogates(text))
 
 
+def encode(text: str, *, encoding: str = O200K) -> list[int]:
+    """The token ids of `text` (UnicodeEncodeError for a lone surrogate)."""
+    return _encoder(encoding).encode(text) if text else []
+
+
 def split_tokens(text: str, *, encoding: str = O200K) -> list[str]:
     """`text` cut at token boundaries, joining back to it exactly.
 

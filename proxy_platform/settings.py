@@ -237,6 +237,9 @@ GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS",
 GATEWAY_ROUTING_EXPLORATION = env_float("GATEWAY_ROUTING_EXPLORATION", 0.05)
 # A seed for the random draws of `weighted` and `latency` (repeatable tests); unset: random.
 GATEWAY_ROUTING_SEED = env_int("GATEWAY_ROUTING_SEED", 0) or None
+# Prompt-cache affinity (`affinity: "prefix"` of a model): a tenant's requests whose prompts share
+# this many leading tokens go to the same deployment while it is in rotation (0: affinity off).
+GATEWAY_AFFINITY_PREFIX_TOKENS = env_int("GATEWAY_AFFINITY_PREFIX_TOKENS", 1024)
 # Betas a caller may name in `anthropic-beta` on top of the built-in list (gateway/betas.py):
 # comma-separated names; any other beta is a 400 naming the header.
 GATEWAY_ANTHROPIC_BETAS = env_list("GATEWAY_ANTHROPIC_BETAS")

@@ -76,6 +76,9 @@ Strict where the real APIs are, to catch gateway bugs: OpenAI refuses `stream_op
 Anthropic requires `max_tokens` and refuses a "system" role inside `messages`; Azure accepts only `api-key`.
 Paced streams (a chunk delay) stop when the client disconnects.
 
+A provider's prompt cache, per mock process (`--prompt-cache-seconds N`, off by default): a prompt
+prefix this process saw within N seconds is reported as cached input (gateway/mock/prompt_cache.py).
+
 Faults from the command line: each model request draws once from `random.Random(seed)`; a draw below
 `fault_rate` answers `fault_status` with the provider's error body, before authentication.
 """
@@ -99,7 +102,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from gateway.mock import embeddings, responses
+from gateway.mock import embeddings, prompt_cache, responses
 from gateway.tokenizer import (
     CL100K,
     O200K,
@@ -126,6 +129,7 @@ class MockSettings:
     fault_status: int = 500
     seed: int | None = None
     history: int = 500
+    prompt_cache_seconds: float = 0  # > 0: simulate a provider's prompt cache (gateway/mock/prompt_cache.py)
 
 
 class Api(StrEnum):
@@ -850,6 +854,9 @@ class MockApp:
         # Unique across restarts, as a gateway may key records on upstream ids.
         self._run = secrets.token_hex(4)
         self.responses = responses.ResponsesApi(self)
+        self.prompt_cache = (
+            prompt_cache.PromptCache(settings.prompt_cache_seconds) if settings.prompt_cache_seconds else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -920,6 +927,8 @@ class MockApp:
             return
         reply = compose_reply(exchange, tool_id=self._id("toolu_" if api is Api.ANTHROPIC else "call_"))
         usage = usage_of(exchange, reply)
+        if self.prompt_cache is not None:
+            usage = self.prompt_cache.served(request.body, exchange.model, billing_encoding(exchange.model), usage)
         await self._pause_before_answer(directives)
         if exchange.stream:
             body = self._stream_body(api, exchange, reply, usage)

@@ -1,6 +1,7 @@
 """One request's route: the order of its deployments, and each attempt's account (docs/routing.md).
 
-`plan()` orders the deployments by the model's strategy. `Plan.take(deployment)` asks the shared
+`plan()` orders the deployments by the model's strategy, the prompt's affine deployment first when
+the model has `affinity: "prefix"` (affinity.py). `Plan.take(deployment)` asks the shared
 state whether the deployment may be tried now (its breaker, its provider account's quota) and, if
 so, counts the attempt in flight; the attempt then says how it went (`answered`, `failed`) and
 ends once (`release`): a stream ends when its body is closed (`tracked`).
@@ -25,7 +26,7 @@ from gateway.limits.redis_store import UNREACHABLE, background
 from gateway.providers import ProviderError
 from gateway.registry import DeploymentView, ModelView
 
-from . import strategies
+from . import affinity, strategies
 from .store import Ask, Health, store
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,8 @@ async def plan(call, deployments: list[DeploymentView]) -> Plan:
             health = await store().health([d.id for d in deployments])
         except UNREACHABLE as exc:
             _unreachable(exc)
-    return Plan(call, strategies.order(strategy, deployments, health, _rng), shared=shared)
+    ordered = strategies.order(strategy, deployments, health, _rng)
+    return Plan(call, affinity.apply(call, deployments, ordered), shared=shared)
 
 
 class TrackedStream:

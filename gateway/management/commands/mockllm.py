@@ -28,6 +28,12 @@ class Command(BaseCommand):
         parser.add_argument("--chunk-delay-ms", type=_non_negative, default=0, help="Wait between stream chunks.")
         parser.add_argument("--fault-rate", type=_probability, default=0.0, help="Share of requests that fail (0..1).")
         parser.add_argument("--fault-status", type=_error_status, default=500, help="Status of those failures.")
+        parser.add_argument(
+            "--prompt-cache-seconds",
+            type=_non_negative,
+            default=0,
+            help="Simulate a provider's prompt cache: prefixes seen within N seconds are reported cached (0: off).",
+        )
         parser.add_argument("--seed", type=int, default=None, help="Seed of the fault draws, for repeatable runs.")
 
     def handle(self, *args: object, **options: object) -> None:
@@ -41,6 +47,7 @@ class Command(BaseCommand):
             fault_rate=options["fault_rate"],
             fault_status=options["fault_status"],
             seed=options["seed"],
+            prompt_cache_seconds=options["prompt_cache_seconds"],
         )
         config = uvicorn.Config(
             build_app(settings),
