@@ -200,6 +200,22 @@ class _GroupCommit:
                     future.set_result(None)
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+# `EVAL _OPEN 2 <traces zset> <traces hash>` in RESP, the part of every trace write that never
+# changes (redis-py's `pack_command` encodes the script again each time).
+_EVAL_OPEN_HEAD = b"".join(_bulk(part.encode()) for part in ("EVAL", _OPEN, str(len(_TRACES)), *_TRACES))
+
+
+def _eval_open(args: list) -> bytes:
+    """The RESP command writing the traces `args` (request id, data, ...: str or bytes)."""
+    parts = [b"*%d\r\n" % (3 + len(_TRACES) + len(args)), _EVAL_OPEN_HEAD]
+    parts.extend(_bulk(arg.encode() if isinstance(arg, str) else arg) for arg in args)
+    return b"".join(parts)
+
+
 def _reply(line: bytes) -> int | ResponseError:
     """One reply of the trace connection, as RESP puts it on one line: the script's integer, or
     its error (which fails this call only). Anything else means the connection is not ours to
@@ -217,8 +233,9 @@ class _TraceWriter:
     """Trace writes on a connection of their own, sent ahead of the provider call and confirmed
     before the request ends (one per event loop and Redis client).
 
-    The traces of every request that reaches the journal in the same turn of the event loop go
-    in one script call (as `_GroupCommit` does). `send()` returns once that call's bytes are in
+    A trace is written at once when no earlier write awaits its reply; otherwise the traces of
+    every request that reaches the journal in the same turn of the event loop go in one script
+    call (as `_GroupCommit` does). `send()` returns once that call's bytes are in
     the kernel's send buffer (TCP_NODELAY: on their way to Redis), with a future for Redis'
     reply; the request calls its provider meanwhile and awaits the reply before its usage record
     is written. Redis executes a connection's commands in order and the kernel delivers what
@@ -234,7 +251,6 @@ class _TraceWriter:
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._scheduled = False
         self._unanswered: collections.deque[asyncio.Future] = collections.deque()
-        self._wake: asyncio.Future | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
         self.broken = False
 
@@ -246,13 +262,21 @@ class _TraceWriter:
         return not self.broken and writer is not None and not writer.transport.is_closing() and not reader.at_eof()
 
     async def send(self, args: list) -> tuple[asyncio.Future, bool]:
-        """(the reply's future, whether the bytes left the process)."""
+        """(the reply's future, whether the bytes left the process).
+
+        With no earlier write awaiting its reply (requests one at a time) the trace is written at
+        once: there is no batch to wait for, and a turn of the loop (two wake-ups) is saved. With
+        one outstanding, the traces of this turn of the loop are gathered and written together
+        (as Nagle's algorithm does): under load a batch still takes one script call."""
         loop = asyncio.get_running_loop()
         sent = loop.create_future()
         self._pending.append((args, sent))
         if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+            if self._unanswered:
+                self._scheduled = True
+                loop.call_soon(self._flush)
+            else:
+                self._flush()
         return await sent
 
     def _flush(self) -> None:
@@ -267,7 +291,7 @@ class _TraceWriter:
                     raise RedisConnectionError("the journal's trace connection is closed")
                 args = [arg for args, _ in part for arg in args]
                 writer = self._connection._writer  # redis-py's own send awaits a task per command
-                writer.writelines(self._connection.pack_command("EVAL", _OPEN, len(_TRACES), *_TRACES, *args))
+                writer.write(_eval_open(args))
                 left = writer.transport.get_write_buffer_size() == 0
             except BaseException as exc:
                 self._break(exc)
@@ -276,21 +300,18 @@ class _TraceWriter:
                         sent.set_exception(exc)
                 continue
             self._unanswered.append(reply)
-            if self._wake is not None and not self._wake.done():
-                self._wake.set_result(None)
             for _, sent in part:
                 if not sent.done():
                     sent.set_result((reply, left))
 
     async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                if not self._unanswered:
-                    self._wake = loop.create_future()
-                    await self._wake
-                    continue
+                # Always reading: a reply comes only for a write, and a connection the server
+                # closed is seen at once (an empty line), not by the next request's write.
                 answer = _reply(await self._connection._reader.readline())
+                if not self._unanswered:
+                    raise RedisConnectionError("a reply that no trace write asked for on the journal's connection")
                 reply = self._unanswered.popleft()
                 if reply.done():
                     continue

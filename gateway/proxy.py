@@ -9,6 +9,7 @@ records and settles it once, before the response ends. Errors are `GatewayError`
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import orjson
 from django.conf import settings
@@ -488,9 +489,20 @@ async def _relay(call: Call, owner: Owner, events: EventStream, processor, *, af
     error: tuple[str, str] | None = None
     try:
         try:
-            async for event in events:
-                for frame in processor.feed(event):
-                    yield frame
+            async for batch in _batches(events):
+                # The frames of the events that came in one read go out in one write.
+                frames: list[bytes] = []
+                failure: Exception | None = None
+                for event in batch:
+                    try:
+                        frames.extend(processor.feed(event))
+                    except Exception as exc:  # what came before it is still the client's
+                        failure = exc
+                        break
+                if frames:
+                    yield frames[0] if len(frames) == 1 else b"".join(frames)
+                if failure is not None:
+                    raise failure
         except StreamError as exc:
             error = (exc.error_type, exc.message)
         except ProviderError as exc:
@@ -519,8 +531,19 @@ async def _relay(call: Call, owner: Owner, events: EventStream, processor, *, af
         # The client went away (the generator is closed or cancelled): count what was generated.
         if not owner.finished:
             owner.finish_soon(_partial(call, processor, error_type="client_disconnected", status=499))
-    for frame in frames:
-        yield frame
+    if frames:
+        yield b"".join(frames)
+
+
+async def _batches(events: EventStream) -> AsyncIterator[list[dict]]:
+    """The upstream events in the lists they arrived in (`SSEEventStream.batches`), or one by one."""
+    batches = getattr(events, "batches", None)
+    if batches is not None:
+        async for batch in batches():
+            yield batch
+        return
+    async for event in events:
+        yield [event]
 
 
 def _unrecorded(call: Call) -> str:

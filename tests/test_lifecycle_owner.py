@@ -212,3 +212,62 @@ def test_a_handed_over_answer_finishes_itself_after_the_client_left(limited):
     record = UsageRecord.objects.get(request_id=call.request_id)
     assert (record.input_tokens, record.output_tokens) == (50, 5)
     assert state(tenant)[0] == 0
+
+
+def test_a_handed_over_answer_is_finished_in_place_once(limited):
+    """On the task of `hand_over` (which a hang-up does not reach) the record and the settlement
+    run in place, without a task of their own; a later outcome is a no-op."""
+    tenant, secret = limited
+
+    async def scenario():
+        call = await new_call(secret)
+        seen = {}
+
+        async def answer(owner):
+            await owner.finish(Outcome(200, tokens=Tokens(input=30, output=3)))
+            seen["in_place"] = not isinstance(owner._finishing, asyncio.Task) and owner._finishing.done()
+
+        async with owned(call) as owner:
+            await owner.admit(lambda: proxy.admit_call(call))
+            await asyncio.shield(owner.hand_over(answer(owner)))
+            await owner.finish(Outcome(499, "client_disconnected", Tokens(input=999)))  # no-op
+        await drained(owner)
+        return call, seen
+
+    call, seen = run(scenario())
+    assert seen["in_place"] is True
+    record = UsageRecord.objects.get(request_id=call.request_id)
+    assert (record.status_code, record.input_tokens, record.output_tokens) == (200, 30, 3)
+    in_flight, counter, spent = state(tenant)
+    assert in_flight == 0
+    assert counter == spent == record.cost > 0
+
+
+def test_a_finish_from_elsewhere_first_wins_over_the_hand_over_task(limited):
+    """When another task finishes the request first (on a task of its own, shielded), the
+    hand-over task's own finish waits for it and records nothing more."""
+    tenant, secret = limited
+
+    async def scenario():
+        call = await new_call(secret)
+
+        async def answer(owner):
+            first = asyncio.ensure_future(owner.finish(Outcome(200, tokens=Tokens(input=40, output=4))))
+            await asyncio.sleep(0)
+            assert owner.finished
+            assert isinstance(owner._finishing, asyncio.Task)
+            await owner.finish(Outcome(200, tokens=Tokens(input=70, output=7)))
+            assert owner._finishing.done()
+            await first
+
+        async with owned(call) as owner:
+            await owner.admit(lambda: proxy.admit_call(call))
+            await asyncio.shield(owner.hand_over(answer(owner)))
+        return call
+
+    call = run(scenario())
+    record = UsageRecord.objects.get(request_id=call.request_id)
+    assert (record.input_tokens, record.output_tokens) == (40, 4)
+    in_flight, counter, spent = state(tenant)
+    assert in_flight == 0
+    assert counter == spent == record.cost > 0

@@ -18,6 +18,7 @@ from typing import Protocol
 import aiohttp
 import httpx2
 import orjson
+from httpx2._decoders import LineDecoder  # what `Response.aiter_lines` splits with
 
 # The gateway's request id, sent upstream as `x-gateway-request-id` so that a provider's (or the
 # mock's) log of calls can be matched to usage records and write-ahead traces (gateway/journal.py).
@@ -117,6 +118,48 @@ class SSEEventStream:
             raise self._on_error(exc) from exc
         except Exception as exc:  # the SDK's and its HTTP library's transport errors
             raise self._on_error(exc) from exc
+
+    async def batches(self) -> AsyncIterator[list[dict]]:
+        """The same events, a list per read from the provider: what arrived together can be
+        relayed together (one write to the client instead of one per event). Nothing waits for
+        more than what came: an event is handed on as soon as the read that brought it."""
+        decoder = LineDecoder()
+        try:
+            async for text in self._response.aiter_text():
+                events, done, error = self._parsed(decoder.decode(text))
+                if events:
+                    yield events
+                if error is not None:
+                    raise self._on_error(error) from error
+                if done:
+                    return
+            events, _, error = self._parsed(decoder.flush())
+            if events:
+                yield events
+            if error is not None:
+                raise self._on_error(error) from error
+        except ProviderError:
+            raise
+        except Exception as exc:  # the SDK's and its HTTP library's transport errors
+            raise self._on_error(exc) from exc
+
+    @staticmethod
+    def _parsed(lines: list[str]) -> tuple[list[dict], bool, orjson.JSONDecodeError | None]:
+        """(the events of `lines` up to `[DONE]` or a payload that is not JSON, whether `[DONE]`
+        came, that payload's error)."""
+        events = []
+        for line in lines:
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return events, True, None
+            if data:
+                try:
+                    events.append(orjson.loads(data))
+                except orjson.JSONDecodeError as exc:
+                    return events, True, exc
+        return events, False, None
 
     async def aclose(self) -> None:
         await self._response.aclose()
