@@ -86,3 +86,16 @@ def test_the_relay_falls_back_to_one_event_at_a_time_for_a_stream_without_batche
         return [batch async for batch in proxy._batches(OneByOne())]
 
     assert asyncio.run(scenario()) == [[{"n": 1}], [{"n": 2}]]
+
+
+def test_lines_split_only_at_sse_line_ends():
+    """U+2028 inside a JSON payload is not a line end (str.splitlines would cut there)."""
+    from gateway.providers.base import _Lines
+
+    lines = _Lines()
+    assert lines.decode('data: {"t": "a\u2028b"}\r') == ['data: {"t": "a\u2028b"}']
+    assert lines.decode("\ndata: 1\nda") == ["", "data: 1"]  # the \r\n cut in two: one empty line
+    assert lines.decode("ta: 2\n\n") == ["data: 2", ""]
+    assert lines.decode("data: 3") == []
+    assert lines.flush() == ["data: 3"]
+    assert lines.flush() == []

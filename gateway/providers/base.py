@@ -10,6 +10,7 @@ message, more for longer prompts) to produce the same JSON, and parse responses 
 models that the gateway would dump again. Translation between formats is not their business.
 """
 
+import re
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from typing import Protocol
 import aiohttp
 import httpx2
 import orjson
-from httpx2._decoders import LineDecoder  # what `Response.aiter_lines` splits with
 
 # The gateway's request id, sent upstream as `x-gateway-request-id` so that a provider's (or the
 # mock's) log of calls can be matched to usage records and write-ahead traces (gateway/journal.py).
@@ -93,6 +93,28 @@ class Adapter(Protocol):
     async def embed(self, body: dict) -> dict: ...
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class _Lines:
+    """Streamed text split into lines at `\r\n`, `\r` or `\n` (the SSE line ends, and no others:
+    a JSON payload may hold U+2028, which `str.splitlines` would split at), the unterminated
+    rest kept for the next read. A `\r\n` cut between two reads yields one extra empty line,
+    which SSE ignores."""
+
+    def __init__(self) -> None:
+        self._rest = ""
+
+    def decode(self, text: str) -> list[str]:
+        lines = _LINE_END.split(self._rest + text)
+        self._rest = lines.pop()
+        return lines
+
+    def flush(self) -> list[str]:
+        rest, self._rest = self._rest, ""
+        return [rest] if rest else []
+
+
 class SSEEventStream:
     """Iterates the `data:` payloads of a streamed upstream response (an unread httpx2.Response) as dicts.
 
@@ -123,7 +145,7 @@ class SSEEventStream:
         """The same events, a list per read from the provider: what arrived together can be
         relayed together (one write to the client instead of one per event). Nothing waits for
         more than what came: an event is handed on as soon as the read that brought it."""
-        decoder = LineDecoder()
+        decoder = _Lines()
         try:
             async for text in self._response.aiter_text():
                 events, done, error = self._parsed(decoder.decode(text))
