@@ -509,6 +509,8 @@ async def _relay(call: Call, owner: Owner, events: EventStream, processor, *, af
             error = ("api_error", f"The upstream provider ({exc.provider}) broke off the stream.")
         finally:
             await _close_quietly(events)
+        if error is None and (early := _ended_early(processor)):
+            error = ("api_error", early)
         if error is None:
             tokens, estimated = _stream_tokens(call, processor, complete=True)
             outcome = Outcome(status=200, tokens=tokens, estimated=estimated, response={"content": processor.text})
@@ -544,6 +546,15 @@ async def _batches(events: EventStream) -> AsyncIterator[list[dict]]:
         return
     async for event in events:
         yield [event]
+
+
+def _ended_early(processor) -> str | None:
+    """Why a stream that ended without an error is still not a whole answer. Only the Responses
+    processors can tell (their stream must end with a `response.completed`, `.incomplete` or
+    `.failed` event, or for a translated one Anthropic's `message_delta`/`message_stop`); a chat
+    stream cut cleanly is told from a finished one by its missing usage, and recorded estimated."""
+    incomplete = getattr(processor, "incomplete", None)
+    return incomplete() if incomplete is not None else None
 
 
 def _unrecorded(call: Call) -> str:

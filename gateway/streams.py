@@ -16,6 +16,7 @@ from .translate import AnthropicToOpenAIStream, OpenAIToAnthropicStream, StreamE
 __all__ = ["ResponsesPassthrough", "StreamError", "processor_for", "sse_anthropic", "sse_event", "sse_openai"]
 
 DONE = b"data: [DONE]\n\n"
+ENDED_EARLY = "The upstream stream ended before the response was complete."
 
 
 def sse_openai(chunk: dict) -> bytes:
@@ -223,8 +224,12 @@ class ResponsesPassthrough:
 
     def finish(self) -> list[bytes]:
         if not self._held:  # the upstream stream ended without its last event: not a complete answer
-            return self.error_frame("api_error", "The upstream stream ended before the response was complete.")
+            return self.error_frame("api_error", ENDED_EARLY)
         return self._held
+
+    def incomplete(self) -> str | None:
+        """Why the stream, which ended without an error, is not a whole answer (None: it is)."""
+        return None if self._held else ENDED_EARLY
 
     def error_frame(self, error_type: str, message: str) -> list[bytes]:
         self._sequence += 1

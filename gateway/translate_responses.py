@@ -937,6 +937,10 @@ class AnthropicToResponsesStream:
         frames.append(self._frame(kind, response=response))
         return frames
 
+    def incomplete(self) -> str | None:
+        """Why the stream, which ended without an error, is not a whole answer (None: it is)."""
+        return None if self._ended else "The upstream stream ended before the response was complete."
+
     def error_frame(self, error_type: str, message: str) -> list[bytes]:
         frames = self._start()
         code = _ERROR_CODES.get(error_type, "server_error")

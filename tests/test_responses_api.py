@@ -462,6 +462,28 @@ def test_an_upstream_error_mid_stream_is_an_error_event(gw, limited, model):
     assert (record.status_code, record.error_type, record.estimated) == (200, "upstream_stream_error", True)
 
 
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_a_stream_closed_cleanly_before_its_last_event_is_an_error_not_an_answer(gw, limited, model):
+    """The provider's body ends properly but without `response.completed` (or, translated, without
+    `message_stop`): the client gets an error event, the record says the stream broke, and no
+    response is stored as complete."""
+    tenant, key, secret = limited
+    client = sdk(gw, secret)
+
+    def read_all() -> None:
+        with client.responses.stream(model=model, input="[[mock:words=20]] [[mock:end_after=3]] hello") as events:
+            for _ in events:
+                pass
+
+    with pytest.raises(openai.APIError):
+        read_all()
+    wait_until_settled(tenant, key, records=1, window=window())
+    record = UsageRecord.objects.get(tenant=tenant)
+    assert (record.status_code, record.error_type, record.estimated) == (200, "upstream_stream_error", True)
+    assert record.input_tokens > 0
+    assert not StoredResponse.objects.filter(tenant=tenant).exists()
+
+
 def test_expired_stored_responses_are_purged(limited):
     tenant, key, secret = limited
     now = timezone.now()

@@ -65,6 +65,9 @@ an unknown or malformed one is a 400, so that a typo does not pass silently):
     [[mock:chunk_delay_ms=N]]  wait N ms between stream chunks (overrides --chunk-delay-ms)
     [[mock:break_after=K]]     send K content chunks, then drop the connection mid-body: no usage, no
                                message_stop, no [DONE]; a JSON answer is cut in half
+    [[mock:end_after=K]]       send K content chunks, then end the body properly: a stream closed
+                               cleanly before its last event (no usage, no message_stop, no [DONE],
+                               no response.completed), as a proxy's idle timeout can cut one
     [[mock:stream_error]]      after half of the content chunks, an in-band error after HTTP 200:
                                Anthropic `event: error` (overloaded_error), OpenAI `data: {"error": ...}`
     [[mock:tool]]              with `tools` in the request, call the first tool (or the one `tool_choice`
@@ -179,6 +182,7 @@ class Directives:
     latency_ms: int | None = None
     chunk_delay_ms: int | None = None
     break_after: int | None = None
+    end_after: int | None = None
     stream_error: bool = False
     tool: bool = False
 
@@ -195,6 +199,7 @@ _NUMBER_DIRECTIVES = frozenset(
         "latency_ms",
         "chunk_delay_ms",
         "break_after",
+        "end_after",
     }
 )
 _FLAG_DIRECTIVES = frozenset({"quota", "content_filter", "filtered_output", "stream_error", "tool"})
@@ -1100,6 +1105,8 @@ def _stream_events(body: StreamBody, directives: Directives) -> tuple[list[bytes
     """
     if directives.break_after is not None:
         return body.head + body.content[: directives.break_after], False
+    if directives.end_after is not None:
+        return body.head + body.content[: directives.end_after], True
     if directives.stream_error:
         return body.head + body.content[: (len(body.content) + 1) // 2] + [body.error], True
     return body.head + body.content + body.tail, True
