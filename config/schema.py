@@ -517,15 +517,7 @@ def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
     if "kind" in obj:
         entry["kind"] = _kind(checked, obj["kind"], (*path, "kind"))
     if "upstream" in obj:
-        entry["upstream"] = _string(
-            checked,
-            obj["upstream"],
-            (*path, "upstream"),
-            max_length=200,
-            pattern=_NO_SPACE,
-            hint="a name without spaces",
-            empty=False,
-        )
+        entry["upstream"] = _upstream(checked, obj["upstream"], (*path, "upstream"))
     if "region" in obj:
         entry["region"] = _region(checked, obj["region"], (*path, "region"))
     _prices(checked, obj, path, entry)
@@ -556,6 +548,11 @@ def _model_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
     return _keep_valid(entry)
 
 
+def _upstream(checked: _Checked, value: Any, path: Path) -> Any:
+    """A provider's model id or Azure deployment name (Deployment.upstream)."""
+    return _string(checked, value, path, max_length=200, pattern=_NO_SPACE, hint="a name without spaces", empty=False)
+
+
 def _deployments(checked: _Checked, value: Any, path: Path) -> Any:
     """The model's whole list of deployments. Each item's priority is its index unless given."""
     if not isinstance(value, list) or not value:
@@ -577,15 +574,7 @@ def _deployments(checked: _Checked, value: Any, path: Path) -> Any:
         if "provider" in obj:
             item["provider"] = _provider(checked, obj["provider"], (*where, "provider"))
         if "upstream" in obj:
-            item["upstream"] = _string(
-                checked,
-                obj["upstream"],
-                (*where, "upstream"),
-                max_length=200,
-                pattern=_NO_SPACE,
-                hint="a name without spaces",
-                empty=False,
-            )
+            item["upstream"] = _upstream(checked, obj["upstream"], (*where, "upstream"))
         if "region" in obj:
             item["region"] = _region(checked, obj["region"], (*where, "region"))
         if "base_url" in obj:

@@ -532,7 +532,12 @@ def _openai_tool_to_anthropic(tool: dict, *, param: str) -> dict:
     if tool.get("type") != "function":
         raise TranslationError("Only function tools are supported for this model.", param=f"{param}.type")
     function = tool["function"]
-    out: dict[str, Any] = {"name": function["name"]}
+    return _function_to_anthropic_tool(function["name"], function)
+
+
+def _function_to_anthropic_tool(name: str, function: dict) -> dict:
+    """An OpenAI function definition (`description`, `parameters`, `strict`) as an Anthropic tool."""
+    out: dict[str, Any] = {"name": name}
     if function.get("description"):
         out["description"] = function["description"]
     out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}

@@ -85,6 +85,7 @@ from .translate import (
     _anthropic_usage,
     _client_body,
     _dumps,
+    _function_to_anthropic_tool,
     _merge_turns,
     _parse_data_url,
     _reject_unknown,
@@ -404,13 +405,7 @@ def _tool(tool: dict, *, param: str, namespace: str | None = None) -> dict:
         raise TranslationError(
             "Only directly called tools are supported for this model.", param=f"{param}.allowed_callers"
         )
-    out: dict[str, Any] = {"name": _namespaced(namespace, tool["name"])}
-    if tool.get("description"):
-        out["description"] = tool["description"]
-    out["input_schema"] = tool.get("parameters") or {"type": "object", "properties": {}}
-    if tool.get("strict"):
-        out["strict"] = True
-    return out
+    return _function_to_anthropic_tool(_namespaced(namespace, tool["name"]), tool)
 
 
 def _tool_choice(choice: Any) -> dict:

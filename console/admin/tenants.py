@@ -192,7 +192,24 @@ class RotateForm(forms.Form):
     )
 
 
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyColumns:
+    """The columns a key shows wherever it is listed (its own admin, the tenant's inline)."""
+
+    @admin.display(description="key")
+    def display(self, obj: ApiKey) -> str:
+        return obj.display
+
+    @admin.display(description="status")
+    def status(self, obj: ApiKey) -> str:
+        return api_key_status(obj)
+
+    @admin.display(description="models")
+    def scope(self, obj: ApiKey) -> str:
+        names = [m.name for m in obj.allowed_models.all()]  # prefetched by the queryset
+        return ", ".join(names) if names else "the tenant's"
+
+
+class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     form = ApiKeyForm
     list_display = [
         "display",
@@ -234,19 +251,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     key_created_template = "admin/tenants/apikey/key_created.html"
     rotate_template = "admin/tenants/apikey/rotate.html"
     keys_rotated_template = "admin/tenants/apikey/keys_rotated.html"
-
-    @admin.display(description="key")
-    def display(self, obj: ApiKey) -> str:
-        return obj.display
-
-    @admin.display(description="status")
-    def status(self, obj: ApiKey) -> str:
-        return api_key_status(obj)
-
-    @admin.display(description="models")
-    def scope(self, obj: ApiKey) -> str:
-        names = [m.name for m in obj.allowed_models.all()]  # prefetched by get_queryset
-        return ", ".join(names) if names else "the tenant's"
 
     @admin.display(description="limits")
     def limits(self, obj: ApiKey) -> str:
@@ -373,7 +377,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return TemplateResponse(request, self.rotate_template, context)
 
 
-class ApiKeyInline(admin.TabularInline):
+class ApiKeyInline(ApiKeyColumns, admin.TabularInline):
     """The tenant's keys, read-only: keys are created, rotated and revoked from the API key admin."""
 
     model = ApiKey
@@ -394,19 +398,6 @@ class ApiKeyInline(admin.TabularInline):
     max_num = 0
     can_delete = False
     show_change_link = True
-
-    @admin.display(description="key")
-    def display(self, obj: ApiKey) -> str:
-        return obj.display
-
-    @admin.display(description="status")
-    def status(self, obj: ApiKey) -> str:
-        return api_key_status(obj)
-
-    @admin.display(description="models")
-    def scope(self, obj: ApiKey) -> str:
-        names = [m.name for m in obj.allowed_models.all()]
-        return ", ".join(names) if names else "the tenant's"
 
     @admin.display(description="limits")
     def limits(self, obj: ApiKey) -> str:
