@@ -12,7 +12,7 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 
 from billing.pricing import Price, Tier
-from tenants.models import MONEY_DIGITS, ApiKey, CatalogModel, Tenant
+from tenants.models import MONEY_DIGITS, ApiKey, CatalogModel, Project, Tenant
 
 PRICE_DIGITS = {"max_digits": 14, "decimal_places": 6}  # per 1M tokens, e.g. 0.075000
 COST_DIGITS = {"max_digits": 24, "decimal_places": 12}  # exact cost of one request
@@ -195,7 +195,20 @@ class UsageRecord(models.Model):
     created_at = models.DateTimeField(db_index=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    model = models.CharField(max_length=100, help_text="The model name the client asked for.")
+    project = models.ForeignKey(Project, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    end_user = models.CharField(
+        max_length=256, blank=True, db_default="", help_text="The caller's own user id (hashed when the tenant asks)."
+    )
+    tags = models.JSONField(default=dict, blank=True, db_default={}, help_text="x-request-tags: {key: value}.")
+    model = models.CharField(
+        max_length=100, help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back."
+    )
+    requested_model = models.CharField(
+        max_length=100,
+        blank=True,
+        db_default="",
+        help_text="The model name the client asked for, when a fallback model answered; empty: `model`.",
+    )
     provider = models.CharField(max_length=16, blank=True)
     upstream_model = models.CharField(max_length=200, blank=True)
     endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
@@ -217,7 +230,13 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+            # An end user's spend this month (admission seeds, the export by end user).
+            models.Index(
+                fields=["tenant", "end_user", "created_at"], name="usage_end_user_time", condition=~Q(end_user="")
+            ),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(cost__gte=0), name="usage_cost_not_negative"),
             models.CheckConstraint(

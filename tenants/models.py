@@ -65,6 +65,20 @@ class Tenant(models.Model):
         help_text="Answer an identical non-streaming request of this tenant from the cache for this many "
         "seconds; empty: no cache. Never shared between tenants.",
     )
+    # db_default on new columns: a process still running the code before them can go on inserting.
+    end_user_limits = models.JSONField(
+        default=dict,
+        db_default={},
+        blank=True,
+        help_text="Default limits of each of the tenant's end users: "
+        '{"requests_per_minute": 20, "tokens_per_minute": 20000, "max_concurrent": 2, '
+        '"monthly_budget": "1.00", "daily_budget": "0.10"}.',
+    )
+    hash_end_user_ids = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Record a keyed hash of the end user id instead of the id itself.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -79,6 +93,36 @@ class Tenant(models.Model):
         return self.status == self.Status.ACTIVE
 
 
+class Project(models.Model):
+    """A team or product inside a tenant, with its own limits and monthly budget (all optional).
+
+    A key belongs to at most one project; its requests count against the project's limits as
+    well as the tenant's and the key's own (the strictest wins), and are attributed to it.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="projects")
+    name = models.SlugField(max_length=64, help_text="Unique within the tenant; the key in the config file.")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget = models.DecimalField(
+        **MONEY_DIGITS, null=True, blank=True, help_text="USD the project may spend per UTC month; empty: no cap."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="project_unique_name"),
+            models.CheckConstraint(
+                condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gt=0), name="project_budget_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name}"
+
+
 class ApiKey(models.Model):
     """A tenant's key to the gateway. Only a keyed hash of the secret is stored (docs/design.md#security).
 
@@ -88,7 +132,15 @@ class ApiKey(models.Model):
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, null=True, blank=True, related_name="api_keys"
+    )
     name = models.CharField(max_length=100, default="default")
+    is_admin = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="A tenant admin key manages the tenant's own keys (/v1/keys) and cannot call models.",
+    )
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=16, editable=False)
     last4 = models.CharField(max_length=4, editable=False)
@@ -111,6 +163,12 @@ class ApiKey(models.Model):
         blank=True,
         help_text="USD this key may spend per UTC month, on top of the tenant's budget; empty: none of its own.",
     )
+    daily_budget = models.DecimalField(
+        **MONEY_DIGITS,
+        null=True,
+        blank=True,
+        help_text="USD this key may spend per UTC day (resets at 00:00 UTC); empty: none of its own.",
+    )
 
     class Meta:
         ordering = ["tenant", "created_at"]
@@ -118,7 +176,10 @@ class ApiKey(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gt=0), name="apikey_budget_positive"
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(daily_budget__isnull=True) | Q(daily_budget__gt=0), name="apikey_daily_budget_positive"
+            ),
         ]
 
     def __str__(self) -> str:
