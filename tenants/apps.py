@@ -17,4 +17,3 @@ class TenantsConfig(AppConfig):
         audit.register(CatalogModel)
         audit.register(Deployment)
         audit.register(PlatformPolicy)
-        audit.connect()

@@ -145,6 +145,7 @@ def register(model: type[models.Model], *, tenant_field: str | None = None, igno
     _registry[model] = _Audited(tenant_of=tenant_of, ignored=IGNORED_FIELDS | frozenset(ignored))
     for field in model._meta.local_many_to_many:
         _m2m[field.remote_field.through] = (model, field.name)
+    _connect(model)
 
 
 # --- snapshots and differences ----------------------------------------------------------------
@@ -383,12 +384,16 @@ def _on_m2m_changed(sender, instance, action, reverse, model, pk_set, **kwargs) 
         _write(instance, action=AuditEntry.Action.UPDATE, changes={field: [before, after]})
 
 
-def connect() -> None:
-    """Connect the signal handlers (once, from TenantsConfig.ready)."""
-    pre_save.connect(_on_pre_save, dispatch_uid="audit_pre_save")
-    post_save.connect(_on_post_save, dispatch_uid="audit_post_save")
-    pre_delete.connect(_on_pre_delete, dispatch_uid="audit_pre_delete")
-    m2m_changed.connect(_on_m2m_changed, dispatch_uid="audit_m2m_changed")
+def _connect(model: type[models.Model]) -> None:
+    # Per sender, never for every model: a pre_delete receiver for all would cost every other
+    # model its fast (single DELETE) bulk deletes, e.g. the purge of request logs.
+    uid = model._meta.label_lower
+    pre_save.connect(_on_pre_save, sender=model, dispatch_uid=f"audit_pre_save_{uid}")
+    post_save.connect(_on_post_save, sender=model, dispatch_uid=f"audit_post_save_{uid}")
+    pre_delete.connect(_on_pre_delete, sender=model, dispatch_uid=f"audit_pre_delete_{uid}")
+    for field in model._meta.local_many_to_many:
+        through = field.remote_field.through
+        m2m_changed.connect(_on_m2m_changed, sender=through, dispatch_uid=f"audit_m2m_{through._meta.label_lower}")
 
 
 class AuditedCommand(BaseCommand):
