@@ -5,7 +5,7 @@ Who acted is a context variable, set around the work by whoever starts it:
     with audit.acting(staff=request.user): ...            # the admin (console's AdminSite.admin_view)
     with audit.acting(command="rotate_credentials"): ...  # AuditedCommand, for every writing command
     with audit.acting(import_source="tenants.json"): ...  # config.apply.config_apply
-    with audit.acting(api_key=admin_key): ...             # the tenant key API (/v1/keys)
+    with audit.acting(api_key_id=caller.key_id): ...      # the tenant key API (/v1/keys)
 
 A change made outside any of them is recorded as "system".
 
@@ -39,7 +39,7 @@ from django.db import models, transaction
 from django.db.models.signals import m2m_changed, post_save, pre_delete, pre_save
 from django.utils import timezone
 
-from .models import AuditEntry, Tenant
+from .models import ApiKey, AuditEntry, Tenant
 
 # Never recorded: bookkeeping the entry itself already says (when) or the hot path writes.
 IGNORED_FIELDS = frozenset({"created_at", "updated_at", "last_used_at"})
@@ -72,15 +72,20 @@ def acting(
     command: str | None = None,
     import_source: str | None = None,
     api_key: Any = None,
+    api_key_id: int | None = None,
 ) -> Iterator[Actor]:
     """Record the changes made inside as made by this actor (exactly one argument).
 
+    `api_key` is a tenant admin key (an ApiKey); `api_key_id` the same by id, for callers that
+    hold only the gateway's cached view of the key (the key API): its display form is read once.
     An import inside another actor (a command, a staff user) keeps who started it in its label
     and the staff user's id: "tenants.json by import_tenants".
     """
-    given = [value for value in (staff, command, import_source, api_key) if value is not None]
+    given = [value for value in (staff, command, import_source, api_key, api_key_id) if value is not None]
     if len(given) != 1:
-        raise TypeError("acting() takes exactly one of staff, command, import_source, api_key")
+        raise TypeError("acting() takes exactly one of staff, command, import_source, api_key, api_key_id")
+    if api_key_id is not None:
+        api_key = ApiKey.objects.only("prefix", "last4").get(pk=api_key_id)
     if staff is not None:
         actor = Actor(kind=AuditEntry.ActorKind.STAFF, label=staff.get_username(), staff_user_id=staff.pk)
     elif command is not None:

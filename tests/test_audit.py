@@ -22,6 +22,7 @@ from tenants import audit, crypto
 from tenants.models import ApiKey, AuditEntry, PlatformPolicy, Project, ProviderCredential, Tenant
 from tenants.services import (
     api_key_create,
+    api_key_revoke,
     credential_set,
     tenants_set_limits,
     tenants_set_models,
@@ -188,13 +189,13 @@ def test_a_command_leaves_one_entry_by_the_command_with_the_secret_masked(db, se
 
 def test_a_key_api_call_leaves_one_entry_by_the_tenant_admin_key(db, gpt):
     """What the key API (/v1/keys, helper "keysapi") does: the service call inside
-    `acting(api_key=admin_key)`. A key created with its models is one entry."""
+    `acting(api_key_id=...)` and `collecting()`. A key created with its models is one entry."""
     alice = make_tenant("alice", allowed_providers=[])
     admin_key, _ = api_key_create(tenant=alice, name="admin")
     ApiKey.objects.filter(pk=admin_key.pk).update(is_admin=True)
     mark = last_id()
 
-    with audit.acting(api_key=admin_key):
+    with audit.acting(api_key_id=admin_key.pk), audit.collecting():
         key, raw = api_key_create(tenant=alice, name="search", allowed_models=[gpt], monthly_budget=Decimal("5.00"))
 
     [entry] = entries_after(mark)
@@ -204,6 +205,14 @@ def test_a_key_api_call_leaves_one_entry_by_the_tenant_admin_key(db, gpt):
     assert entry.changes["monthly_budget"] == [None, "5.00"]  # Decimal as a string
     assert entry.changes["allowed_models"] == [None, ["audit-gpt"]]
     assert entry.changes["key_hash"] == [None, "[secret]"]
+
+    mark = last_id()
+    with audit.acting(api_key=admin_key):
+        api_key_revoke(key=key)
+    [revoked] = entries_after(mark)
+    assert (revoked.actor_kind, revoked.object_id, revoked.action) == ("tenant_key", str(key.pk), "update")
+    assert list(revoked.changes) == ["revoked_at"]
+    assert revoked.changes["revoked_at"][0] is None
     assert raw not in every_entry_text()
     assert key.key_hash not in every_entry_text()
 
