@@ -157,8 +157,7 @@ def api_key_set_models(*, key: ApiKey, models: Collection[CatalogModel]) -> ApiK
         problems = key_models_problems(added, scope=tenant_model_scope(tenant=key.tenant))
         if problems:
             raise Refused(problems)
-    with audit.collecting():
-        key.allowed_models.set(models)
+    key.allowed_models.set(models)
     return key
 
 
