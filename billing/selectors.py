@@ -12,11 +12,13 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, Q, QuerySet, Sum, Value
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
 from tenants.crypto import decrypt
+from tenants.models import ApiKey
 
 from .aggregates import MoneySum, money_from_db
 from .invoicing import TOKEN_TYPES, ZERO
@@ -64,12 +66,20 @@ class UsageSources:
     raw: QuerySet | None
 
 
-def usage_sources(*, start: date, end: date, tenant_id: int | None = None, today: date | None = None) -> UsageSources:
-    """Days before today with a rollup are read from rollups; the rest (today included) raw."""
+def usage_sources(
+    *, start: date, end: date, tenant_id: int | None = None, today: date | None = None, raw_only: bool = False
+) -> UsageSources:
+    """Days before today with a rollup are read from rollups; the rest (today included) raw.
+
+    `raw_only`: every day from the raw records (what rollups do not keep: keys, end users, tags);
+    the caller makes sure no day of the range is pruned (`usage_pruned_through`).
+    """
     today = today or utc_today()
-    rolled = set(
-        UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today).values_list("day", flat=True)
-    )
+    rolled = set()
+    if not raw_only:
+        rolled = set(
+            UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today).values_list("day", flat=True)
+        )
     rollups = raw = None
     if rolled:
         rollups = UsageRollup.objects.filter(day__in=sorted(rolled))
@@ -146,9 +156,109 @@ _ROLLUP_TOTALS = {
 }
 
 
-def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
-    """A tenant's usage between two dates, both included (UTC days), in the /v1/usage shape."""
-    sources = usage_sources(start=start, end=end, tenant_id=tenant_id)
+GROUPINGS = ("project", "end_user", "key")
+
+
+class UsageGroupingUnavailable(Exception):
+    """The grouping needs raw records that the retention job has deleted."""
+
+
+TAG_PREFIX = "tag:"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGrouping:
+    """What `/v1/usage?group_by=` breaks the usage down by: "project", "end_user", "key", or a
+    tag's value ("tag", with the tag's name)."""
+
+    kind: str
+    tag: str = ""
+
+    @property
+    def label(self) -> str:
+        return TAG_PREFIX + self.tag if self.kind == "tag" else self.kind
+
+    @property
+    def raw_only(self) -> bool:
+        """Rollups keep the project only: keys, end users and tags are read from raw records."""
+        return self.kind != "project"
+
+
+def usage_pruned_through(*, start: date, end: date) -> date | None:
+    """The last day of [start, end] whose raw records the retention job deleted, if any."""
+    return (
+        UsageRollupDay.objects.filter(day__gte=start, day__lte=end, pruned=True)
+        .order_by("-day")
+        .values_list("day", flat=True)
+        .first()
+    )
+
+
+def _group_expression(grouping: UsageGrouping):
+    """The SQL value a grouping groups by (NULL: no project, end user or tag)."""
+    if grouping.kind == "project":
+        return F("project__name")  # a LEFT JOIN: a deleted project's id finds no name
+    if grouping.kind == "end_user":
+        return NullIf(F("end_user"), Value(""))
+    if grouping.kind == "key":
+        return F("api_key_id")
+    return KeyTextTransform(grouping.tag, "tags")  # one key, never a path: "a__b" is a name
+
+
+def _usage_groups(parts: list[tuple[QuerySet, bool]], grouping: UsageGrouping, tenant_id: int) -> list[dict]:
+    rows = _union_grouped(
+        [
+            qs.annotate(attribution=_group_expression(grouping))
+            .values("attribution")
+            .annotate(
+                s_requests=Sum("requests") if is_rollup else Count("id"),
+                s_input_tokens=Sum("input_tokens"),
+                s_output_tokens=Sum("output_tokens"),
+                s_cost=MoneySum("cost"),
+            )
+            for qs, is_rollup in parts
+        ],
+        "attribution",
+        {"requests": int, "input_tokens": int, "output_tokens": int, "cost": Decimal},
+    )
+    groups = [
+        {
+            "group": row["attribution"],
+            "requests": row["requests"],
+            "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"],
+            "cost": money_str(row["cost"]),
+        }
+        for row in rows
+    ]
+    if grouping.kind == "key":
+        # By the key's display form and name: never a secret, and a key of this tenant only.
+        keys = ApiKey.objects.filter(tenant_id=tenant_id).in_bulk([g["group"] for g in groups if g["group"]])
+        for group in groups:
+            key = keys.get(group["group"])
+            group["key_id"] = key.id if key else None
+            group["name"] = key.name if key else None
+            group["group"] = key.display if key else None
+    return groups
+
+
+def usage_summary(*, tenant_id: int, start: date, end: date, grouping: UsageGrouping | None = None) -> dict:
+    """A tenant's usage between two dates, both included (UTC days), in the /v1/usage shape.
+
+    With a `grouping`, "groups" breaks the same usage down (their sums are the totals). A
+    grouping that rollups do not keep reads every day from the raw records, and is refused
+    (`UsageGroupingUnavailable`) for a range that reaches a day whose raw records were pruned.
+    """
+    if grouping is not None and grouping.raw_only:
+        pruned = usage_pruned_through(start=start, end=end)
+        if pruned is not None:
+            raise UsageGroupingUnavailable(
+                f"Usage by {grouping.label} is kept for the last {settings.BILLING_USAGE_RETENTION_DAYS} days: "
+                f"start after {pruned.isoformat()}, or group by project."
+            )
+    sources = usage_sources(
+        start=start, end=end, tenant_id=tenant_id, raw_only=grouping is not None and grouping.raw_only
+    )
     raw, rollups = sources.raw, sources.rollups
     parts = []
     if rollups is not None:
@@ -198,7 +308,7 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
         {"requests": int},
     )
     subscription = Subscription.objects.select_related("plan").filter(tenant_id=tenant_id).first()
-    return {
+    summary = {
         "start": start.isoformat(),
         "end": end.isoformat(),
         "currency": subscription.plan.currency if subscription else "USD",
@@ -207,6 +317,10 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
         "by_endpoint": [{**row, "cost": money_str(row["cost"])} for row in by_endpoint],
         "by_error_type": by_error_type,
     }
+    if grouping is not None:
+        summary["group_by"] = grouping.label
+        summary["groups"] = _usage_groups(parts, grouping, tenant_id)
+    return summary
 
 
 # --- billable usage ------------------------------------------------------------------------
