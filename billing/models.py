@@ -201,7 +201,8 @@ class UsageRecord(models.Model):
     )
     tags = models.JSONField(default=dict, blank=True, db_default={}, help_text="x-request-tags: {key: value}.")
     model = models.CharField(
-        max_length=100, help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back."
+        max_length=100,
+        help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back.",
     )
     requested_model = models.CharField(
         max_length=100,
@@ -505,6 +506,32 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.invoice.number} {self.description}: {self.amount}"
+
+
+class InvoiceCostCentre(models.Model):
+    """One project's part of one usage line (the invoice's cost centres, billing/invoicing.py):
+    its tokens and its share of the line's amount, the shares of a line adding up to it.
+
+    The project is kept by name, as the invoice keeps its plan's and its models' names: a
+    document says what was billed then, whatever becomes of the project. "" is the usage of
+    keys without a project. Like its line, it never changes once the invoice is finalized (on
+    PostgreSQL a trigger refuses it).
+    """
+
+    line = models.ForeignKey(InvoiceLine, on_delete=models.CASCADE, related_name="cost_centres")
+    project = models.CharField(max_length=64, blank=True)
+    quantity = models.DecimalField(max_digits=28, decimal_places=12)
+    amount = models.DecimalField(**MONEY_DIGITS)
+
+    class Meta:
+        ordering = ["line", "project"]
+        verbose_name = "invoice cost centre"
+        constraints = [
+            models.UniqueConstraint(fields=["line", "project"], name="invoicecostcentre_one_per_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.line} / {self.project or 'no project'}: {self.amount}"
 
 
 # --- budget alerts -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from .aggregates import MoneySum, money_from_db
 from .invoicing import TOKEN_TYPES, ZERO
 from .models import (
     Invoice,
+    InvoiceCostCentre,
     InvoiceRun,
     ModelPrice,
     SharedCost,
@@ -328,12 +329,14 @@ def usage_summary(*, tenant_id: int, start: date, end: date, grouping: UsageGrou
 
 @dataclass(slots=True)
 class BillableUsage:
-    """Sums of a tenant's billable records at one price row and long-context tier (cache hits and
-    unpriced excluded); `price_tier_id` None: the base prices."""
+    """Sums of a tenant's billable records at one price row and long-context tier, of one project
+    (cache hits and unpriced excluded); `price_tier_id` None: the base prices; `project_id` None:
+    keys without a project (a deleted project's id is left for the caller to find no project by)."""
 
     tenant_id: int
     price_id: int
     price_tier_id: int | None = None
+    project_id: int | None = None
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
@@ -343,15 +346,15 @@ class BillableUsage:
 
 
 def billable_usage(*, start: date, end: date, today: date | None = None) -> list[BillableUsage]:
-    """Per tenant, price row and tier, in SQL over rollups plus raw records; a handful of rows."""
+    """Per tenant, price row, tier and project, in SQL over rollups plus raw records; a handful of rows."""
     sources = usage_sources(start=start, end=end, today=today)
-    merged: dict[tuple[int, int, int], BillableUsage] = {}
+    merged: dict[tuple[int, int, int, int], BillableUsage] = {}
     for qs in (sources.rollups, sources.raw):
         if qs is None:
             continue
         rows = (
             qs.filter(cache_hit=False, price__isnull=False)
-            .values("tenant_id", "price_id", "price_tier_id")
+            .values("tenant_id", "price_id", "price_tier_id", "project_id")
             .annotate(
                 input_sum=Sum("input_tokens"),
                 cached_sum=Sum("cached_input_tokens"),
@@ -363,9 +366,15 @@ def billable_usage(*, start: date, end: date, today: date | None = None) -> list
             .order_by()
         )
         for row in rows:
-            key = (row["tenant_id"], row["price_id"], row["price_tier_id"] or 0)
+            key = (row["tenant_id"], row["price_id"], row["price_tier_id"] or 0, row["project_id"] or 0)
             usage = merged.setdefault(
-                key, BillableUsage(tenant_id=key[0], price_id=key[1], price_tier_id=row["price_tier_id"])
+                key,
+                BillableUsage(
+                    tenant_id=key[0],
+                    price_id=key[1],
+                    price_tier_id=row["price_tier_id"],
+                    project_id=row["project_id"],
+                ),
             )
             usage.input_tokens += int(row["input_sum"])
             usage.cached_input_tokens += int(row["cached_sum"])
@@ -390,6 +399,29 @@ def spend_by_tenant(*, start: date, end: date, today: date | None = None) -> dic
 def invoices_for_period(*, period: date) -> QuerySet[Invoice]:
     """Every invoice and credit note of a month, in a stable order (by number)."""
     return Invoice.objects.filter(period=period).select_related("tenant").order_by("number")
+
+
+@dataclass(frozen=True, slots=True)
+class CostCentreTotal:
+    """A project's part of an invoice's usage lines: the sum of its shares of every line."""
+
+    project: str  # "" for keys without a project
+    tokens: Decimal
+    amount: Decimal
+
+
+def invoice_cost_centres(*, invoice_id: int) -> list[CostCentreTotal]:
+    """The invoice's usage per project (cost centre), largest amount first: one query. Their
+    amounts add up to the invoice's usage lines; empty for an invoice finalized before cost
+    centres were recorded."""
+    rows = (
+        InvoiceCostCentre.objects.filter(line__invoice_id=invoice_id)
+        .values("project")
+        .annotate(tokens=Sum("quantity"), total=Sum("amount"))
+        .order_by()
+    )
+    totals = [CostCentreTotal(project=row["project"], tokens=row["tokens"], amount=row["total"]) for row in rows]
+    return sorted(totals, key=lambda c: (-abs(c.amount), c.project))
 
 
 def shared_cost_total(*, period: date) -> dict[str, Decimal]:
