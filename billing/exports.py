@@ -13,14 +13,18 @@ with a leading apostrophe (billing/csvsafe.py, like every CSV the project writes
 """
 
 from collections.abc import Iterable
+from datetime import date
 from decimal import Decimal
 from typing import TextIO
 
 from django.db.models import QuerySet
 
+from tenants.models import Tenant
+
 from .csvsafe import csv_writer
 from .models import Invoice, InvoiceCostCentre, InvoiceLine
-from .selectors import money_str
+from .periods import month_end
+from .selectors import money_str, usage_by_end_user
 
 CSV_COLUMNS = [
     "invoice number",
@@ -101,3 +105,47 @@ def invoices_csv_write(*, invoices: QuerySet[Invoice], out: TextIO) -> int:
         writer.writerow(row)
         count += 1
     return count
+
+
+# --- usage by end user (`export_end_user_usage`, the tenant overview's link) --------------------
+
+END_USER_CSV_COLUMNS = [
+    "tenant",
+    "period start",
+    "period end",
+    "end user",
+    "requests",
+    "errors",
+    "input tokens",
+    "output tokens",
+    "cost",
+]
+
+
+def end_user_usage_csv_write(*, tenant: Tenant, period: date, out: TextIO) -> int:
+    """Write a tenant's usage of a month per end user to `out` (opened with newline=""); returns
+    the data rows. One row per end user, largest cost first; requests that named no end user are
+    one row with "end user" empty. Cost is the exact provider cost (not rounded: an end user's
+    month is often a fraction of a cent). The same conventions as the invoice CSV otherwise.
+
+    Raises `billing.selectors.UsageGroupingUnavailable` when a day of the month was pruned.
+    """
+    usages = usage_by_end_user(tenant_id=tenant.id, period=period)
+    writer = csv_writer(out, lineterminator="\r\n")
+    writer.writerow(END_USER_CSV_COLUMNS)
+    first, last = period.isoformat(), month_end(period).isoformat()
+    for usage in usages:
+        writer.writerow(
+            [
+                tenant.slug,
+                first,
+                last,
+                usage.end_user,
+                usage.requests,
+                usage.errors,
+                usage.input_tokens,
+                usage.output_tokens,
+                money_str(usage.cost),
+            ]
+        )
+    return len(usages)

@@ -324,6 +324,58 @@ def usage_summary(*, tenant_id: int, start: date, end: date, grouping: UsageGrou
     return summary
 
 
+# --- usage by end user ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndUserUsage:
+    end_user: str  # "" for requests that named no end user
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+
+
+def usage_by_end_user(*, tenant_id: int, period: date) -> list[EndUserUsage]:
+    """A tenant's usage of one month per end user, from the raw records (rollups keep no end
+    users), largest cost first: one aggregate over the index (tenant, created_at).
+
+    Raises UsageGroupingUnavailable when a day of the month was pruned by the retention job.
+    """
+    start, end = period_bounds(period)
+    last = end.date() - timedelta(days=1)
+    pruned = usage_pruned_through(start=period, end=last)
+    if pruned is not None:
+        raise UsageGroupingUnavailable(
+            f"the raw records of {pruned.isoformat()} were pruned (retention): no end users left for {period:%Y-%m}"
+        )
+    rows = (
+        UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=start, created_at__lt=end)
+        .values("end_user")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=400) | ~Q(error_type="")),
+            input_sum=Coalesce(Sum("input_tokens"), 0),
+            output_sum=Coalesce(Sum("output_tokens"), 0),
+            cost_sum=Coalesce(MoneySum("cost"), _ZERO),
+        )
+        .order_by()
+    )
+    usages = [
+        EndUserUsage(
+            end_user=row["end_user"],
+            requests=row["requests"],
+            errors=row["errors"],
+            input_tokens=int(row["input_sum"]),
+            output_tokens=int(row["output_sum"]),
+            cost=_as(Decimal, row["cost_sum"]),
+        )
+        for row in rows
+    ]
+    return sorted(usages, key=lambda u: (-u.cost, u.end_user))
+
+
 # --- billable usage ------------------------------------------------------------------------
 
 
