@@ -171,15 +171,22 @@ def snapshot(obj: models.Model) -> dict[str, Any]:
     }
 
 
-def _shown(name: str, value: Any) -> Any:
+def _shown(model: type[models.Model], name: str, value: Any) -> Any:
     if name in SECRET_FIELDS:
         return SECRET if value else ""
+    field = model._meta.get_field(name)
+    if field.is_relation and value is not None:
+        # What staff recognise, with the id: "standard (#3)"; "#3" when it is gone already.
+        related = field.related_model._base_manager.filter(pk=value).first()
+        return f"{related} (#{value})" if related is not None else f"#{value}"
     return _json_safe(value)
 
 
-def _diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:
+def _diff(
+    model: type[models.Model], before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> dict[str, list[Any]]:
     """{field: [before, after]} of the fields that differ; a create or a delete lists the fields
-    that have a value."""
+    that have a value. Foreign keys read their object (a query each, changed ones only)."""
     names = list((after or before or {}).keys())
     changes: dict[str, list[Any]] = {}
     for name in names:
@@ -190,7 +197,10 @@ def _diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[s
         if before is None or after is None:
             if (new if before is None else old) in (None, ""):
                 continue
-        shown = [_shown(name, old) if before is not None else None, _shown(name, new) if after is not None else None]
+        shown = [
+            None if before is None else _shown(model, name, old),
+            None if after is None else _shown(model, name, new),
+        ]
         if name in SECRET_FIELDS and old and new:
             shown = [SECRET, NEW_SECRET]
         changes[name] = shown
@@ -294,12 +304,12 @@ def _write(obj: models.Model, *, action: str, changes: dict[str, list[Any]]) -> 
 def record_created(objs: Iterable[models.Model]) -> None:
     """Audit rows inserted without signals (`bulk_create`); they must have their primary keys."""
     for obj in objs:
-        _write(obj, action=AuditEntry.Action.CREATE, changes=_diff(None, snapshot(obj)))
+        _write(obj, action=AuditEntry.Action.CREATE, changes=_diff(type(obj), None, snapshot(obj)))
 
 
 def record_updated(obj: models.Model, *, before: dict[str, Any]) -> None:
     """Audit a row changed without signals (`bulk_update`), from its `snapshot` taken before."""
-    _write(obj, action=AuditEntry.Action.UPDATE, changes=_diff(before, snapshot(obj)))
+    _write(obj, action=AuditEntry.Action.UPDATE, changes=_diff(type(obj), before, snapshot(obj)))
 
 
 def queryset_update(queryset: models.QuerySet, **values: Any) -> int:
@@ -344,19 +354,19 @@ def _on_post_save(sender, instance, created=False, raw=False, update_fields=None
         return
     after = snapshot(instance)
     if before is None or created:
-        _write(instance, action=AuditEntry.Action.CREATE, changes=_diff(None, after))
+        _write(instance, action=AuditEntry.Action.CREATE, changes=_diff(sender, None, after))
         return
     if update_fields is not None:
         # Only these were written; the instance's other fields may be stale copies.
         before = {k: v for k, v in before.items() if k in update_fields}
         after = {k: v for k, v in after.items() if k in update_fields}
-    _write(instance, action=AuditEntry.Action.UPDATE, changes=_diff(before, after))
+    _write(instance, action=AuditEntry.Action.UPDATE, changes=_diff(sender, before, after))
 
 
 def _on_pre_delete(sender, instance, **kwargs) -> None:
     # Written before the row goes, in the delete's own transaction: a cascade still finds the tenant.
     if sender in _registry:
-        _write(instance, action=AuditEntry.Action.DELETE, changes=_diff(snapshot(instance), None))
+        _write(instance, action=AuditEntry.Action.DELETE, changes=_diff(sender, snapshot(instance), None))
 
 
 def _names(obj: models.Model, field: str) -> list[str]:

@@ -205,6 +205,7 @@ def test_a_key_api_call_leaves_one_entry_by_the_tenant_admin_key(db, gpt):
     assert entry.changes["monthly_budget"] == [None, "5.00"]  # Decimal as a string
     assert entry.changes["allowed_models"] == [None, ["audit-gpt"]]
     assert entry.changes["key_hash"] == [None, "[secret]"]
+    assert entry.changes["tenant"] == [None, f"alice (#{alice.pk})"]  # a foreign key: its object and id
 
     mark = last_id()
     with audit.acting(api_key=admin_key):
@@ -249,8 +250,8 @@ def test_bulk_writes_that_bypass_signals_are_audited(db, gpt):
     assert got == [
         ("tenants.tenant", "alice", {"requests_per_minute": [None, 7]}),
         ("tenants.tenant", "bob", {"requests_per_minute": [None, 7]}),
-        ("billing.subscription", "alice", {"plan": [standard, plan.pk]}),
-        ("billing.subscription", "bob", {"plan": [standard, plan.pk]}),
+        ("billing.subscription", "alice", {"plan": [f"standard (#{standard})", f"gold (#{plan.pk})"]}),
+        ("billing.subscription", "bob", {"plan": [f"standard (#{standard})", f"gold (#{plan.pk})"]}),
     ]
 
 
