@@ -210,35 +210,40 @@ def _diff(
 # --- writing entries --------------------------------------------------------------------------
 
 
+class _Kept:
+    """A no-op commit callback: Django discards it with the savepoint it was registered in, so
+    while it is still queued, the change it stands for has not been rolled back."""
+
+    def __call__(self) -> None:
+        pass
+
+
 class _Batch:
-    """Entries of one `collecting()` block, one per object, merged in order of arrival."""
+    """Entries of one `collecting()` block, merged into one per object when the block ends.
+
+    A change undone by a savepoint rolled back inside the block (a service that refused half-way,
+    its exception caught by the caller) leaves no entry: each change registers a `_Kept` commit
+    callback, and only changes whose callback survived are written.
+    """
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], AuditEntry | None] = {}
+        self.arrivals: list[tuple[AuditEntry, _Kept]] = []
 
     def add(self, entry: AuditEntry) -> None:
-        key = (entry.object_type, entry.object_id)
-        first = self.entries.get(key)
-        if first is None:  # the first, or created again after a delete in this block
-            self.entries[key] = entry
-            return
-        if first.action == AuditEntry.Action.CREATE and entry.action == AuditEntry.Action.DELETE:
-            self.entries[key] = None  # created and deleted in the same block: nothing to see
-            return
-        for name, (old, new) in entry.changes.items():
-            if first.action == AuditEntry.Action.CREATE:
-                first.changes[name] = [None, new]
-            else:
-                first.changes[name] = [first.changes[name][0] if name in first.changes else old, new]
-        if entry.action == AuditEntry.Action.DELETE:
-            first.action = AuditEntry.Action.DELETE
-        first.object_repr = entry.object_repr
-        if entry.tenant_id is not None:
-            first.tenant_id, first.tenant_slug = entry.tenant_id, entry.tenant_slug
+        kept = _Kept()
+        transaction.on_commit(kept)
+        self.arrivals.append((entry, kept))
 
     def flush(self) -> None:
+        # Django keeps (savepoint ids, callback, robust) per callback; a rolled-back savepoint's are gone.
+        queued = {id(item[1]) for item in transaction.get_connection().run_on_commit}
+        merged: dict[tuple[str, str], AuditEntry | None] = {}
+        for entry, kept in self.arrivals:
+            if id(kept) in queued:
+                _merge(merged, entry)
+        self.arrivals.clear()
         rows = []
-        for entry in self.entries.values():
+        for entry in merged.values():
             if entry is None:
                 continue
             if entry.action == AuditEntry.Action.UPDATE:
@@ -246,9 +251,30 @@ class _Batch:
                 if not entry.changes:
                     continue
             rows.append(entry)
-        self.entries.clear()
         if rows:
             AuditEntry.objects.bulk_create(rows)
+
+
+def _merge(merged: dict[tuple[str, str], AuditEntry | None], entry: AuditEntry) -> None:
+    """Fold `entry` into the object's entry so far: first before, last after."""
+    key = (entry.object_type, entry.object_id)
+    first = merged.get(key)
+    if first is None:  # the first, or created again after a delete in this block
+        merged[key] = entry
+        return
+    if first.action == AuditEntry.Action.CREATE and entry.action == AuditEntry.Action.DELETE:
+        merged[key] = None  # created and deleted in the same block: nothing to see
+        return
+    for name, (old, new) in entry.changes.items():
+        if first.action == AuditEntry.Action.CREATE:
+            first.changes[name] = [None, new]
+        else:
+            first.changes[name] = [first.changes[name][0] if name in first.changes else old, new]
+    if entry.action == AuditEntry.Action.DELETE:
+        first.action = AuditEntry.Action.DELETE
+    first.object_repr = entry.object_repr
+    if entry.tenant_id is not None:
+        first.tenant_id, first.tenant_slug = entry.tenant_id, entry.tenant_slug
 
 
 _batch: ContextVar[_Batch | None] = ContextVar("audit_batch", default=None)

@@ -267,6 +267,26 @@ def test_replacing_a_tenant_s_models_is_one_entry(db, gpt):
     assert entry.changes == {"allowed_models": [["audit-gpt"], ["audit-claude"]]}
 
 
+def test_a_change_rolled_back_inside_a_collecting_block_leaves_no_entry(db):
+    """The admin's key rotation: several keys in one savepoint, the second refused, the
+    exception caught and reported; the first key's new row was rolled back, so is its entry."""
+    alice = make_tenant("alice")
+    mark = last_id()
+
+    with audit.collecting():
+        try:
+            with transaction.atomic():
+                api_key_create(tenant=alice, name="undone")
+                raise RuntimeError("refused half-way")
+        except RuntimeError:
+            pass
+        alice.name = "Alice kept"
+        alice.save()
+
+    got = [(e.object_type, e.changes) for e in entries_after(mark)]
+    assert got == [("tenants.tenant", {"name": ["Alice", "Alice kept"]})]
+
+
 def test_a_deleted_tenant_keeps_its_id_and_slug_in_the_trail(db):
     tenant = make_tenant("gone")
     Project.objects.create(tenant=tenant, name="search", monthly_budget=Decimal("3.00"))
