@@ -284,11 +284,13 @@ _batch: ContextVar[_Batch | None] = ContextVar("audit_batch", default=None)
 def collecting() -> Iterator[None]:
     """One transaction whose changes are written as one entry per object, at its end.
 
-    Nested blocks join the outermost one. Nothing is written when the block raises (its
-    transaction is rolled back with the changes it audited).
+    A nested block is a savepoint (what the caller's `transaction.atomic()` was) whose entries join
+    the outermost block's. Nothing is written when the block raises (its transaction is rolled
+    back with the changes it audited).
     """
     if _batch.get() is not None:
-        yield
+        with transaction.atomic():
+            yield
         return
     batch = _Batch()
     token = _batch.set(batch)

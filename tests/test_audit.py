@@ -413,3 +413,21 @@ def test_an_admin_bulk_action_is_one_entry_per_tenant_by_the_staff_user(staff_cl
         ("staff", staff.pk, "alice", {"status": ["active", "suspended"]}),
         ("staff", staff.pk, "bob", {"status": ["active", "suspended"]}),
     ]
+
+
+def test_a_nested_collecting_block_is_still_all_or_nothing(db):
+    """A service refusing inside the admin's block undoes its own writes, as its atomic() did."""
+    alice = make_tenant("alice")
+    mark = last_id()
+
+    with audit.collecting():
+        try:
+            with audit.collecting():
+                alice.name = "half-way"
+                alice.save()
+                raise RuntimeError("refused")
+        except RuntimeError:
+            pass
+
+    assert Tenant.objects.get(pk=alice.pk).name == "Alice"
+    assert entries_after(mark) == []
