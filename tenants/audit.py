@@ -235,8 +235,11 @@ class _Batch:
         self.arrivals.append((entry, kept))
 
     def flush(self) -> None:
-        # Django keeps (savepoint ids, callback, robust) per callback; a rolled-back savepoint's are gone.
-        queued = {id(item[1]) for item in transaction.get_connection().run_on_commit}
+        # Django keeps (savepoint ids, callback, robust) per callback; a rolled-back savepoint's are
+        # gone. The markers are then taken out again: nobody else should ever see them run.
+        connection = transaction.get_connection()
+        queued = {id(item[1]) for item in connection.run_on_commit}
+        connection.run_on_commit = [item for item in connection.run_on_commit if not isinstance(item[1], _Kept)]
         merged: dict[tuple[str, str], AuditEntry | None] = {}
         for entry, kept in self.arrivals:
             if id(kept) in queued:

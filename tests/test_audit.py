@@ -431,3 +431,12 @@ def test_a_nested_collecting_block_is_still_all_or_nothing(db):
 
     assert Tenant.objects.get(pk=alice.pk).name == "Alice"
     assert entries_after(mark) == []
+
+
+def test_a_collecting_block_leaves_no_commit_callback_of_its_own(db, django_capture_on_commit_callbacks):
+    alice = make_tenant("alice")
+    with django_capture_on_commit_callbacks() as callbacks, audit.collecting():
+        alice.name = "Alice 2"
+        alice.save()
+    assert callbacks == []
+    assert AuditEntry.objects.filter(tenant_id=alice.pk, action="update").count() == 1
