@@ -440,3 +440,18 @@ def test_a_collecting_block_leaves_no_commit_callback_of_its_own(db, django_capt
         alice.save()
     assert callbacks == []
     assert AuditEntry.objects.filter(tenant_id=alice.pk, action="update").count() == 1
+
+
+def test_the_list_page_costs_the_same_queries_for_many_entries(staff_client):
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert staff_client.get(reverse("admin:tenants_auditentry_changelist")).status_code == 200
+        return len(ctx.captured_queries)
+
+    make_tenant("first")
+    few = queries()
+    for i in range(30):
+        make_tenant(f"t{i}")
+    assert queries() == few
