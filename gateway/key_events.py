@@ -18,7 +18,7 @@ import logging
 
 from redis.asyncio import Redis
 
-from tenants.key_events import CHANNEL, message_ids
+from tenants.key_events import channel, message_ids
 
 from .limits import config
 from .registry import keys_forget
@@ -42,7 +42,7 @@ async def _listen(url: str) -> None:
         )
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(channel(url))
             keys_forget()  # whatever was announced before this moment went unheard
             _subscribed.set()
             while True:

@@ -4,7 +4,7 @@ Gateway processes keep the keys they have looked up for `GATEWAY_AUTH_CACHE_SECO
 (gateway/registry.py). That bound is how long a change made elsewhere would otherwise take to
 be seen; a key revoked through the key API or the admin must stop working at once. So every
 write on a key (tenants/services.py, the key admin) calls `api_keys_changed`, which publishes
-the keys' ids on one Redis channel once the transaction has committed; every gateway process
+the keys' ids on one Redis channel (of REDIS_URL's database) once the transaction has committed; every gateway process
 listens there (gateway/key_events.py) and forgets those keys, whose next use reloads them.
 
 Publishing after the commit matters: a process told before it would reload the old row and
@@ -20,10 +20,11 @@ from collections.abc import Iterable
 import redis
 from django.conf import settings
 from django.db import transaction
+from redis.connection import parse_url
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "gw:keys:changed"  # a message is the changed keys' ids, comma-separated: "12,13"
+CHANNEL = "gw:keys:changed"  # + ":<db>"; a message is the changed keys' ids, comma-separated: "12,13"
 PUBLISH_TIMEOUT = 0.5  # seconds: a write must not hang on a Redis that does not answer
 
 _clients: dict[str, redis.Redis] = {}
@@ -41,6 +42,14 @@ def _client(url: str) -> redis.Redis:
         return client
 
 
+def channel(url: str) -> str:
+    """The channel of REDIS_URL's database: Pub/Sub channels are server-wide, not per database,
+    and two installations (or test runs) sharing a server on different databases must not hear
+    each other's key ids."""
+    db = parse_url(url).get("db", 0)
+    return f"{CHANNEL}:{db}"
+
+
 def message_ids(data: bytes | str) -> list[int]:
     """The key ids of a message on CHANNEL; anything that is not an id is skipped."""
     text = data.decode() if isinstance(data, bytes) else data
@@ -49,7 +58,7 @@ def message_ids(data: bytes | str) -> list[int]:
 
 def _publish(url: str, ids: list[int]) -> None:
     try:
-        _client(url).publish(CHANNEL, ",".join(map(str, ids)))
+        _client(url).publish(channel(url), ",".join(map(str, ids)))
     except (redis.RedisError, OSError) as exc:
         log.warning(
             "API key change of %d key(s) not published (%s): gateway processes see it within "
