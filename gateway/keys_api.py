@@ -116,6 +116,8 @@ def _managed_key(tenant_id: int, key_id: str) -> ApiKey:
 
 def _update(tenant_id: int, key_id: str, body: Any) -> dict:
     key = _managed_key(tenant_id, key_id)
+    if key.revoked_at is not None:  # the service says so too, under its lock; here in the API's words
+        raise GatewayError(400, f"The key {key.display} is revoked: a revoked key cannot be changed.", "key_revoked")
     spec = _spec(key.tenant, body)
     api_key_update(key=key, changes=spec)
     return key_body(tenant_api_key(tenant_id=tenant_id, key_id=key.pk))
