@@ -20,7 +20,8 @@ exactly an unknown one (404, 400). A key's limits and budgets are its own, on to
 project's and its tenant's, which still apply: a tenant admin cannot loosen those.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
@@ -34,11 +35,12 @@ from tenants.services import Refused, api_key_create, api_key_revoke, api_key_up
 from .api import TenantAPIView, _json, _json_object, _not_found
 from .auth import Access, authenticate
 from .errors import GatewayError, bad_request
-from .registry import keys_forget
+from .registry import Caller, keys_forget
 from .throttle import tenant_rate_limited
 
 RATE_GROUP = "gw-api-keys"
 LIST_LIMIT_MAX = 100
+T = TypeVar("T")
 ADMIN_KEY_NOT_MANAGED = "Admin keys are managed by the platform operator, not through the key API."
 
 
@@ -163,6 +165,17 @@ def _list_query(params: dict[str, str]) -> tuple[int | None, int]:
     return (int(after_text) if after_text else None), int(limit_text)
 
 
+def _written_by(admin_key_id: int, write: Callable[..., T], *args) -> T:
+    """Run one write of the key API (`_create`, `_update`, `_revoke`, each one call of a
+    `tenants.services` function) on behalf of the tenant admin key `admin_key_id`: the one place
+    where the API's writes happen, and so where the audit trail learns who acted."""
+    return write(*args)
+
+
+async def _write(caller: Caller, write: Callable[..., T], *args) -> T:
+    return await sync_to_async(_written_by)(caller.key_id, write, *args)
+
+
 class KeysAPIView(TenantAPIView):
     def handle_exception(self, exc: Exception) -> HttpResponse:
         if isinstance(exc, Refused):
@@ -184,7 +197,7 @@ class KeysView(KeysAPIView):
     @tenant_rate_limited(RATE_GROUP)
     async def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         caller = await authenticate(request, access=Access.KEYS)
-        body, raw = await sync_to_async(_create)(caller.tenant.id, _json_object(request))
+        body, raw = await _write(caller, _create, caller.tenant.id, _json_object(request))
         response = _json({**body, "key": raw}, status=201)
         response["cache-control"] = "no-store"  # the secret must not be kept by anything on the way
         return response
@@ -203,13 +216,13 @@ class KeyView(KeysAPIView):
     @tenant_rate_limited(RATE_GROUP)
     async def patch(self, request: HttpRequest, key_id: str) -> HttpResponse:
         caller = await authenticate(request, access=Access.KEYS)
-        body = await sync_to_async(_update)(caller.tenant.id, key_id, _json_object(request))
+        body = await _write(caller, _update, caller.tenant.id, key_id, _json_object(request))
         keys_forget([body["id"]])  # this process at once, with or without Redis (tenants/key_events.py)
         return _json(body)
 
     @tenant_rate_limited(RATE_GROUP)
     async def delete(self, request: HttpRequest, key_id: str) -> HttpResponse:
         caller = await authenticate(request, access=Access.KEYS)
-        body = await sync_to_async(_revoke)(caller.tenant.id, key_id)
+        body = await _write(caller, _revoke, caller.tenant.id, key_id)
         keys_forget([body["id"]])
         return _json(body)
