@@ -152,7 +152,8 @@ def _list(tenant_id: int, after: int | None, limit: int) -> dict:
 
 
 def _is_id(text: str) -> bool:
-    return text.isascii() and text.isdigit() and 0 < int(text) < 2**63
+    # The length first: int() refuses (ValueError) strings of more than 4,300 digits.
+    return len(text) <= 19 and text.isascii() and text.isdigit() and 0 < int(text) < 2**63
 
 
 def _list_query(params: dict[str, str]) -> tuple[int | None, int]:

@@ -14,7 +14,7 @@ import redis
 from django.conf import settings
 from django.db import connections, transaction
 
-from gateway import key_events, registry
+from gateway import key_events, keys_api, registry
 from tenants.key_events import channel, message_ids
 from tenants.keys import key_hash
 from tenants.models import Project
@@ -78,6 +78,30 @@ def test_a_message_names_key_ids_and_the_channel_its_database():
     assert message_ids(b"12,x,13") == [12, 13]
     assert channel("redis://127.0.0.1:6379/6") == "gw:keys:changed:6"
     assert channel("redis://127.0.0.1:6379") == "gw:keys:changed:0"
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+
+def test_the_list_costs_two_queries_whatever_its_length(catalog, alice, bob, django_assert_num_queries):
+    search = Project.objects.create(tenant=alice, name="search")
+    for i in range(5):
+        key, _ = api_key_create(tenant=alice, name=f"k{i}", project=search if i % 2 else None)
+        key.allowed_models.set([catalog["gpt"], catalog["claude"]])
+    api_key_create(tenant=bob)
+    with django_assert_num_queries(2):  # the keys with their projects, then their models
+        page = keys_api._list(alice.pk, None, 100)
+    assert [k["name"] for k in page["data"]] == [f"k{i}" for i in range(5)]
+    assert {k["project"] for k in page["data"]} == {"search", None}
+    assert all(k["models"] == ["claude-test", "gpt-test"] for k in page["data"])
+
+
+def test_an_id_that_cannot_be_a_key_is_no_key(alice):
+    for text in ("0", "-1", "1e3", "٣", "9" * 5000, "99999999999999999999"):
+        assert not keys_api._is_id(text)
+    with pytest.raises(keys_api.GatewayError) as missing:
+        keys_api._detail(alice.pk, "9" * 5000)
+    assert missing.value.status == 404
 
 
 # --- services ----------------------------------------------------------------------------------
