@@ -17,6 +17,8 @@ import contextlib
 import logging
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from tenants.key_events import channel, message_ids
 
@@ -29,22 +31,25 @@ RETRY_SECONDS = 1.0
 HEALTH_CHECK_SECONDS = 15  # a PING on the subscription when it was quiet this long
 
 _listener: asyncio.Task | None = None
-_subscribed = asyncio.Event()  # set while subscribed
+_subscribed: asyncio.Event | None = None  # set while subscribed (made with the listener, in its loop)
 STARTUP_WAIT_SECONDS = 2.0
 
 
-async def _listen(url: str) -> None:
+async def _listen(url: str, subscribed: asyncio.Event) -> None:
     while True:
+        # No retries: redis-py would reconnect and subscribe again by itself, and this loop would not
+        # know that announcements were missed meanwhile.
         client = Redis.from_url(
             url,
             socket_connect_timeout=config.redis_timeout(),
             health_check_interval=HEALTH_CHECK_SECONDS,
+            retry=Retry(NoBackoff(), 0),
         )
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(channel(url))
             keys_forget()  # whatever was announced before this moment went unheard
-            _subscribed.set()
+            subscribed.set()
             while True:
                 message = await pubsub.get_message(timeout=HEALTH_CHECK_SECONDS)
                 if message is not None and message.get("type") == "message":
@@ -54,7 +59,7 @@ async def _listen(url: str) -> None:
         except Exception as exc:  # noqa: BLE001 (any failure: listen again, the cache period bounds staleness)
             log.warning("API key announcements not received (%s); listening again", type(exc).__name__)
         finally:
-            _subscribed.clear()
+            subscribed.clear()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
                 await client.aclose()
@@ -65,10 +70,11 @@ async def start() -> None:
     """Start listening in this event loop (once; nothing to do without REDIS_URL), and wait a
     little for the subscription, so that a process that says it is up also hears announcements.
     A Redis that is down does not hold the start-up back: the listener keeps trying."""
-    global _listener
+    global _listener, _subscribed
     url = config.redis_url()
     if url and (_listener is None or _listener.done()):
-        _listener = asyncio.get_running_loop().create_task(_listen(url), name="api-key-announcements")
+        _subscribed = asyncio.Event()
+        _listener = asyncio.get_running_loop().create_task(_listen(url, _subscribed), name="api-key-announcements")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STARTUP_WAIT_SECONDS):
                 await _subscribed.wait()

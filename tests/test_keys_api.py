@@ -20,6 +20,7 @@ from tenants.keys import key_hash
 from tenants.models import Project
 from tenants.profiles import api_key_spec_clean
 from tenants.services import InvalidKey, Refused, api_key_create, api_key_revoke, api_key_update
+from tests.test_limits import spare_redis  # noqa: F401 (a fixture)
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -230,3 +231,51 @@ def test_an_update_keeps_what_it_does_not_change(alice):
     key, _ = api_key_create(tenant=alice, expires_at=NOW + timedelta(days=3650))
     updated = api_key_update(key=key, changes={"name": "renamed"})
     assert (updated.name, updated.expires_at) == ("renamed", NOW + timedelta(days=3650))
+
+
+def test_the_listener_forgets_every_key_when_it_listens_again_after_an_outage(request):
+    """Announcements made while Redis was away are lost: coming back, the process forgets all."""
+    server = request.getfixturevalue("spare_redis")  # a redis-server of this test's own
+
+    def cached(key_id: int) -> bool:
+        return registry._keys.get(f"digest-{key_id}") is not None
+
+    def cache(key_id: int) -> None:
+        view = registry.KeyView(
+            id=key_id,
+            tenant_id=1,
+            allowed_model_ids=frozenset(),
+            requests_per_minute=None,
+            tokens_per_minute=None,
+            max_concurrent=None,
+        )
+        registry._keys.put(f"digest-{key_id}", view, 300)
+        registry._key_digests[key_id] = f"digest-{key_id}"
+
+    async def until(condition, seconds: float = 10) -> None:
+        async with asyncio.timeout(seconds):
+            while not condition():
+                await asyncio.sleep(0.02)
+
+    async def scenario():
+        registry.clear_caches()
+        await key_events.start()
+        subscribed = key_events._subscribed
+        try:
+            assert subscribed.is_set()
+            cache(7)
+            cache(8)
+            redis.Redis.from_url(server.url).publish(channel(server.url), "7")
+            await until(lambda: not cached(7))
+            assert cached(8)  # only what was announced
+            await asyncio.to_thread(server.stop)
+            await until(lambda: not subscribed.is_set())
+            assert cached(8)  # while Redis is away the cache period is the bound
+            await asyncio.to_thread(server.start)
+            await until(subscribed.is_set)
+            assert not cached(8)
+        finally:
+            await key_events.stop()
+            registry.clear_caches()
+
+    asyncio.run(scenario())
