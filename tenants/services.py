@@ -194,7 +194,7 @@ KEY_UPDATE_FIELDS = (
 
 def api_key_update(*, key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
     """Set some of a key's settings (`KEY_UPDATE_FIELDS`; None clears a limit, a budget, the
-    project or the expiry; no `allowed_models` widens the key back to the tenant's models).
+    project or the expiry; an empty `allowed_models` widens the key back to the tenant's models).
 
     Checked like a new key's, but for models the key already has (one may have left the tenant
     since: the key simply cannot use it, see `api_key_set_models`). A revoked key stays as it is:
