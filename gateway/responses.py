@@ -62,6 +62,10 @@ class _Request:
         except translate_responses.TranslationError as exc:
             raise GatewayError(400, str(exc), "unsupported_parameter", param=exc.param) from exc
 
+    def may_fall_back(self) -> bool:
+        """A continued conversation stays with the deployments that know it (`_route`): no fallback model."""
+        return self.call.body.get("previous_response_id") is None
+
     def prompt_body(self) -> dict:
         """The prompt in chat terms, for the admission's bound (`tokenizer.prompt_token_bound`)."""
         body = self.call.body
@@ -145,7 +149,9 @@ async def _answer(request: _Request, owner: Owner, deployments: list[DeploymentV
             return await adapter.responses_create(body)
         return await adapter.complete(body)
 
-    adapter, result = await proxy._first_that_answers(call, deployments, operation, body_for=request.upstream_body)
+    adapter, result = await proxy._first_that_answers(
+        call, deployments, operation, body_for=request.upstream_body, fallbacks=request.may_fall_back()
+    )
     usage = result.get("usage")
     if adapter.family == "openai":
         tokens = tokens_from_responses(usage) if isinstance(usage, dict) else None
@@ -178,7 +184,9 @@ async def _stream(request: _Request, owner: Owner, deployments: list[DeploymentV
             return await adapter.responses_stream(body)
         return await adapter.open_stream(body)
 
-    adapter, events = await proxy._first_that_answers(call, deployments, operation, body_for=request.upstream_body)
+    adapter, events = await proxy._first_that_answers(
+        call, deployments, operation, body_for=request.upstream_body, fallbacks=request.may_fall_back()
+    )
     translated = adapter.family != "openai"
     if translated:
         processor = translate_responses.AnthropicToResponsesStream(
