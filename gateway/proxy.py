@@ -304,9 +304,7 @@ def gateway_error(exc: ProviderError) -> GatewayError:
             return GatewayError(502, f"{who} failed to answer.", "upstream_error")
 
 
-async def _first_that_answers(
-    call: Call, deployments: list[DeploymentView], operation, *, body_for=None, fallbacks: bool = True
-):
+async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation, *, body_for=None):
     """Try the request's chain (docs/routing.md#retries-and-fallbacks): the asked-for model's
     deployments in its routing order (gateway/routing/), then each fallback model's (`call.fallbacks`,
     translated when its family differs from the caller's), skipping deployments whose breaker is
@@ -315,14 +313,11 @@ async def _first_that_answers(
     backoff (gateway/routing/retry.py), all within the request's deadline; then the caller gets the
     last upstream error. A stream's attempt stays in flight until the stream is closed, and a
     stream is never retried once it is returned (its first byte may be on its way).
-    `body_for(call, deployment, family)`: the upstream body (default: `upstream_body`).
-    `fallbacks=False`: the asked-for model only (a continued Responses conversation)."""
+    `body_for(call, deployment, family)`: the upstream body (default: `upstream_body`)."""
     body_for = body_for or upstream_body
     GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     ANTHROPIC_BETAS.set(call.betas)  # sent as anthropic-beta, by the Anthropic adapter only (gateway/betas.py)
-    legs = [Leg(model=call.model, price=call.price, deployments=tuple(deployments))]
-    if fallbacks:
-        legs.extend(call.fallbacks)
+    legs = [Leg(model=call.model, price=call.price, deployments=tuple(deployments)), *call.fallbacks]
     policy, clock = retry.policy(), retry.clock()
     deadline = clock.monotonic() + policy.deadline_seconds
     rounds: list[tuple[int, tuple[DeploymentView, ...]]] = [(i, leg.deployments) for i, leg in enumerate(legs)]

@@ -62,10 +62,6 @@ class _Request:
         except translate_responses.TranslationError as exc:
             raise GatewayError(400, str(exc), "unsupported_parameter", param=exc.param) from exc
 
-    def may_fall_back(self) -> bool:
-        """A continued conversation stays with the deployments that know it (`_route`): no fallback model."""
-        return self.call.body.get("previous_response_id") is None
-
     def prompt_body(self) -> dict:
         """The prompt in chat terms, for the admission's bound (`tokenizer.prompt_token_bound`)."""
         body = self.call.body
@@ -104,6 +100,7 @@ async def _route(request: _Request, deployments: list[DeploymentView]) -> list[D
     previous_id = call.body.get("previous_response_id")
     if previous_id is None:
         return deployments
+    call.fallbacks = ()  # no other model knows the conversation (nor is it held for them at admission)
     tenant_id = call.caller.tenant.id
     previous = await db_call(stored_response_get, tenant_id=tenant_id, response_id=previous_id)
     if previous is None:
@@ -149,9 +146,7 @@ async def _answer(request: _Request, owner: Owner, deployments: list[DeploymentV
             return await adapter.responses_create(body)
         return await adapter.complete(body)
 
-    adapter, result = await proxy._first_that_answers(
-        call, deployments, operation, body_for=request.upstream_body, fallbacks=request.may_fall_back()
-    )
+    adapter, result = await proxy._first_that_answers(call, deployments, operation, body_for=request.upstream_body)
     usage = result.get("usage")
     if adapter.family == "openai":
         tokens = tokens_from_responses(usage) if isinstance(usage, dict) else None
@@ -184,9 +179,7 @@ async def _stream(request: _Request, owner: Owner, deployments: list[DeploymentV
             return await adapter.responses_stream(body)
         return await adapter.open_stream(body)
 
-    adapter, events = await proxy._first_that_answers(
-        call, deployments, operation, body_for=request.upstream_body, fallbacks=request.may_fall_back()
-    )
+    adapter, events = await proxy._first_that_answers(call, deployments, operation, body_for=request.upstream_body)
     translated = adapter.family != "openai"
     if translated:
         processor = translate_responses.AnthropicToResponsesStream(
