@@ -14,6 +14,7 @@ import time
 import urllib.request
 from decimal import Decimal
 
+import anthropic
 import httpx2
 import openai
 import pytest
@@ -166,6 +167,30 @@ def test_every_deployment_failing_is_answered_by_the_fallback_at_its_price(world
     for deployment in world["failing"]:
         labels = f'deployment="{deployment.id}",model="gpt-primary",outcome="server",provider="openai"'
         assert f"gateway_upstream_attempts_total{{{labels}}} 2.0" in metrics
+
+
+def test_the_messages_endpoint_names_the_fallback_too(world, gateway):
+    client = anthropic.Anthropic(base_url=gateway, api_key=world["client"].api_key, max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": "hello"}]
+
+    raw = client.messages.with_raw_response.create(model="gpt-primary", max_tokens=30, messages=messages)
+    with client.messages.with_streaming_response.create(
+        model="gpt-primary", max_tokens=30, messages=messages, stream=True
+    ) as streamed:
+        events = [line for line in streamed.iter_lines() if line.startswith("event:")]
+
+    assert raw.parse().model == "gpt-primary"
+    assert events[-1] == "event: message_stop"
+    for headers in (raw.headers, streamed.headers):
+        assert (headers["x-gateway-model"], headers["x-gateway-deployment"]) == (
+            "claude-backup",
+            str(world["backup"].id),
+        )
+    wait_settled(world, records=2)
+    records = UsageRecord.objects.filter(tenant=world["tenant"])
+    assert {(r.endpoint, r.model, r.requested_model, r.status_code) for r in records} == {
+        ("messages", "claude-backup", "gpt-primary", 200)
+    }
 
 
 def test_a_stream_broken_after_its_first_byte_is_not_retried(world, mocks):
