@@ -103,6 +103,10 @@ class DeploymentView:
     requests_per_minute: int | None = None  # the provider account's quota (None: none)
     tokens_per_minute: int | None = None
     timeout_seconds: float | None = None  # None: GATEWAY_UPSTREAM_TIMEOUT
+    # The circuit breaker's own settings (None: GATEWAY_BREAKER_FAILURES, _WINDOW_SECONDS, _COOLDOWN_SECONDS).
+    breaker_failures: int | None = None
+    breaker_window_seconds: float | None = None
+    breaker_cooldown_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +280,9 @@ def _load_catalog() -> dict[str, ModelView]:
                 requests_per_minute=d.requests_per_minute,
                 tokens_per_minute=d.tokens_per_minute,
                 timeout_seconds=d.timeout_seconds,
+                breaker_failures=d.breaker_failures,
+                breaker_window_seconds=d.breaker_window_seconds,
+                breaker_cooldown_seconds=d.breaker_cooldown_seconds,
             )
         )
     prices: dict[int, list[PriceView]] = {}

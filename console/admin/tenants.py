@@ -971,6 +971,10 @@ class DeploymentInline(admin.TabularInline):
         "requests_per_minute",
         "tokens_per_minute",
         "timeout_seconds",
+        # Empty: the GATEWAY_BREAKER_* settings (a provider account with habits of its own).
+        "breaker_failures",
+        "breaker_window_seconds",
+        "breaker_cooldown_seconds",
         "active",
     ]
     extra = 0
