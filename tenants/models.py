@@ -287,6 +287,26 @@ class Deployment(models.Model):
         validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
         help_text="Upstream timeout; empty: GATEWAY_UPSTREAM_TIMEOUT.",
     )
+    # The circuit breaker's settings for this deployment (a provider account with its own habits);
+    # empty: GATEWAY_BREAKER_FAILURES, _WINDOW_SECONDS, _COOLDOWN_SECONDS.
+    breaker_failures = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+        help_text="Failures within the window that take it out of rotation; empty: GATEWAY_BREAKER_FAILURES.",
+    )
+    breaker_window_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1), MaxValueValidator(86_400)],
+        help_text="The window its failures are counted in; empty: GATEWAY_BREAKER_WINDOW_SECONDS.",
+    )
+    breaker_cooldown_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1), MaxValueValidator(86_400)],
+        help_text="How long it stays out of rotation before a probe; empty: GATEWAY_BREAKER_COOLDOWN_SECONDS.",
+    )
     active = models.BooleanField(default=True)
 
     class Meta:
