@@ -472,7 +472,7 @@ class AuditEntry(models.Model):
     before and after (tenants/audit.py writes them; docs/audit.md).
 
     Append-only: the admin offers no way to change or delete one, and on PostgreSQL a trigger
-    refuses UPDATE and DELETE (migration 0010). Nothing here is a foreign key, so that deleting a
+    refuses UPDATE and DELETE (migration 0011_audit_trail). Nothing here is a foreign key, so that deleting a
     tenant, a key or a staff user neither cascades to nor rewrites the entries about them: the
     tenant's id and slug, the user's id and the key's id are kept as they were.
     """

@@ -2,7 +2,7 @@
 
 Entries are written by tenants/audit.py; this page only reads them. Every permission but
 "view" is refused (the add, change and delete views answer 403, there are no actions), and on
-PostgreSQL the database refuses UPDATE and DELETE anyway (tenants migration 0010).
+PostgreSQL the database refuses UPDATE and DELETE anyway (tenants migration 0011_audit_trail).
 """
 
 import json

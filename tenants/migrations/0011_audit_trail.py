@@ -41,7 +41,7 @@ def backward(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0009_projects_end_users_admin_keys'),
+        ('tenants', '0010_deployment_breaker_overrides'),
     ]
 
     operations = [
