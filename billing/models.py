@@ -201,7 +201,8 @@ class UsageRecord(models.Model):
     )
     tags = models.JSONField(default=dict, blank=True, db_default={}, help_text="x-request-tags: {key: value}.")
     model = models.CharField(
-        max_length=100, help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back."
+        max_length=100,
+        help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back.",
     )
     requested_model = models.CharField(
         max_length=100,

@@ -564,6 +564,9 @@ async def trace_open(*, call: "Call", ahead: bool = False) -> None:
             "created_at": call.created_at,
             "streamed": call.stream,
             "prompt_tokens": call.prompt_estimate,
+            "project_id": call.caller.key.project.id if call.caller.key.project else None,
+            "end_user": call.end_user,
+            "tags": call.tags,
         }
     )
     try:
@@ -735,6 +738,9 @@ def _metered_dump(metered: Metered) -> bytes:
             "cache_hit": metered.cache_hit,
             "tenant_slug": metered.tenant_slug,
             "deployment_id": metered.deployment_id,
+            "project_id": metered.project_id,
+            "end_user": metered.end_user,
+            "tags": metered.tags,
             "cost": str(usage_cost(metered=metered)),  # for a reader of the journal; recomputed on write
         }
     )
@@ -790,6 +796,10 @@ def _metered_load(data: bytes) -> Metered:
         cache_hit=raw["cache_hit"],
         tenant_slug=raw["tenant_slug"],
         deployment_id=raw["deployment_id"],
+        # Records spooled before attribution have none.
+        project_id=raw.get("project_id"),
+        end_user=raw.get("end_user") or "",
+        tags=raw.get("tags"),
     )
 
 
@@ -830,6 +840,9 @@ def _interrupted(trace: dict) -> Metered:
         estimated=True,
         tenant_slug=trace.get("tenant_slug", ""),
         deployment_id=trace["deployment_id"],
+        project_id=trace.get("project_id"),
+        end_user=trace.get("end_user") or "",
+        tags=trace.get("tags"),
     )
 
 
@@ -909,10 +922,16 @@ async def reconcile_requests(*, older_than_seconds: float) -> ReconcileResult:
                         request_id,
                         trace.get("tenant_slug"),
                     )
-                month = datetime.fromisoformat(trace["created_at"]).strftime("%Y-%m")
+                created_at = datetime.fromisoformat(trace["created_at"])
                 if trace["key_id"] is not None:
                     released += await release_request(
-                        tenant_id=trace["tenant_id"], key_id=trace["key_id"], request_id=request_id, month=month
+                        tenant_id=trace["tenant_id"],
+                        key_id=trace["key_id"],
+                        request_id=request_id,
+                        month=created_at.strftime("%Y-%m"),
+                        day=created_at.strftime("%Y-%m-%d"),
+                        project_id=trace.get("project_id"),
+                        end_user=trace.get("end_user") or None,
                     )
                 await journal.done(_TRACES, request_id)
                 finished.add(request_id)

@@ -45,7 +45,7 @@ def reconcile_budget_counters() -> int:
     for tenant_id, key_ids in keys_by_tenant.items():
         # One aggregate per tenant, summed just before its keys' counters are reset (see reconcile()).
         for key_id, total in month_to_date_spend_by_key(tenant_id=tenant_id, key_ids=key_ids, now=now).items():
-            reconcile_key_sync(key_id, total, month=month)
+            reconcile_key_sync(tenant_id, key_id, total, month=month)
             count += 1
     return count
 

@@ -27,7 +27,7 @@ memory_store.py (the two stores; the latter is the demo's, without REDIS_URL, on
 only), clock.py (injectable time), admission.py, headers.py, counters.py.
 """
 
-from .admission import Admission, admit
+from .admission import Admission, Level, admit
 from .backend import memory_store as _memory_store
 from .backend import redis_store as _redis_store
 from .backend import store as _store
@@ -41,6 +41,8 @@ from .counters import (
     reconcile,
     reconcile_key,
     reconcile_key_sync,
+    reconcile_level,
+    reconcile_level_sync,
     reconcile_sync,
     release_request,
     release_request_sync,
@@ -52,6 +54,7 @@ from .redis_store import UNREACHABLE, aclose, shared_redis
 
 __all__ = [
     "Admission",
+    "Level",
     "UNITS_PER_USD",
     "UNREACHABLE",
     "Clock",
@@ -71,6 +74,8 @@ __all__ = [
     "reconcile",
     "reconcile_key",
     "reconcile_key_sync",
+    "reconcile_level",
+    "reconcile_level_sync",
     "reconcile_sync",
     "release_request",
     "release_request_sync",
