@@ -1098,7 +1098,8 @@ def test_release_request_frees_slots_and_holds_and_is_idempotent(backend, clock)
         # The dead request settling after all (it was not dead) adds its whole cost, once.
         await dead.settle(tokens=1, cost=Decimal("0.05"))
         await alive.release()
-        return await limits.spend_this_month(caller.tenant.id), await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
+        tenant_spend = await limits.spend_this_month(caller.tenant.id)
+        return tenant_spend, await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
 
     assert run(scenario()) == (Decimal("0.15"), Decimal("0.25"))
 
@@ -1141,7 +1142,10 @@ def test_release_request_gives_back_the_slots_and_holds_of_a_dead_request_once(b
         again = await limits.release_request(
             tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead", month=month
         )
-        spends = await limits.spend_this_month(caller.tenant.id), await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
+        spends = (
+            await limits.spend_this_month(caller.tenant.id),
+            await limits.key_spend_this_month(caller.tenant.id, caller.key.id),
+        )
         after = await attempt(caller, worst="0.4", budget="10")
         return refused_meanwhile, freed, again, spends, after
 

@@ -17,21 +17,25 @@ from gateway.errors import GatewayError
 from gateway.limits import Level
 from gateway.registry import Caller, KeyView, ProjectView
 
-from .test_limits import (  # noqa: F401 (fixtures)
-    REDIS_URL,
-    admitted,
-    attempt,
-    backend,
-    fresh_id,
-    from_db,
-    make_caller,
-    refused,
-    run,
-    shared_redis,
-)
+from .test_limits import REDIS_URL, admitted, fresh_id, from_db, make_caller, redis_caches, refused, run
 
 # 23:59:00 UTC of a day, in ms: the key's daily budget resets a minute later.
 DAY_END_MS = int(datetime(2031, 3, 14, 23, 59, tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.fixture(autouse=True)
+def shared_redis(settings):
+    settings.REDIS_URL = REDIS_URL
+    settings.CACHES = redis_caches(REDIS_URL)
+    settings.GATEWAY_LIMIT_WINDOW_SECONDS = 60
+    limits._memory_store.clear()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend(request, settings):
+    if request.param == "memory":
+        settings.REDIS_URL = ""
+    return request.param
 
 
 @pytest.fixture
@@ -94,7 +98,8 @@ def test_a_project_budget_refuses_by_name_while_a_sibling_project_is_served(back
     assert {e.code for e in errors} == {"budget_exhausted"}
     assert {e.level for e in errors} == {"project"}
     assert errors[0].message.startswith('Project "search" monthly budget of 1.00 USD is exhausted.')
-    assert "chat" not in errors[0].message and "tenant" not in errors[0].message
+    assert "chat" not in errors[0].message
+    assert "tenant" not in errors[0].message
     assert isinstance(sibling, limits.Admission)
 
 
@@ -341,7 +346,7 @@ def test_no_project_and_no_end_user_sends_only_the_tenant_and_key_levels(monkeyp
 
 
 def test_a_project_and_an_end_user_without_a_rate_limit_cost_no_redis_call(settings):
-    from .test_limits import free_port, redis_caches
+    from .test_limits import free_port
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings.REDIS_URL = dead
