@@ -538,6 +538,11 @@ def _pause(request_id: str, what: str, exc: BaseException) -> None:
     log.warning("request %s: the journal is unreachable, %s: %s", request_id, what, exc)
 
 
+def _project_id(caller) -> int | None:
+    project = getattr(getattr(caller, "key", None), "project", None)
+    return None if project is None else project.id
+
+
 async def trace_open(*, call: "Call", ahead: bool = False) -> None:
     """Write the request's trace before its provider is called (again, with the new deployment,
     before a fallback). A journal that cannot be reached does not stop the request: it is logged,
@@ -564,9 +569,10 @@ async def trace_open(*, call: "Call", ahead: bool = False) -> None:
             "created_at": call.created_at,
             "streamed": call.stream,
             "prompt_tokens": call.prompt_estimate,
-            "project_id": call.caller.key.project.id if call.caller.key.project else None,
-            "end_user": call.end_user,
-            "tags": call.tags,
+            # What release_request() needs of the levels beyond the tenant and key, and the record's attribution.
+            "project_id": _project_id(call.caller),
+            "end_user": getattr(call, "end_user", ""),
+            "tags": getattr(call, "tags", None),
         }
     )
     try:

@@ -26,6 +26,7 @@ from .models import (
     ApiKey,
     CatalogModel,
     PlatformPolicy,
+    Project,
     PromptTemplate,
     Provider,
     ProviderCredential,
@@ -83,10 +84,14 @@ def _api_key_insert(
     models: Collection[CatalogModel],
     limits: Mapping[str, int | None],
     monthly_budget: Decimal | None,
+    project: Project | None = None,
+    daily_budget: Decimal | None = None,
 ) -> ApiKey:
     prefix, last4 = key_display_parts(raw)
     key = ApiKey.objects.create(
         tenant=tenant,
+        project=project,
+        daily_budget=daily_budget,
         name=name,
         key_hash=key_hash(raw, pepper=settings.API_KEY_PEPPER),
         prefix=prefix,
@@ -111,13 +116,16 @@ def api_key_create(
     tokens_per_minute: int | None = None,
     max_concurrent: int | None = None,
     monthly_budget: Decimal | None = None,
+    project: Project | None = None,
+    daily_budget: Decimal | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never available again.
 
     `raw_key` is for keys that come from a configuration file; otherwise one is generated.
     `allowed_models` narrows the key to some of the tenant's models (empty: all of the
     tenant's); the limits and the monthly budget (USD per UTC month) are the key's own, on top
-    of the tenant's (None: none of its own).
+    of the tenant's (None: none of its own). `project`: one of the tenant's projects, whose limits
+    the key's requests count against too; `daily_budget`: USD per UTC day.
     """
     raw = raw_key or key_generate()
     if not key_is_well_formed(raw):
@@ -128,6 +136,9 @@ def api_key_create(
         "max_concurrent": max_concurrent,
     }
     problems = _limits_problems(limits) + positive_money_problems(monthly_budget, "monthly_budget")
+    problems += positive_money_problems(daily_budget, "daily_budget")
+    if project is not None and project.tenant_id != tenant.id:
+        problems.append(Problem(("project",), "is a project of another tenant"))
     if allowed_models:
         problems += key_models_problems({m.name for m in allowed_models}, scope=tenant_model_scope(tenant=tenant))
     if problems:
@@ -141,6 +152,8 @@ def api_key_create(
             models=allowed_models,
             limits=limits,
             monthly_budget=monthly_budget,
+            project=project,
+            daily_budget=daily_budget,
         )
     return key, raw
 
@@ -187,6 +200,8 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
             limits=limits,
             # The new key is a new row, so its month's spend starts from its own (empty) records.
             monthly_budget=old.monthly_budget,
+            project=old.project,
+            daily_budget=old.daily_budget,
         )
         ends = now + grace
         if old.expires_at is None or ends < old.expires_at:
