@@ -6,8 +6,8 @@ processes: each decision is one Lua script, one atomic step and one round trip o
 server, whatever applies (the tenant's, the key's project's, the key's and the end user's
 requests/min, tokens/min, concurrency and budgets, monthly and daily); settlement is one more.
 Every key name carries the tenant's Redis Cluster hash tag (keys.py). A caller with no limits
-and no budget costs nothing, not even a Redis call, and is untouched by a Redis outage. A caller with any limit or a budget is refused
-with 503 `limits_unavailable` while Redis cannot be reached (fail closed).
+and no budget costs nothing, not even a Redis call, and is untouched by a Redis outage. A caller
+with any limit or a budget is refused with 503 `limits_unavailable` while Redis cannot be reached (fail closed).
 
 - Requests per minute, per tenant and per key: fixed one-minute windows aligned on the epoch,
   on Redis' clock. Only admitted requests count (a refusal reserves nothing).
