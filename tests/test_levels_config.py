@@ -1,6 +1,7 @@
 """Projects, end users and tags: what is valid (tenants.profiles, gateway.attribution), the same
 checks in the configuration file and the staff admin, and the file's round trip (issue 14 parts 1-3)."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -260,3 +261,53 @@ def test_the_admin_edits_projects_under_the_tenant_and_gives_a_key_only_its_tena
     with pytest.raises(Refused):
         api_key_create(tenant=acme, project=theirs)
     assert admin_client.get(reverse("admin:tenants_project_changelist")).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_beat_task_resets_project_and_key_day_counters_from_the_records(alice):
+    import asyncio
+    import uuid
+
+    from django.utils import timezone
+
+    from billing.models import UsageRecord
+    from gateway import limits
+    from gateway.tasks import reconcile_budget_counters
+
+    search = Project.objects.create(tenant=alice, name="search", monthly_budget=Decimal("10"))
+    Project.objects.create(tenant=alice, name="free")
+    key, _ = api_key_create(tenant=alice, name="daily", project=search, daily_budget=Decimal("2"))
+    now = timezone.now()
+    earlier = now - timedelta(days=1) if now.day > 1 else now  # yesterday, unless the month began today
+    for cost, at in (("0.25", now), ("0.5", earlier)):
+        UsageRecord.objects.create(
+            request_id=uuid.uuid4().hex,
+            created_at=at,
+            tenant=alice,
+            api_key=key,
+            project=search,
+            model="gpt-test",
+            endpoint="chat",
+            status_code=200,
+            cost=Decimal(cost),
+        )
+    month, day = now.strftime("%Y-%m"), now.strftime("%Y-%m-%d")
+
+    async def drift_then_read(drift: bool):
+        try:
+            if drift:
+                await limits.reconcile_level(alice.id, "project", search.id, Decimal("9"), period=month)
+                await limits.reconcile_level(alice.id, "key", key.id, Decimal("9"), period=day)
+                return None
+            store = limits._store()
+            return [
+                limits.from_units(await store.spend(limits.keys.budget_keys(alice.id, *where).spend))
+                for where in (("project", search.id, month), ("key", key.id, day))
+            ]
+        finally:
+            await limits.aclose()
+
+    asyncio.run(drift_then_read(True))
+    assert reconcile_budget_counters.apply().get() == 2  # the budgeted project and the key's day
+    key_day = Decimal("0.25") if now.day > 1 else Decimal("0.75")
+    assert asyncio.run(drift_then_read(False)) == [Decimal("0.75"), key_day]
