@@ -210,41 +210,8 @@ async def admit(
         )
     try:
         current = store()
-        now = _now(current)
-        month, day = now.strftime("%Y-%m"), now.strftime("%Y-%m-%d")
-        since_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        since_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        budgets: list[_Budget] = []
-        if budget is not None:
-            budgets.append(
-                _Budget(
-                    "tenant", tenant.slug, "month", budget, budget_keys(tenant.id, "tenant", None, month), month_to_date
-                )
-            )
-        if key_budget is not None:
-            budgets.append(
-                _Budget("key", "", "month", key_budget, budget_keys(tenant.id, "key", key.id, month), key_month_to_date)
-            )
-        if key_daily_budget is not None:
-            budgets.append(
-                _Budget(
-                    "key", "", "day", key_daily_budget, budget_keys(tenant.id, "key", key.id, day),
-                    lambda: key_spend_since(since_day),
-                )
-            )  # fmt: skip
-        for lv in levels:
-            for period, amount, since, name in (
-                ("month", lv.monthly_budget, since_month, month),
-                ("day", lv.daily_budget, since_day, day),
-            ):
-                if amount is not None:
-                    load = lv.spend_since
-                    budgets.append(
-                        _Budget(
-                            lv.kind, lv.name, period, amount, budget_keys(tenant.id, lv.kind, lv.ident, name),
-                            (lambda load=load, since=since: load(since)),
-                        )
-                    )  # fmt: skip
+        budgets = _budgets(current, caller, budget, month_to_date, key_budget, key_month_to_date,
+                           key_daily_budget, key_spend_since, levels) if budgeted else []  # fmt: skip
         return await _admit(
             current,
             tenant_id=tenant.id,
@@ -262,6 +229,61 @@ async def admit(
             "limits_unavailable",
             headers={"retry-after": "1"},
         ) from exc
+
+
+def _budgets(
+    current,
+    caller: Caller,
+    budget: Decimal | None,
+    month_to_date: MonthToDate,
+    key_budget: Decimal | None,
+    key_month_to_date: MonthToDate | None,
+    key_daily_budget: Decimal | None,
+    key_spend_since: SpendSince | None,
+    levels: Sequence[Level],
+) -> list["_Budget"]:
+    """Every budget that applies, in level order, named for the period on the store's clock."""
+    tenant, key = caller.tenant, caller.key
+    now = _now(current)
+    month, day = now.strftime("%Y-%m"), now.strftime("%Y-%m-%d")
+    since_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    since_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    budgets: list[_Budget] = []
+    if budget is not None:
+        budgets.append(
+            _Budget(
+                "tenant", tenant.slug, "month", budget, budget_keys(tenant.id, "tenant", None, month), month_to_date
+            )
+        )
+    if key_budget is not None:
+        budgets.append(
+            _Budget("key", "", "month", key_budget, budget_keys(tenant.id, "key", key.id, month), key_month_to_date)
+        )
+    if key_daily_budget is not None:
+        budgets.append(
+            _Budget(
+                "key", "", "day", key_daily_budget, budget_keys(tenant.id, "key", key.id, day),
+                lambda: key_spend_since(since_day),
+            )
+        )  # fmt: skip
+    for lv in levels:
+        for period, amount, since, name in (
+            ("month", lv.monthly_budget, since_month, month),
+            ("day", lv.daily_budget, since_day, day),
+        ):
+            if amount is not None:
+                load = lv.spend_since
+                budgets.append(
+                    _Budget(
+                        lv.kind,
+                        lv.name,
+                        period,
+                        amount,
+                        budget_keys(tenant.id, lv.kind, lv.ident, name),
+                        (lambda load=load, since=since: load(since)),
+                    )
+                )  # fmt: skip
+    return budgets
 
 
 async def _admit(
