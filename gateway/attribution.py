@@ -25,7 +25,6 @@ from .registry import Caller, spend_since
 END_USER_HEADER = "x-end-user-id"
 TAGS_HEADER = "x-request-tags"
 END_USER_MAX = 256  # UsageRecord.end_user, and Anthropic's own limit of metadata.user_id
-END_USER = re.compile(r"[\w.:@+=/|-]+", re.ASCII)
 TAGS_MAX = 10
 TAG_PART_MAX = 64
 TAG_KEY = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -37,15 +36,16 @@ def _end_user_error(where: str, message: str) -> GatewayError:
 
 
 def end_user_check(value: object, where: str) -> str:
-    """The end user id if it is one: 1 to 256 ASCII letters, digits and `_ . : @ + = / | -`."""
+    """The end user id if it is one: 1 to 256 printable characters (no control characters, not
+    only spaces). Clients put what they like there (an email, a UUID, Claude Code a small JSON
+    object), and the id never becomes part of a Redis key as is (gateway/limits/keys.py), so the
+    charset is that wide on purpose."""
     if not isinstance(value, str):
         raise _end_user_error(where, "it must be a string.")
     if not 0 < len(value) <= END_USER_MAX:
         raise _end_user_error(where, f"it must be 1 to {END_USER_MAX} characters long.")
-    if not END_USER.fullmatch(value):
-        raise _end_user_error(
-            where, "it may hold only ASCII letters, digits and the characters _ . : @ + = / | - (no spaces)."
-        )
+    if not value.isprintable() or not value.strip():
+        raise _end_user_error(where, "it must be printable text (no control characters, not only spaces).")
     return value
 
 

@@ -34,6 +34,14 @@ from .test_admin import change_url, form_data
         ({}, {}, "openai", ""),
         ({}, {"user": None}, "openai", ""),
         ({}, {"user": "mail+tag@example.com"}, "openai", "mail+tag@example.com"),
+        # Claude Code's own metadata.user_id is a small JSON object: accepted as is.
+        (
+            {},
+            {"metadata": {"user_id": '{"device_id":"ab12","session_id":"5e"}'}},
+            "anthropic",
+            '{"device_id":"ab12","session_id":"5e"}',
+        ),
+        ({}, {"user": "Zoë {x}"}, "openai", "Zoë {x}"),
     ],
 )
 def test_the_end_user_comes_from_the_header_else_the_body(headers, body, family, expected):
@@ -43,12 +51,13 @@ def test_the_end_user_comes_from_the_header_else_the_body(headers, body, family,
 @pytest.mark.parametrize(
     ("headers", "body", "family", "where"),
     [
-        ({}, {"user": "has space"}, "openai", "user"),
+        ({}, {"user": "tab\there"}, "openai", "user"),
+        ({}, {"user": "   "}, "openai", "user"),
         ({}, {"user": "x" * 257}, "openai", "user"),
         ({}, {"user": ""}, "openai", "user"),
         ({}, {"user": 5}, "responses", "user"),
-        ({}, {"metadata": {"user_id": "é"}}, "anthropic", "metadata.user_id"),
-        ({"x-end-user-id": "{t1}"}, {}, "openai", "x-end-user-id"),
+        ({}, {"metadata": {"user_id": "nul\x00"}}, "anthropic", "metadata.user_id"),
+        ({"x-end-user-id": "x" * 257}, {}, "openai", "x-end-user-id"),
         ({"x-end-user-id": ""}, {"user": "fine"}, "openai", "x-end-user-id"),
     ],
 )

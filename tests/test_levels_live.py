@@ -236,7 +236,7 @@ def test_the_end_user_and_the_tags_are_recorded_and_bad_ones_are_400_in_the_call
     )
     many = ",".join(f"k{i}=v" for i in range(11))
     assert "at most 10 tags" in send("/v1/chat/completions", raw, CHAT, {"x-request-tags": many})[1]["error"]["message"]
-    status, body = send("/v1/chat/completions", raw, {**CHAT, "user": "has space"})
+    status, body = send("/v1/chat/completions", raw, {**CHAT, "user": "line\nbreak"})
     assert (status, body["error"]["param"]) == (400, "user")
     messages = {"model": "claude-test", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
     status, body = send("/v1/messages", raw, {**messages, "metadata": {"user_id": "x" * 257}})
@@ -244,7 +244,7 @@ def test_the_end_user_and_the_tags_are_recorded_and_bad_ones_are_400_in_the_call
     assert body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
     assert "metadata.user_id" in body["error"]["message"]
-    status, body = send("/v1/messages", raw, messages, {"x-end-user-id": "bad{id}"})
+    status, body = send("/v1/messages", raw, messages, {"x-end-user-id": "h" * 300})
     assert status == 400
     assert "x-end-user-id" in body["error"]["message"]
     # Refused before admission: recorded as invalid, with nothing to attribute.
