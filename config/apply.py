@@ -17,13 +17,14 @@ from django.utils import timezone
 from billing.models import ModelPrice, Plan, PriceTier, Subscription
 from tenants import audit
 from tenants.keys import key_display_parts, key_hash
-from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
+from tenants.models import ApiKey, CatalogModel, Deployment, Project, Tenant
 from tenants.selectors import platform_policy
 from tenants.services import api_key_create, api_key_revoke, platform_policy_update
 
 from .schema import (
     CONFIG_KEY_NAME,
     DEPLOYMENT_SETTINGS,
+    END_USER_KEYS,
     MISSING,
     POLICY_LIST_KEYS,
     PRICE_KEYS,
@@ -90,6 +91,10 @@ def _where(provider: str, upstream: str, region: str, base_url: str = "") -> str
 def _routing_value(key: str, value: Any) -> Any:
     """A routing key as the model stores it: fallbacks come from the file with their indexes."""
     return [name for _, name in value] if key == "fallbacks" else value
+
+
+def _project_label(key: str) -> str:
+    return f"rate_limit.{key}" if key in RATE_LIMIT_KEYS else key
 
 
 def _key_display(raw: str) -> str:
@@ -337,7 +342,8 @@ class _Applier:
             tenant = Tenant(slug=slug, name=slug.replace("_", " ").replace("-", " ").title(), allowed_providers=[])
             self.changes.append(f"create tenant {slug}")
         wanted: dict[str, Any] = {
-            key: entry.get(key, MISSING) for key in ("name", "status", "region", *RATE_LIMIT_KEYS, *PROFILE_KEYS)
+            key: entry.get(key, MISSING)
+            for key in ("name", "status", "region", *RATE_LIMIT_KEYS, *PROFILE_KEYS, *END_USER_KEYS)
         }
         if "providers" in entry:
             wanted["allowed_providers"] = sorted(name for _, name in entry["providers"])
@@ -366,8 +372,58 @@ class _Applier:
                 self.changes.append(f"{verb} {slug}.models: {' '.join(diff)}")
 
         self._subscription(tenant, entry, plans=plans, verb=verb)
+        if "projects" in entry:
+            self._projects(tenant, entry["projects"], verb=verb)
         if "api_key" in entry:
             self._api_key(tenant, entry["api_key"])
+            self._api_key_settings(tenant, entry)
+
+    def _projects(self, tenant: Tenant, projects: dict[str, dict[str, Any]], *, verb: str) -> None:
+        """Upsert the file's projects: what an entry gives is set, what it leaves out kept; a
+        project the file leaves out is kept (its keys and records point at it)."""
+        have = {p.name: p for p in Project.objects.filter(tenant=tenant)}
+        for name, wanted in sorted(projects.items()):
+            project = have.get(name)
+            if project is None:
+                project = Project.objects.create(tenant=tenant, name=name, **wanted)
+                self.changes.append(f"create project {tenant.slug}.projects.{name}")
+                for key, value in wanted.items():
+                    self.changes.append(f"set {tenant.slug}.projects.{name}.{_project_label(key)}: {_show(value)}")
+                continue
+            changed = []
+            for key, value in wanted.items():
+                old = getattr(project, key)
+                if value == old:
+                    continue
+                changed.append(key)
+                setattr(project, key, value)
+                label = _project_label(key)
+                self.changes.append(f"{verb} {tenant.slug}.projects.{name}.{label}: {_show(old)} → {_show(value)}")
+            if changed:
+                project.save(update_fields=changed)
+
+    def _api_key_settings(self, tenant: Tenant, entry: dict[str, Any]) -> None:
+        """The file's key's project and daily budget (`"api_key": {"key", "project", "daily_budget"}`)."""
+        if "api_key_project" not in entry and "api_key_daily_budget" not in entry:
+            return
+        key = ApiKey.objects.get(key_hash=key_hash(entry["api_key"], pepper=settings.API_KEY_PEPPER))
+        changed = []
+        if "api_key_project" in entry:
+            name = entry["api_key_project"]
+            project = None if name is None else Project.objects.get(tenant=tenant, name=name)
+            if key.project_id != (project.id if project else None):
+                old = key.project.name if key.project else None
+                key.project = project
+                changed.append("project")
+                self.changes.append(f"set {tenant.slug}.api_key.project: {_show(old)} → {_show(name)}")
+        if "api_key_daily_budget" in entry and key.daily_budget != entry["api_key_daily_budget"]:
+            old, key.daily_budget = key.daily_budget, entry["api_key_daily_budget"]
+            changed.append("daily_budget")
+            self.changes.append(
+                f"set {tenant.slug}.api_key.daily_budget: {_show(old)} → {_show(entry['api_key_daily_budget'])}"
+            )
+        if changed:
+            key.save(update_fields=changed)
 
     def _subscription(self, tenant: Tenant, entry: dict[str, Any], *, plans: dict[str, Plan], verb: str) -> None:
         subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()
