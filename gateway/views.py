@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from billing.selectors import usage_summary
+from proxy_platform.replicas import reading_replica
 from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import betas, observability, proxy, responses, schemas
@@ -285,7 +286,9 @@ async def usage(request: HttpRequest) -> HttpResponse:
         access_check(caller, Access.READ)
         start, end = schemas.parse_usage_query(request.GET.dict())
         # db_call: bounded by GATEWAY_DB_TIMEOUT; a database that is down is a 503 in JSON (middleware).
-        summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end)
+        # A report, not a decision: read on the replica when there is one (docs/database.md).
+        with reading_replica():
+            summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end)
         summary["tenant"] = caller.tenant.slug
         return HttpResponse(orjson.dumps(summary, default=str), content_type="application/json")
 
