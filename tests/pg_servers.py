@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 from django.db import connections
+from django.db.utils import load_backend
 
 from .conftest import free_port
 
@@ -92,7 +93,11 @@ class Server:
 
     def start(self, sockets: Path) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {sockets} -c fsync=off -c full_page_writes=off"
-        _run(_unprivileged([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"]))
+        _run(
+            _unprivileged(
+                [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"]
+            )
+        )
 
     def stop(self) -> None:
         pid_file = self.data / "postmaster.pid"
@@ -163,20 +168,21 @@ def wait_for_replay(primary: Server, replica: Server, timeout: float = 20.0) -> 
 def orm_alias(server: Server, alias: str = "started_server") -> Iterator[str]:
     """A Django connection to `server`'s database under `alias`, for `.using(alias)` in a test.
 
-    Added to the connection handler for the test and removed after; no pool (a plain connection).
+    A connection object set on the handler for this thread, not a configured database: Django's
+    test case lets such a connection through, and nothing else (no pool, no migration) sees it.
     """
     settings_dict = copy.deepcopy(connections.settings["default"])
     settings_dict.update(NAME=server.database, HOST="127.0.0.1", PORT=str(server.port), USER="postgres", PASSWORD="")
     settings_dict["OPTIONS"] = {
         key: value for key, value in settings_dict["OPTIONS"].items() if key not in {"pool", "options"}
     }
-    connections.settings[alias] = settings_dict
+    connection = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, alias)
+    connections[alias] = connection
     try:
         yield alias
     finally:
-        connections[alias].close()
+        connection.close()
         del connections[alias]
-        del connections.settings[alias]
 
 
 @contextlib.contextmanager
