@@ -196,7 +196,7 @@ def pgbouncer(*, host: str, port: int, pool_mode: str = "transaction", pool_size
         f"* = host={host} port={port}\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n"
-        "auth_type = trust\n"
+        "auth_type = trust\nadmin_users = postgres\n"
         f"auth_file = {root / 'users.txt'}\n"
         f"pool_mode = {pool_mode}\n"
         f"default_pool_size = {pool_size}\nmax_client_conn = 500\n"
