@@ -161,7 +161,7 @@ def database_url() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def through_pgbouncer():
+def through_pgbouncer(request):
     """With TEST_THROUGH_PGBOUNCER=1, every gateway process and Celery worker of the run reaches the
     test database through a PgBouncer in transaction pooling mode that this starts (Debian's
     pgbouncer), with DATABASE_PGBOUNCER=1 as production sets it (docs/database.md). The test
@@ -173,6 +173,9 @@ def through_pgbouncer():
         return
     from .pg_servers import pgbouncer
 
+    # Set up first so that it is torn down last: the test database is dropped once PgBouncer
+    # (and its server connections to it) are gone.
+    request.getfixturevalue("django_db_setup")
     db = settings.DATABASES["default"]
     with pgbouncer(host=db.get("HOST") or "127.0.0.1", port=int(db.get("PORT") or 5432)) as port:
         PGBOUNCER_PORT = port
