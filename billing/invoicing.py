@@ -15,6 +15,11 @@ Rules (documented in the README, "Invoices"):
 - Minimum commitment: when everything above is less than the plan's commitment, a true-up
   line makes up the difference.
 Every line is rounded once; the invoice total is the sum of its lines.
+
+Cost centres (`cost_centres`): each usage line's amount is split among the tenant's projects
+(and "no project") pro rata to what each one's tokens cost exactly on that line, to the cent by
+largest remainder, so that a project's share of every line, and the shares of a line, add up to
+the line exactly.
 """
 
 import enum
@@ -191,6 +196,44 @@ def _usage_lines(usage: Sequence[PriceUsage]) -> list[Line]:
                 f"but their tokens cost {exact_total} at that price"
             )
     return lines
+
+
+@dataclass(frozen=True, slots=True)
+class CostCentreShare:
+    """One project's part of one usage line: its tokens and its share of the line's amount."""
+
+    line_key: str
+    project: str  # "" for usage without a project
+    quantity: Decimal
+    amount: Decimal
+
+
+def cost_centres(
+    *, lines: Sequence[Line], usage_by_project: Mapping[tuple[int, int | None], Mapping[str, PriceUsage]]
+) -> list[CostCentreShare]:
+    """The usage lines of `lines` split per project; `usage_by_project[(price_id, tier_id)]` holds
+    each project's part of that price row's usage (tokens and cost, the same price and tier).
+
+    Shares of a line with tokens are listed even when they come to 0.00 (a project's few tokens).
+    """
+    shares = []
+    with localcontext() as context:
+        context.prec = 60
+        for line in lines:
+            if line.line_type not in TOKEN_TYPES or line.price_id is None:
+                continue
+            parts = usage_by_project.get((line.price_id, line.price_tier_id), {})
+            tokens = {project: part.quantities()[line.line_type] for project, part in parts.items()}
+            tokens = {project: value for project, value in tokens.items() if value[0]}
+            weights = {project: count * per_1m / ONE_MILLION for project, (count, per_1m) in tokens.items()}
+            amounts = shared_cost_allocate(total=line.amount, weights=weights)
+            shares.extend(
+                CostCentreShare(
+                    line_key=line.key, project=project, quantity=Decimal(tokens[project][0]), amount=amounts[project]
+                )
+                for project in sorted(tokens)
+            )
+    return shares
 
 
 def _month_line(line_type: LineType, description: str, amount: Decimal) -> Line:

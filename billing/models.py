@@ -201,7 +201,8 @@ class UsageRecord(models.Model):
     )
     tags = models.JSONField(default=dict, blank=True, db_default={}, help_text="x-request-tags: {key: value}.")
     model = models.CharField(
-        max_length=100, help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back."
+        max_length=100,
+        help_text="The catalog model that answered (and is billed); the asked-for one unless it fell back.",
     )
     requested_model = models.CharField(
         max_length=100,
@@ -261,17 +262,25 @@ class UsageRecord(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Usage of one UTC day, summed per tenant, model, endpoint, outcome and price row.
+    """Usage of one UTC day, summed per tenant, project, model, endpoint, outcome and price row.
 
     The outcome is the status code, the error type and whether the answer came from the
     cache. The price row and its long-context tier are part of the key so that invoices, which bill each request at the
     price in force when it was made, can be computed from rollups alone. A day is always
     rolled up whole (delete and insert under the lock of its `UsageRollupDay` row), so running
     the rollup again, or twice at once, gives the same rows.
+
+    The project is kept (invoices' cost centres, reports by project) by its id and no database
+    constraint: deleting a project sets its raw records' project to NULL, and doing the same
+    here could merge two rows into one key; a deleted project's id simply finds no project,
+    which every report reads as "no project", as it reads the raw records.
     """
 
     day = models.DateField()
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey(
+        Project, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
     model = models.CharField(max_length=100)
     endpoint = models.CharField(max_length=16, choices=UsageRecord.Endpoint.choices)
     status_code = models.PositiveSmallIntegerField()
@@ -315,6 +324,7 @@ class UsageRollup(models.Model):
             models.UniqueConstraint(
                 models.F("day"),
                 models.F("tenant"),
+                Coalesce(models.F("project"), models.Value(0)),
                 models.F("model"),
                 models.F("endpoint"),
                 models.F("status_code"),
@@ -322,7 +332,7 @@ class UsageRollup(models.Model):
                 models.F("cache_hit"),
                 Coalesce(models.F("price"), models.Value(0)),
                 Coalesce(models.F("price_tier"), models.Value(0)),
-                name="rollup_one_row_per_key_tier",
+                name="rollup_one_row_per_key_project",
             ),
         ]
 
@@ -496,6 +506,32 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.invoice.number} {self.description}: {self.amount}"
+
+
+class InvoiceCostCentre(models.Model):
+    """One project's part of one usage line (the invoice's cost centres, billing/invoicing.py):
+    its tokens and its share of the line's amount, the shares of a line adding up to it.
+
+    The project is kept by name, as the invoice keeps its plan's and its models' names: a
+    document says what was billed then, whatever becomes of the project. "" is the usage of
+    keys without a project. Like its line, it never changes once the invoice is finalized (on
+    PostgreSQL a trigger refuses it).
+    """
+
+    line = models.ForeignKey(InvoiceLine, on_delete=models.CASCADE, related_name="cost_centres")
+    project = models.CharField(max_length=64, blank=True)
+    quantity = models.DecimalField(max_digits=28, decimal_places=12)
+    amount = models.DecimalField(**MONEY_DIGITS)
+
+    class Meta:
+        ordering = ["line", "project"]
+        verbose_name = "invoice cost centre"
+        constraints = [
+            models.UniqueConstraint(fields=["line", "project"], name="invoicecostcentre_one_per_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.line} / {self.project or 'no project'}: {self.amount}"
 
 
 # --- budget alerts -------------------------------------------------------------------------

@@ -12,16 +12,19 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, Q, QuerySet, Sum, Value
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
 from tenants.crypto import decrypt
+from tenants.models import ApiKey
 
 from .aggregates import MoneySum, money_from_db
 from .invoicing import TOKEN_TYPES, ZERO
 from .models import (
     Invoice,
+    InvoiceCostCentre,
     InvoiceRun,
     ModelPrice,
     SharedCost,
@@ -64,12 +67,20 @@ class UsageSources:
     raw: QuerySet | None
 
 
-def usage_sources(*, start: date, end: date, tenant_id: int | None = None, today: date | None = None) -> UsageSources:
-    """Days before today with a rollup are read from rollups; the rest (today included) raw."""
+def usage_sources(
+    *, start: date, end: date, tenant_id: int | None = None, today: date | None = None, raw_only: bool = False
+) -> UsageSources:
+    """Days before today with a rollup are read from rollups; the rest (today included) raw.
+
+    `raw_only`: every day from the raw records (what rollups do not keep: keys, end users, tags);
+    the caller makes sure no day of the range is pruned (`usage_pruned_through`).
+    """
     today = today or utc_today()
-    rolled = set(
-        UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today).values_list("day", flat=True)
-    )
+    rolled = set()
+    if not raw_only:
+        rolled = set(
+            UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today).values_list("day", flat=True)
+        )
     rollups = raw = None
     if rolled:
         rollups = UsageRollup.objects.filter(day__in=sorted(rolled))
@@ -148,9 +159,109 @@ _ROLLUP_TOTALS = {
 }
 
 
-def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
-    """A tenant's usage between two dates, both included (UTC days), in the /v1/usage shape."""
-    sources = usage_sources(start=start, end=end, tenant_id=tenant_id)
+GROUPINGS = ("project", "end_user", "key")
+
+
+class UsageGroupingUnavailable(Exception):
+    """The grouping needs raw records that the retention job has deleted."""
+
+
+TAG_PREFIX = "tag:"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGrouping:
+    """What `/v1/usage?group_by=` breaks the usage down by: "project", "end_user", "key", or a
+    tag's value ("tag", with the tag's name)."""
+
+    kind: str
+    tag: str = ""
+
+    @property
+    def label(self) -> str:
+        return TAG_PREFIX + self.tag if self.kind == "tag" else self.kind
+
+    @property
+    def raw_only(self) -> bool:
+        """Rollups keep the project only: keys, end users and tags are read from raw records."""
+        return self.kind != "project"
+
+
+def usage_pruned_through(*, start: date, end: date) -> date | None:
+    """The last day of [start, end] whose raw records the retention job deleted, if any."""
+    return (
+        UsageRollupDay.objects.filter(day__gte=start, day__lte=end, pruned=True)
+        .order_by("-day")
+        .values_list("day", flat=True)
+        .first()
+    )
+
+
+def _group_expression(grouping: UsageGrouping):
+    """The SQL value a grouping groups by (NULL: no project, end user or tag)."""
+    if grouping.kind == "project":
+        return F("project__name")  # a LEFT JOIN: a deleted project's id finds no name
+    if grouping.kind == "end_user":
+        return NullIf(F("end_user"), Value(""))
+    if grouping.kind == "key":
+        return F("api_key_id")
+    return KeyTextTransform(grouping.tag, "tags")  # one key, never a path: "a__b" is a name
+
+
+def _usage_groups(parts: list[tuple[QuerySet, bool]], grouping: UsageGrouping, tenant_id: int) -> list[dict]:
+    rows = _union_grouped(
+        [
+            qs.annotate(attribution=_group_expression(grouping))
+            .values("attribution")
+            .annotate(
+                s_requests=Sum("requests") if is_rollup else Count("id"),
+                s_input_tokens=Sum("input_tokens"),
+                s_output_tokens=Sum("output_tokens"),
+                s_cost=MoneySum("cost"),
+            )
+            for qs, is_rollup in parts
+        ],
+        "attribution",
+        {"requests": int, "input_tokens": int, "output_tokens": int, "cost": Decimal},
+    )
+    groups = [
+        {
+            "group": row["attribution"],
+            "requests": row["requests"],
+            "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"],
+            "cost": money_str(row["cost"]),
+        }
+        for row in rows
+    ]
+    if grouping.kind == "key":
+        # By the key's display form and name: never a secret, and a key of this tenant only.
+        keys = ApiKey.objects.filter(tenant_id=tenant_id).in_bulk([g["group"] for g in groups if g["group"]])
+        for group in groups:
+            key = keys.get(group["group"])
+            group["key_id"] = key.id if key else None
+            group["name"] = key.name if key else None
+            group["group"] = key.display if key else None
+    return groups
+
+
+def usage_summary(*, tenant_id: int, start: date, end: date, grouping: UsageGrouping | None = None) -> dict:
+    """A tenant's usage between two dates, both included (UTC days), in the /v1/usage shape.
+
+    With a `grouping`, "groups" breaks the same usage down (their sums are the totals). A
+    grouping that rollups do not keep reads every day from the raw records, and is refused
+    (`UsageGroupingUnavailable`) for a range that reaches a day whose raw records were pruned.
+    """
+    if grouping is not None and grouping.raw_only:
+        pruned = usage_pruned_through(start=start, end=end)
+        if pruned is not None:
+            raise UsageGroupingUnavailable(
+                f"Usage by {grouping.label} is kept for the last {settings.BILLING_USAGE_RETENTION_DAYS} days: "
+                f"start after {pruned.isoformat()}, or group by project."
+            )
+    sources = usage_sources(
+        start=start, end=end, tenant_id=tenant_id, raw_only=grouping is not None and grouping.raw_only
+    )
     raw, rollups = sources.raw, sources.rollups
     parts = []
     if rollups is not None:
@@ -200,7 +311,7 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
         {"requests": int},
     )
     subscription = Subscription.objects.select_related("plan").filter(tenant_id=tenant_id).first()
-    return {
+    summary = {
         "start": start.isoformat(),
         "end": end.isoformat(),
         "currency": subscription.plan.currency if subscription else "USD",
@@ -209,6 +320,62 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
         "by_endpoint": [{**row, "cost": money_str(row["cost"])} for row in by_endpoint],
         "by_error_type": by_error_type,
     }
+    if grouping is not None:
+        summary["group_by"] = grouping.label
+        summary["groups"] = _usage_groups(parts, grouping, tenant_id)
+    return summary
+
+
+# --- usage by end user ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndUserUsage:
+    end_user: str  # "" for requests that named no end user
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+
+
+def usage_by_end_user(*, tenant_id: int, period: date) -> list[EndUserUsage]:
+    """A tenant's usage of one month per end user, from the raw records (rollups keep no end
+    users), largest cost first: one aggregate over the index (tenant, created_at).
+
+    Raises UsageGroupingUnavailable when a day of the month was pruned by the retention job.
+    """
+    start, end = period_bounds(period)
+    last = end.date() - timedelta(days=1)
+    pruned = usage_pruned_through(start=period, end=last)
+    if pruned is not None:
+        raise UsageGroupingUnavailable(
+            f"the raw records of {pruned.isoformat()} were pruned (retention): no end users left for {period:%Y-%m}"
+        )
+    rows = (
+        UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=start, created_at__lt=end)
+        .values("end_user")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=400) | ~Q(error_type="")),
+            input_sum=Coalesce(Sum("input_tokens"), 0),
+            output_sum=Coalesce(Sum("output_tokens"), 0),
+            cost_sum=Coalesce(MoneySum("cost"), _ZERO),
+        )
+        .order_by()
+    )
+    usages = [
+        EndUserUsage(
+            end_user=row["end_user"],
+            requests=row["requests"],
+            errors=row["errors"],
+            input_tokens=int(row["input_sum"]),
+            output_tokens=int(row["output_sum"]),
+            cost=_as(Decimal, row["cost_sum"]),
+        )
+        for row in rows
+    ]
+    return sorted(usages, key=lambda u: (-u.cost, u.end_user))
 
 
 # --- billable usage ------------------------------------------------------------------------
@@ -216,12 +383,14 @@ def usage_summary(*, tenant_id: int, start: date, end: date) -> dict:
 
 @dataclass(slots=True)
 class BillableUsage:
-    """Sums of a tenant's billable records at one price row and long-context tier (cache hits and
-    unpriced excluded); `price_tier_id` None: the base prices."""
+    """Sums of a tenant's billable records at one price row and long-context tier, of one project
+    (cache hits and unpriced excluded); `price_tier_id` None: the base prices; `project_id` None:
+    keys without a project (a deleted project's id is left for the caller to find no project by)."""
 
     tenant_id: int
     price_id: int
     price_tier_id: int | None = None
+    project_id: int | None = None
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
@@ -231,15 +400,15 @@ class BillableUsage:
 
 
 def billable_usage(*, start: date, end: date, today: date | None = None) -> list[BillableUsage]:
-    """Per tenant, price row and tier, in SQL over rollups plus raw records; a handful of rows."""
+    """Per tenant, price row, tier and project, in SQL over rollups plus raw records; a handful of rows."""
     sources = usage_sources(start=start, end=end, today=today)
-    merged: dict[tuple[int, int, int], BillableUsage] = {}
+    merged: dict[tuple[int, int, int, int], BillableUsage] = {}
     for qs in (sources.rollups, sources.raw):
         if qs is None:
             continue
         rows = (
             qs.filter(cache_hit=False, price__isnull=False)
-            .values("tenant_id", "price_id", "price_tier_id")
+            .values("tenant_id", "price_id", "price_tier_id", "project_id")
             .annotate(
                 input_sum=Sum("input_tokens"),
                 cached_sum=Sum("cached_input_tokens"),
@@ -251,9 +420,15 @@ def billable_usage(*, start: date, end: date, today: date | None = None) -> list
             .order_by()
         )
         for row in rows:
-            key = (row["tenant_id"], row["price_id"], row["price_tier_id"] or 0)
+            key = (row["tenant_id"], row["price_id"], row["price_tier_id"] or 0, row["project_id"] or 0)
             usage = merged.setdefault(
-                key, BillableUsage(tenant_id=key[0], price_id=key[1], price_tier_id=row["price_tier_id"])
+                key,
+                BillableUsage(
+                    tenant_id=key[0],
+                    price_id=key[1],
+                    price_tier_id=row["price_tier_id"],
+                    project_id=row["project_id"],
+                ),
             )
             usage.input_tokens += int(row["input_sum"])
             usage.cached_input_tokens += int(row["cached_sum"])
@@ -278,6 +453,29 @@ def spend_by_tenant(*, start: date, end: date, today: date | None = None) -> dic
 def invoices_for_period(*, period: date) -> QuerySet[Invoice]:
     """Every invoice and credit note of a month, in a stable order (by number)."""
     return Invoice.objects.filter(period=period).select_related("tenant").order_by("number")
+
+
+@dataclass(frozen=True, slots=True)
+class CostCentreTotal:
+    """A project's part of an invoice's usage lines: the sum of its shares of every line."""
+
+    project: str  # "" for keys without a project
+    tokens: Decimal
+    amount: Decimal
+
+
+def invoice_cost_centres(*, invoice_id: int) -> list[CostCentreTotal]:
+    """The invoice's usage per project (cost centre), largest amount first: one query. Their
+    amounts add up to the invoice's usage lines; empty for an invoice finalized before cost
+    centres were recorded."""
+    rows = (
+        InvoiceCostCentre.objects.filter(line__invoice_id=invoice_id)
+        .values("project")
+        .annotate(tokens=Sum("quantity"), total=Sum("amount"))
+        .order_by()
+    )
+    totals = [CostCentreTotal(project=row["project"], tokens=row["tokens"], amount=row["total"]) for row in rows]
+    return sorted(totals, key=lambda c: (-abs(c.amount), c.project))
 
 
 def shared_cost_total(*, period: date) -> dict[str, Decimal]:

@@ -47,7 +47,7 @@ from billing.periods import day_start, days, month_start
 from billing.pricing import Price, Tokens, request_cost
 from billing.selectors import usage_sources, utc_today
 from gateway.limits import LiveUsage, live_usage_sync
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, Project, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +393,53 @@ def _shares(rows: list[dict], key: str, total_cost: Decimal) -> list[Share]:
     return sorted(shares, key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
 
 
+NO_PROJECT = "(no project)"
+
+
+def project_shares(
+    *,
+    start: date,
+    end: date,
+    total_cost: Decimal | None = None,
+    tenant_id: int | None = None,
+    today: date | None = None,
+    qualified: bool = False,
+) -> list[Share]:
+    """Usage per tenant and project, largest spend first (one aggregate, one query for the names).
+
+    Rollups keep the project id without a constraint: an id whose project is gone, or records
+    without a project, make one "(no project)" row per tenant, as the raw records read once a
+    project is deleted. `qualified`: rows named "tenant/project" (the dashboard, across tenants).
+    `total_cost` None: shares of these rows' own total.
+    """
+    rows = _aggregate(
+        start=start, end=end, keys=["tenant_id", "project_id"], measures=_USAGE, tenant_id=tenant_id, today=today
+    )
+    ids = {row["project_id"] for row in rows if row["project_id"] is not None}
+    names = {
+        (project_tenant, project_id): name
+        for project_id, project_tenant, name in Project.objects.filter(id__in=ids).values_list(
+            "id", "tenant_id", "name"
+        )
+    }
+    slugs = dict(Tenant.objects.values_list("id", "slug")) if qualified else {}
+    folded: dict[tuple[int, str], dict] = {}
+    for row in rows:
+        name = names.get((row["tenant_id"], row["project_id"]), NO_PROJECT)
+        if qualified:
+            name = f"{slugs.get(row['tenant_id'], row['tenant_id'])}/{name}"
+        into = folded.setdefault((row["tenant_id"], name), {name_: _value(m.kind, None) for name_, m in _USAGE.items()})
+        for measure in _USAGE:
+            into[measure] += row[measure]
+    if total_cost is None:
+        total_cost = sum((row["cost"] for row in folded.values()), ZERO)
+    shares = [
+        Share(key=name, tenant_id=tenant, totals=Totals.of(row), share=ratio(row["cost"], total_cost))
+        for (tenant, name), row in folded.items()
+    ]
+    return sorted(shares, key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
+
+
 def _markups() -> dict[int, Decimal]:
     """Markup percent per tenant with a subscription (one small query)."""
     return dict(Subscription.objects.values_list("tenant_id", "plan__markup_percent"))
@@ -460,6 +507,7 @@ class Dashboard:
     latency: Latency
     top_tenants: list[Share]
     top_models: list[Share]
+    top_projects: list[Share]  # "tenant/project", across tenants
     by_endpoint: list[Share]  # keyed by UsageRecord.endpoint; shown by `endpoint_label`
     budgets: list[BudgetLine]
     alerts: list[BudgetAlert]
@@ -520,6 +568,7 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
         latency=_latency(histogram),
         top_tenants=tenants[:top],
         top_models=models[:top],
+        top_projects=project_shares(start=start, end=end, total_cost=totals.cost, today=today, qualified=True)[:top],
         by_endpoint=_shares(by_model_endpoint, "endpoint", totals.cost),
         budgets=budget_lines(today=today),
         alerts=list(BudgetAlert.objects.select_related("tenant").order_by("-created_at", "-id")[:10]),
@@ -560,6 +609,7 @@ class TenantOverview:
     revenue: Decimal
     by_model: list[Share]
     by_endpoint: list[Share]  # keyed by UsageRecord.endpoint; shown by `endpoint_label`
+    by_project: list[Share]  # keyed by project name, NO_PROJECT for keys without one
     errors_by_type: list[tuple[str, int, float | None]]
     savings: Savings
     latency: Latency
@@ -654,6 +704,7 @@ def tenant_overview(
         revenue=_revenue(totals.cost, markup),
         by_model=by_model,
         by_endpoint=_shares(rows, "endpoint", totals.cost),
+        by_project=project_shares(start=start, end=end, total_cost=totals.cost, tenant_id=tenant_id, today=today),
         errors_by_type=sorted(
             ((r["error_type"] or "(none)", r["requests"], ratio(r["requests"], totals.requests)) for r in errors),
             key=lambda item: (-item[1], item[0]),

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
+from billing.selectors import GROUPINGS, TAG_PREFIX, UsageGrouping
 from tenants import prompting
 
 from .errors import GatewayError, bad_request
@@ -989,6 +990,29 @@ def parse_usage_query(params: dict[str, str]) -> tuple[date, date]:
     if (end - start).days > 366:
         raise bad_request("The period may be at most 366 days.", param="end")
     return start, end
+
+
+# A tag's name as `group_by=tag:<name>` takes it: a JSON key, never a path or an array index.
+_TAG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+
+
+def parse_usage_grouping(params: dict[str, str]) -> UsageGrouping | None:
+    """`group_by=project|end_user|key|tag:<name>`, or None when absent; a 400 naming it otherwise."""
+    value = params.get("group_by")
+    if value is None:
+        return None
+    if value in GROUPINGS:
+        return UsageGrouping(kind=value)
+    if value.startswith(TAG_PREFIX):
+        tag = value.removeprefix(TAG_PREFIX)
+        if _TAG_NAME.fullmatch(tag):
+            return UsageGrouping(kind="tag", tag=tag)
+        raise bad_request(
+            "`group_by` tag:<name> takes a tag name of up to 64 letters, digits, `_`, `.` or `-`, "
+            "starting with a letter or `_`.",
+            param="group_by",
+        )
+    raise bad_request("`group_by` must be one of project, end_user, key or tag:<name>.", param="group_by")
 
 
 # --- the tenant API (gateway/api.py) ---------------------------------------------------------

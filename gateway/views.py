@@ -20,7 +20,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from billing.selectors import usage_summary
+from billing.selectors import UsageGroupingUnavailable, usage_summary
 from proxy_platform.replicas import reading_replica
 from tenants.prompting import TemplateError, template_render, template_resolve
 
@@ -284,11 +284,18 @@ async def _openai_api(
 async def usage(request: HttpRequest) -> HttpResponse:
     async def handler(caller: Caller) -> HttpResponse:
         access_check(caller, Access.READ)
-        start, end = schemas.parse_usage_query(request.GET.dict())
+        params = request.GET.dict()
+        start, end = schemas.parse_usage_query(params)
+        grouping = schemas.parse_usage_grouping(params)
         # db_call: bounded by GATEWAY_DB_TIMEOUT; a database that is down is a 503 in JSON (middleware).
         # A report, not a decision: read on the replica when there is one (docs/database.md).
-        with reading_replica():
-            summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end)
+        try:
+            with reading_replica():
+                summary = await db_call(
+                    usage_summary, tenant_id=caller.tenant.id, start=start, end=end, grouping=grouping
+                )
+        except UsageGroupingUnavailable as exc:
+            raise bad_request(str(exc), param="group_by") from None
         summary["tenant"] = caller.tenant.slug
         return HttpResponse(orjson.dumps(summary, default=str), content_type="application/json")
 

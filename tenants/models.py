@@ -132,9 +132,7 @@ class ApiKey(models.Model):
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    project = models.ForeignKey(
-        Project, on_delete=models.PROTECT, null=True, blank=True, related_name="api_keys"
-    )
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, null=True, blank=True, related_name="api_keys")
     name = models.CharField(max_length=100, default="default")
     is_admin = models.BooleanField(
         default=False,

@@ -23,7 +23,7 @@ MARCH = date(2024, 3, 1)
 CLOSED = datetime(2024, 4, 20, tzinfo=UTC)
 HEADER = (
     "invoice number,tenant,period start,period end,status,currency,line type,model,quantity,unit,"
-    "unit price,amount,invoice subtotal,invoice total"
+    "unit price,amount,invoice subtotal,invoice total,project"
 )
 
 
@@ -71,7 +71,7 @@ def test_the_csv_has_the_documented_header_and_one_row_per_line(tmp_path, month)
     assert [row["invoice number"] for row in rows] == sorted(row["invoice number"] for row in rows)
     assert {row["invoice number"] for row in rows} == set(invoices.values_list("number", flat=True))
     for row in rows:
-        assert len(row) == 14
+        assert len(row) == len(CSV_COLUMNS) == 15
         for column in ("amount", "invoice subtotal", "invoice total"):
             assert re.fullmatch(r"-?\d+\.\d\d", row[column]), row
         assert (row["period start"], row["period end"]) == ("2024-03-01", "2024-03-31")

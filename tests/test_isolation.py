@@ -24,7 +24,7 @@ from django.conf import settings
 from billing.models import UsageRecord
 from billing.services import usage_rollup
 from tenants.keys import key_hash
-from tenants.models import ApiKey, PromptTemplate, RequestLog
+from tenants.models import ApiKey, Project, PromptTemplate, RequestLog
 from tenants.prompting import logs_cursor_encode, template_create_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -323,6 +323,21 @@ def test_bobs_usage_excludes_alices_records(as_bob, alice_world):
 def test_bobs_usage_excludes_alices_records_once_rolled_up(as_bob, alice_world):
     assert usage_rollup(since=date(2025, 3, 1), until=date(2025, 3, 31)).days == [DAY.date()]
     _assert_only_bobs_usage(_bobs_totals(as_bob))
+
+
+@pytest.mark.parametrize("group_by", ["project", "end_user", "key", "tag:feature"])
+def test_bobs_usage_groups_hold_only_his_records(as_bob, alice_world, group_by):
+    # alice's records carry her project, end user, key and tags, each named with her secret.
+    alice = alice_world["tenant"]
+    project = Project.objects.create(tenant=alice, name=f"p-{SECRET}")
+    key = ApiKey.objects.get(tenant=alice)
+    UsageRecord.objects.filter(tenant=alice).update(
+        project=project, api_key=key, end_user=f"user-{SECRET}", tags={"feature": SECRET}
+    )
+    usage = as_bob.get("/v1/usage", params={**MARCH, "group_by": group_by}).json()
+    _assert_only_bobs_usage({k: v for k, v in usage.items() if k not in ("groups", "group_by")})
+    assert [(g["group"], g["requests"]) for g in usage["groups"]] == [(None, 1)]
+    assert key.display not in orjson.dumps(usage).decode()
 
 
 # --- models and aliases ----------------------------------------------------------------------

@@ -15,19 +15,21 @@ from django.utils import timezone
 
 from billing.invoicing import (
     ZERO,
+    CostCentreShare,
     CostMismatch,
     Line,
     PriceUsage,
     Terms,
+    cost_centres,
     invoice_lines,
     invoice_total,
     provider_cost,
     shared_cost_allocate,
 )
-from billing.models import Invoice, InvoiceLine, InvoiceRun, ModelPrice, Subscription
+from billing.models import Invoice, InvoiceCostCentre, InvoiceLine, InvoiceRun, ModelPrice, Subscription
 from billing.periods import PeriodState, month_end, month_start, period_bounds, period_state, period_str
 from billing.selectors import BillableUsage, billable_usage, shared_cost_total
-from tenants.models import Tenant
+from tenants.models import Project, Tenant
 
 from .errors import BillingError
 from .rollups import usage_rollup
@@ -94,6 +96,7 @@ def _invoice_write(
     credited: bool,
     subscription: Subscription | None,
     lines: list[Line],
+    shares: list[CostCentreShare],
     provider_cost: Decimal,
     now: datetime,
 ) -> tuple[Invoice | None, str]:
@@ -143,11 +146,13 @@ def _invoice_write(
         )
         for position, line in enumerate(lines, start=1)
     ]
+    wanted_shares = {(share.line_key, share.project, share.quantity, share.amount) for share in shares}
     if outcome == "unchanged":
         stored = {_line_values(line) for line in invoice.lines.all()}
         same_lines = stored == {_line_values(row) for row in rows}
         same_fields = all(getattr(invoice, name) == value for name, value in fields.items())
-        if same_lines and same_fields:
+        same_shares = _stored_shares(invoice) == wanted_shares
+        if same_lines and same_fields and same_shares:
             return invoice, "unchanged"  # a re-run writes nothing: the same rows, to the timestamp
         outcome = "updated"
         for name, value in fields.items():
@@ -159,33 +164,81 @@ def _invoice_write(
             rows, update_conflicts=True, unique_fields=["invoice", "key"], update_fields=_LINE_FIELDS
         )
     invoice.lines.exclude(key__in=[row.key for row in rows]).delete()
+    if _stored_shares(invoice) != wanted_shares:
+        InvoiceCostCentre.objects.filter(line__invoice=invoice).delete()
+        line_ids = dict(invoice.lines.values_list("key", "id"))
+        InvoiceCostCentre.objects.bulk_create(
+            InvoiceCostCentre(
+                line_id=line_ids[share.line_key], project=share.project, quantity=share.quantity, amount=share.amount
+            )
+            for share in shares
+        )
     return invoice, outcome
 
 
-def _price_usage(usages: list[BillableUsage], prices: dict[int, ModelPrice]) -> list[PriceUsage]:
-    result = []
-    for usage in usages:
-        row = prices[usage.price_id]
+def _stored_shares(invoice: Invoice) -> set[tuple]:
+    return set(
+        InvoiceCostCentre.objects.filter(line__invoice=invoice).values_list(
+            "line__key", "project", "quantity", "amount"
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """A tenant's billable usage of the month: per price row and tier (the usage lines), and the
+    same split per project name (the cost centres)."""
+
+    by_price: list[PriceUsage]
+    by_project: dict[tuple[int, int | None], dict[str, PriceUsage]]
+
+
+def _price_usage(
+    usages: list[BillableUsage], prices: dict[int, ModelPrice], project_names: dict[int, str]
+) -> TenantUsage:
+    def as_price_usage(row: ModelPrice, price_tier_id: int | None, parts: list[BillableUsage]) -> PriceUsage:
         price = row.as_price()
         tier = None
-        if usage.price_tier_id is not None:
-            tier = next(t for t in price.tiers if t.id == usage.price_tier_id)
-        result.append(
-            PriceUsage(
-                price_id=row.id,
-                model=row.model.name,
-                effective_from=row.effective_from,
-                price=price,
-                input_tokens=usage.input_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cache_write_1h_tokens=usage.cache_write_1h_tokens,
-                output_tokens=usage.output_tokens,
-                cost=usage.cost,
-                tier=tier,
-            )
+        if price_tier_id is not None:
+            tier = next(t for t in price.tiers if t.id == price_tier_id)
+        return PriceUsage(
+            price_id=row.id,
+            model=row.model.name,
+            effective_from=row.effective_from,
+            price=price,
+            input_tokens=sum(u.input_tokens for u in parts),
+            cached_input_tokens=sum(u.cached_input_tokens for u in parts),
+            cache_write_tokens=sum(u.cache_write_tokens for u in parts),
+            cache_write_1h_tokens=sum(u.cache_write_1h_tokens for u in parts),
+            output_tokens=sum(u.output_tokens for u in parts),
+            cost=sum((u.cost for u in parts), ZERO),
+            tier=tier,
         )
-    return result
+
+    grouped: dict[tuple[int, int | None], dict[str, list[BillableUsage]]] = {}
+    for usage in usages:
+        project = project_names.get(usage.project_id, "") if usage.project_id is not None else ""
+        grouped.setdefault((usage.price_id, usage.price_tier_id), {}).setdefault(project, []).append(usage)
+    by_price, by_project = [], {}
+    for (price_id, tier_id), projects in grouped.items():
+        row = prices[price_id]
+        by_price.append(as_price_usage(row, tier_id, [u for parts in projects.values() for u in parts]))
+        by_project[(price_id, tier_id)] = {
+            project: as_price_usage(row, tier_id, parts) for project, parts in projects.items()
+        }
+    return TenantUsage(by_price=by_price, by_project=by_project)
+
+
+def _project_names(usages: list[BillableUsage]) -> dict[int, str]:
+    """The names of the projects the usage was attributed to, each of its own tenant only: an id
+    that finds no project of the usage's tenant (a deleted one) is "no project"."""
+    wanted = {(u.tenant_id, u.project_id) for u in usages if u.project_id is not None}
+    if not wanted:
+        return {}
+    rows = Project.objects.filter(id__in={project_id for _, project_id in wanted}).values_list(
+        "id", "tenant_id", "name"
+    )
+    return {project_id: name for project_id, tenant_id, name in rows if (tenant_id, project_id) in wanted}
 
 
 def invoices_generate(
@@ -238,7 +291,11 @@ def invoices_generate(
         }
         tenants = Tenant.objects.filter(id__in=set(subscriptions) | set(by_tenant)).order_by("id")
         tenants = list(tenants)
-        price_usage = {tenant.id: _price_usage(by_tenant.get(tenant.id, []), prices) for tenant in tenants}
+        project_names = _project_names(usages)
+        tenant_usage = {
+            tenant.id: _price_usage(by_tenant.get(tenant.id, []), prices, project_names) for tenant in tenants
+        }
+        price_usage = {tenant_id: usage.by_price for tenant_id, usage in tenant_usage.items()}
         shares = _shared_cost_shares(period=period, tenants=tenants, subscriptions=subscriptions, usage=price_usage)
 
         # Locked in primary-key order, like the tenants below, so two runs cannot deadlock.
@@ -268,6 +325,7 @@ def invoices_generate(
                 credited=bool(existing and existing._credited),
                 subscription=subscription,
                 lines=lines,
+                shares=cost_centres(lines=lines, usage_by_project=tenant_usage[tenant.id].by_project),
                 provider_cost=provider_cost(price_usage[tenant.id]),
                 now=now,
             )
@@ -384,6 +442,16 @@ def credit_note_create(*, invoice_id: int, reason: str, now: datetime | None = N
                 amount=-line.amount,
             )
             for line in invoice.lines.order_by("position")
+        )
+        note_lines = dict(note.lines.values_list("key", "id"))
+        InvoiceCostCentre.objects.bulk_create(
+            InvoiceCostCentre(
+                line_id=note_lines[share.line.key],
+                project=share.project,
+                quantity=-share.quantity,
+                amount=-share.amount,
+            )
+            for share in InvoiceCostCentre.objects.filter(line__invoice=invoice).select_related("line")
         )
         # Written as a draft, then finalized: the database refuses lines added to a finalized document.
         note.status = Invoice.Status.FINALIZED

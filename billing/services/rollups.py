@@ -28,7 +28,17 @@ class RollupResult:
     records: int
 
 
-_ROLLUP_KEY = ["tenant_id", "model", "endpoint", "status_code", "error_type", "cache_hit", "price_id", "price_tier_id"]
+_ROLLUP_KEY = [
+    "tenant_id",
+    "project_id",
+    "model",
+    "endpoint",
+    "status_code",
+    "error_type",
+    "cache_hit",
+    "price_id",
+    "price_tier_id",
+]
 
 
 _ROLLUP_SUMS = [

@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from billing.exports import invoices_csv_write
+from billing.exports import end_user_usage_csv_write, invoices_csv_write
 from billing.models import (
     BudgetAlert,
     Invoice,
@@ -37,6 +37,7 @@ from billing.models import (
 )
 from billing.periods import PeriodState, month_start, period_parse, period_state, period_str, previous_month
 from billing.selectors import (
+    UsageGroupingUnavailable,
     finance_summary,
     invoices_for_period,
     period_has_finalized_invoices,
@@ -202,7 +203,32 @@ class BillingTenantAdmin(TenantAdmin):
 
     def get_urls(self):
         overview = self.admin_site.admin_view(self.overview_view)
-        return [path("<int:object_id>/overview/", overview, name="tenants_tenant_overview"), *super().get_urls()]
+        end_users = self.admin_site.admin_view(self.end_users_csv_view)
+        return [
+            path("<int:object_id>/overview/", overview, name="tenants_tenant_overview"),
+            path("<int:object_id>/end-users.csv", end_users, name="tenants_tenant_end_users_csv"),
+            *super().get_urls(),
+        ]
+
+    def end_users_csv_view(self, request, object_id: int):
+        """The tenant's usage of a month (?period=YYYY-MM, default this month) per end user, as CSV."""
+        if not (self.has_view_permission(request) and request.user.has_perm(FIGURES_PERMISSION)):
+            raise PermissionDenied
+        tenant = Tenant.objects.filter(pk=object_id).first()
+        if tenant is None:
+            raise Http404("No such tenant.")
+        try:
+            period = period_parse(request.GET.get("period") or period_str(month_start(utc_today())))
+        except ValueError:
+            return HttpResponseBadRequest("period must be YYYY-MM")
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="end-users-{tenant.slug}-{period_str(period)}.csv"'
+        try:
+            with reading_replica():  # an export, not a decision: docs/database.md
+                end_user_usage_csv_write(tenant=tenant, period=period, out=response)
+        except UsageGroupingUnavailable as exc:
+            return HttpResponseBadRequest(str(exc))
+        return response
 
     def overview_view(self, request, object_id: int):
         """Thin: the period from the query string, the figures from `console.analytics.tenant_overview`."""
@@ -240,6 +266,8 @@ class BillingTenantAdmin(TenantAdmin):
             + f"?tenant__id__exact={tenant.pk}",
             "alerts_url": reverse("admin:billing_budgetalert_changelist", current_app=name)
             + f"?tenant__id__exact={tenant.pk}",
+            "end_users_csv_url": reverse("admin:tenants_tenant_end_users_csv", args=[tenant.pk], current_app=name)
+            + f"?period={period_str(month_start(period.end))}",
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         request.current_app = name

@@ -14,7 +14,9 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from billing.invoicing import TOKEN_TYPES
 from billing.models import Invoice, InvoiceLine
+from billing.selectors import CostCentreTotal, invoice_cost_centres
 
 register = template.Library()
 
@@ -71,6 +73,12 @@ class InvoiceSheet:
     credits: list[InvoiceLine] = field(default_factory=list)
     credit_notes: list[Invoice] = field(default_factory=list)
     replaced_by: Invoice | None = None
+    cost_centres: list[CostCentreTotal] = field(default_factory=list)
+
+    @property
+    def usage_amount(self) -> Decimal:
+        """The usage lines' amounts, which the cost centres add up to."""
+        return sum((line.amount for line in self.charges if line.line_type in USAGE_TYPES), Decimal(0))
 
     @property
     def subtotal(self) -> Decimal:
@@ -89,12 +97,14 @@ class InvoiceSheet:
 
 
 CREDIT_TYPES = frozenset({InvoiceLine.Type.ALLOWANCE_CREDIT})
+USAGE_TYPES = frozenset(str(line_type) for line_type in TOKEN_TYPES)
 
 
 @register.simple_tag
 def invoice_sheet(invoice: Invoice) -> InvoiceSheet:
-    """Three small queries: the lines, the credit notes against it, the invoice replacing it."""
-    sheet = InvoiceSheet(invoice=invoice)
+    """Four small queries: the lines, the cost centres, the credit notes against it, the invoice
+    replacing it."""
+    sheet = InvoiceSheet(invoice=invoice, cost_centres=invoice_cost_centres(invoice_id=invoice.id))
     for line in invoice.lines.order_by("position"):
         (sheet.credits if line.line_type in CREDIT_TYPES else sheet.charges).append(line)
     if invoice.kind == Invoice.Kind.INVOICE:
