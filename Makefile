@@ -18,8 +18,10 @@ DEMO_MOCK_PORT ?= 8090
 CHROMIUM ?= /usr/bin/chromium
 # The PgBouncer tests (tests/test_pgbouncer_live.py, make test-pgbouncer) start Debian's pgbouncer.
 PGBOUNCER ?= /usr/sbin/pgbouncer
-# The live tests run again with every gateway process and worker behind a PgBouncer.
-PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py tests/test_limits_live.py tests/test_limits_live_usage.py
+# Live tests run again with every gateway process and worker behind a PgBouncer (transaction
+# pooling): by `make test` after the suite (unless PYTEST_ARGS picks a part), and by `make
+# test-pgbouncer` (PGBOUNCER_TESTS="tests/test_limits_live.py …" for others).
+PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install install-dev demo test test-services test-pgbouncer lint bench bench-admin chromium pgbouncer clean
@@ -60,9 +62,10 @@ test: $(DEV_STAMP) chromium pgbouncer test-services
 	$(VENV)/bin/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest -q $(PGBOUNCER_TESTS))
 
-# The live tests of PGBOUNCER_TESTS with every gateway and worker behind a PgBouncer in transaction
-# pooling mode that the run starts (TEST_THROUGH_PGBOUNCER, tests/conftest.py; docs/database.md).
+# PGBOUNCER_TESTS with every gateway and worker behind a PgBouncer in transaction pooling mode
+# that the run starts (TEST_THROUGH_PGBOUNCER, tests/conftest.py; docs/database.md).
 test-pgbouncer: $(DEV_STAMP) pgbouncer test-services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest $(PGBOUNCER_TESTS) $(PYTEST_ARGS)
 
