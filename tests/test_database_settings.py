@@ -108,3 +108,13 @@ def test_without_a_replica_reading_replica_reads_the_default_database():
     with reading_replica() as alias:
         assert alias == "default"
         assert ReplicaRouter().db_for_read(UsageRecord) == "default"
+
+
+@pytest.mark.parametrize(("lag", "note"), [(None, False), (0.0, False), (0.6, False), (12.4, True)])
+def test_the_period_bar_says_when_the_replica_is_a_second_or_more_behind(lag, note):
+    from django.template.loader import render_to_string
+
+    html = render_to_string("admin/billing/_period_form.html", {"replica_lag": lag})
+    assert ('id="replica-lag"' in html) is note
+    if note:
+        assert "Figures read from a replica 12 s behind the primary" in html
