@@ -12,11 +12,9 @@ carries it into the worker thread that runs the query, and one request's replica
 leak into another's.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import wraps
-from typing import ParamSpec, TypeVar
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -24,9 +22,6 @@ from django.db import DEFAULT_DB_ALIAS, connections
 REPLICA_ALIAS = "replica"
 
 _replica_reads: ContextVar[bool] = ContextVar("replica_reads", default=False)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def replica_configured() -> bool:
@@ -38,31 +33,15 @@ def reading_replica() -> Iterator[str]:
     """Reads inside go to the replica when there is one; yields the alias they go to.
 
     Writes still go to the primary (the router), so a report that also writes (a session, a
-    message) is safe inside.
+    message) is safe inside. Open it around the queries only, not around a view's permission
+    checks: a permission revoked on the primary must not live on in a lagging replica. A lazy
+    queryset is routed when it runs, so materialise what the page shows inside it.
     """
     token = _replica_reads.set(True)
     try:
         yield REPLICA_ALIAS if replica_configured() else DEFAULT_DB_ALIAS
     finally:
         _replica_reads.reset(token)
-
-
-def replica_reads(view: Callable[P, R]) -> Callable[P, R]:
-    """A synchronous view whose reads go to the replica, its template's included.
-
-    A `TemplateResponse` renders after the view returns, when its lazy querysets run: it is
-    rendered here, inside the context, instead.
-    """
-
-    @wraps(view)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with reading_replica():
-            response = view(*args, **kwargs)
-            if callable(getattr(response, "render", None)) and not getattr(response, "is_rendered", True):
-                response.render()
-            return response
-
-    return wrapper
 
 
 def replica_lag_seconds() -> float | None:
