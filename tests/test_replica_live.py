@@ -8,6 +8,7 @@ written afterwards exist on the primary only, so each answer shows which side it
 
 import csv
 import io
+import re
 import subprocess
 import sys
 import time
@@ -100,6 +101,13 @@ def _analytics_requests(gateway: str, session: str, slug: str) -> int:
     return int(rows[slug]["requests"])
 
 
+def _dashboard(gateway: str, session: str) -> tuple[int, str]:
+    """The dashboard's requests figure over the last 7 days, and the page."""
+    page = httpx.get(f"{gateway}/admin/", params={"range": "7d"}, cookies={"sessionid": session})
+    assert page.status_code == 200, page.text[:500]
+    return int(re.search(r'id="kpi-requests">([\d,]+)<', page.text).group(1).replace(",", "")), page.text
+
+
 def test_reports_read_the_replica_while_money_decisions_read_the_primary(
     pair, mock_llm, transactional_db, catalog, alice, alice_key, admin_user
 ):
@@ -121,7 +129,9 @@ def test_reports_read_the_replica_while_money_decisions_read_the_primary(
         _wait_for_records(primary, alice.id, 1)
         pg_servers.wait_for_replay(primary, replica)
         assert _usage_requests(gateway, alice_key) == 1
-        assert "replica-lag" not in httpx.get(f"{gateway}/admin/", cookies={"sessionid": session}).text
+        requests, page = _dashboard(gateway, session)
+        assert requests == 1
+        assert "replica-lag" not in page
 
         # --- the replica stops replaying: what is written from now on is on the primary only ---
         replica.query("SELECT pg_wal_replay_pause()")
@@ -191,7 +201,8 @@ def test_reports_read_the_replica_while_money_decisions_read_the_primary(
             assert invoice.provider_cost == served.aggregate(total=Sum("cost"))["total"]
 
         # What staff see while the replica lags: the figures as the replica has them, and a note.
-        page = httpx.get(f"{gateway}/admin/", cookies={"sessionid": session}).text
+        requests, page = _dashboard(gateway, session)
+        assert requests == 1
         assert 'id="replica-lag"' in page
         assert "s behind the primary" in page
 
@@ -205,7 +216,9 @@ def test_reports_read_the_replica_while_money_decisions_read_the_primary(
         )
         assert today == on_primary_today >= 5  # three answers, the seeded spend, the refusal
         assert _analytics_requests(gateway, session, "alice") == today
-        assert "replica-lag" not in httpx.get(f"{gateway}/admin/", cookies={"sessionid": session}).text
+        requests, page = _dashboard(gateway, session)
+        assert requests == primary.value("SELECT count(*) FROM billing_usagerecord") == today + 1  # and yesterday's
+        assert "replica-lag" not in page
     finally:
         stop(process)
 
