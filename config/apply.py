@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import ModelPrice, Plan, PriceTier, Subscription
+from tenants import audit
 from tenants.keys import key_display_parts, key_hash
 from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
 from tenants.selectors import platform_policy
@@ -45,14 +46,17 @@ def _tiers_of(price: ModelPrice | None) -> list[dict[str, Any]]:
     return [{key: getattr(tier, key) for key in TIER_KEYS} for tier in price.tiers.order_by("above_input_tokens")]
 
 
-def config_apply(*, document: Any, dry_run: bool = False) -> list[str]:
+def config_apply(*, document: Any, dry_run: bool = False, source: str = "configuration file") -> list[str]:
     """Validate and upsert the document in one transaction; return the changes, one per line.
 
     Raises ConfigInvalid (nothing written) when the document has any error. With `dry_run`
     the same changes are computed by really applying them and rolling the transaction back,
     so the list is exactly what a real run would do.
+
+    Audited as an import from `source` (e.g. the file's path): one entry per object changed,
+    however many writes the import made to it (tenants/audit.py).
     """
-    with transaction.atomic():
+    with transaction.atomic(), audit.acting(import_source=source), audit.collecting():
         # Validation runs inside the transaction so that it sees what the writes will see.
         # Two imports racing each other are not serialised: the unique constraints (tenant
         # slug, key hash, plan name, price instant) make the loser fail whole.
@@ -287,7 +291,7 @@ class _Applier:
         else:
             # The target already exists as another deployment (the unique constraint forbids
             # a second one): make it the first one tried instead.
-            Deployment.objects.filter(model=model, priority=0).exclude(pk=same.pk).update(priority=1)
+            audit.queryset_update(Deployment.objects.filter(model=model, priority=0).exclude(pk=same.pk), priority=1)
             same.priority, same.active = 0, True
             same.save(update_fields=["priority", "active"])
         self.changes.append(f"update model {model.name} deployment: {_where(*before)} → {_where(*target)}")
@@ -309,7 +313,7 @@ class _Applier:
             return  # an existing model without any price, and the file gives only part of one
         # Never edit a price row: requests already billed point at it (docs/design.md#money).
         row = ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
-        PriceTier.objects.bulk_create(PriceTier(price=row, **tier) for tier in wanted_tiers)
+        audit.record_created(PriceTier.objects.bulk_create(PriceTier(price=row, **tier) for tier in wanted_tiers))
         parts = [f"input {decimal_text(wanted['input_per_1m'])}", f"output {decimal_text(wanted['output_per_1m'])}"]
         if wanted["cached_input_per_1m"] is not None:
             parts.append(f"cached input {decimal_text(wanted['cached_input_per_1m'])}")

@@ -14,7 +14,7 @@ from billing.models import ModelPrice, Plan
 from tenants.models import CatalogModel, Deployment, Tenant
 from tenants.selectors import platform_policy
 
-from .schema import POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, TIER_KEYS, decimal_text, primary_deployment
+from .schema import BREAKER_KEYS, POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, TIER_KEYS, decimal_text, primary_deployment
 
 
 def config_export() -> dict:
@@ -113,14 +113,20 @@ def _plain(deployment: Deployment) -> bool:
         and deployment.requests_per_minute is None
         and deployment.tokens_per_minute is None
         and deployment.timeout_seconds is None
+        and all(getattr(deployment, key) is None for key in BREAKER_KEYS)
     )
 
 
+def _number(value: float | None) -> float | int | None:
+    return int(value) if value is not None and value == int(value) else value  # 60, not 60.0
+
+
 def _deployment_entry(deployment: Deployment) -> dict[str, Any]:
-    timeout = deployment.timeout_seconds
-    if timeout is not None and timeout == int(timeout):
-        timeout = int(timeout)  # 60, not 60.0
+    timeout = _number(deployment.timeout_seconds)
+    # The breaker's overrides only when set (absent: the settings' defaults, as on import).
+    breaker = {key: _number(getattr(deployment, key)) for key in BREAKER_KEYS if getattr(deployment, key) is not None}
     return {
+        **breaker,
         "base_url": deployment.base_url or None,
         "priority": deployment.priority,
         "provider": deployment.provider,

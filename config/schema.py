@@ -47,7 +47,10 @@ Lists (`providers`, `models`) are sets: order and the export's sorting mean noth
              "weight": 1,                  # positive; the share under "weighted"
              "requests_per_minute": 500 | null, "tokens_per_minute": 200000 | null,
                                            # the provider account's quota (null = none)
-             "timeout_seconds": 60 | null}  # 0.1..3600; null = GATEWAY_UPSTREAM_TIMEOUT
+             "timeout_seconds": 60 | null,  # 0.1..3600; null = GATEWAY_UPSTREAM_TIMEOUT
+             "breaker_failures": 3 | null,  # 1..10000; the circuit breaker's own settings for
+             "breaker_window_seconds": 10 | null,    # this deployment, 0.1..86400 seconds;
+             "breaker_cooldown_seconds": 60 | null}  # absent or null = GATEWAY_BREAKER_*
           ]
         }
       },
@@ -190,6 +193,8 @@ MODEL_KEYS = (
     "affinity",
     "deployments",
 )
+# A deployment's circuit breaker settings (Deployment.breaker_*; null: the GATEWAY_BREAKER_* settings).
+BREAKER_KEYS = ("breaker_failures", "breaker_window_seconds", "breaker_cooldown_seconds")
 DEPLOYMENT_KEYS = (
     "provider",
     "upstream",
@@ -200,8 +205,16 @@ DEPLOYMENT_KEYS = (
     "requests_per_minute",
     "tokens_per_minute",
     "timeout_seconds",
+    *BREAKER_KEYS,
 )
-DEPLOYMENT_SETTINGS = ("priority", "weight", "requests_per_minute", "tokens_per_minute", "timeout_seconds")
+DEPLOYMENT_SETTINGS = (
+    "priority",
+    "weight",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "timeout_seconds",
+    *BREAKER_KEYS,
+)
 ROUTING_KEYS = ("routing", "fallbacks", "affinity")
 SINGLE_DEPLOYMENT_KEYS = ("upstream", "region")
 PRICE_KEYS = ("input_per_1m", "output_per_1m", "cached_input_per_1m", "cache_write_per_1m", "cache_write_1h_per_1m")
@@ -253,6 +266,8 @@ _KINDS = tuple(k.value for k in CatalogModel.Kind)
 _ROUTINGS = tuple(r.value for r in CatalogModel.Routing)
 _PRIORITY_MAX = 32767  # PositiveSmallIntegerField
 _TIMEOUT_MIN, _TIMEOUT_MAX = Decimal("0.1"), Decimal(3600)  # Deployment.timeout_seconds validators
+_BREAKER_MIN, _BREAKER_MAX = Decimal("0.1"), Decimal(86400)  # Deployment.breaker_*_seconds validators
+_BREAKER_FAILURES_MAX = 10_000  # Deployment.breaker_failures validators
 _MARKUP_DIGITS = {"max_digits": 6, "decimal_places": 2}  # Plan.markup_percent
 
 
@@ -566,7 +581,7 @@ def _deployments(checked: _Checked, value: Any, path: Path) -> Any:
             valid = False
             continue
         item: dict[str, Any] = {"index": index, "region": "", "base_url": "", "priority": index, "weight": 1}
-        item.update(dict.fromkeys(("requests_per_minute", "tokens_per_minute", "timeout_seconds")))
+        item.update(dict.fromkeys(("requests_per_minute", "tokens_per_minute", "timeout_seconds", *BREAKER_KEYS)))
         for key in ("provider", "upstream"):
             if key not in obj:
                 checked.error(where, f"a deployment needs {json.dumps(key)}")
@@ -596,6 +611,11 @@ def _deployments(checked: _Checked, value: Any, path: Path) -> Any:
                 item[key] = _positive_int(checked, obj[key], (*where, key))
         if "timeout_seconds" in obj:
             item["timeout_seconds"] = _timeout(checked, obj["timeout_seconds"], (*where, "timeout_seconds"))
+        if "breaker_failures" in obj:
+            item["breaker_failures"] = _breaker_failures(checked, obj["breaker_failures"], (*where, "breaker_failures"))
+        for key in ("breaker_window_seconds", "breaker_cooldown_seconds"):
+            if key in obj:
+                item[key] = _seconds(checked, obj[key], (*where, key), low=_BREAKER_MIN, high=_BREAKER_MAX)
         if any(v is _INVALID for v in item.values()):
             valid = False
             continue
@@ -626,13 +646,25 @@ def _base_url(checked: _Checked, value: Any, path: Path) -> Any:
 
 
 def _timeout(checked: _Checked, value: Any, path: Path) -> Any:
+    return _seconds(checked, value, path, low=_TIMEOUT_MIN, high=_TIMEOUT_MAX)  # null: GATEWAY_UPSTREAM_TIMEOUT
+
+
+def _seconds(checked: _Checked, value: Any, path: Path, *, low: Decimal, high: Decimal) -> Any:
     if value is None:
-        return None  # GATEWAY_UPSTREAM_TIMEOUT
-    if isinstance(value, bool) or not isinstance(value, int | Decimal) or not _TIMEOUT_MIN <= value <= _TIMEOUT_MAX:
-        bounds = f"from {_TIMEOUT_MIN} to {_TIMEOUT_MAX}"
-        checked.error(path, f"must be a number of seconds {bounds} (or null for the default)")
+        return None  # the setting's default
+    if isinstance(value, bool) or not isinstance(value, int | Decimal) or not low <= value <= high:
+        checked.error(path, f"must be a number of seconds from {low} to {high} (or null for the default)")
         return _INVALID
     return float(value)
+
+
+def _breaker_failures(checked: _Checked, value: Any, path: Path) -> Any:
+    if value is None:
+        return None  # GATEWAY_BREAKER_FAILURES
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _BREAKER_FAILURES_MAX:
+        checked.error(path, f"must be an integer from 1 to {_BREAKER_FAILURES_MAX} (or null for the default)")
+        return _INVALID
+    return value
 
 
 def _prices(checked: _Checked, obj: dict, path: Path, entry: dict[str, Any]) -> None:

@@ -556,6 +556,7 @@ async def trace_open(*, call: "Call", ahead: bool = False) -> None:
             "tenant_slug": tenant.slug,
             "key_id": call.caller.key_id,
             "model": call.model_name.replace("\x00", ""),
+            "requested_model": call.requested_model.replace("\x00", "") if call.fallen_back else "",
             "endpoint": call.endpoint,
             "deployment_id": deployment.id if deployment else None,
             "provider": deployment.provider if deployment else "",
@@ -733,6 +734,7 @@ def _metered_dump(metered: Metered) -> bytes:
             "streamed": metered.streamed,
             "estimated": metered.estimated,
             "cache_hit": metered.cache_hit,
+            "requested_model": metered.requested_model,
             "tenant_slug": metered.tenant_slug,
             "deployment_id": metered.deployment_id,
             "cost": str(usage_cost(metered=metered)),  # for a reader of the journal; recomputed on write
@@ -788,6 +790,7 @@ def _metered_load(data: bytes) -> Metered:
         streamed=raw["streamed"],
         estimated=raw["estimated"],
         cache_hit=raw["cache_hit"],
+        requested_model=raw.get("requested_model", ""),  # spooled before fallbacks: none
         tenant_slug=raw["tenant_slug"],
         deployment_id=raw["deployment_id"],
     )
@@ -828,6 +831,7 @@ def _interrupted(trace: dict) -> Metered:
         latency_ms=0,
         streamed=bool(trace["streamed"]),
         estimated=True,
+        requested_model=trace.get("requested_model", ""),
         tenant_slug=trace.get("tenant_slug", ""),
         deployment_id=trace["deployment_id"],
     )

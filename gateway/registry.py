@@ -2,11 +2,14 @@
 
 A request must not pay for several queries, so keys, tenants and the catalog are read once
 and kept for `GATEWAY_AUTH_CACHE_SECONDS` (4 s by default). That bound is the promise: a
-revoked key, a suspended tenant or a new price reaches every gateway process within it.
+revoked key, a suspended tenant or a new price reaches every gateway process within it. A key
+changed or revoked (key API, admin, services) is sooner: it is announced to every process at once
+over Redis (tenants/key_events.py, gateway/key_events.py) and forgotten there (`keys_forget`).
 Each loader runs in one `db_call` hop, so a cache miss costs one thread switch.
 """
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -61,6 +64,7 @@ class KeyView:
     tokens_per_minute: int | None
     max_concurrent: int | None
     monthly_budget: Decimal | None = None  # the key's own, on top of the tenant's; None: none of its own
+    is_admin: bool = False  # a tenant admin key: manages the tenant's keys (/v1/keys), calls no model
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,10 @@ class DeploymentView:
     requests_per_minute: int | None = None  # the provider account's quota (None: none)
     tokens_per_minute: int | None = None
     timeout_seconds: float | None = None  # None: GATEWAY_UPSTREAM_TIMEOUT
+    # The circuit breaker's own settings (None: GATEWAY_BREAKER_FAILURES, _WINDOW_SECONDS, _COOLDOWN_SECONDS).
+    breaker_failures: int | None = None
+    breaker_window_seconds: float | None = None
+    breaker_cooldown_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +159,19 @@ class _TTLCache:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + ttl, value)
 
+    def drop(self, key) -> None:
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 
 
 _keys = _TTLCache()
+# Which digest each cached key is under, so that a key changed elsewhere (announced by its id,
+# gateway/key_events.py) can be forgotten; and a count of those announcements, so that a look-up
+# that was reading the database while one arrived does not cache what it read (maybe the old row).
+_key_digests: dict[int, str] = {}
+_key_evictions = 0
 _tenants = _TTLCache()
 _catalog = _TTLCache()
 
@@ -167,6 +183,22 @@ def _ttl() -> float:
 def clear_caches() -> None:
     for cache in (_keys, _tenants, _catalog):
         cache.clear()
+    _key_digests.clear()
+
+
+def keys_forget(key_ids: Iterable[int] | None = None) -> None:
+    """Forget these keys (None: every key) in this process: their next use reads the database.
+    Called when a key was changed or revoked (tenants/key_events.py, gateway/key_events.py)."""
+    global _key_evictions
+    _key_evictions += 1
+    if key_ids is None:
+        _keys.clear()
+        _key_digests.clear()
+        return
+    for key_id in key_ids:
+        digest = _key_digests.pop(key_id, None)
+        if digest is not None:
+            _keys.drop(digest)
 
 
 def _load_key(digest: str) -> tuple[KeyView, float] | None:
@@ -186,6 +218,7 @@ def _load_key(digest: str) -> tuple[KeyView, float] | None:
         tokens_per_minute=key.tokens_per_minute,
         max_concurrent=key.max_concurrent,
         monthly_budget=key.monthly_budget,
+        is_admin=key.is_admin,
     )
     # An expiring key is cached no longer than it lives.
     ttl = _ttl() if key.expires_at is None else min(_ttl(), (key.expires_at - now).total_seconds())
@@ -247,6 +280,9 @@ def _load_catalog() -> dict[str, ModelView]:
                 requests_per_minute=d.requests_per_minute,
                 tokens_per_minute=d.tokens_per_minute,
                 timeout_seconds=d.timeout_seconds,
+                breaker_failures=d.breaker_failures,
+                breaker_window_seconds=d.breaker_window_seconds,
+                breaker_cooldown_seconds=d.breaker_cooldown_seconds,
             )
         )
     prices: dict[int, list[PriceView]] = {}
@@ -306,10 +342,16 @@ async def caller_for_key(raw_key: str) -> Caller | None:
     digest = key_hash(raw_key, pepper=settings.API_KEY_PEPPER)
     entry = _keys.get(digest)
     if entry is None:
+        evictions = _key_evictions
         found = await db_call(_load_key, digest)
         key = found[0] if found else None
-        # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
-        _keys.put(digest, key, found[1] if found else _ttl())
+        if evictions == _key_evictions:  # else a key changed meanwhile: what was read may be the old row
+            # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
+            _keys.put(digest, key, found[1] if found else _ttl())
+            if key is not None:
+                if len(_key_digests) > 100_000:
+                    _key_digests.clear()  # as _TTLCache does; a forgotten entry only expires later
+                _key_digests[key.id] = digest
     else:
         key = entry[1]
     if key is None:

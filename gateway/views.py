@@ -161,6 +161,12 @@ async def _completion(
         response = render(error)
     for name, value in owner.headers.items():
         response.setdefault(name, value)
+    if response.status_code < 400 and call.model is not None:
+        # Which catalog model answered (a fallback's name when one did) and on which deployment
+        # (its id: never its base URL or key). Set before a stream's first byte.
+        response["x-gateway-model"] = call.model_name
+        if call.deployment is not None:
+            response["x-gateway-deployment"] = str(call.deployment.id)
     if call.cache_status:
         response["x-cache"] = call.cache_status
     return with_request_id(response, request_id)

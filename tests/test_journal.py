@@ -131,6 +131,7 @@ def call_of(priced, request_id: str, *, caller=None, prompt=1000, created_at=Non
         created_at=created_at or datetime.now(UTC),
         stream=True,
         prompt_estimate=prompt,
+        fallen_back=False,
     )
 
 
@@ -394,7 +395,7 @@ async def main():
     for n in range(int(sys.argv[2])):  # a connection of its own, as a gateway's first request makes it
         call = SimpleNamespace(request_id=f"{sys.argv[1]}-{n}", caller=caller, model_name="gpt-test",
             endpoint="chat", deployment=deployment, price=None, created_at=datetime.now(UTC), stream=False,
-            prompt_estimate=7, trace_sent=None)
+            prompt_estimate=7, trace_sent=None, fallen_back=False)
         await journal.trace_open(call=call, ahead=True)
     # The provider would be called now; the process dies before it reads any reply.
     os.kill(os.getpid(), signal.SIGKILL)

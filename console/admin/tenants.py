@@ -31,6 +31,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
+from tenants.key_events import api_keys_changed
 from tenants.models import (
     ApiKey,
     CatalogModel,
@@ -152,7 +153,7 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
+        fields = ["tenant", "name", "is_admin", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
 
     def clean(self):
         cleaned = super().clean()
@@ -233,10 +234,11 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     filter_horizontal = ["allowed_models"]
     actions = ["rotate_keys", "revoke_keys"]
 
-    add_fields = ["tenant", "name", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
+    add_fields = ["tenant", "name", "is_admin", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
     change_fields = [
         "tenant",
         "name",
+        "is_admin",
         "display",
         "status",
         "created_at",
@@ -247,7 +249,8 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
         *LIMIT_FIELDS,
         "monthly_budget",
     ]
-    change_readonly_fields = ["tenant", "display", "status", "created_at", "last_used_at", "revoked_at"]
+    # A key's kind is chosen when it is made: an ordinary key never becomes an admin key (nor back).
+    change_readonly_fields = ["tenant", "is_admin", "display", "status", "created_at", "last_used_at", "revoked_at"]
     key_created_template = "admin/tenants/apikey/key_created.html"
     rotate_template = "admin/tenants/apikey/rotate.html"
     keys_rotated_template = "admin/tenants/apikey/keys_rotated.html"
@@ -284,11 +287,13 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             save_changed_fields(obj, form)
+            api_keys_changed(key_ids=[obj.pk])  # every gateway process forgets the old settings at once
             return
         data = form.cleaned_data
         key, raw_key = api_key_create(
             tenant=data["tenant"],
             name=data["name"],
+            is_admin=data["is_admin"],
             expires_at=data["expires_at"],
             allowed_models=list(data["allowed_models"]),
             **{name: data[name] for name in LIMIT_FIELDS},
@@ -966,6 +971,10 @@ class DeploymentInline(admin.TabularInline):
         "requests_per_minute",
         "tokens_per_minute",
         "timeout_seconds",
+        # Empty: the GATEWAY_BREAKER_* settings (a provider account with habits of its own).
+        "breaker_failures",
+        "breaker_window_seconds",
+        "breaker_cooldown_seconds",
         "active",
     ]
     extra = 0
