@@ -303,6 +303,16 @@ def gateway(django_db_setup, mock_llm):
         stop(process)
 
 
+@pytest.fixture(autouse=True)
+def direct_connections_closed():
+    """The gateway's direct database connections (gateway/db.py) end with the test that opened
+    them: none outlives its event loop, or holds the test database open when it is dropped."""
+    yield
+    from gateway.db import direct_close_all
+
+    direct_close_all()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def clean_redis():
     """The test Redis database starts empty: counters of an earlier run must not leak into this one."""
