@@ -154,14 +154,19 @@ async def db_fetchone_direct(sql: str, params: list) -> tuple | None:
             raise
     else:
         raise DirectBusy("every direct connection is in use")
+    # On a task of its own, waited for without passing a cancellation on: psycopg answers a
+    # cancelled statement by asking the server to cancel it and waiting for that (up to 5 + 5 s),
+    # which a server that hangs would make the request wait. Given up, the statement's task is
+    # cancelled and its connection closed when psycopg is done with it, off the request's path.
+    statement = asyncio.ensure_future(_fetchone(connection, sql, params))
     try:
-        async with asyncio.timeout(settings.GATEWAY_DB_TIMEOUT):
-            cursor = connection.cursor()
-            await cursor.execute(sql, params)
-            row = await cursor.fetchone()
+        done, _ = await asyncio.wait((statement,), timeout=settings.GATEWAY_DB_TIMEOUT)
+        if not done:
+            raise TimeoutError(f"no answer from the database within {settings.GATEWAY_DB_TIMEOUT} s")
+        row = statement.result()
     except BaseException:
         direct.opened -= 1
-        _close_soon(connection)
+        _abandon(statement, connection)
         raise
     if connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         direct.opened -= 1
@@ -169,6 +174,33 @@ async def db_fetchone_direct(sql: str, params: list) -> tuple | None:
     else:
         direct.idle.append(connection)
     return row
+
+
+async def _fetchone(connection, sql: str, params: list) -> tuple | None:
+    cursor = connection.cursor()
+    await cursor.execute(sql, params)
+    return await cursor.fetchone()
+
+
+_abandoned: set[asyncio.Future] = set()
+
+
+def _abandon(statement: asyncio.Future, connection) -> None:
+    """A statement given up (failed, late, or its caller cancelled): its connection is closed once
+    the statement's task has ended, and never used again."""
+
+    def ended(task: asyncio.Future) -> None:
+        _abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller has its own error
+        _close_soon(connection)
+
+    if statement.done():
+        ended(statement)
+        return
+    _abandoned.add(statement)
+    statement.add_done_callback(ended)
+    statement.cancel()
 
 
 def _close_soon(connection) -> None:
