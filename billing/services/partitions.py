@@ -145,6 +145,10 @@ def usage_partition_lock(*, month: date, using: str = DEFAULT_DB_ALIAS) -> None:
 def usage_partition_drop(*, month: date, using: str = DEFAULT_DB_ALIAS) -> None:
     """Drop a month's partition, its records with it. The caller holds the transaction in which
     it checked that the month may go (retention), and its locks."""
-    with connections[using].cursor() as cursor:
+    connection = connections[using]
+    # Foreign-key checks deferred to the commit of records written in this transaction would make
+    # PostgreSQL refuse the DROP ("pending trigger events"): run them now (Django's own way).
+    connection.check_constraints()
+    with connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         cursor.execute(f"DROP TABLE {usage_partition_name(month)}")
