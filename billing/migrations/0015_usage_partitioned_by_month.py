@@ -72,7 +72,6 @@ def _copy_into(cursor, new: str) -> None:
 
 def forward(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
-        _plain_unique_forward(apps, schema_editor)
         return
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass", [TABLE])
@@ -108,7 +107,6 @@ def forward(apps, schema_editor):
 
 def backward(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
-        _plain_unique_backward(apps, schema_editor)
         return
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass", [TABLE])
@@ -116,9 +114,7 @@ def backward(apps, schema_editor):
             return
         cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
         new = f"{TABLE}_plain"
-        cursor.execute(
-            f"CREATE TABLE {new} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY)"
-        )
+        cursor.execute(f"CREATE TABLE {new} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY)")
         _copy_into(cursor, new)  # dropping the partitioned table drops its partitions
         cursor.execute(f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY (id)")
         # Fails, as it should, when two records of one request id were written meanwhile.
@@ -127,45 +123,34 @@ def backward(apps, schema_editor):
         cursor.execute(f"CREATE INDEX {like} ON {TABLE} (request_id varchar_pattern_ops)")
 
 
-def _request_id_fields(apps):
-    model = apps.get_model("billing", "UsageRecord")
-    unique = model._meta.get_field("request_id")
-    plain = models.CharField(max_length=64)
-    plain.set_attributes_from_name("request_id")
-    plain.model = model
-    return model, unique, plain
+class _NotOnPostgreSQL:
+    """An operation whose schema change PostgreSQL gets from `forward`/`backward` instead."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
 
 
-def _plain_unique_forward(apps, schema_editor):
-    model, unique, plain = _request_id_fields(apps)
-    schema_editor.alter_field(model, unique, plain)
-    schema_editor.add_constraint(
-        model, models.UniqueConstraint(fields=["request_id", "created_at"], name=ONE_PER_REQUEST)
-    )
+class AlterFieldNotOnPostgreSQL(_NotOnPostgreSQL, migrations.AlterField):
+    pass
 
 
-def _plain_unique_backward(apps, schema_editor):
-    model, unique, plain = _request_id_fields(apps)
-    schema_editor.remove_constraint(
-        model, models.UniqueConstraint(fields=["request_id", "created_at"], name=ONE_PER_REQUEST)
-    )
-    schema_editor.alter_field(model, plain, unique)
+class AddConstraintNotOnPostgreSQL(_NotOnPostgreSQL, migrations.AddConstraint):
+    pass
 
 
 class Migration(migrations.Migration):
     dependencies = [("billing", "0014_invoice_cost_centres")]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name="usagerecord", name="request_id", field=models.CharField(max_length=64)
-                ),
-                migrations.AddConstraint(
-                    model_name="usagerecord",
-                    constraint=models.UniqueConstraint(fields=("request_id", "created_at"), name=ONE_PER_REQUEST),
-                ),
-            ],
-            database_operations=[migrations.RunPython(forward, backward)],
-        )
+        migrations.RunPython(forward, backward),
+        AlterFieldNotOnPostgreSQL(model_name="usagerecord", name="request_id", field=models.CharField(max_length=64)),
+        AddConstraintNotOnPostgreSQL(
+            model_name="usagerecord",
+            constraint=models.UniqueConstraint(fields=("request_id", "created_at"), name=ONE_PER_REQUEST),
+        ),
     ]
