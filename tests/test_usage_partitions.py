@@ -4,14 +4,17 @@ one, a replayed write stays exactly-once, foreign keys hold, and retention drops
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import ProtectedError
 
 from billing.models import Invoice, UsageRecord, UsageRollupDay
+from billing.periods import next_month
 from billing.pricing import Price, Tokens
 from billing.services import (
     invoices_generate,
@@ -294,3 +297,26 @@ def test_retention_drops_whole_months_rolled_up_and_invoiced_only(alice, bob, ca
     assert not UsageRecord.objects.filter(id=late.id).exists()
     assert set(usage_partition_months()).isdisjoint(months)
     assert usage_retention_apply(now=now) == 0
+
+
+@pytest.mark.django_db
+def test_the_command_creates_the_partitions_ahead_and_lists_them(alice, catalog):
+    this_month = datetime.now(UTC).date().replace(day=1)
+    save(usage(alice, catalog["gpt"], at(date(2031, 9, 1))))  # a month without a partition
+
+    out = StringIO()
+    call_command("usage_partitions", "--ahead", "5", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    assert f"created {usage_partition_name(add_months(this_month, 5))}" in lines
+    assert any(line.startswith(f"{usage_partition_name(this_month)}: ") for line in lines)  # an estimate
+    assert lines[-1] == f"{DEFAULT_PARTITION}: 1 records (a month without a partition)"
+    assert table_exists(usage_partition_name(add_months(this_month, 5)))
+    with pytest.raises(CommandError, match="--ahead"):
+        call_command("usage_partitions", "--ahead", "-1")
+
+
+def add_months(month: date, n: int) -> date:
+    for _ in range(n):
+        month = next_month(month)
+    return month
