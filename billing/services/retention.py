@@ -39,6 +39,9 @@ def usage_retention_apply(*, now: datetime | None = None, batch_size: int = 10_0
 
     Only days whose rollup is current and whose month has no draft invoice left lose their raw
     records; the rollups stay, and the day is marked pruned so that it is never rolled up again.
+    On a partitioned table (PostgreSQL) whole months go, their partitions dropped
+    (`_drop_partitions`); `batch_size` is for the row-by-row deletion elsewhere. Returns the
+    number of records removed.
     """
     keep = settings.BILLING_USAGE_RETENTION_DAYS
     if not keep:
