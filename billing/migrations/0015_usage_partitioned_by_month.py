@@ -80,6 +80,8 @@ def forward(apps, schema_editor):
         cursor.execute(f"SELECT conrelid::regclass::text FROM pg_constraint WHERE confrelid = '{TABLE}'::regclass")
         if referencing := [row[0] for row in cursor.fetchall()]:
             raise RuntimeError(f"{TABLE} cannot be partitioned: foreign keys point to it from {referencing}")
+        # The copy takes as long as the table is big: DATABASE_STATEMENT_TIMEOUT_MS is not for it.
+        cursor.execute("SET LOCAL statement_timeout = 0")
         cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
         new = f"{TABLE}_partitioned"
         cursor.execute(
@@ -112,6 +114,7 @@ def backward(apps, schema_editor):
         cursor.execute("SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass", [TABLE])
         if not cursor.fetchone():
             return
+        cursor.execute("SET LOCAL statement_timeout = 0")
         cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
         new = f"{TABLE}_plain"
         cursor.execute(f"CREATE TABLE {new} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY)")
