@@ -45,6 +45,7 @@ def call(i: int) -> SimpleNamespace:
         stream=False,
         prompt_estimate=123,
         trace_sent=None,
+        fallen_back=False,
     )
 
 

@@ -14,7 +14,7 @@ from billing.models import ModelPrice, Plan
 from tenants.models import CatalogModel, Deployment, Tenant
 from tenants.selectors import platform_policy
 
-from .schema import POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, TIER_KEYS, decimal_text, primary_deployment
+from .schema import BREAKER_KEYS, POLICY_KEYS, POLICY_LIST_KEYS, PRICE_KEYS, TIER_KEYS, decimal_text, primary_deployment
 
 
 def config_export() -> dict:
@@ -69,7 +69,7 @@ def config_export() -> dict:
     }
 
     tenants: dict[str, dict] = {}
-    for tenant in Tenant.objects.select_related("subscription__plan").prefetch_related("allowed_models"):
+    for tenant in Tenant.objects.select_related("subscription__plan").prefetch_related("allowed_models", "projects"):
         entry = {
             "models": sorted(m.name for m in tenant.allowed_models.all()),
             "name": tenant.name,
@@ -87,6 +87,19 @@ def config_export() -> dict:
             "log_requests": tenant.log_requests,
             "log_retention_days": tenant.log_retention_days,
             "response_cache_seconds": tenant.response_cache_seconds,
+            "end_user_limits": dict(sorted((tenant.end_user_limits or {}).items())),
+            "hash_end_user_ids": tenant.hash_end_user_ids,
+            "projects": {
+                project.name: {
+                    "monthly_budget": decimal_text(project.monthly_budget),
+                    "rate_limit": {
+                        "max_concurrent": project.max_concurrent,
+                        "requests_per_minute": project.requests_per_minute,
+                        "tokens_per_minute": project.tokens_per_minute,
+                    },
+                }
+                for project in tenant.projects.all()
+            },
         }
         subscription = getattr(tenant, "subscription", None)
         if subscription is not None:  # a tenant made in the admin may have none yet
@@ -113,14 +126,20 @@ def _plain(deployment: Deployment) -> bool:
         and deployment.requests_per_minute is None
         and deployment.tokens_per_minute is None
         and deployment.timeout_seconds is None
+        and all(getattr(deployment, key) is None for key in BREAKER_KEYS)
     )
 
 
+def _number(value: float | None) -> float | int | None:
+    return int(value) if value is not None and value == int(value) else value  # 60, not 60.0
+
+
 def _deployment_entry(deployment: Deployment) -> dict[str, Any]:
-    timeout = deployment.timeout_seconds
-    if timeout is not None and timeout == int(timeout):
-        timeout = int(timeout)  # 60, not 60.0
+    timeout = _number(deployment.timeout_seconds)
+    # The breaker's overrides only when set (absent: the settings' defaults, as on import).
+    breaker = {key: _number(getattr(deployment, key)) for key in BREAKER_KEYS if getattr(deployment, key) is not None}
     return {
+        **breaker,
         "base_url": deployment.base_url or None,
         "priority": deployment.priority,
         "provider": deployment.provider,

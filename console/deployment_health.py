@@ -71,7 +71,9 @@ def deployment_health(*, model_id: int | None = None) -> HealthList:
     if not deployments:
         return HealthList(rows=[], read_at=None, **settings)
     try:
-        snapshot = run_sync(store().snapshot([d.id for d in deployments]))
+        # Recent failures are counted within each deployment's own breaker window.
+        windows = [routing_config.window_ms(d.breaker_window_seconds) for d in deployments]
+        snapshot = run_sync(store().snapshot([d.id for d in deployments], windows))
     except Exception as exc:  # noqa: BLE001 (Redis down or slow: say so on the page)
         log.warning("deployment health unreadable: %s", exc)
         rows = [HealthRow(d, "", None, None) for d in deployments]

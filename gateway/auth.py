@@ -6,6 +6,12 @@ decides, from the tenant's status, whether it may. A suspended tenant may still 
 (its usage, to understand its bill; its request logs and prompt templates, to take them
 elsewhere), and nothing else: no model calls, no model list (it may use none), no template
 created or deleted. Each refusal is a 403 `tenant_suspended` in the caller's wire format.
+
+A tenant admin key (`ApiKey.is_admin`, created by staff) manages the tenant's keys (/v1/keys,
+gateway/keys_api.py) and may read and write the tenant's other objects, but calls no model: USE
+is refused with a 403 `admin_key_cannot_call_models`. An ordinary key may do everything else but
+manage keys (KEYS_READ, KEYS): a 403 `admin_key_required`. A suspended tenant may still list its
+keys (KEYS_READ), not change them.
 """
 
 import enum
@@ -20,14 +26,27 @@ class Access(enum.Enum):
     USE = "use"  # models: /v1/chat/completions, /v1/messages, /v1/models
     READ = "read"  # the tenant's own records: /v1/usage, /v1/logs…, GET /v1/templates…
     WRITE = "write"  # the tenant's own objects: POST /v1/templates, DELETE /v1/templates/{name}
+    KEYS_READ = "keys_read"  # the tenant's API keys: GET /v1/keys… (admin keys only)
+    KEYS = "keys"  # the tenant's API keys: POST, PATCH, DELETE /v1/keys… (admin keys only)
 
 
-SUSPENDED_TENANT_MAY = frozenset({Access.READ})
+SUSPENDED_TENANT_MAY = frozenset({Access.READ, Access.KEYS_READ})
+ADMIN_ONLY = frozenset({Access.KEYS_READ, Access.KEYS})
 SUSPENDED_MESSAGE = "This tenant is suspended. Contact the platform operator."
+ADMIN_KEY_USE_MESSAGE = (
+    "This is a tenant admin key: it manages the tenant's API keys (/v1/keys) and cannot call models. "
+    "Use one of the tenant's ordinary keys."
+)
+ADMIN_KEY_REQUIRED_MESSAGE = "Managing API keys needs a tenant admin key; this key is an ordinary one."
 
 
 def access_check(caller: Caller, access: Access) -> None:
-    """403 `tenant_suspended` unless the caller's tenant may do this (see the module's docstring)."""
+    """403 unless this key may do this (see the module's docstring): `admin_key_cannot_call_models`,
+    `admin_key_required`, or `tenant_suspended`."""
+    if access is Access.USE and caller.key.is_admin:
+        raise GatewayError(403, ADMIN_KEY_USE_MESSAGE, "admin_key_cannot_call_models")
+    if access in ADMIN_ONLY and not caller.key.is_admin:
+        raise GatewayError(403, ADMIN_KEY_REQUIRED_MESSAGE, "admin_key_required")
     if not caller.tenant.active and access not in SUSPENDED_TENANT_MAY:
         raise GatewayError(403, SUSPENDED_MESSAGE, "tenant_suspended")
 

@@ -52,7 +52,17 @@ from .registry import Caller, DeploymentView, ModelView, PriceView
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Call", "Outcome", "Owner", "internal_error", "owned"]
+__all__ = ["Call", "Leg", "Outcome", "Owner", "internal_error", "owned"]
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """A model that may answer a request, as resolved for its caller: the asked-for one, or one of
+    its fallbacks (`ModelView.fallbacks`) that the caller may use, in its region, with a price."""
+
+    model: ModelView
+    price: PriceView
+    deployments: tuple[DeploymentView, ...]
 
 
 @dataclass
@@ -67,12 +77,14 @@ class Call:
     created_at: datetime = field(default_factory=timezone.now)
     body: dict = field(default_factory=dict)
     requested_model: str = ""  # as the client said it (maybe a tenant alias); echoed in responses
-    model_name: str = ""  # the catalog name it resolved to; recorded and billed
+    model_name: str = ""  # the catalog name of the model asked now (a fallback's, once one is tried); recorded, billed
     stream: bool = False
     include_usage: bool = False
     model: ModelView | None = None
     price: PriceView | None = None
     deployment: DeploymentView | None = None
+    fallbacks: tuple[Leg, ...] = ()  # the asked-for model's fallbacks this caller may use, in order
+    fallen_back: bool = False  # `model`/`model_name`/`price` are a fallback's, not the asked-for model's
     cache_control: str = ""  # the request's Cache-Control header, lower case
     cache_status: str = ""  # "hit" or "miss" when the tenant has a response cache
     upstream_asked: bool = False  # a provider was sent the request (it may bill us for the prompt)
@@ -83,6 +95,8 @@ class Call:
     # metrics and log line, and gives back its admission without settling tokens or cost.
     billable: bool = True
     trace_sent: Callable[[], Awaitable[None]] | None = None  # waits for Redis' acknowledgment of the trace
+    end_user: str = ""  # as recorded (hashed when the tenant asks): gateway/attribution.py
+    tags: dict[str, str] = field(default_factory=dict)  # x-request-tags
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -95,6 +109,7 @@ class Call:
             tenant_id=self.caller.tenant.id,
             api_key_id=self.caller.key_id,
             model=self.model_name.replace("\x00", ""),  # PostgreSQL text holds no NUL
+            requested_model=self.requested_model.replace("\x00", "") if self.fallen_back else "",
             provider=deployment.provider if deployment else (self.model.provider if self.model else ""),
             upstream_model=deployment.upstream if deployment else "",
             endpoint=self.endpoint,
@@ -109,6 +124,9 @@ class Call:
             cache_hit=outcome.cache_hit,
             tenant_slug=self.caller.tenant.slug,
             deployment_id=deployment.id if deployment else None,
+            project_id=self.caller.key.project.id if self.caller.key.project else None,
+            end_user=self.end_user,
+            tags=self.tags,
         )
 
 

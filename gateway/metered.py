@@ -34,6 +34,11 @@ class Metered:
     streamed: bool
     estimated: bool
     cache_hit: bool = False
+    requested_model: str = ""  # the name the client asked for, when a fallback model answered
     # Not stored: for the gateway's request log line and metrics (gateway/observability.py).
     tenant_slug: str = ""
     deployment_id: int | None = None
+    # Attribution inside the tenant (issue 14): the key's project, the end user as recorded, the tags.
+    project_id: int | None = None
+    end_user: str = ""
+    tags: dict | None = None

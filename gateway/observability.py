@@ -112,6 +112,12 @@ UPSTREAM_ATTEMPTS = Counter(
     "without a call: breaker_open, quota (the provider account's own requests/tokens per minute).",
     ["model", "deployment", "provider", "outcome"],
 )
+FALLBACKS = Counter(
+    "gateway_fallbacks",
+    "Requests answered by a fallback model (CatalogModel.fallbacks) because every deployment of the "
+    "asked-for model failed or was out of rotation.",
+    ["model", "fallback"],
+)
 BREAKER_STATE = Gauge(
     "gateway_breaker_state",
     "A deployment's circuit breaker as this process last saw it: 0 closed, 1 open, 2 half-open (a probe decides).",
@@ -288,6 +294,7 @@ def _write_line(metered: Metered, cost: Decimal | None) -> None:
                 "key_id": metered.api_key_id,
                 "endpoint": metered.endpoint,
                 "model": metered.model,
+                "requested_model": metered.requested_model or None,
                 "provider": metered.provider or None,
                 "deployment": metered.deployment_id,
                 "upstream_model": metered.upstream_model or None,
@@ -315,6 +322,7 @@ _NOT_ATTRIBUTED = dict.fromkeys(
         "tenant",
         "key_id",
         "model",
+        "requested_model",
         "provider",
         "deployment",
         "upstream_model",
@@ -374,6 +382,14 @@ def upstream_attempted(*, model: str, deployment: int, provider: str, outcome: s
     """One attempt on a deployment, or one skipped by routing (gateway/routing/)."""
     try:
         _child(UPSTREAM_ATTEMPTS, model, str(deployment), provider, outcome).inc()
+    except Exception:
+        _trouble()
+
+
+def fallback_answered(*, asked: str, answered: str) -> None:
+    """A request for `asked` was answered by its fallback model `answered`."""
+    try:
+        _child(FALLBACKS, asked, answered).inc()
     except Exception:
         _trouble()
 

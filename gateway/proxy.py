@@ -9,6 +9,7 @@ records and settles it once, before the response ends. Errors are `GatewayError`
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 
 import orjson
@@ -18,15 +19,17 @@ from django.http import HttpResponse, StreamingHttpResponse
 from billing.pricing import Tokens, worst_case_cost
 
 from . import journal, observability, routing, translate
+from .attribution import levels_for
 from .auth import Access, access_check
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
-from .lifecycle import Call, Outcome, Owner
+from .lifecycle import Call, Leg, Outcome, Owner
 from .limits import Admission, admit
 from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive, tokens_from_usage
 from .providers import Adapter, EventStream, ProviderError, adapter_for
 from .providers.base import ANTHROPIC_BETAS, GATEWAY_REQUEST_ID
-from .registry import DeploymentView, ModelView, catalog, key_month_to_date, month_to_date, policy
+from .registry import DeploymentView, ModelView, catalog, key_month_to_date, month_to_date, policy, spend_since
+from .routing import retry
 from .streams import StreamError, processor_for
 from .tokenizer import embedding_input_bound, prompt_token_bound
 
@@ -50,7 +53,8 @@ async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
         raise GatewayError(503, rules.maintenance_message, "maintenance")
     access_check(call.caller, Access.USE)  # a suspended tenant: 403 tenant_suspended (gateway/auth.py)
     call.model_name = tenant.model_aliases.get(call.requested_model, call.requested_model)
-    model = (await catalog()).get(call.model_name)
+    models = await catalog()
+    model = models.get(call.model_name)
     if model is None:
         raise GatewayError(404, f"The model `{call.requested_model}` does not exist.", "model_not_found", param="model")
     call.model = model
@@ -88,11 +92,37 @@ async def resolve(call: Call, *, profile: bool = True) -> list[DeploymentView]:
     if call.price is None:
         # Serving a request that cannot be billed would break the promise of exact billing.
         raise GatewayError(503, f"The model `{call.requested_model}` has no price in force.", "no_price")
+    if model.fallbacks:
+        call.fallbacks = fallback_legs(call, models, rules)
     # A token count generates nothing; an embedding model takes no chat parameters: no defaults,
     # no max_tokens ceiling.
     if profile and model.kind == "chat":
         apply_profile(call, global_cap=rules.max_tokens_cap)
     return deployments
+
+
+def fallback_legs(call: Call, models: dict[str, ModelView], rules) -> tuple[Leg, ...]:
+    """The asked-for model's fallbacks that this caller could have asked for itself: in the
+    catalog, of the same kind, not blocked by the platform's policy, allowed to this key and
+    tenant, with a deployment in the tenant's region whose provider is not switched off, and a
+    price in force. The others are skipped, silently: a fallback is the operator's plan B, and the
+    caller's own refusals are about what it asked for."""
+    asked = call.model
+    region = call.caller.tenant.region
+    legs: list[Leg] = []
+    for name in asked.fallbacks:
+        model = models.get(name)
+        if model is None or model.name == asked.name or any(leg.model.name == name for leg in legs):
+            continue
+        if model.kind != asked.kind or model.name in rules.blocked_models or model.provider in rules.blocked_providers:
+            continue
+        if not call.caller.may_use(model):
+            continue
+        deployments = tuple(d for d in model.deployments_in(region) if d.provider not in rules.killed_providers)
+        price = model.price_at(call.created_at)
+        if deployments and price is not None:
+            legs.append(Leg(model=model, price=price, deployments=deployments))
+    return tuple(legs)
 
 
 def kind_check(call: Call, model: ModelView) -> None:
@@ -150,26 +180,38 @@ async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admissio
     `prompt_body`: the prompt in chat terms when the request's body is not (the Responses API).
     """
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = call.prompt_estimate = prompt_token_bound(
-        call.body if prompt_body is None else prompt_body, provider=call.model.provider, model=call.model.name
+    prompt = call.prompt_estimate = _chain_bound(
+        call,
+        lambda provider, model: prompt_token_bound(
+            call.body if prompt_body is None else prompt_body, provider=provider, model=model
+        ),
     )
     if call.client_family == "responses":
         max_output = call.body.get("max_output_tokens")
     else:
         max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
-    budgeted = tenant.monthly_budget is not None or key.monthly_budget is not None
+    levels = levels_for(call.caller, call.end_user)
+    budgeted = (
+        tenant.monthly_budget is not None
+        or key.monthly_budget is not None
+        or key.daily_budget is not None
+        or any(level.monthly_budget is not None or level.daily_budget is not None for level in levels)
+    )
     return await admit(
         caller=call.caller,
         request_id=call.request_id,
         prompt_tokens=prompt,
         max_output_tokens=max_output if isinstance(max_output, int) else None,
         # Only a budget reads it (Decimal arithmetic that a caller without one need not pay for).
-        worst_case_cost=worst_case_cost(
-            prompt_tokens=prompt,
-            max_output_tokens=reserve,
-            price=call.price.price,
-            cache_writes=asks_cache_write(call.body),
+        worst_case_cost=max(
+            worst_case_cost(
+                prompt_tokens=prompt,
+                max_output_tokens=reserve,
+                price=price,
+                cache_writes=asks_cache_write(call.body),
+            )
+            for price in _chain_prices(call)
         )
         if budgeted
         else None,
@@ -177,7 +219,31 @@ async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admissio
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
         key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
+        key_daily_budget=key.daily_budget,
+        key_spend_since=lambda since: spend_since(tenant.id, since, api_key_id=key.id),
+        levels=levels,
     )
+
+
+def _chain_bound(call: Call, bound) -> int:
+    """The admission's prompt bound over the request's chain: `bound(provider, model)` for the
+    asked-for model and for each fallback of another provider (whose tokenizer may count more)."""
+    prompt = bound(call.model.provider, call.model.name)
+    seen = {call.model.provider}
+    for leg in call.fallbacks:
+        if leg.model.provider not in seen:
+            seen.add(leg.model.provider)
+            prompt = max(prompt, bound(leg.model.provider, leg.model.name))
+    return prompt
+
+
+def _chain_prices(call: Call):
+    """The prices a request may be billed at: the asked-for model's and its fallbacks'. The
+    budget hold is the worst case over them all, taken once at admission: a fallback that answers
+    never spends beyond what was held, and nothing has to be admitted again halfway through."""
+    yield call.price.price
+    for leg in call.fallbacks:
+        yield leg.price.price
 
 
 def asks_cache_write(body: dict) -> bool:
@@ -249,54 +315,142 @@ def gateway_error(exc: ProviderError) -> GatewayError:
 
 
 async def _first_that_answers(call: Call, deployments: list[DeploymentView], operation, *, body_for=None):
-    """Try deployments in the model's routing order (gateway/routing/), skipping those whose breaker
-    is open or whose provider account is at its quota; move on only for failures another deployment
-    may not have. A stream's attempt stays in flight until the stream is closed.
+    """Try the request's chain (docs/routing.md#retries-and-fallbacks): the asked-for model's
+    deployments in its routing order (gateway/routing/), then each fallback model's (`call.fallbacks`,
+    translated when its family differs from the caller's), skipping deployments whose breaker is
+    open or whose provider account is at its quota; move on only for failures another deployment
+    may not have. When a whole round failed, the failures that may pass are retried after a
+    backoff (gateway/routing/retry.py), all within the request's deadline; then the caller gets the
+    last upstream error. A stream's attempt stays in flight until the stream is closed, and a
+    stream is never retried once it is returned (its first byte may be on its way).
     `body_for(call, deployment, family)`: the upstream body (default: `upstream_body`)."""
     body_for = body_for or upstream_body
-    failure: ProviderError | None = None
     GATEWAY_REQUEST_ID.set(call.request_id)  # sent upstream as x-gateway-request-id
     ANTHROPIC_BETAS.set(call.betas)  # sent as anthropic-beta, by the Anthropic adapter only (gateway/betas.py)
-    plan = await routing.plan(call, deployments)
-    for deployment in plan.order:
-        attempt = await plan.take(deployment)
-        if attempt is None:
-            continue  # breaker open, or the provider account at its quota
-        call.deployment = deployment
-        try:
-            # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
-            await journal.trace_open(call=call, ahead=True)
-            # A tenant's own provider account (bring your own key) takes precedence over ours.
-            secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
-            adapter = adapter_for(
-                deployment.provider,
-                base_url=own_base_url or deployment.base_url,
-                api_key=secret,
-                timeout=deployment.timeout_seconds,
-            )
-            call.upstream_asked = True
-            result = await operation(adapter, body_for(call, deployment, adapter.family))
-        except ProviderError as exc:
-            failure = exc
-            await attempt.failed(exc)
-            log.warning("request %s: deployment %s failed: %s", call.request_id, deployment.id, exc.kind)
-            observability.upstream_failed(
-                tenant=call.caller.tenant.slug, model=call.model_name, provider=deployment.provider, kind=exc.kind
-            )
-            if not exc.retryable:
+    legs = [Leg(model=call.model, price=call.price, deployments=tuple(deployments)), *call.fallbacks]
+    policy, clock = retry.policy(), retry.clock()
+    deadline = clock.monotonic() + policy.deadline_seconds
+    rounds: list[tuple[int, tuple[DeploymentView, ...]]] = [(i, leg.deployments) for i, leg in enumerate(legs)]
+    failure: ProviderError | None = None
+    failures: list[retry.Failure] = []
+    first_plan: routing.Plan | None = None
+    tried = 0  # the leg of the last attempt: the record names its model when nothing answers
+    for round_ in range(policy.retries + 1):
+        if round_:
+            step = policy.next_round(round_, failures, _retry_rng)
+            if step is None or clock.monotonic() + step[0] >= deadline:
                 break
-            continue
-        except BaseException:
-            attempt.release_soon()  # a refusal of ours (translation), a bug, a cancelled request
-            raise
-        if not hasattr(result, "aclose"):
-            await attempt.answered()
-            return adapter, result
-        await attempt.answered(release=False)  # a stream: in flight until it is closed
-        return adapter, routing.tracked(result, attempt)
+            await clock.sleep(step[0])
+            rounds = _regrouped(step[1])
+            failures = []
+        for index, leg_deployments in rounds:
+            _use_leg(call, legs[index], fallback=index > 0)
+            plan = await routing.plan(call, list(leg_deployments))
+            first_plan = first_plan or plan
+            for deployment in plan.order:
+                remaining = deadline - clock.monotonic()
+                if remaining <= 0:
+                    _use_leg(call, legs[tried], fallback=tried > 0)
+                    raise _deadline_error(call, failure)
+                attempt = await plan.take(deployment)
+                if attempt is None:
+                    continue  # breaker open, or the provider account at its quota
+                before = call.deployment, tried
+                call.deployment, tried = deployment, index
+                try:
+                    # A tenant's own provider account (bring your own key) takes precedence over ours.
+                    secret, own_base_url = call.caller.tenant.credentials.get(deployment.provider, (None, ""))
+                    adapter = adapter_for(
+                        deployment.provider,
+                        base_url=own_base_url or deployment.base_url,
+                        api_key=secret,
+                        timeout=deployment.timeout_seconds,
+                    )
+                    try:
+                        body = body_for(call, deployment, adapter.family)
+                    except GatewayError:
+                        if not index:
+                            raise  # the request cannot be sent as asked: a 400 naming the parameter
+                        # A fallback of another family that cannot take this request is no answer.
+                        attempt.release_soon()
+                        call.deployment, tried = before
+                        log.info("request %s: fallback %s cannot take this request", call.request_id, call.model_name)
+                        break
+                    # Written ahead: a process that dies from here on leaves a trace (gateway/journal.py).
+                    await journal.trace_open(call=call, ahead=True)
+                    call.upstream_asked = True
+                    result = await _within(remaining, deployment, operation(adapter, body))
+                except ProviderError as exc:
+                    failure = exc
+                    failures.append(retry.Failure(leg=index, deployment=deployment, error=exc))
+                    await attempt.failed(exc)
+                    log.warning(
+                        "request %s: deployment %s of %s failed: %s",
+                        call.request_id,
+                        deployment.id,
+                        call.model_name,
+                        exc.kind,
+                    )
+                    observability.upstream_failed(
+                        tenant=call.caller.tenant.slug,
+                        model=call.model_name,
+                        provider=deployment.provider,
+                        kind=exc.kind,
+                    )
+                    if not exc.retryable:
+                        raise gateway_error(exc) from None
+                    continue
+                except BaseException:
+                    attempt.release_soon()  # a refusal of ours (translation), a bug, a cancelled request
+                    raise
+                if index:
+                    observability.fallback_answered(asked=legs[0].model.name, answered=call.model_name)
+                if not hasattr(result, "aclose"):
+                    await attempt.answered()
+                    return adapter, result
+                await attempt.answered(release=False)  # a stream: in flight until it is closed
+                return adapter, routing.tracked(result, attempt)
+    _use_leg(call, legs[tried], fallback=tried > 0)
     if failure is None:
-        raise plan.nothing_tried()
+        raise first_plan.nothing_tried()
     raise gateway_error(failure)
+
+
+# GATEWAY_ROUTING_SEED makes the backoff's jitter repeatable too.
+_retry_rng = random.Random(getattr(settings, "GATEWAY_ROUTING_SEED", None))
+
+
+def _use_leg(call: Call, leg: Leg, *, fallback: bool) -> None:
+    """From now on the request is for `leg`'s model: recorded under its name, billed at its price."""
+    call.model, call.model_name, call.price, call.fallen_back = leg.model, leg.model.name, leg.price, fallback
+
+
+def _regrouped(failures: list[retry.Failure]) -> list[tuple[int, tuple[DeploymentView, ...]]]:
+    """The deployments of a retry round, by leg, in the order the legs come in the chain."""
+    by_leg: dict[int, list[DeploymentView]] = {}
+    for failure in failures:
+        by_leg.setdefault(failure.leg, []).append(failure.deployment)
+    return [(index, tuple(by_leg[index])) for index in sorted(by_leg)]
+
+
+async def _within(seconds: float, deployment: DeploymentView, awaitable):
+    """`awaitable` (an upstream call) given at most the request's remaining time: past it, a timeout
+    of that deployment, like the provider's own."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            return await awaitable
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise ProviderError(
+            deployment.provider, 0, "timeout", "the request's deadline passed before the upstream answered", True
+        ) from None
+
+
+def _deadline_error(call: Call, failure: ProviderError | None) -> GatewayError:
+    if failure is not None:
+        return gateway_error(failure)
+    return GatewayError(504, f"No upstream of `{call.requested_model}` answered in time.", "upstream_timeout")
 
 
 async def complete(call: Call, owner: Owner) -> HttpResponse:
@@ -352,7 +506,9 @@ async def _answer(call: Call, owner: Owner, deployments: list[DeploymentView], *
     await owner.finish(
         Outcome(status=status, error_type=error_type, tokens=tokens, estimated=estimated, response=result)
     )
-    if not estimated:  # a hit must know exactly what it saves
+    # A hit must know exactly what it saves; a fallback's answer is not the asked-for model's (it
+    # would be served for the cache's lifetime after the model is back).
+    if not estimated and not call.fallen_back:
         await cache_store(cache_entry, Cached(response=result, tokens=tokens), ttl=ttl)
     return HttpResponse(orjson.dumps(result), content_type="application/json")
 
@@ -364,21 +520,25 @@ async def admit_embeddings(call: Call) -> Admission:
     """Like `admit_call`, for an embeddings request: its prompt is the tokens of its input, counted
     with the model family's tokenizer, and it produces no output."""
     tenant, key = call.caller.tenant, call.caller.key
-    prompt = call.prompt_estimate = embedding_input_bound(
-        call.body.get("input"), provider=call.model.provider, model=call.model.name
+    prompt = call.prompt_estimate = _chain_bound(
+        call, lambda provider, model: embedding_input_bound(call.body.get("input"), provider=provider, model=model)
     )
     return await admit(
         caller=call.caller,
         request_id=call.request_id,
         prompt_tokens=prompt,
         max_output_tokens=0,
-        worst_case_cost=worst_case_cost(
-            prompt_tokens=prompt, max_output_tokens=0, price=call.price.price, cache_writes=False
+        worst_case_cost=max(
+            worst_case_cost(prompt_tokens=prompt, max_output_tokens=0, price=price, cache_writes=False)
+            for price in _chain_prices(call)
         ),
         budget=tenant.monthly_budget,
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
         key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
+        key_daily_budget=key.daily_budget,
+        key_spend_since=lambda since: spend_since(tenant.id, since, api_key_id=key.id),
+        levels=levels_for(call.caller, call.end_user),
     )
 
 

@@ -2,11 +2,14 @@
 
 A request must not pay for several queries, so keys, tenants and the catalog are read once
 and kept for `GATEWAY_AUTH_CACHE_SECONDS` (4 s by default). That bound is the promise: a
-revoked key, a suspended tenant or a new price reaches every gateway process within it.
+revoked key, a suspended tenant or a new price reaches every gateway process within it. A key
+changed or revoked (key API, admin, services) is sooner: it is announced to every process at once
+over Redis (tenants/key_events.py, gateway/key_events.py) and forgotten there (`keys_forget`).
 Each loader runs in one `db_call` hop, so a cache miss costs one thread switch.
 """
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -45,6 +48,8 @@ class TenantView:
     # provider -> (secret, base_url) of the tenant's own account (bring your own key)
     credentials: dict[str, tuple[str, str]]
     response_cache_seconds: int | None = None  # None: no response cache
+    end_user_limits: "EndUserLimits | None" = None  # each end user's limits; None: none
+    hash_end_user_ids: bool = False  # record (and count) a keyed hash of the end user's id
 
     def may_use(self, model: "ModelView") -> bool:
         if self.allowed_providers and model.provider not in self.allowed_providers:
@@ -61,6 +66,57 @@ class KeyView:
     tokens_per_minute: int | None
     max_concurrent: int | None
     monthly_budget: Decimal | None = None  # the key's own, on top of the tenant's; None: none of its own
+    is_admin: bool = False  # a tenant admin key: manages the tenant's keys (/v1/keys), calls no model
+    daily_budget: Decimal | None = None  # per UTC day, the key's own; None: none
+    project: "ProjectView | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectView:
+    """A key's project (tenants.Project): its name and limits, loaded with the key."""
+
+    id: int
+    name: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    monthly_budget: Decimal | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.requests_per_minute, self.tokens_per_minute, self.max_concurrent, self.monthly_budget)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndUserLimits:
+    """Tenant.end_user_limits, parsed (validated when saved: tenants.profiles.end_user_limits_clean)."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    monthly_budget: Decimal | None = None
+    daily_budget: Decimal | None = None
+
+    @classmethod
+    def parse(cls, raw: dict | None) -> "EndUserLimits | None":
+        if not raw:
+            return None
+
+        def money(name: str) -> Decimal | None:
+            value = raw.get(name)
+            return None if value in (None, "") else Decimal(str(value))
+
+        limits = cls(
+            requests_per_minute=raw.get("requests_per_minute"),
+            tokens_per_minute=raw.get("tokens_per_minute"),
+            max_concurrent=raw.get("max_concurrent"),
+            monthly_budget=money("monthly_budget"),
+            daily_budget=money("daily_budget"),
+        )
+        return None if limits == cls() else limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +155,10 @@ class DeploymentView:
     requests_per_minute: int | None = None  # the provider account's quota (None: none)
     tokens_per_minute: int | None = None
     timeout_seconds: float | None = None  # None: GATEWAY_UPSTREAM_TIMEOUT
+    # The circuit breaker's own settings (None: GATEWAY_BREAKER_FAILURES, _WINDOW_SECONDS, _COOLDOWN_SECONDS).
+    breaker_failures: int | None = None
+    breaker_window_seconds: float | None = None
+    breaker_cooldown_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +211,19 @@ class _TTLCache:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + ttl, value)
 
+    def drop(self, key) -> None:
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 
 
 _keys = _TTLCache()
+# Which digest each cached key is under, so that a key changed elsewhere (announced by its id,
+# gateway/key_events.py) can be forgotten; and a count of those announcements, so that a look-up
+# that was reading the database while one arrived does not cache what it read (maybe the old row).
+_key_digests: dict[int, str] = {}
+_key_evictions = 0
 _tenants = _TTLCache()
 _catalog = _TTLCache()
 
@@ -167,12 +235,29 @@ def _ttl() -> float:
 def clear_caches() -> None:
     for cache in (_keys, _tenants, _catalog):
         cache.clear()
+    _key_digests.clear()
+
+
+def keys_forget(key_ids: Iterable[int] | None = None) -> None:
+    """Forget these keys (None: every key) in this process: their next use reads the database.
+    Called when a key was changed or revoked (tenants/key_events.py, gateway/key_events.py)."""
+    global _key_evictions
+    _key_evictions += 1
+    if key_ids is None:
+        _keys.clear()
+        _key_digests.clear()
+        return
+    for key_id in key_ids:
+        digest = _key_digests.pop(key_id, None)
+        if digest is not None:
+            _keys.drop(digest)
 
 
 def _load_key(digest: str) -> tuple[KeyView, float] | None:
     now = timezone.now()
     key = (
-        ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True)
+        ApiKey.objects.select_related("project")
+        .filter(key_hash=digest, revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .first()
     )
@@ -186,6 +271,18 @@ def _load_key(digest: str) -> tuple[KeyView, float] | None:
         tokens_per_minute=key.tokens_per_minute,
         max_concurrent=key.max_concurrent,
         monthly_budget=key.monthly_budget,
+        is_admin=key.is_admin,
+        daily_budget=key.daily_budget,
+        project=None
+        if key.project is None
+        else ProjectView(
+            id=key.project.id,
+            name=key.project.name,
+            requests_per_minute=key.project.requests_per_minute,
+            tokens_per_minute=key.project.tokens_per_minute,
+            max_concurrent=key.project.max_concurrent,
+            monthly_budget=key.project.monthly_budget,
+        ),
     )
     # An expiring key is cached no longer than it lives.
     ttl = _ttl() if key.expires_at is None else min(_ttl(), (key.expires_at - now).total_seconds())
@@ -218,6 +315,8 @@ def _load_tenant(tenant_id: int) -> TenantView | None:
         response_cache_seconds=tenant.response_cache_seconds,
         monthly_budget=subscription.effective_budget if subscription else None,
         credentials=credentials,
+        end_user_limits=EndUserLimits.parse(tenant.end_user_limits),
+        hash_end_user_ids=tenant.hash_end_user_ids,
     )
 
 
@@ -247,6 +346,9 @@ def _load_catalog() -> dict[str, ModelView]:
                 requests_per_minute=d.requests_per_minute,
                 tokens_per_minute=d.tokens_per_minute,
                 timeout_seconds=d.timeout_seconds,
+                breaker_failures=d.breaker_failures,
+                breaker_window_seconds=d.breaker_window_seconds,
+                breaker_cooldown_seconds=d.breaker_cooldown_seconds,
             )
         )
     prices: dict[int, list[PriceView]] = {}
@@ -299,6 +401,19 @@ async def key_month_to_date(tenant_id: int, key_id: int) -> Decimal:
     return await db_call(_key_month_to_date, tenant_id, key_id)
 
 
+def _spend_since(tenant_id: int, since: datetime, **where) -> Decimal:
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since, **where).aggregate(
+        total=MoneySum("cost")
+    )["total"]
+    return total or Decimal(0)
+
+
+async def spend_since(tenant_id: int, since: datetime, **where) -> Decimal:
+    """A tenant's spend since `since` from the database, narrowed by `where` (project_id=,
+    api_key_id=, end_user=): seeds a project's, a key's daily or an end user's budget counter."""
+    return await db_call(_spend_since, tenant_id, since, **where)
+
+
 async def caller_for_key(raw_key: str) -> Caller | None:
     """The caller behind a key, or None: unknown, revoked, expired and malformed look the same."""
     if not key_is_well_formed(raw_key):
@@ -306,10 +421,16 @@ async def caller_for_key(raw_key: str) -> Caller | None:
     digest = key_hash(raw_key, pepper=settings.API_KEY_PEPPER)
     entry = _keys.get(digest)
     if entry is None:
+        evictions = _key_evictions
         found = await db_call(_load_key, digest)
         key = found[0] if found else None
-        # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
-        _keys.put(digest, key, found[1] if found else _ttl())
+        if evictions == _key_evictions:  # else a key changed meanwhile: what was read may be the old row
+            # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
+            _keys.put(digest, key, found[1] if found else _ttl())
+            if key is not None:
+                if len(_key_digests) > 100_000:
+                    _key_digests.clear()  # as _TTLCache does; a forgotten entry only expires later
+                _key_digests[key.id] = digest
     else:
         key = entry[1]
     if key is None:

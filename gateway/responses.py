@@ -100,6 +100,7 @@ async def _route(request: _Request, deployments: list[DeploymentView]) -> list[D
     previous_id = call.body.get("previous_response_id")
     if previous_id is None:
         return deployments
+    call.fallbacks = ()  # no other model knows the conversation (nor is it held for them at admission)
     tenant_id = call.caller.tenant.id
     previous = await db_call(stored_response_get, tenant_id=tenant_id, response_id=previous_id)
     if previous is None:

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import api, models_api, views
+from . import api, keys_api, models_api, views
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
@@ -16,6 +16,8 @@ urlpatterns = [
     path("v1/templates", api.TemplatesView.as_view()),
     path("v1/templates/<str:name>", api.TemplateView.as_view()),
     path("v1/templates/<str:name>/versions/<str:version>", api.TemplateVersionView.as_view()),
+    path("v1/keys", keys_api.KeysView.as_view()),
+    path("v1/keys/<str:key_id>", keys_api.KeyView.as_view()),
     path("v1/logs", api.LogsView.as_view()),
     path("v1/logs/<str:request_id>", api.LogView.as_view()),
     path("healthz", views.healthz),

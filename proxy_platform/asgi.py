@@ -24,6 +24,7 @@ django_application = ApiASGIHandler()
 from django.conf import settings  # noqa: E402  (settings are configured by the line above)
 from django.urls import get_resolver  # noqa: E402
 
+from gateway import key_events  # noqa: E402
 from gateway.metering import drain_pending  # noqa: E402
 from gateway.observability import InFlight  # noqa: E402
 from gateway.providers import close_clients  # noqa: E402
@@ -52,8 +53,10 @@ async def _lifespan(receive, send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            await key_events.start()  # a changed API key is forgotten at once (gateway/key_events.py)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await key_events.stop()
             await drain_pending()  # the usage writes may still be settling with a provider's answer
             await close_clients()
             await send({"type": "lifespan.shutdown.complete"})

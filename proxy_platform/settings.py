@@ -46,6 +46,10 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # Tenant API keys are stored as HMAC-SHA256(pepper, key). Changing the pepper invalidates
 # every stored key, so it is its own setting rather than following SECRET_KEY rotations.
 API_KEY_PEPPER = env_str("API_KEY_PEPPER", SECRET_KEY)
+# Key of the HMAC that replaces end user ids on usage records for tenants that ask for it
+# (Tenant.hash_end_user_ids). Changing it changes every hash: the same user is then counted,
+# limited and reported as a new one. Its own setting, like the pepper.
+GATEWAY_END_USER_HASH_KEY = env_str("GATEWAY_END_USER_HASH_KEY", SECRET_KEY)
 # Fernet keys (comma-separated, newest first) encrypting provider credentials at rest. Unset: one
 # key derived from SECRET_KEY. Rotate by putting a new key first and running
 # `manage.py rotate_credentials`; old keys can be dropped once that has run.
@@ -223,7 +227,9 @@ OPENAI_API_VERSION = env_str("OPENAI_API_VERSION", "2024-10-21")
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
 GATEWAY_UPSTREAM_TIMEOUT = env_float("GATEWAY_UPSTREAM_TIMEOUT", 120.0)
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0)
-GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 2)
+# The SDKs' own retries within one upstream call (0: none). The gateway's retry policy below is
+# the one that knows the deadline and the other deployments; SDK retries would multiply it.
+GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 0)
 # How long a key or tenant configuration may be served from the in-process cache. A revoked
 # key stops working on every process within this many seconds (docs/design.md#the-hot-path).
 GATEWAY_AUTH_CACHE_SECONDS = env_float("GATEWAY_AUTH_CACHE_SECONDS", 4.0)
@@ -242,6 +248,16 @@ GATEWAY_BREAKER_FAILURES = env_int("GATEWAY_BREAKER_FAILURES", 5)
 GATEWAY_BREAKER_WINDOW_SECONDS = env_float("GATEWAY_BREAKER_WINDOW_SECONDS", 30.0)
 GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0)
 GATEWAY_ROUTING_EXPLORATION = env_float("GATEWAY_ROUTING_EXPLORATION", 0.05)
+# Retries and fallbacks (gateway/routing/retry.py): after every deployment of the model and of its
+# fallbacks failed, the ones whose failure may pass (timeouts, connection errors, 5xx, provider
+# 429/529) are tried again this many more rounds, after a backoff with full jitter (base, cap),
+# never sooner than a provider's retry-after (one longer than its cap: not retried), and all of it
+# within the request's deadline (then the caller gets the last upstream error).
+GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1)
+GATEWAY_RETRY_BACKOFF_SECONDS = env_float("GATEWAY_RETRY_BACKOFF_SECONDS", 0.25)
+GATEWAY_RETRY_BACKOFF_MAX_SECONDS = env_float("GATEWAY_RETRY_BACKOFF_MAX_SECONDS", 4.0)
+GATEWAY_RETRY_AFTER_MAX_SECONDS = env_float("GATEWAY_RETRY_AFTER_MAX_SECONDS", 10.0)
+GATEWAY_REQUEST_DEADLINE_SECONDS = env_float("GATEWAY_REQUEST_DEADLINE_SECONDS", 180.0)
 # A seed for the random draws of `weighted` and `latency` (repeatable tests); unset: random.
 GATEWAY_ROUTING_SEED = env_int("GATEWAY_ROUTING_SEED", 0) or None
 # Prompt-cache affinity (`affinity: "prefix"` of a model): a tenant's requests whose prompts share

@@ -1,7 +1,8 @@
 """Validation of a tenant's configuration profile and of the platform policy. Pure: no ORM.
 
 The one place that says what a valid `model_aliases`, `default_params`, `max_tokens_cap`,
-`log_retention_days`, API key scope and budget or platform policy is. The staff admin forms and the
+`log_retention_days`, API key scope and budget (and a key as the key API describes it) or platform
+policy is. The staff admin forms and the
 configuration file import (config/apply.py) both call these functions, so a value
 the admin refuses is refused by the import too, with the same words.
 
@@ -20,6 +21,7 @@ import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -414,3 +416,192 @@ def fallbacks_problems(fallbacks: Any, *, name: str, kind: str, catalog: Mapping
         if isinstance(target, str):
             seen.add(target)
     return problems
+
+
+# --- an API key, as the key API (/v1/keys) describes it --------------------------------------
+
+RATE_LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+API_KEY_SPEC_FIELDS = ("name", "project", "rate_limit", "monthly_budget", "daily_budget", "models", "expires_at")
+KEY_NAME_MAX = 100  # ApiKey.name
+PROJECT_NAME = re.compile(r"^[-a-zA-Z0-9_]+$")  # Project.name is a slug
+PROJECT_NAME_MAX = 64
+KEY_MODELS_MAX = 500
+_MONEY_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
+def money_text_clean(value: Any, field_name: str) -> tuple[Decimal | None, list[Problem]]:
+    """A budget as the configuration file writes money: a decimal string ("2.50") or null. A JSON
+    number is refused (money never goes through floats); then `positive_money_problems`."""
+    if value is None:
+        return None, []
+    if isinstance(value, bool) or not isinstance(value, str):
+        tail = ", not a JSON number (money never goes through floats)" if isinstance(value, int | float) else ""
+        return None, [Problem((field_name,), f'must be a decimal string such as "2.50" (or null for none){tail}')]
+    if not _MONEY_TEXT.match(value):
+        return None, [Problem((field_name,), f'{json.dumps(value)} is not a plain decimal number such as "2.50"')]
+    amount = Decimal(value)
+    return amount, positive_money_problems(amount, field_name)
+
+
+def _expiry_clean(value: Any, *, now: datetime) -> tuple[datetime | None, list[Problem]]:
+    if value is None:
+        return None, []
+    hint = 'must be an ISO 8601 date and time with its offset, e.g. "2027-01-31T00:00:00Z" (or null for never)'
+    if not isinstance(value, str) or len(value) > 64:
+        return None, [Problem(("expires_at",), hint)]
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None, [Problem(("expires_at",), hint)]
+    if when.tzinfo is None:
+        return None, [Problem(("expires_at",), f"has no offset: {hint}")]
+    if when <= now:
+        return None, [Problem(("expires_at",), "must be in the future")]
+    return when, []
+
+
+def api_key_spec_clean(body: Any, *, now: datetime) -> tuple[dict[str, Any], list[Problem]]:
+    """A key's settings in the configuration file's words (the key API's body), as ApiKey fields:
+    (the fields the body gives, problems). Unknown keys are problems, as in the file.
+
+    `rate_limit` gives `requests_per_minute`, `tokens_per_minute` and `max_concurrent` (each one
+    given: a whole number, or null for none); budgets are decimal strings; `models` becomes
+    `allowed_models`, a list of names (checked against the tenant by `key_models_problems`);
+    `project` a name (null: none); `expires_at` an aware datetime in the future (null: never).
+    What the body leaves out is not in the result: a new key gets the default, a change keeps it.
+    """
+    if not isinstance(body, dict):
+        return {}, [Problem(("body",), "must be a JSON object")]
+    problems: list[Problem] = []
+    cleaned: dict[str, Any] = {}
+    for key in body:
+        if key not in API_KEY_SPEC_FIELDS:
+            problems.append(Problem((key,), f"unknown key (expected one of: {', '.join(API_KEY_SPEC_FIELDS)})"))
+    if "name" in body:
+        name = body["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > KEY_NAME_MAX or not name.isprintable():
+            problems.append(Problem(("name",), f"must be a non-empty string of at most {KEY_NAME_MAX} characters"))
+        else:
+            cleaned["name"] = name
+    if "project" in body:
+        project = body["project"]
+        if project is not None and (
+            not isinstance(project, str) or len(project) > PROJECT_NAME_MAX or not PROJECT_NAME.match(project)
+        ):
+            problems.append(Problem(("project",), "must be the name of one of the tenant's projects (or null)"))
+        else:
+            cleaned["project"] = project
+    if "rate_limit" in body:
+        limits = body["rate_limit"]
+        if not isinstance(limits, dict):
+            problems.append(Problem(("rate_limit",), f"must be an object with {', '.join(RATE_LIMIT_FIELDS)}"))
+            limits = {}
+        for key, value in limits.items():
+            if key not in RATE_LIMIT_FIELDS:
+                expected = ", ".join(RATE_LIMIT_FIELDS)
+                problems.append(Problem(("rate_limit", key), f"unknown key (expected one of: {expected})"))
+                continue
+            found = positive_int_problems(value, key)
+            problems += [Problem(("rate_limit", key), p.message) for p in found]
+            if not found:
+                cleaned[key] = value
+    for key in ("monthly_budget", "daily_budget"):
+        if key in body:
+            amount, found = money_text_clean(body[key], key)
+            problems += found
+            if not found:
+                cleaned[key] = amount
+    if "models" in body:
+        models = body["models"]
+        if not isinstance(models, list) or len(models) > KEY_MODELS_MAX:
+            problems.append(Problem(("models",), f"must be a list of at most {KEY_MODELS_MAX} model names"))
+        else:
+            bad = [i for i, m in enumerate(models) if not isinstance(m, str) or not m or len(m) > MODEL_NAME_MAX]
+            problems += [Problem(("models", i), "must be a model name (a string)") for i in bad]
+            if not bad:
+                cleaned["allowed_models"] = sorted(set(models))
+    if "expires_at" in body:
+        when, found = _expiry_clean(body["expires_at"], now=now)
+        problems += found
+        if not found:
+            cleaned["expires_at"] = when
+    return cleaned, problems
+
+
+# --- projects and end users (issue 14) -----------------------------------------------------
+
+PROJECTS_MAX = 1000
+END_USER_LIMIT_INTS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+END_USER_LIMIT_MONEY = ("monthly_budget", "daily_budget")
+END_USER_LIMIT_KEYS = (*END_USER_LIMIT_INTS, *END_USER_LIMIT_MONEY)
+
+
+def _money(value: Any) -> Any:
+    """A budget as the admin's JSON editor or the config file gives it: "1.00" (or a number,
+    which JSON parsers hand over as Decimal or int) -> Decimal; anything else as is, refused later."""
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip()) if _MONEY_TEXT.fullmatch(value.strip()) else value
+        except ArithmeticError:  # pragma: no cover - the pattern admits only plain decimals
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    return value
+
+
+def project_problems(
+    *,
+    name: Any,
+    requests_per_minute: Any = None,
+    tokens_per_minute: Any = None,
+    max_concurrent: Any = None,
+    monthly_budget: Any = None,
+) -> list[Problem]:
+    """A project: a slug name (unique within its tenant: the database says so), positive limits,
+    a budget above zero. The same checks in the admin and the configuration file."""
+    problems = []
+    if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name) or len(name) > PROJECT_NAME_MAX:
+        problems.append(
+            Problem(("name",), f"must be a slug (letters, digits, '-', '_') of at most {PROJECT_NAME_MAX} characters")
+        )
+    for field_name, value in (
+        ("requests_per_minute", requests_per_minute),
+        ("tokens_per_minute", tokens_per_minute),
+        ("max_concurrent", max_concurrent),
+    ):
+        problems += positive_int_problems(value, field_name)
+    problems += positive_money_problems(monthly_budget, "monthly_budget")
+    return problems
+
+
+def end_user_limits_clean(value: Any) -> tuple[dict, list[Problem]]:
+    """Tenant.end_user_limits: each of the tenant's end users' limits, all optional:
+    {"requests_per_minute": 20, "tokens_per_minute": 20000, "max_concurrent": 2,
+    "monthly_budget": "1.00", "daily_budget": "0.10"}. Cleaned: nulls dropped, budgets as
+    decimal strings (JSON holds no Decimal). Returns (cleaned, problems)."""
+    if value is None or value == {}:
+        return {}, []
+    if not isinstance(value, dict):
+        return {}, [Problem(("end_user_limits",), "must be an object (or {} for none)")]
+    problems = [
+        Problem(("end_user_limits", key), f"is not a limit; allowed: {', '.join(END_USER_LIMIT_KEYS)}")
+        for key in value
+        if key not in END_USER_LIMIT_KEYS
+    ]
+    cleaned: dict[str, Any] = {}
+    for key in END_USER_LIMIT_INTS:
+        if value.get(key) is None:
+            continue
+        found = positive_int_problems(value[key], key)
+        problems += [Problem(("end_user_limits", key), p.message) for p in found]
+        if not found:
+            cleaned[key] = int(value[key])
+    for key in END_USER_LIMIT_MONEY:
+        if value.get(key) is None:
+            continue
+        amount = _money(value[key])
+        found = positive_money_problems(amount, key)
+        problems += [Problem(("end_user_limits", key), p.message) for p in found]
+        if not found:
+            cleaned[key] = f"{amount:f}"
+    return cleaned, problems

@@ -8,7 +8,16 @@ from django.utils import timezone
 
 from .crypto import decrypt
 from .keys import key_hash
-from .models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, StoredResponse, Tenant
+from .models import (
+    ApiKey,
+    CatalogModel,
+    Deployment,
+    PlatformPolicy,
+    Project,
+    ProviderCredential,
+    StoredResponse,
+    Tenant,
+)
 from .profiles import ModelScope
 
 
@@ -21,6 +30,35 @@ def api_key_for_secret(*, raw_key: str) -> ApiKey | None:
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .first()
     )
+
+
+def tenant_api_keys(*, tenant_id: int, after: int | None = None, limit: int = 100) -> list[ApiKey]:
+    """This tenant's keys (revoked and expired ones too), oldest first, after the key id `after`,
+    with their project and models: two queries, whatever their number."""
+    qs = ApiKey.objects.filter(tenant_id=tenant_id).select_related("project").prefetch_related("allowed_models")
+    if after is not None:
+        qs = qs.filter(pk__gt=after)
+    return list(qs.order_by("pk")[:limit])
+
+
+def tenant_api_key(*, tenant_id: int, key_id: int) -> ApiKey | None:
+    """This tenant's key of that id; None for another tenant's, which for this tenant does not exist."""
+    return (
+        ApiKey.objects.filter(tenant_id=tenant_id, pk=key_id)
+        .select_related("tenant", "project")
+        .prefetch_related("allowed_models")
+        .first()
+    )
+
+
+def tenant_project(*, tenant_id: int, name: str) -> Project | None:
+    """This tenant's project of that name; another tenant's project of the same name is not it."""
+    return Project.objects.filter(tenant_id=tenant_id, name=name).first()
+
+
+def catalog_models_named(*, names: Collection[str]) -> list[CatalogModel]:
+    """The catalog models of these names (any that does not exist is simply absent)."""
+    return list(CatalogModel.objects.filter(name__in=set(names)).order_by("name"))
 
 
 def tenant_models(*, tenant: Tenant) -> QuerySet[CatalogModel]:

@@ -7,6 +7,7 @@ key order (two bulk edits over overlapping tenants then queue instead of deadloc
 """
 
 import dataclasses
+import json
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,12 +21,15 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from . import audit
 from .crypto import encrypt, reencrypt
+from .key_events import api_keys_changed
 from .keys import key_display_parts, key_generate, key_hash, key_is_well_formed
 from .models import (
     ApiKey,
     CatalogModel,
     PlatformPolicy,
+    Project,
     PromptTemplate,
     Provider,
     ProviderCredential,
@@ -50,10 +54,14 @@ CREDENTIAL_SECRET_MIN = 8  # shorter, and `last4` would give away half of it
 
 
 class Refused(ValueError):
-    """An expected refusal: the input breaks a rule. `problems` says which, one line each."""
+    """An expected refusal: the input breaks a rule. `problems` says which, one line each;
+    `param` is the field of the first one, when it names one (an API's 400 names it)."""
 
     def __init__(self, problems: Iterable[str | Problem]) -> None:
+        problems = list(problems)
         self.problems = [p if isinstance(p, str) else f"{'.'.join(map(str, p.path))}: {p.message}" for p in problems]
+        first = problems[0] if problems else None
+        self.param = ".".join(map(str, first.path)) if isinstance(first, Problem) else None
         super().__init__("; ".join(self.problems))
 
 
@@ -83,6 +91,9 @@ def _api_key_insert(
     models: Collection[CatalogModel],
     limits: Mapping[str, int | None],
     monthly_budget: Decimal | None,
+    daily_budget: Decimal | None = None,
+    project: Project | None = None,
+    is_admin: bool = False,
 ) -> ApiKey:
     prefix, last4 = key_display_parts(raw)
     key = ApiKey.objects.create(
@@ -93,11 +104,26 @@ def _api_key_insert(
         last4=last4,
         expires_at=expires_at,
         monthly_budget=monthly_budget,
+        daily_budget=daily_budget,
+        project=project,
+        is_admin=is_admin,
         **limits,
     )
     if models:
         key.allowed_models.set(models)
     return key
+
+
+def _project_problems(project: Project | None, tenant_id: int) -> list[Problem]:
+    if project is not None and project.tenant_id != tenant_id:
+        return [Problem(("project",), f"unknown project {json.dumps(project.name)}")]
+    return []
+
+
+def _budgets_problems(*, monthly_budget: Any, daily_budget: Any) -> list[Problem]:
+    return positive_money_problems(monthly_budget, "monthly_budget") + positive_money_problems(
+        daily_budget, "daily_budget"
+    )
 
 
 def api_key_create(
@@ -111,13 +137,18 @@ def api_key_create(
     tokens_per_minute: int | None = None,
     max_concurrent: int | None = None,
     monthly_budget: Decimal | None = None,
+    daily_budget: Decimal | None = None,
+    project: Project | None = None,
+    is_admin: bool = False,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never available again.
 
     `raw_key` is for keys that come from a configuration file; otherwise one is generated.
     `allowed_models` narrows the key to some of the tenant's models (empty: all of the
-    tenant's); the limits and the monthly budget (USD per UTC month) are the key's own, on top
-    of the tenant's (None: none of its own).
+    tenant's); the limits and the budgets (USD per UTC month, per UTC day) are the key's own, on
+    top of the tenant's and its project's (None: none of its own). `project`, one of the tenant's.
+    `is_admin` makes a tenant admin key: it manages the tenant's keys (/v1/keys) and calls no
+    model; only staff and `manage.py create_api_key --admin` make one, never the key API.
     """
     raw = raw_key or key_generate()
     if not key_is_well_formed(raw):
@@ -127,12 +158,13 @@ def api_key_create(
         "tokens_per_minute": tokens_per_minute,
         "max_concurrent": max_concurrent,
     }
-    problems = _limits_problems(limits) + positive_money_problems(monthly_budget, "monthly_budget")
+    problems = _limits_problems(limits) + _budgets_problems(monthly_budget=monthly_budget, daily_budget=daily_budget)
+    problems += _project_problems(project, tenant.pk)
     if allowed_models:
         problems += key_models_problems({m.name for m in allowed_models}, scope=tenant_model_scope(tenant=tenant))
     if problems:
         raise Refused(problems)
-    with transaction.atomic():
+    with audit.collecting():  # the key and its models: one audit entry
         key = _api_key_insert(
             tenant=tenant,
             name=name,
@@ -141,8 +173,64 @@ def api_key_create(
             models=allowed_models,
             limits=limits,
             monthly_budget=monthly_budget,
+            daily_budget=daily_budget,
+            project=project,
+            is_admin=is_admin,
         )
     return key, raw
+
+
+# What `api_key_update` may change: the key's own settings. Never its tenant, secret or kind
+# (admin or not), nor `revoked_at` (`api_key_revoke`).
+KEY_UPDATE_FIELDS = (
+    "name",
+    "project",
+    *LIMIT_FIELDS,
+    "monthly_budget",
+    "daily_budget",
+    "expires_at",
+    "allowed_models",
+)
+
+
+def api_key_update(*, key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
+    """Set some of a key's settings (`KEY_UPDATE_FIELDS`; None clears a limit, a budget, the
+    project or the expiry; an empty `allowed_models` widens the key back to the tenant's models).
+
+    Checked like a new key's, but for models the key already has (one may have left the tenant
+    since: the key simply cannot use it, see `api_key_set_models`). A revoked key stays as it is:
+    Refused. Every gateway process forgets the key once this commits (tenants/key_events.py).
+    """
+    unknown = set(changes) - set(KEY_UPDATE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown API key field(s): {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        # Locked: a revocation committed meanwhile is seen, and never undone by this write.
+        locked = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+        if locked.revoked_at is not None:
+            raise InvalidKey(f"{locked.display} is revoked; a revoked key cannot be changed")
+        limits = {name: changes[name] for name in LIMIT_FIELDS if name in changes}
+        problems = _limits_problems(limits)
+        problems += _budgets_problems(
+            monthly_budget=changes.get("monthly_budget"), daily_budget=changes.get("daily_budget")
+        )
+        problems += _project_problems(changes.get("project"), locked.tenant_id)
+        models = changes.get("allowed_models")
+        if models is not None:
+            added = {m.name for m in models} - set(locked.allowed_models.values_list("name", flat=True))
+            if added:
+                problems += key_models_problems(added, scope=tenant_model_scope(tenant=locked.tenant))
+        if problems:
+            raise Refused(problems)
+        fields = [name for name in changes if name != "allowed_models"]
+        for name in fields:
+            setattr(locked, name, changes[name])
+        if fields:
+            locked.save(update_fields=fields)
+        if models is not None:
+            locked.allowed_models.set(models)
+        api_keys_changed(key_ids=[locked.pk])
+    return locked
 
 
 def api_key_set_models(*, key: ApiKey, models: Collection[CatalogModel]) -> ApiKey:
@@ -157,11 +245,12 @@ def api_key_set_models(*, key: ApiKey, models: Collection[CatalogModel]) -> ApiK
         if problems:
             raise Refused(problems)
     key.allowed_models.set(models)
+    api_keys_changed(key_ids=[key.pk])
     return key
 
 
 def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
-    """A new key with the same tenant, name, model scope, limits, budget and (future) expiry; the old
+    """A new key with the same tenant, name, project, kind, model scope, limits, budgets and (future) expiry; the old
     key keeps working for `grace` more (0: ends now), never longer than it would have anyway.
 
     Only an active key can be rotated: a revoked key stays dead, an expired one gets a new key
@@ -169,7 +258,7 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
     """
     if grace < timedelta(0):
         raise Refused(["the grace period must not be negative"])
-    with transaction.atomic():
+    with audit.collecting():
         # Locked: two staff members rotating the same key at once get two new keys, but the
         # old one's end is computed from the committed row, never from a stale copy.
         old = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
@@ -187,19 +276,31 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
             limits=limits,
             # The new key is a new row, so its month's spend starts from its own (empty) records.
             monthly_budget=old.monthly_budget,
+            daily_budget=old.daily_budget,
+            project=old.project,
+            is_admin=old.is_admin,
         )
         ends = now + grace
         if old.expires_at is None or ends < old.expires_at:
             old.expires_at = ends
             old.save(update_fields=["expires_at"])
+            api_keys_changed(key_ids=[old.pk])
     key.expires_at = old.expires_at
     return new, raw
 
 
 def api_key_revoke(*, key: ApiKey) -> ApiKey:
+    """End the key now, for good. Every gateway process forgets it as soon as this commits
+    (tenants/key_events.py): its next request is refused. Revoking a revoked key changes nothing."""
     if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
+        with transaction.atomic():
+            # Locked: two revocations at once keep the first one's time.
+            locked = ApiKey.objects.select_for_update().get(pk=key.pk)
+            if locked.revoked_at is None:
+                locked.revoked_at = timezone.now()
+                locked.save(update_fields=["revoked_at"])
+                api_keys_changed(key_ids=[key.pk])
+        key.revoked_at = locked.revoked_at
     return key
 
 
@@ -229,7 +330,7 @@ def tenants_set_limits(*, tenants: Iterable[Tenant], limits: Mapping[str, int | 
     if not limits:
         return 0
     ids = sorted({t.pk for t in tenants})
-    return Tenant.objects.filter(pk__in=ids).update(**limits, updated_at=timezone.now())
+    return audit.queryset_update(Tenant.objects.filter(pk__in=ids), **limits, updated_at=timezone.now())
 
 
 def tenants_set_models(
@@ -252,7 +353,7 @@ def tenants_set_models(
     both = sorted(enable_names & disable_names)
     if both:
         raise Refused([f"{', '.join(both)}: cannot be enabled and disabled at once"])
-    with transaction.atomic():
+    with audit.collecting():  # a tenant's models replaced: one entry, not a removal and an addition
         locked = _locked(tenants)
         scope = model_scope()
         problems: list[str] = []
@@ -337,7 +438,9 @@ def credential_set(*, tenant: Tenant | None, provider: str, secret: str, base_ur
     if problems:
         raise Refused(problems)
     with transaction.atomic():
-        ProviderCredential.objects.filter(tenant=tenant, provider=provider, active=True).update(active=False)
+        audit.queryset_update(
+            ProviderCredential.objects.filter(tenant=tenant, provider=provider, active=True), active=False
+        )
         return ProviderCredential.objects.create(
             tenant=tenant,
             provider=Provider(provider).value,
@@ -362,6 +465,7 @@ def credentials_reencrypt() -> int:
     """
     with transaction.atomic():
         rows = list(ProviderCredential.objects.select_for_update().order_by("pk"))
+        before = {row.pk: audit.snapshot(row) for row in rows}
         undecryptable = []
         for row in rows:
             try:
@@ -373,6 +477,8 @@ def credentials_reencrypt() -> int:
                 [f"credential {row.pk} ({row}) cannot be decrypted with any configured key" for row in undecryptable]
             )
         ProviderCredential.objects.bulk_update(rows, ["encrypted_secret"], batch_size=500)
+        for row in rows:
+            audit.record_updated(row, before=before[row.pk])  # shown as "[secret]" → "[new secret]"
     return len(rows)
 
 

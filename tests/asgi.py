@@ -75,6 +75,7 @@ def use_mock_upstreams(settings, mock_llm: str):
     settings.AZURE_OPENAI_API_KEY = UPSTREAM_KEY
     settings.OPENAI_API_VERSION = django_settings.OPENAI_API_VERSION or "2024-10-21"
     settings.GATEWAY_UPSTREAM_MAX_RETRIES = 0
+    settings.GATEWAY_RETRIES = 0
     settings.GATEWAY_AUTH_CACHE_SECONDS = 60
     registry.clear_caches()
     yield mock_llm

@@ -167,6 +167,8 @@ def gateway_env(mock_url: str, **extra: str) -> dict:
         AZURE_OPENAI_ENDPOINT=mock_url,
         OPENAI_API_VERSION="2024-10-21",
         GATEWAY_UPSTREAM_MAX_RETRIES="0",
+        # One attempt per deployment unless a test asks for the retry policy (tests/test_routing_retry.py).
+        GATEWAY_RETRIES="0",
     )
     env.update(extra)
     return env

@@ -231,13 +231,32 @@ def test_the_filters_of_the_usage_list_work(admin_client, world):
 
 
 @pytest.mark.django_db
+def test_staff_make_a_tenant_admin_key_whose_kind_stays(admin_client, alice):
+    response = admin_client.post(
+        reverse("admin:tenants_apikey_add"),
+        {"tenant": alice.pk, "name": "alice-admin", "is_admin": "on", "expires_at_0": "", "expires_at_1": ""},
+    )
+    assert response.status_code == 200
+    key = ApiKey.objects.get(name="alice-admin")
+    assert key.is_admin
+    # On the change page the kind is shown, not editable: posting it changes nothing.
+    change = admin_client.get(change_url(key))
+    assert "is_admin" not in change.context["adminform"].form.fields
+    admin_client.post(change_url(key), {"name": "renamed", "expires_at_0": "", "expires_at_1": ""})
+    key.refresh_from_db()
+    assert (key.name, key.is_admin) == ("renamed", True)
+
+
 def test_creating_a_key_shows_the_secret_once_and_stores_only_its_hash(admin_client, alice):
     add_url = reverse("admin:tenants_apikey_add")
     form = admin_client.get(f"{add_url}?tenant={alice.pk}")
     assert form.status_code == 200
     assert set(form.context["adminform"].form.fields) == {
         "tenant",
+        "project",
+        "daily_budget",
         "name",
+        "is_admin",
         "expires_at",
         "allowed_models",
         "requests_per_minute",
@@ -303,6 +322,8 @@ def test_only_name_expiry_scope_limits_and_budget_of_a_key_can_change(admin_clie
     page = admin_client.get(change_url(key))
     assert set(page.context["adminform"].form.fields) == {
         "name",
+        "project",
+        "daily_budget",
         "expires_at",
         "allowed_models",
         "requests_per_minute",

@@ -1,5 +1,5 @@
-"""django-ratelimit on the endpoints where its per-view guard fits: the tenant's templates, logs
-and usage (per tenant, GATEWAY_TENANT_API_RATE) and the staff admin's login (per address and per
+"""django-ratelimit on the endpoints where its per-view guard fits: the tenant's templates, logs,
+usage and keys (per tenant, GATEWAY_TENANT_API_RATE) and the staff admin's login (per address and per
 username, ADMIN_LOGIN_RATE). Counted in Redis, on a cache prefix of this test's own."""
 
 import asyncio
@@ -56,6 +56,9 @@ def bearer(key: str) -> dict:
         ("get", "/v1/logs", None),
         ("get", "/v1/logs/req-unknown", None),
         ("get", "/v1/usage?start=2026-01-01&end=2026-01-31", None),
+        # Counted before the key's kind is checked: an ordinary key's 403s use up its tenant's rate too.
+        ("get", "/v1/keys", None),
+        ("post", "/v1/keys", {"name": "more"}),
     ],
 )
 def test_the_tenant_endpoints_refuse_over_their_rate_per_tenant(method, path, body, alice_key, bob_key):

@@ -289,7 +289,8 @@ P = "models.gpt-4o-routed"
         (
             {"deployments": [_deployment(0, zone="us-east")]},
             f"{P}.deployments[0].zone: unknown key (expected one of: provider, upstream, region, base_url, "
-            "priority, weight, requests_per_minute, tokens_per_minute, timeout_seconds)",
+            "priority, weight, requests_per_minute, tokens_per_minute, timeout_seconds, breaker_failures, "
+            "breaker_window_seconds, breaker_cooldown_seconds)",
         ),
         (
             {"deployments": [_deployment(1), _deployment(1, weight=5)]},

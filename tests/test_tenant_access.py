@@ -3,7 +3,8 @@
 - `/v1/models` lists what this key may use: the tenant's models narrowed by the key's own
   list, minus what platform policy blocks;
 - a suspended tenant may read what it has (usage, logs, templates) and nothing else: every
-  other endpoint answers 403 `tenant_suspended` in its wire format and changes nothing. The
+  other endpoint answers 403 `tenant_suspended` in its wire format and changes nothing (its admin
+  key may list its keys, not change them). The
   matrix covers every tenant route of gateway/urls.py, so a new endpoint must take a side.
 """
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from gateway import urls
-from tenants.models import PlatformPolicy, PromptTemplate, StoredResponse, Tenant
+from tenants.models import ApiKey, PlatformPolicy, PromptTemplate, StoredResponse, Tenant
 from tenants.services import api_key_create
 from tests.test_logs_api import make_log
 
@@ -79,6 +80,12 @@ SUSPENDED = [
     ("v1/templates/<str:name>/versions/<str:version>", "GET", "/v1/templates/support/versions/1", None, 200),
     ("v1/logs", "GET", "/v1/logs", None, 200),
     ("v1/logs/<str:request_id>", "GET", "/v1/logs/alice-0001", None, 200),
+    # The key API, called with the tenant's admin key ({key}: the id of its ordinary key).
+    ("v1/keys", "GET", "/v1/keys", None, 200),
+    ("v1/keys", "POST", "/v1/keys", {"name": "new"}, 403),
+    ("v1/keys/<str:key_id>", "GET", "/v1/keys/{key}", None, 200),
+    ("v1/keys/<str:key_id>", "PATCH", "/v1/keys/{key}", {"name": "renamed"}, 403),
+    ("v1/keys/<str:key_id>", "DELETE", "/v1/keys/{key}", None, 403),
 ]
 
 
@@ -118,10 +125,15 @@ def suspended(catalog, alice, alice_key):
     ("route", "method", "path", "body", "status"), SUSPENDED, ids=[f"{r[1]} {r[0]}" for r in SUSPENDED]
 )
 def test_a_suspended_tenant_may_read_what_it_has_and_nothing_else(
-    gateway, suspended, route, method, path, body, status
+    gateway, suspended, alice, route, method, path, body, status
 ):
+    key = suspended
+    if route.startswith("v1/keys"):
+        ordinary = ApiKey.objects.get(tenant=alice)
+        path = path.replace("{key}", str(ordinary.pk))
+        key = api_key_create(tenant=alice, name="admin", is_admin=True)[1]
     response = httpx2.request(
-        method, f"{gateway}{path}", json=body, headers={"Authorization": f"Bearer {suspended}"}, timeout=10
+        method, f"{gateway}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
     )
     assert response.status_code == status, response.text
     if status == 403:
@@ -131,8 +143,11 @@ def test_a_suspended_tenant_may_read_what_it_has_and_nothing_else(
         else:
             assert error["code"] == "tenant_suspended"
         assert "suspended" in error["message"]
-    # Nothing was changed: the template is still there, no new one exists.
+    # Nothing was changed: the template is still there, no new one exists; no key was made or changed.
     assert list(PromptTemplate.objects.values_list("name", "version")) == [("support", 1)]
+    assert sorted(ApiKey.objects.values_list("name", "revoked_at")) == sorted(
+        [("test", None)] + ([("admin", None)] if route.startswith("v1/keys") else [])
+    )
 
 
 def test_a_suspended_tenants_refused_completions_are_still_metered(gateway, suspended):

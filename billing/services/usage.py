@@ -54,6 +54,8 @@ class MeteredUsage(Protocol):
     def estimated(self) -> bool: ...
     @property
     def cache_hit(self) -> bool: ...
+    @property
+    def requested_model(self) -> str: ...
 
 
 def usage_cost(*, metered: MeteredUsage) -> Decimal:
@@ -98,6 +100,11 @@ def _record_fields(metered: MeteredUsage, cost: Decimal) -> dict:
         "streamed": metered.streamed,
         "estimated": metered.estimated,
         "cache_hit": metered.cache_hit,
+        "requested_model": metered.requested_model[:100],
+        # Attribution (issue 14); read with defaults so that any MeteredUsage without it still records.
+        "project_id": getattr(metered, "project_id", None),
+        "end_user": getattr(metered, "end_user", "") or "",
+        "tags": getattr(metered, "tags", None) or {},
     }
 
 

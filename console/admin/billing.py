@@ -485,7 +485,9 @@ class UsageColumns:
 
     @admin.display(description="model", ordering="model")
     def model_column(self, row) -> str:
-        detail = " · ".join(p for p in (row.endpoint, getattr(row, "provider", "")) if p)
+        asked = getattr(row, "requested_model", "")  # a fallback answered a request for this model
+        fallback = f"fallback for {asked}" if asked else ""
+        detail = " · ".join(p for p in (row.endpoint, getattr(row, "provider", ""), fallback) if p)
         return format_html("{}<br><small>{}</small>", row.model, detail)
 
     @admin.display(description="outcome", ordering="status_code")

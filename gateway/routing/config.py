@@ -8,17 +8,20 @@ from gateway.limits import config as limits_config
 EWMA_ALPHA = "0.3"
 
 
-def failures() -> int:
-    """Failures within the window that open a deployment's breaker (GATEWAY_BREAKER_FAILURES)."""
-    return max(1, int(getattr(settings, "GATEWAY_BREAKER_FAILURES", 5)))
+def failures(override: int | None = None) -> int:
+    """Failures within the window that open a deployment's breaker: the deployment's own
+    (`breaker_failures`), else GATEWAY_BREAKER_FAILURES. Likewise the window and the cooldown."""
+    return max(1, int(override if override is not None else getattr(settings, "GATEWAY_BREAKER_FAILURES", 5)))
 
 
-def window_ms() -> int:
-    return max(1, int(float(getattr(settings, "GATEWAY_BREAKER_WINDOW_SECONDS", 30)) * 1000))
+def window_ms(override: float | None = None) -> int:
+    seconds = override if override is not None else getattr(settings, "GATEWAY_BREAKER_WINDOW_SECONDS", 30)
+    return max(1, int(float(seconds) * 1000))
 
 
-def cooldown_ms() -> int:
-    return max(1, int(float(getattr(settings, "GATEWAY_BREAKER_COOLDOWN_SECONDS", 30)) * 1000))
+def cooldown_ms(override: float | None = None) -> int:
+    seconds = override if override is not None else getattr(settings, "GATEWAY_BREAKER_COOLDOWN_SECONDS", 30)
+    return max(1, int(float(seconds) * 1000))
 
 
 def exploration() -> float:

@@ -26,8 +26,8 @@ from gateway.limits.redis_store import UNREACHABLE, background
 from gateway.providers import ProviderError
 from gateway.registry import DeploymentView, ModelView
 
-from . import affinity, strategies
-from .store import Ask, Health, store
+from . import affinity, config, strategies
+from .store import Ask, Breaker, Health, store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,13 @@ class Attempt:
         latency_ms = (time.perf_counter() - self.started) * 1000
         try:
             state = await store().done(
-                self.deployment.id, self.member, result=result, probe=self.probe, latency_ms=latency_ms, release=release
+                self.deployment.id,
+                self.member,
+                result=result,
+                probe=self.probe,
+                latency_ms=latency_ms,
+                release=release,
+                breaker=Breaker.of(self.deployment),
             )
         except UNREACHABLE as exc:
             _unreachable(exc)
@@ -139,6 +145,7 @@ class Plan:
             requests_per_minute=deployment.requests_per_minute,
             tokens_per_minute=deployment.tokens_per_minute,
             tokens=_tokens(call),
+            cooldown_ms=config.cooldown_ms(deployment.breaker_cooldown_seconds),
         )
         task = background(store().take(ask))
         try:

@@ -31,6 +31,7 @@ class Ask:
     requests_per_minute: int | None
     tokens_per_minute: int | None
     tokens: int  # counted on the account's tokens per minute (the admission's estimate)
+    cooldown_ms: int | None = None  # the deployment's own breaker cooldown (None: the settings')
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,35 @@ class Snapshot:
 
     now_ms: int
     health: list[Health]
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """A deployment's breaker settings, resolved: failures, window ms, cooldown ms."""
+
+    failures: int
+    window_ms: int
+    cooldown_ms: int
+
+    def __iter__(self):
+        return iter((self.failures, self.window_ms, self.cooldown_ms))
+
+    @classmethod
+    def default(cls) -> "Breaker":
+        return cls(config.failures(), config.window_ms(), config.cooldown_ms())
+
+    @classmethod
+    def of(cls, deployment) -> "Breaker":
+        """The deployment's own overrides (DeploymentView.breaker_*), the settings' for the rest."""
+        return cls(
+            config.failures(deployment.breaker_failures),
+            config.window_ms(deployment.breaker_window_seconds),
+            config.cooldown_ms(deployment.breaker_cooldown_seconds),
+        )
+
+
+def _windows(deployment_ids: list[int], windows_ms: list[int] | None) -> list[int]:
+    return list(windows_ms) if windows_ms is not None else [config.window_ms()] * len(deployment_ids)
 
 
 def _keys(deployment_id: int) -> tuple[str, str, str, str]:
@@ -82,7 +112,7 @@ class RedisRouting:
             "take",
             [state, quota, busy],
             [
-                config.cooldown_ms(),
+                ask.cooldown_ms or config.cooldown_ms(),
                 -1 if ask.requests_per_minute is None else ask.requests_per_minute,
                 -1 if ask.tokens_per_minute is None else ask.tokens_per_minute,
                 ask.tokens,
@@ -93,7 +123,15 @@ class RedisRouting:
         return Taken(_text(verdict), int(ms))
 
     async def done(
-        self, deployment_id: int, member: str, *, result: str, probe: bool, latency_ms: float, release: bool
+        self,
+        deployment_id: int,
+        member: str,
+        *,
+        result: str,
+        probe: bool,
+        latency_ms: float,
+        release: bool,
+        breaker: "Breaker | None" = None,
     ) -> str:
         state, _, busy, fail = _keys(deployment_id)
         reply = await self._run(
@@ -105,26 +143,25 @@ class RedisRouting:
                 "1" if probe else "0",
                 f"{latency_ms:.3f}",
                 config.EWMA_ALPHA,
-                config.failures(),
-                config.window_ms(),
-                config.cooldown_ms(),
+                *(breaker or Breaker.default()),
                 "1" if release else "0",
             ],
         )
         return _text(reply[0])
 
     async def health(self, deployment_ids: list[int]) -> list[Health]:
-        return (await self._peek(deployment_ids, window=False)).health
+        return (await self._peek(deployment_ids)).health
 
-    async def snapshot(self, deployment_ids: list[int]) -> Snapshot:
-        return await self._peek(deployment_ids, window=True)
+    async def snapshot(self, deployment_ids: list[int], windows_ms: list[int] | None = None) -> Snapshot:
+        """`windows_ms`: each deployment's breaker window (default: the settings')."""
+        return await self._peek(deployment_ids, windows=_windows(deployment_ids, windows_ms))
 
-    async def _peek(self, deployment_ids: list[int], *, window: bool) -> Snapshot:
+    async def _peek(self, deployment_ids: list[int], *, windows: list[int] | None = None) -> Snapshot:
         keys = []
         for deployment_id in deployment_ids:
             state, _, busy, fail = _keys(deployment_id)
             keys += [state, busy, fail]
-        args = [config.horizon_ms(), *([config.window_ms()] if window else [])]
+        args = [config.horizon_ms(), *(windows or [])]
         reply = await self._run("peek", keys, args)
         out = []
         for i in range(0, len(reply) - 1, 4):
@@ -162,7 +199,7 @@ class MemoryRouting:
 
     async def take(self, ask: Ask) -> Taken:
         with self._lock:
-            now, cooldown = self._now(), config.cooldown_ms()
+            now, cooldown = self._now(), ask.cooldown_ms or config.cooldown_ms()
             state = self._state.setdefault(ask.deployment_id, {})
             probe = False
             if "until" in state:
@@ -192,8 +229,17 @@ class MemoryRouting:
             return Taken("probe" if probe else "ok")
 
     async def done(
-        self, deployment_id: int, member: str, *, result: str, probe: bool, latency_ms: float, release: bool
+        self,
+        deployment_id: int,
+        member: str,
+        *,
+        result: str,
+        probe: bool,
+        latency_ms: float,
+        release: bool,
+        breaker: "Breaker | None" = None,
     ) -> str:
+        limit, window, cooldown = breaker or Breaker.default()
         with self._lock:
             now = self._now()
             state = self._state.setdefault(deployment_id, {})
@@ -202,7 +248,7 @@ class MemoryRouting:
                 self._busy.get(deployment_id, {}).pop(member, None)
 
             def open_() -> str:
-                state["until"] = now + config.cooldown_ms()
+                state["until"] = now + cooldown
                 state.pop("probe", None)
                 failures.clear()
                 return "open"
@@ -221,26 +267,25 @@ class MemoryRouting:
                     return open_()
                 if "until" in state:
                     return "open"
-                window = config.window_ms()
                 for old in [m for m, at in failures.items() if at <= now - window]:
                     del failures[old]
                 failures[member] = now
-                if len(failures) >= config.failures():
+                if len(failures) >= limit:
                     return open_()
             return "open" if "until" in state else "closed"
 
     async def health(self, deployment_ids: list[int]) -> list[Health]:
-        return self._peek(deployment_ids, window=False).health
+        return self._peek(deployment_ids).health
 
-    async def snapshot(self, deployment_ids: list[int]) -> Snapshot:
-        return self._peek(deployment_ids, window=True)
+    async def snapshot(self, deployment_ids: list[int], windows_ms: list[int] | None = None) -> Snapshot:
+        return self._peek(deployment_ids, windows=_windows(deployment_ids, windows_ms))
 
-    def _peek(self, deployment_ids: list[int], *, window: bool) -> Snapshot:
+    def _peek(self, deployment_ids: list[int], *, windows: list[int] | None = None) -> Snapshot:
         with self._lock:
             now, horizon = self._now(), config.horizon_ms()
-            since = now - config.window_ms() if window else None
             out = []
-            for deployment_id in deployment_ids:
+            for i, deployment_id in enumerate(deployment_ids):
+                since = now - windows[i] if windows else None
                 state = self._state.get(deployment_id, {})
                 busy = self._busy.get(deployment_id, {})
                 failures = self._fail.get(deployment_id, {})
