@@ -183,6 +183,10 @@ class UsageRecord(models.Model):
     `input_tokens` is the total prompt, cached and cache-write tokens included;
     `cache_write_1h_tokens` is the part of `cache_write_tokens` written for one hour.
     `price_tier` is the long-context tier the request was billed at (empty: the base prices).
+
+    On PostgreSQL the table is partitioned by UTC month on `created_at` (migration 0015,
+    billing/services/partitions.py): its primary key there is (id, created_at), which Django
+    does not need to know; `id` stays unique (one sequence) and the ORM reads and deletes by it.
     """
 
     class Endpoint(models.TextChoices):
@@ -191,7 +195,8 @@ class UsageRecord(models.Model):
         EMBEDDINGS = "embeddings", "/v1/embeddings"
         RESPONSES = "responses", "/v1/responses"
 
-    request_id = models.CharField(max_length=64, unique=True)
+    # Unique with created_at (Meta): on PostgreSQL the table is partitioned by month on created_at.
+    request_id = models.CharField(max_length=64)
     created_at = models.DateTimeField(db_index=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -239,6 +244,9 @@ class UsageRecord(models.Model):
             ),
         ]
         constraints = [
+            # A request's created_at is fixed when it starts and travels with its journal trace and
+            # spooled record: a replayed write collides with the first (billing/services/usage.py).
+            models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_one_per_request"),
             models.CheckConstraint(condition=Q(cost__gte=0), name="usage_cost_not_negative"),
             models.CheckConstraint(
                 condition=Q(input_tokens__gte=models.F("cached_input_tokens") + models.F("cache_write_tokens")),

@@ -23,6 +23,7 @@ from .services import (
     budget_alert_deliver,
     budget_alerts_check,
     invoices_generate,
+    usage_partitions_ensure,
     usage_retention_apply,
     usage_rollup,
 )
@@ -115,3 +116,10 @@ def apply_usage_retention() -> int:
     except BillingError as exc:
         log.error("usage retention not applied: %s", exc)
         return 0
+
+
+@shared_task(**RETRY)
+def ensure_usage_partitions() -> list[str]:
+    """Daily: this month's usage partition and the next ones (PostgreSQL; elsewhere nothing).
+    A lock not obtained within the services' lock timeout is an OperationalError: retried."""
+    return usage_partitions_ensure()

@@ -187,7 +187,8 @@ async def _write_direct(metered: Metered, *args) -> Decimal:
         return await db_call(_write, metered, *args)
     if row is not None:
         return cost
-    return (await db_call(usage_record_kept, request_id=metered.request_id)).cost  # a record already there
+    kept = await db_call(usage_record_kept, request_id=metered.request_id, created_at=metered.created_at)
+    return kept.cost  # a record already there
 
 
 def _without_nul(value):

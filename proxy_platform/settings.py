@@ -196,6 +196,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "check-budgets": {"task": "billing.tasks.check_budgets", "schedule": 900.0},
     "apply-usage-retention": {"task": "billing.tasks.apply_usage_retention", "schedule": crontab(minute=0, hour=4)},
+    # PostgreSQL: this month's usage partition and the next BILLING_USAGE_PARTITIONS_AHEAD ones.
+    "ensure-usage-partitions": {
+        "task": "billing.tasks.ensure_usage_partitions",
+        "schedule": crontab(minute=45, hour=3),
+    },
     # Prompts and responses are kept only as long as each tenant's log_retention_days.
     # The Redis budget counters (gateway/limits/) reset to the database's month-to-date spend.
     "reconcile-budget-counters": {"task": "gateway.tasks.reconcile_budget_counters", "schedule": 300.0},
@@ -213,6 +218,8 @@ BILLING_INVOICE_GRACE_DAYS = env_int("BILLING_INVOICE_GRACE_DAYS", 3)
 BILLING_ROLLUP_LOOKBACK_DAYS = env_int("BILLING_ROLLUP_LOOKBACK_DAYS", 40)
 # Raw usage records older than this many days are deleted once rolled up and invoiced; 0 keeps them.
 BILLING_USAGE_RETENTION_DAYS = env_int("BILLING_USAGE_RETENTION_DAYS", 0)
+# Usage partitions (PostgreSQL) created ahead of this month by the daily beat job.
+BILLING_USAGE_PARTITIONS_AHEAD = env_int("BILLING_USAGE_PARTITIONS_AHEAD", 2)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

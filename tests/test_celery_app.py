@@ -49,6 +49,7 @@ def test_every_beat_entry_names_a_registered_task():
         "close-invoice-periods",
         "check-budgets",
         "apply-usage-retention",
+        "ensure-usage-partitions",
         "purge-request-logs",
         "reconcile-budget-counters",
         "reconcile-requests",

@@ -37,6 +37,7 @@ def empty_journal(settings):
     client.delete(*JOURNAL_KEYS)  # our own keys only: the server is shared
     journal._memory_journal.clear()
     limits._memory_store.clear()
+    STARTED.clear()
     yield client
     client.delete(*JOURNAL_KEYS)
     client.close()
@@ -119,6 +120,15 @@ def caller_of(priced, *, concurrent=None) -> Caller:
     return Caller(key=key, tenant=tenant)
 
 
+# A request's created_at is set once when it starts (gateway.lifecycle.Call) and carried by its
+# trace and its record alike: usage records are unique on (request_id, created_at).
+STARTED: dict[str, datetime] = {}
+
+
+def started(request_id: str) -> datetime:
+    return STARTED.setdefault(request_id, datetime.now(UTC))
+
+
 def call_of(priced, request_id: str, *, caller=None, prompt=1000, created_at=None):
     """What trace_open reads of a proxy.Call, as the proxy has it just before the upstream call."""
     return SimpleNamespace(
@@ -128,7 +138,7 @@ def call_of(priced, request_id: str, *, caller=None, prompt=1000, created_at=Non
         endpoint="chat",
         deployment=SimpleNamespace(id=priced.deployment.id, provider="openai", upstream=priced.deployment.upstream),
         price=SimpleNamespace(id=priced.price.id),
-        created_at=created_at or datetime.now(UTC),
+        created_at=created_at or started(request_id),
         stream=True,
         prompt_estimate=prompt,
         fallen_back=False,
@@ -138,7 +148,7 @@ def call_of(priced, request_id: str, *, caller=None, prompt=1000, created_at=Non
 def metered_of(priced, request_id: str, *, output=50, error_type="") -> Metered:
     return Metered(
         request_id=request_id,
-        created_at=datetime.now(UTC),
+        created_at=started(request_id),
         tenant_id=priced.tenant.id,
         api_key_id=priced.key.id,
         model="gpt-test",

@@ -4,6 +4,7 @@
 - `rollups`: raw records → daily rollups.
 - `invoices`: invoices and credit notes.
 - `retention`: raw records past their retention.
+- `partitions`: the usage table's monthly partitions (PostgreSQL).
 - `alerts`: budget alerts and their delivery.
 - `subscriptions`: a tenant's plan and its alert webhook secret.
 
@@ -21,6 +22,7 @@ from .alerts import (
 )
 from .errors import BillingError
 from .invoices import InvoiceRunResult, credit_note_create, invoice_number, invoices_finalize, invoices_generate
+from .partitions import usage_partition_ensure, usage_partition_months, usage_partitioned, usage_partitions_ensure
 from .retention import usage_retention_apply
 from .rollups import RollupResult, usage_rollup, usage_rollup_day
 from .subscriptions import subscription_webhook_secret_set, subscriptions_set_plan
@@ -56,6 +58,10 @@ __all__ = [
     "usage_record_upsert",
     "usage_upsert_statement",
     "RecordedUsage",
+    "usage_partition_ensure",
+    "usage_partition_months",
+    "usage_partitioned",
+    "usage_partitions_ensure",
     "usage_retention_apply",
     "usage_rollup",
     "usage_rollup_day",

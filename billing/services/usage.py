@@ -140,7 +140,7 @@ def _upsert_statement(vendor: str, names: tuple[str, ...]) -> str:
     # Identifiers from the model's own metadata, quoted; every value is a parameter.
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "  # noqa: S608
-        f"ON CONFLICT ({quote('request_id')}) DO UPDATE SET "
+        f"ON CONFLICT ({quote('request_id')}, {quote('created_at')}) DO UPDATE SET "
         + ", ".join(f"{column} = EXCLUDED.{column}" for column in columns)
         + f" WHERE {table}.{error_type} = %s AND EXCLUDED.{error_type} <> %s RETURNING {error_type}"  # noqa: S608
     )
@@ -149,6 +149,11 @@ def _upsert_statement(vendor: str, names: tuple[str, ...]) -> str:
 def usage_record_upsert(*, metered: MeteredUsage, replaceable: str) -> RecordedUsage:
     """Record one request once, whoever tries and however often: one `INSERT … ON CONFLICT`
     statement (PostgreSQL and SQLite alike), no transaction of its own.
+
+    The record is unique on (request_id, created_at), the partition key being part of every
+    unique constraint of a partitioned table: every writer of a request (the gateway, the journal's
+    replay of a spooled record, the reconciler's `interrupted` record) carries the `created_at`
+    set when the request started, so they all collide on the same row.
 
     A record already there for the request id stays (a replay of a write that committed after
     all), unless its error type is `replaceable` and this one's is not: then this record takes its
@@ -163,7 +168,7 @@ def usage_record_upsert(*, metered: MeteredUsage, replaceable: str) -> RecordedU
         cursor.execute(sql, params)
         if cursor.fetchone() is not None:
             return RecordedUsage(cost=cost, error_type=metered.error_type, written=True)
-    return usage_record_kept(request_id=metered.request_id)
+    return usage_record_kept(request_id=metered.request_id, created_at=metered.created_at)
 
 
 def usage_upsert_statement(*, metered: MeteredUsage, replaceable: str, connection) -> tuple[str, list, Decimal]:
@@ -179,7 +184,9 @@ def usage_upsert_statement(*, metered: MeteredUsage, replaceable: str, connectio
     return _upsert_statement(connection.vendor, names), [*params, replaceable, replaceable], cost
 
 
-def usage_record_kept(*, request_id: str) -> RecordedUsage:
-    """The record already stored for `request_id`, when an upsert left it in place."""
-    kept_cost, kept_error_type = UsageRecord.objects.filter(request_id=request_id).values_list("cost", "error_type")[0]
+def usage_record_kept(*, request_id: str, created_at) -> RecordedUsage:
+    """The record already stored for the request (`request_id` at its `created_at`: the month
+    partition's key is in the unique constraint), when an upsert left it in place."""
+    kept = UsageRecord.objects.filter(request_id=request_id, created_at=created_at)
+    kept_cost, kept_error_type = kept.values_list("cost", "error_type")[0]
     return RecordedUsage(cost=kept_cost, error_type=kept_error_type, written=False)
