@@ -163,10 +163,12 @@ def test_a_direct_write_keeps_an_interrupted_records_place_rules(upstream, catal
     `interrupted` one, and a record already there otherwise stays (its cost is the answer)."""
     from gateway.metering import _write_direct
 
+    started = timezone.now()  # a request's records share its start: (request_id, created_at) is the key
+
     def metered(price, request_id: str, error_type: str = "", output: int = 10):
         return Metered(
             request_id=request_id,
-            created_at=timezone.now(),
+            created_at=started,
             tenant_id=alice.id,
             api_key_id=None,
             model="gpt-test",
