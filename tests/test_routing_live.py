@@ -95,7 +95,7 @@ def ask(client, model: str, **options):
 def in_flight(*deployments: Deployment) -> list[int]:
     shared = redis.Redis.from_url(django_settings.REDIS_URL)
     try:
-        return [shared.zcard(f"gw:route:{d.id}:busy") for d in deployments]
+        return [shared.zcard(f"gw:route:{{{d.id}}}:busy") for d in deployments]
     finally:
         shared.close()
 
