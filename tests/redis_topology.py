@@ -8,7 +8,8 @@ Before Django reads its settings, this plugin starts the servers from Debian's
 replicas; Sentinel: a primary, a replica and one sentinel watching them) and points REDIS_URL,
 REDIS_CLUSTER, REDIS_SENTINELS and REDIS_SENTINEL_MASTER at them: the test process and every
 gateway it starts (tests/conftest.py copies its environment) use them. Celery's broker stays on
-the Redis the run was given (CELERY_BROKER_URL), Celery not speaking Cluster. The servers are
+the Redis the run was given under Cluster (CELERY_BROKER_URL: Celery does not speak Cluster);
+under Sentinel it follows the sentinel (kombu's `sentinel://`). The servers are
 stopped by pid when the run ends. Without redis-server every test of the run is skipped.
 """
 
@@ -119,7 +120,7 @@ def start_sentinel(directory: Path) -> dict:
     _start(directory, f"primary-{primary}", *_server_args(primary))
     _wait(lambda: _cli(primary, "PING"), "the primary")
     _start(directory, f"replica-{replica}", *_server_args(replica), "--replicaof", "127.0.0.1", str(primary))
-    _wait(lambda: b"master_link_status:up" in _cli(replica, "INFO", "replication"), "the replica in sync")
+    _wait(lambda: _cli(replica, "INFO", "replication").get("master_link_status") == "up", "the replica in sync")
     config = directory / "sentinel.conf"
     config.write_text(
         f"port {sentinel}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
@@ -153,12 +154,12 @@ def pytest_load_initial_conftests(early_config, parser, args):
     except BaseException:
         pytest_unconfigure(early_config)
         raise
-    # Celery keeps the Redis the run was given (it does not speak Cluster).
-    os.environ.setdefault("CELERY_BROKER_URL", os.environ.get("REDIS_URL", "") or "memory://")
-    os.environ["REDIS_URL"] = TOPOLOGY["url"]
     if kind == "cluster":
+        # Celery keeps the Redis the run was given (it does not speak Cluster).
+        os.environ.setdefault("CELERY_BROKER_URL", os.environ.get("REDIS_URL", "") or "memory://")
         os.environ["REDIS_CLUSTER"] = "1"
-    else:
+    os.environ["REDIS_URL"] = TOPOLOGY["url"]
+    if kind == "sentinel":
         os.environ["REDIS_SENTINELS"] = f"127.0.0.1:{TOPOLOGY['sentinel']}"
         os.environ["REDIS_SENTINEL_MASTER"] = MASTER
 
