@@ -18,7 +18,7 @@ DEMO_MOCK_PORT ?= 8090
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-dev demo test test-services lint bench bench-admin chromium clean
+.PHONY: install install-dev demo test test-redis-topologies test-services lint bench bench-admin chromium clean
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -51,6 +51,18 @@ test: $(DEV_STAMP) chromium test-services
 	$(VENV)/bin/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-redis-topologies
+
+# The live limits, budgets, response cache and routing tests again, once on a three-primary Redis
+# Cluster and once behind a Sentinel (with a forced failover), which tests/redis_topology.py
+# starts from Debian's redis-server on free ports (docs/redis.md); skipped without redis-server.
+REDIS_TOPOLOGY_TESTS ?= tests/test_limits_live.py tests/test_key_budgets.py tests/test_response_cache.py \
+	tests/test_routing_live.py
+test-redis-topologies: $(DEV_STAMP) test-services
+	TEST_REDIS_TOPOLOGY=cluster DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	  $(PY) -m pytest -p tests.redis_topology $(REDIS_TOPOLOGY_TESTS)
+	TEST_REDIS_TOPOLOGY=sentinel DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	  $(PY) -m pytest -p tests.redis_topology tests/test_redis_failover_live.py $(REDIS_TOPOLOGY_TESTS)
 
 # lint-imports: the layers in pyproject.toml (console → gateway | config → billing → tenants).
 lint: $(DEV_STAMP)
