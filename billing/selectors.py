@@ -626,6 +626,22 @@ def month_to_date_spend_by_key(*, tenant_id: int, key_ids: Collection[int], now:
     return {key_id: totals.get(key_id) or ZERO for key_id in key_ids}
 
 
+def spend_since_by(*, tenant_id: int, field: str, ids: Collection[int], since: datetime) -> dict[int, Decimal]:
+    """The cost of the tenant's records since `since`, for each id of `field` ("project_id" or
+    "api_key_id"; 0 for one without records): one aggregate over the tenant's records (index
+    tenant, created_at). For the budget counters of projects (a month) and keys (a day)."""
+    if field not in ("project_id", "api_key_id"):
+        raise ValueError(field)
+    rows = (
+        UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since, **{f"{field}__in": list(ids)})
+        .values(field)
+        .annotate(total=MoneySum("cost"))
+        .order_by()
+    )
+    totals = {row[field]: row["total"] for row in rows}
+    return {ident: totals.get(ident) or ZERO for ident in ids}
+
+
 def subscription_webhook_secret_get(*, subscription: Subscription) -> str:
     """The alert webhook's signing secret, decrypted for the one caller that signs with it."""
     return decrypt(subscription.alert_webhook_secret) if subscription.alert_webhook_secret else ""

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 
+from tenants import audit
 from tenants.models import ApiKey, CatalogModel, Tenant
 
 from .models import ModelPrice, Plan, Subscription, UsageRecord
@@ -269,5 +270,6 @@ def synthetic_tenants_ensure(*, count: int, prefix: str = "synthetic") -> int:
         tenants = Tenant.objects.bulk_create(
             [Tenant(slug=slug, name=f"Synthetic {slug.rsplit('-', 1)[1]}") for slug in slugs[:missing]]
         )
-        Subscription.objects.bulk_create([Subscription(tenant=tenant, plan=plan) for tenant in tenants])
+        subscriptions = Subscription.objects.bulk_create([Subscription(tenant=tenant, plan=plan) for tenant in tenants])
+        audit.record_created([*tenants, *subscriptions])
     return len(tenants)

@@ -15,14 +15,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import ModelPrice, Plan, PriceTier, Subscription
+from tenants import audit
 from tenants.keys import key_display_parts, key_hash
-from tenants.models import ApiKey, CatalogModel, Deployment, Tenant
+from tenants.models import ApiKey, CatalogModel, Deployment, Project, Tenant
 from tenants.selectors import platform_policy
 from tenants.services import api_key_create, api_key_revoke, platform_policy_update
 
 from .schema import (
     CONFIG_KEY_NAME,
     DEPLOYMENT_SETTINGS,
+    END_USER_KEYS,
     MISSING,
     POLICY_LIST_KEYS,
     PRICE_KEYS,
@@ -45,14 +47,17 @@ def _tiers_of(price: ModelPrice | None) -> list[dict[str, Any]]:
     return [{key: getattr(tier, key) for key in TIER_KEYS} for tier in price.tiers.order_by("above_input_tokens")]
 
 
-def config_apply(*, document: Any, dry_run: bool = False) -> list[str]:
+def config_apply(*, document: Any, dry_run: bool = False, source: str = "configuration file") -> list[str]:
     """Validate and upsert the document in one transaction; return the changes, one per line.
 
     Raises ConfigInvalid (nothing written) when the document has any error. With `dry_run`
     the same changes are computed by really applying them and rolling the transaction back,
     so the list is exactly what a real run would do.
+
+    Audited as an import from `source` (e.g. the file's path): one entry per object changed,
+    however many writes the import made to it (tenants/audit.py).
     """
-    with transaction.atomic():
+    with transaction.atomic(), audit.acting(import_source=source), audit.collecting():
         # Validation runs inside the transaction so that it sees what the writes will see.
         # Two imports racing each other are not serialised: the unique constraints (tenant
         # slug, key hash, plan name, price instant) make the loser fail whole.
@@ -86,6 +91,10 @@ def _where(provider: str, upstream: str, region: str, base_url: str = "") -> str
 def _routing_value(key: str, value: Any) -> Any:
     """A routing key as the model stores it: fallbacks come from the file with their indexes."""
     return [name for _, name in value] if key == "fallbacks" else value
+
+
+def _project_label(key: str) -> str:
+    return f"rate_limit.{key}" if key in RATE_LIMIT_KEYS else key
 
 
 def _key_display(raw: str) -> str:
@@ -287,7 +296,7 @@ class _Applier:
         else:
             # The target already exists as another deployment (the unique constraint forbids
             # a second one): make it the first one tried instead.
-            Deployment.objects.filter(model=model, priority=0).exclude(pk=same.pk).update(priority=1)
+            audit.queryset_update(Deployment.objects.filter(model=model, priority=0).exclude(pk=same.pk), priority=1)
             same.priority, same.active = 0, True
             same.save(update_fields=["priority", "active"])
         self.changes.append(f"update model {model.name} deployment: {_where(*before)} → {_where(*target)}")
@@ -309,7 +318,7 @@ class _Applier:
             return  # an existing model without any price, and the file gives only part of one
         # Never edit a price row: requests already billed point at it (docs/design.md#money).
         row = ModelPrice.objects.create(model=model, effective_from=self.now, **wanted)
-        PriceTier.objects.bulk_create(PriceTier(price=row, **tier) for tier in wanted_tiers)
+        audit.record_created(PriceTier.objects.bulk_create(PriceTier(price=row, **tier) for tier in wanted_tiers))
         parts = [f"input {decimal_text(wanted['input_per_1m'])}", f"output {decimal_text(wanted['output_per_1m'])}"]
         if wanted["cached_input_per_1m"] is not None:
             parts.append(f"cached input {decimal_text(wanted['cached_input_per_1m'])}")
@@ -333,7 +342,8 @@ class _Applier:
             tenant = Tenant(slug=slug, name=slug.replace("_", " ").replace("-", " ").title(), allowed_providers=[])
             self.changes.append(f"create tenant {slug}")
         wanted: dict[str, Any] = {
-            key: entry.get(key, MISSING) for key in ("name", "status", "region", *RATE_LIMIT_KEYS, *PROFILE_KEYS)
+            key: entry.get(key, MISSING)
+            for key in ("name", "status", "region", *RATE_LIMIT_KEYS, *PROFILE_KEYS, *END_USER_KEYS)
         }
         if "providers" in entry:
             wanted["allowed_providers"] = sorted(name for _, name in entry["providers"])
@@ -362,8 +372,58 @@ class _Applier:
                 self.changes.append(f"{verb} {slug}.models: {' '.join(diff)}")
 
         self._subscription(tenant, entry, plans=plans, verb=verb)
+        if "projects" in entry:
+            self._projects(tenant, entry["projects"], verb=verb)
         if "api_key" in entry:
             self._api_key(tenant, entry["api_key"])
+            self._api_key_settings(tenant, entry)
+
+    def _projects(self, tenant: Tenant, projects: dict[str, dict[str, Any]], *, verb: str) -> None:
+        """Upsert the file's projects: what an entry gives is set, what it leaves out kept; a
+        project the file leaves out is kept (its keys and records point at it)."""
+        have = {p.name: p for p in Project.objects.filter(tenant=tenant)}
+        for name, wanted in sorted(projects.items()):
+            project = have.get(name)
+            if project is None:
+                project = Project.objects.create(tenant=tenant, name=name, **wanted)
+                self.changes.append(f"create project {tenant.slug}.projects.{name}")
+                for key, value in wanted.items():
+                    self.changes.append(f"set {tenant.slug}.projects.{name}.{_project_label(key)}: {_show(value)}")
+                continue
+            changed = []
+            for key, value in wanted.items():
+                old = getattr(project, key)
+                if value == old:
+                    continue
+                changed.append(key)
+                setattr(project, key, value)
+                label = _project_label(key)
+                self.changes.append(f"{verb} {tenant.slug}.projects.{name}.{label}: {_show(old)} → {_show(value)}")
+            if changed:
+                project.save(update_fields=changed)
+
+    def _api_key_settings(self, tenant: Tenant, entry: dict[str, Any]) -> None:
+        """The file's key's project and daily budget (`"api_key": {"key", "project", "daily_budget"}`)."""
+        if "api_key_project" not in entry and "api_key_daily_budget" not in entry:
+            return
+        key = ApiKey.objects.get(key_hash=key_hash(entry["api_key"], pepper=settings.API_KEY_PEPPER))
+        changed = []
+        if "api_key_project" in entry:
+            name = entry["api_key_project"]
+            project = None if name is None else Project.objects.get(tenant=tenant, name=name)
+            if key.project_id != (project.id if project else None):
+                old = key.project.name if key.project else None
+                key.project = project
+                changed.append("project")
+                self.changes.append(f"set {tenant.slug}.api_key.project: {_show(old)} → {_show(name)}")
+        if "api_key_daily_budget" in entry and key.daily_budget != entry["api_key_daily_budget"]:
+            old, key.daily_budget = key.daily_budget, entry["api_key_daily_budget"]
+            changed.append("daily_budget")
+            self.changes.append(
+                f"set {tenant.slug}.api_key.daily_budget: {_show(old)} → {_show(entry['api_key_daily_budget'])}"
+            )
+        if changed:
+            key.save(update_fields=changed)
 
     def _subscription(self, tenant: Tenant, entry: dict[str, Any], *, plans: dict[str, Plan], verb: str) -> None:
         subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()

@@ -69,7 +69,7 @@ def config_export() -> dict:
     }
 
     tenants: dict[str, dict] = {}
-    for tenant in Tenant.objects.select_related("subscription__plan").prefetch_related("allowed_models"):
+    for tenant in Tenant.objects.select_related("subscription__plan").prefetch_related("allowed_models", "projects"):
         entry = {
             "models": sorted(m.name for m in tenant.allowed_models.all()),
             "name": tenant.name,
@@ -87,6 +87,19 @@ def config_export() -> dict:
             "log_requests": tenant.log_requests,
             "log_retention_days": tenant.log_retention_days,
             "response_cache_seconds": tenant.response_cache_seconds,
+            "end_user_limits": dict(sorted((tenant.end_user_limits or {}).items())),
+            "hash_end_user_ids": tenant.hash_end_user_ids,
+            "projects": {
+                project.name: {
+                    "monthly_budget": decimal_text(project.monthly_budget),
+                    "rate_limit": {
+                        "max_concurrent": project.max_concurrent,
+                        "requests_per_minute": project.requests_per_minute,
+                        "tokens_per_minute": project.tokens_per_minute,
+                    },
+                }
+                for project in tenant.projects.all()
+            },
         }
         subscription = getattr(tenant, "subscription", None)
         if subscription is not None:  # a tenant made in the admin may have none yet

@@ -162,16 +162,21 @@ from tenants.profiles import (
     FAMILY_RULE,
     LOG_RETENTION_DAYS_MAX,
     POLICY_FIELDS,
+    PROJECT_NAME,
+    PROJECT_NAME_MAX,
+    PROJECTS_MAX,
     RESPONSE_CACHE_SECONDS_MAX,
     ModelScope,
     Problem,
     default_max_tokens_problems,
     default_params_clean,
     deployment_family_problems,
+    end_user_limits_clean,
     model_aliases_problems,
     model_aliases_shape,
     policy_problems,
     positive_int_problems,
+    positive_money_problems,
 )
 
 CONFIG_KEY_NAME = "config"
@@ -239,7 +244,13 @@ TENANT_KEYS = (
     "log_requests",
     "log_retention_days",
     "response_cache_seconds",
+    "projects",
+    "end_user_limits",
+    "hash_end_user_ids",
 )
+PROJECT_KEYS = ("monthly_budget", "rate_limit")
+END_USER_KEYS = ("end_user_limits", "hash_end_user_ids")
+API_KEY_KEYS = ("key", "project", "daily_budget")
 PROFILE_KEYS = (
     "model_aliases",
     "default_params",
@@ -753,9 +764,13 @@ def _tenant_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
             checked.error((*path, "status"), f"must be one of: {', '.join(statuses)}")
     if "api_key" in obj:
         key = obj["api_key"]
+        if isinstance(key, dict):
+            # {"key": "...", "project": "search", "daily_budget": "5.00"}: the key with its project and daily budget.
+            _api_key_object(checked, key, (*path, "api_key"), entry)
+            key = key.get("key")
         # The key itself never appears in a message: error output ends up in logs and tickets.
         if not isinstance(key, str):
-            checked.error((*path, "api_key"), "must be a string")
+            checked.error((*path, "api_key"), 'must be a string (or an object with "key")')
         elif not key_is_well_formed(key):
             checked.error((*path, "api_key"), "is not a usable key (characters, length or checksum)")
         else:
@@ -790,8 +805,76 @@ def _tenant_entry(checked: _Checked, raw: Any, path: Path) -> dict[str, Any]:
         )
     if "region" in obj:
         entry["region"] = _region(checked, obj["region"], (*path, "region"))
+    if "projects" in obj:
+        entry["projects"] = _projects(checked, obj["projects"], (*path, "projects"))
+    if "end_user_limits" in obj:
+        limits, problems = end_user_limits_clean(obj["end_user_limits"])
+        checked.problems(path, problems)
+        entry["end_user_limits"] = _INVALID if problems else limits
+    if "hash_end_user_ids" in obj:
+        if isinstance(obj["hash_end_user_ids"], bool):
+            entry["hash_end_user_ids"] = obj["hash_end_user_ids"]
+        else:
+            checked.error((*path, "hash_end_user_ids"), "must be true or false")
     _profile_entry(checked, obj, path, entry)
     return _keep_valid(entry)
+
+
+def _projects(checked: _Checked, value: Any, path: Path) -> Any:
+    """`"projects": {"search": {"monthly_budget": "50.00", "rate_limit": {...}}}`: per project, only
+    what the file gives (absent = keep). The checks are tenants.profiles' (as in the admin)."""
+    found = _mapping(checked, value, path, PROJECT_NAME, PROJECT_NAME_MAX, "a project name (letters, digits, '-', '_')")
+    if len(found) > PROJECTS_MAX:
+        checked.error(path, f"at most {PROJECTS_MAX} projects")
+        return _INVALID
+    projects: dict[str, dict[str, Any]] = {}
+    for name, raw in found.items():
+        where = (*path, name)
+        obj = _object(checked, raw, where, PROJECT_KEYS)
+        if obj is None:
+            continue
+        project: dict[str, Any] = {}
+        if "rate_limit" in obj:
+            limits = _object(checked, obj["rate_limit"], (*where, "rate_limit"), RATE_LIMIT_KEYS)
+            for key in RATE_LIMIT_KEYS:
+                if limits is not None and key in limits:
+                    project[key] = _positive_int(checked, limits[key], (*where, "rate_limit", key))
+        if "monthly_budget" in obj:
+            budget = _decimal(
+                checked, obj["monthly_budget"], (*where, "monthly_budget"), digits=MONEY_DIGITS, nullable=True
+            )
+            if budget is not _INVALID:
+                problems = positive_money_problems(budget, "monthly_budget")
+                checked.problems(where, problems)
+                budget = _INVALID if problems else budget
+            project["monthly_budget"] = budget
+        projects[name] = _keep_valid(project)
+    return projects
+
+
+def _api_key_object(checked: _Checked, obj: dict, path: Path, entry: dict[str, Any]) -> None:
+    _object(checked, obj, path, API_KEY_KEYS)
+    if "project" in obj:
+        project = obj["project"]
+        if project is None:
+            entry["api_key_project"] = None
+        else:
+            entry["api_key_project"] = _string(
+                checked,
+                project,
+                (*path, "project"),
+                max_length=PROJECT_NAME_MAX,
+                pattern=PROJECT_NAME,
+                hint="a project name (letters, digits, '-', '_')",
+                empty=False,
+            )
+    if "daily_budget" in obj:
+        budget = _decimal(checked, obj["daily_budget"], (*path, "daily_budget"), digits=MONEY_DIGITS, nullable=True)
+        if budget is not _INVALID:
+            problems = positive_money_problems(budget, "daily_budget")
+            checked.problems(path, problems)
+            budget = _INVALID if problems else budget
+        entry["api_key_daily_budget"] = budget
 
 
 def _profile_entry(checked: _Checked, obj: dict, path: Path, entry: dict[str, Any]) -> None:
@@ -960,6 +1043,15 @@ def _check_references(checked: _Checked) -> None:
         ):
             checked.error((*path, "monthly_budget"), 'the tenant has no plan yet: give "billing_plan" too')
 
+        if entry.get("api_key_project") is not None:
+            known = set(entry.get("projects", {}))
+            if tenant is not None:
+                known |= set(tenant.projects.values_list("name", flat=True))
+            if entry["api_key_project"] not in known:
+                checked.error(
+                    (*path, "api_key", "project"),
+                    f"unknown project {json.dumps(entry['api_key_project'])} (neither in the file nor in the tenant)",
+                )
         if slug in hashes and hashes[slug] in keys:
             key = keys[hashes[slug]]
             if key.tenant.slug != slug:

@@ -10,6 +10,7 @@ console/analytics.py; this module parses the period, checks permissions, and ren
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import wraps
 
 from django import forms
 from django.contrib import admin
@@ -22,6 +23,7 @@ from django.utils.http import urlencode
 from billing.csvsafe import csv_writer
 from billing.periods import month_start, previous_month
 from billing.selectors import utc_today
+from tenants import audit
 from tenants.models import Tenant
 
 from .analytics import (
@@ -237,6 +239,25 @@ class PlatformAdminSite(admin.AdminSite):
     # columns behind a horizontal scroll at 1280 px; the breadcrumbs and the dashboard's app list
     # already lead everywhere.
     enable_nav_sidebar = False
+
+    def admin_view(self, view, cacheable=False):
+        """Every admin page, Django's and ours: what a staff user changes through it is audited as
+        theirs (tenants/audit.py), and a POST's changes are one transaction and one audit entry per
+        object (a tenant's fields and its models saved by one form: one entry)."""
+        inner = super().admin_view(view, cacheable)
+
+        @wraps(view)
+        def audited(request, *args, **kwargs):
+            user = getattr(request, "user", None)
+            if user is None or not (user.is_active and user.is_staff):
+                return inner(request, *args, **kwargs)  # the login page, for which no one acts
+            with audit.acting(staff=user):
+                if request.method == "POST":
+                    with audit.collecting():
+                        return inner(request, *args, **kwargs)
+                return inner(request, *args, **kwargs)
+
+        return audited
 
     def get_urls(self):
         return [

@@ -48,6 +48,8 @@ class GatewayError(Exception):
     code: str  # machine-readable cause, stored on the usage record as its error type
     param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Which level of limits refused (tenant, key, project, end_user): said in the body's `level`.
+    level: str | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
@@ -71,6 +73,7 @@ def openai_error_body(error: GatewayError) -> dict:
             "type": _OPENAI_TYPES.get(error.status, "api_error"),
             "param": error.param,
             "code": error.code,
+            **({"level": error.level} if error.level else {}),
         }
     }
 
@@ -78,7 +81,11 @@ def openai_error_body(error: GatewayError) -> dict:
 def anthropic_error_body(error: GatewayError) -> dict:
     return {
         "type": "error",
-        "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"), "message": error.message},
+        "error": {
+            "type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
+            "message": error.message,
+            **({"level": error.level} if error.level else {}),
+        },
     }
 
 

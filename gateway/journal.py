@@ -547,6 +547,11 @@ def _pause(request_id: str, what: str, exc: BaseException) -> None:
     log.warning("request %s: the journal is unreachable, %s: %s", request_id, what, exc)
 
 
+def _project_id(caller) -> int | None:
+    project = getattr(getattr(caller, "key", None), "project", None)
+    return None if project is None else project.id
+
+
 async def trace_open(*, call: "Call", ahead: bool = False) -> None:
     """Write the request's trace before its provider is called (again, with the new deployment,
     before a fallback). A journal that cannot be reached does not stop the request: it is logged,
@@ -574,6 +579,10 @@ async def trace_open(*, call: "Call", ahead: bool = False) -> None:
             "created_at": call.created_at,
             "streamed": call.stream,
             "prompt_tokens": call.prompt_estimate,
+            # What release_request() needs of the levels beyond the tenant and key, and the record's attribution.
+            "project_id": _project_id(call.caller),
+            "end_user": getattr(call, "end_user", ""),
+            "tags": getattr(call, "tags", None),
         }
     )
     try:
@@ -746,6 +755,9 @@ def _metered_dump(metered: Metered) -> bytes:
             "requested_model": metered.requested_model,
             "tenant_slug": metered.tenant_slug,
             "deployment_id": metered.deployment_id,
+            "project_id": metered.project_id,
+            "end_user": metered.end_user,
+            "tags": metered.tags,
             "cost": str(usage_cost(metered=metered)),  # for a reader of the journal; recomputed on write
         }
     )
@@ -802,6 +814,10 @@ def _metered_load(data: bytes) -> Metered:
         requested_model=raw.get("requested_model", ""),  # spooled before fallbacks: none
         tenant_slug=raw["tenant_slug"],
         deployment_id=raw["deployment_id"],
+        # Records spooled before attribution have none.
+        project_id=raw.get("project_id"),
+        end_user=raw.get("end_user") or "",
+        tags=raw.get("tags"),
     )
 
 
@@ -843,6 +859,9 @@ def _interrupted(trace: dict) -> Metered:
         requested_model=trace.get("requested_model", ""),
         tenant_slug=trace.get("tenant_slug", ""),
         deployment_id=trace["deployment_id"],
+        project_id=trace.get("project_id"),
+        end_user=trace.get("end_user") or "",
+        tags=trace.get("tags"),
     )
 
 
@@ -922,10 +941,16 @@ async def reconcile_requests(*, older_than_seconds: float) -> ReconcileResult:
                         request_id,
                         trace.get("tenant_slug"),
                     )
-                month = datetime.fromisoformat(trace["created_at"]).strftime("%Y-%m")
+                created_at = datetime.fromisoformat(trace["created_at"])
                 if trace["key_id"] is not None:
                     released += await release_request(
-                        tenant_id=trace["tenant_id"], key_id=trace["key_id"], request_id=request_id, month=month
+                        tenant_id=trace["tenant_id"],
+                        key_id=trace["key_id"],
+                        request_id=request_id,
+                        month=created_at.strftime("%Y-%m"),
+                        day=created_at.strftime("%Y-%m-%d"),
+                        project_id=trace.get("project_id"),
+                        end_user=trace.get("end_user") or None,
                     )
                 await journal.done(_TRACES, request_id)
                 finished.add(request_id)

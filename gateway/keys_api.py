@@ -27,6 +27,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from tenants import audit
 from tenants.models import ApiKey, Tenant
 from tenants.profiles import Problem, api_key_spec_clean, key_models_problems
 from tenants.selectors import catalog_models_named, tenant_api_key, tenant_api_keys, tenant_model_scope, tenant_project
@@ -169,8 +170,10 @@ def _list_query(params: dict[str, str]) -> tuple[int | None, int]:
 def _written_by(admin_key_id: int, write: Callable[..., T], *args) -> T:
     """Run one write of the key API (`_create`, `_update`, `_revoke`, each one call of a
     `tenants.services` function) on behalf of the tenant admin key `admin_key_id`: the one place
-    where the API's writes happen, and so where the audit trail learns who acted."""
-    return write(*args)
+    where the API's writes happen, and so where the audit trail learns who acted: one entry per
+    key changed, its actor the admin key (display form and id, tenants/audit.py)."""
+    with audit.acting(api_key_id=admin_key_id), audit.collecting():
+        return write(*args)
 
 
 async def _write(caller: Caller, write: Callable[..., T], *args) -> T:

@@ -95,6 +95,8 @@ class Call:
     # metrics and log line, and gives back its admission without settling tokens or cost.
     billable: bool = True
     trace_sent: Callable[[], Awaitable[None]] | None = None  # waits for Redis' acknowledgment of the trace
+    end_user: str = ""  # as recorded (hashed when the tenant asks): gateway/attribution.py
+    tags: dict[str, str] = field(default_factory=dict)  # x-request-tags
 
     def log_entry(self, response: dict | None) -> LogEntry | None:
         return LogEntry(request=self.body, response=response) if self.caller.tenant.log_requests else None
@@ -122,6 +124,9 @@ class Call:
             cache_hit=outcome.cache_hit,
             tenant_slug=self.caller.tenant.slug,
             deployment_id=deployment.id if deployment else None,
+            project_id=self.caller.key.project.id if self.caller.key.project else None,
+            end_user=self.end_user,
+            tags=self.tags,
         )
 
 

@@ -38,3 +38,7 @@ class Metered:
     # Not stored: for the gateway's request log line and metrics (gateway/observability.py).
     tenant_slug: str = ""
     deployment_id: int | None = None
+    # Attribution inside the tenant (issue 14): the key's project, the end user as recorded, the tags.
+    project_id: int | None = None
+    end_user: str = ""
+    tags: dict | None = None

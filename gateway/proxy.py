@@ -19,6 +19,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from billing.pricing import Tokens, worst_case_cost
 
 from . import journal, observability, routing, translate
+from .attribution import levels_for
 from .auth import Access, access_check
 from .cache import Cached, cache_key, cache_lookup, cache_store
 from .errors import GatewayError
@@ -27,7 +28,7 @@ from .limits import Admission, admit
 from .metering import estimate_output_tokens, estimate_prompt_tokens, keep_alive, tokens_from_usage
 from .providers import Adapter, EventStream, ProviderError, adapter_for
 from .providers.base import ANTHROPIC_BETAS, GATEWAY_REQUEST_ID
-from .registry import DeploymentView, ModelView, catalog, key_month_to_date, month_to_date, policy
+from .registry import DeploymentView, ModelView, catalog, key_month_to_date, month_to_date, policy, spend_since
 from .routing import retry
 from .streams import StreamError, processor_for
 from .tokenizer import embedding_input_bound, prompt_token_bound
@@ -190,7 +191,13 @@ async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admissio
     else:
         max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
     reserve = max_output if isinstance(max_output, int) else settings.GATEWAY_DEFAULT_OUTPUT_RESERVE
-    budgeted = tenant.monthly_budget is not None or key.monthly_budget is not None
+    levels = levels_for(call.caller, call.end_user)
+    budgeted = (
+        tenant.monthly_budget is not None
+        or key.monthly_budget is not None
+        or key.daily_budget is not None
+        or any(level.monthly_budget is not None or level.daily_budget is not None for level in levels)
+    )
     return await admit(
         caller=call.caller,
         request_id=call.request_id,
@@ -212,6 +219,9 @@ async def admit_call(call: Call, *, prompt_body: dict | None = None) -> Admissio
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
         key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
+        key_daily_budget=key.daily_budget,
+        key_spend_since=lambda since: spend_since(tenant.id, since, api_key_id=key.id),
+        levels=levels,
     )
 
 
@@ -526,6 +536,9 @@ async def admit_embeddings(call: Call) -> Admission:
         month_to_date=lambda: month_to_date(tenant.id),
         key_budget=key.monthly_budget,
         key_month_to_date=lambda: key_month_to_date(tenant.id, key.id),
+        key_daily_budget=key.daily_budget,
+        key_spend_since=lambda since: spend_since(tenant.id, since, api_key_id=key.id),
+        levels=levels_for(call.caller, call.end_user),
     )
 
 

@@ -48,6 +48,8 @@ class TenantView:
     # provider -> (secret, base_url) of the tenant's own account (bring your own key)
     credentials: dict[str, tuple[str, str]]
     response_cache_seconds: int | None = None  # None: no response cache
+    end_user_limits: "EndUserLimits | None" = None  # each end user's limits; None: none
+    hash_end_user_ids: bool = False  # record (and count) a keyed hash of the end user's id
 
     def may_use(self, model: "ModelView") -> bool:
         if self.allowed_providers and model.provider not in self.allowed_providers:
@@ -65,6 +67,56 @@ class KeyView:
     max_concurrent: int | None
     monthly_budget: Decimal | None = None  # the key's own, on top of the tenant's; None: none of its own
     is_admin: bool = False  # a tenant admin key: manages the tenant's keys (/v1/keys), calls no model
+    daily_budget: Decimal | None = None  # per UTC day, the key's own; None: none
+    project: "ProjectView | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectView:
+    """A key's project (tenants.Project): its name and limits, loaded with the key."""
+
+    id: int
+    name: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    monthly_budget: Decimal | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.requests_per_minute, self.tokens_per_minute, self.max_concurrent, self.monthly_budget)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndUserLimits:
+    """Tenant.end_user_limits, parsed (validated when saved: tenants.profiles.end_user_limits_clean)."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    monthly_budget: Decimal | None = None
+    daily_budget: Decimal | None = None
+
+    @classmethod
+    def parse(cls, raw: dict | None) -> "EndUserLimits | None":
+        if not raw:
+            return None
+
+        def money(name: str) -> Decimal | None:
+            value = raw.get(name)
+            return None if value in (None, "") else Decimal(str(value))
+
+        limits = cls(
+            requests_per_minute=raw.get("requests_per_minute"),
+            tokens_per_minute=raw.get("tokens_per_minute"),
+            max_concurrent=raw.get("max_concurrent"),
+            monthly_budget=money("monthly_budget"),
+            daily_budget=money("daily_budget"),
+        )
+        return None if limits == cls() else limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +256,8 @@ def keys_forget(key_ids: Iterable[int] | None = None) -> None:
 def _load_key(digest: str) -> tuple[KeyView, float] | None:
     now = timezone.now()
     key = (
-        ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True)
+        ApiKey.objects.select_related("project")
+        .filter(key_hash=digest, revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .first()
     )
@@ -219,6 +272,17 @@ def _load_key(digest: str) -> tuple[KeyView, float] | None:
         max_concurrent=key.max_concurrent,
         monthly_budget=key.monthly_budget,
         is_admin=key.is_admin,
+        daily_budget=key.daily_budget,
+        project=None
+        if key.project is None
+        else ProjectView(
+            id=key.project.id,
+            name=key.project.name,
+            requests_per_minute=key.project.requests_per_minute,
+            tokens_per_minute=key.project.tokens_per_minute,
+            max_concurrent=key.project.max_concurrent,
+            monthly_budget=key.project.monthly_budget,
+        ),
     )
     # An expiring key is cached no longer than it lives.
     ttl = _ttl() if key.expires_at is None else min(_ttl(), (key.expires_at - now).total_seconds())
@@ -251,6 +315,8 @@ def _load_tenant(tenant_id: int) -> TenantView | None:
         response_cache_seconds=tenant.response_cache_seconds,
         monthly_budget=subscription.effective_budget if subscription else None,
         credentials=credentials,
+        end_user_limits=EndUserLimits.parse(tenant.end_user_limits),
+        hash_end_user_ids=tenant.hash_end_user_ids,
     )
 
 
@@ -333,6 +399,19 @@ def _key_month_to_date(tenant_id: int, key_id: int) -> Decimal:
 async def key_month_to_date(tenant_id: int, key_id: int) -> Decimal:
     """A key's spend this (UTC) month from the database (its own usage records): seeds its budget counter."""
     return await db_call(_key_month_to_date, tenant_id, key_id)
+
+
+def _spend_since(tenant_id: int, since: datetime, **where) -> Decimal:
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since, **where).aggregate(
+        total=MoneySum("cost")
+    )["total"]
+    return total or Decimal(0)
+
+
+async def spend_since(tenant_id: int, since: datetime, **where) -> Decimal:
+    """A tenant's spend since `since` from the database, narrowed by `where` (project_id=,
+    api_key_id=, end_user=): seeds a project's, a key's daily or an end user's budget counter."""
+    return await db_call(_spend_since, tenant_id, since, **where)
 
 
 async def caller_for_key(raw_key: str) -> Caller | None:

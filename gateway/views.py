@@ -23,7 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from billing.selectors import UsageGroupingUnavailable, usage_summary
 from tenants.prompting import TemplateError, template_render, template_resolve
 
-from . import betas, observability, proxy, responses, schemas
+from . import attribution, betas, observability, proxy, responses, schemas
 from . import count_tokens as count_tokens_service
 from .auth import Access, access_check, authenticate
 from .db import db_call
@@ -186,6 +186,10 @@ async def _parse(request: HttpRequest, call: Call, validate: Validator) -> None:
     call.stream = parsed.stream is True  # `"stream": null` is no stream
     call.cache_control = request.headers.get("cache-control", "").lower()
     call.include_usage = parsed.include_usage
+    end_user = attribution.end_user_of(request.headers, body, call.client_family)
+    tenant = call.caller.tenant
+    call.end_user = attribution.end_user_recorded(end_user, tenant_id=tenant.id, hashed=tenant.hash_end_user_ids)
+    call.tags = attribution.tags_of(request.headers)
 
 
 @csrf_exempt

@@ -46,6 +46,10 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 # Tenant API keys are stored as HMAC-SHA256(pepper, key). Changing the pepper invalidates
 # every stored key, so it is its own setting rather than following SECRET_KEY rotations.
 API_KEY_PEPPER = env_str("API_KEY_PEPPER", SECRET_KEY)
+# Key of the HMAC that replaces end user ids on usage records for tenants that ask for it
+# (Tenant.hash_end_user_ids). Changing it changes every hash: the same user is then counted,
+# limited and reported as a new one. Its own setting, like the pepper.
+GATEWAY_END_USER_HASH_KEY = env_str("GATEWAY_END_USER_HASH_KEY", SECRET_KEY)
 # Fernet keys (comma-separated, newest first) encrypting provider credentials at rest. Unset: one
 # key derived from SECRET_KEY. Rotate by putting a new key first and running
 # `manage.py rotate_credentials`; old keys can be dropped once that has run.

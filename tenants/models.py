@@ -465,3 +465,51 @@ class PlatformPolicy(models.Model):
     @classmethod
     def load(cls) -> "PlatformPolicy":
         return cls.objects.get_or_create(pk=1)[0]
+
+
+class AuditEntry(models.Model):
+    """One change to the platform's configuration: who made it, when, to what, and the fields
+    before and after (tenants/audit.py writes them; docs/audit.md).
+
+    Append-only: the admin offers no way to change or delete one, and on PostgreSQL a trigger
+    refuses UPDATE and DELETE (migration 0011_audit_trail). Nothing here is a foreign key, so that deleting a
+    tenant, a key or a staff user neither cascades to nor rewrites the entries about them: the
+    tenant's id and slug, the user's id and the key's id are kept as they were.
+    """
+
+    class ActorKind(models.TextChoices):
+        STAFF = "staff", "Staff user"
+        COMMAND = "command", "Management command"
+        IMPORT = "import", "Configuration import"
+        TENANT_KEY = "tenant_key", "Tenant admin key"
+        SYSTEM = "system", "System"
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Create"
+        UPDATE = "update", "Update"
+        DELETE = "delete", "Delete"
+
+    at = models.DateTimeField(db_index=True)
+    actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
+    actor_label = models.CharField(max_length=200, help_text="Username, command, import source or key (prefix…last4).")
+    staff_user_id = models.PositiveIntegerField(null=True, blank=True)
+    api_key_id = models.PositiveBigIntegerField(null=True, blank=True)
+    tenant_id = models.PositiveBigIntegerField(null=True, blank=True, help_text="Kept after the tenant is deleted.")
+    tenant_slug = models.CharField(max_length=64, blank=True)
+    object_type = models.CharField(max_length=100, help_text='"app_label.model", e.g. "tenants.apikey".')
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200)
+    action = models.CharField(max_length=8, choices=Action.choices)
+    changes = models.JSONField(default=dict, blank=True, help_text='{"field": [before, after]}; secrets never.')
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+        indexes = [
+            models.Index(fields=["tenant_id", "-at"], name="auditentry_tenant_recent"),
+            models.Index(fields=["object_type", "object_id"], name="auditentry_object"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type} {self.object_repr} by {self.actor_label}"

@@ -526,3 +526,82 @@ def api_key_spec_clean(body: Any, *, now: datetime) -> tuple[dict[str, Any], lis
         if not found:
             cleaned["expires_at"] = when
     return cleaned, problems
+
+
+# --- projects and end users (issue 14) -----------------------------------------------------
+
+PROJECTS_MAX = 1000
+END_USER_LIMIT_INTS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+END_USER_LIMIT_MONEY = ("monthly_budget", "daily_budget")
+END_USER_LIMIT_KEYS = (*END_USER_LIMIT_INTS, *END_USER_LIMIT_MONEY)
+
+
+def _money(value: Any) -> Any:
+    """A budget as the admin's JSON editor or the config file gives it: "1.00" (or a number,
+    which JSON parsers hand over as Decimal or int) -> Decimal; anything else as is, refused later."""
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip()) if _MONEY_TEXT.fullmatch(value.strip()) else value
+        except ArithmeticError:  # pragma: no cover - the pattern admits only plain decimals
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    return value
+
+
+def project_problems(
+    *,
+    name: Any,
+    requests_per_minute: Any = None,
+    tokens_per_minute: Any = None,
+    max_concurrent: Any = None,
+    monthly_budget: Any = None,
+) -> list[Problem]:
+    """A project: a slug name (unique within its tenant: the database says so), positive limits,
+    a budget above zero. The same checks in the admin and the configuration file."""
+    problems = []
+    if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name) or len(name) > PROJECT_NAME_MAX:
+        problems.append(
+            Problem(("name",), f"must be a slug (letters, digits, '-', '_') of at most {PROJECT_NAME_MAX} characters")
+        )
+    for field_name, value in (
+        ("requests_per_minute", requests_per_minute),
+        ("tokens_per_minute", tokens_per_minute),
+        ("max_concurrent", max_concurrent),
+    ):
+        problems += positive_int_problems(value, field_name)
+    problems += positive_money_problems(monthly_budget, "monthly_budget")
+    return problems
+
+
+def end_user_limits_clean(value: Any) -> tuple[dict, list[Problem]]:
+    """Tenant.end_user_limits: each of the tenant's end users' limits, all optional:
+    {"requests_per_minute": 20, "tokens_per_minute": 20000, "max_concurrent": 2,
+    "monthly_budget": "1.00", "daily_budget": "0.10"}. Cleaned: nulls dropped, budgets as
+    decimal strings (JSON holds no Decimal). Returns (cleaned, problems)."""
+    if value is None or value == {}:
+        return {}, []
+    if not isinstance(value, dict):
+        return {}, [Problem(("end_user_limits",), "must be an object (or {} for none)")]
+    problems = [
+        Problem(("end_user_limits", key), f"is not a limit; allowed: {', '.join(END_USER_LIMIT_KEYS)}")
+        for key in value
+        if key not in END_USER_LIMIT_KEYS
+    ]
+    cleaned: dict[str, Any] = {}
+    for key in END_USER_LIMIT_INTS:
+        if value.get(key) is None:
+            continue
+        found = positive_int_problems(value[key], key)
+        problems += [Problem(("end_user_limits", key), p.message) for p in found]
+        if not found:
+            cleaned[key] = int(value[key])
+    for key in END_USER_LIMIT_MONEY:
+        if value.get(key) is None:
+            continue
+        amount = _money(value[key])
+        found = positive_money_problems(amount, key)
+        problems += [Problem(("end_user_limits", key), p.message) for p in found]
+        if not found:
+            cleaned[key] = f"{amount:f}"
+    return cleaned, problems

@@ -21,6 +21,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from . import audit
 from .crypto import encrypt, reencrypt
 from .key_events import api_keys_changed
 from .keys import key_display_parts, key_generate, key_hash, key_is_well_formed
@@ -163,7 +164,7 @@ def api_key_create(
         problems += key_models_problems({m.name for m in allowed_models}, scope=tenant_model_scope(tenant=tenant))
     if problems:
         raise Refused(problems)
-    with transaction.atomic():
+    with audit.collecting():  # the key and its models: one audit entry
         key = _api_key_insert(
             tenant=tenant,
             name=name,
@@ -257,7 +258,7 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
     """
     if grace < timedelta(0):
         raise Refused(["the grace period must not be negative"])
-    with transaction.atomic():
+    with audit.collecting():
         # Locked: two staff members rotating the same key at once get two new keys, but the
         # old one's end is computed from the committed row, never from a stale copy.
         old = ApiKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
@@ -329,7 +330,7 @@ def tenants_set_limits(*, tenants: Iterable[Tenant], limits: Mapping[str, int | 
     if not limits:
         return 0
     ids = sorted({t.pk for t in tenants})
-    return Tenant.objects.filter(pk__in=ids).update(**limits, updated_at=timezone.now())
+    return audit.queryset_update(Tenant.objects.filter(pk__in=ids), **limits, updated_at=timezone.now())
 
 
 def tenants_set_models(
@@ -352,7 +353,7 @@ def tenants_set_models(
     both = sorted(enable_names & disable_names)
     if both:
         raise Refused([f"{', '.join(both)}: cannot be enabled and disabled at once"])
-    with transaction.atomic():
+    with audit.collecting():  # a tenant's models replaced: one entry, not a removal and an addition
         locked = _locked(tenants)
         scope = model_scope()
         problems: list[str] = []
@@ -437,7 +438,9 @@ def credential_set(*, tenant: Tenant | None, provider: str, secret: str, base_ur
     if problems:
         raise Refused(problems)
     with transaction.atomic():
-        ProviderCredential.objects.filter(tenant=tenant, provider=provider, active=True).update(active=False)
+        audit.queryset_update(
+            ProviderCredential.objects.filter(tenant=tenant, provider=provider, active=True), active=False
+        )
         return ProviderCredential.objects.create(
             tenant=tenant,
             provider=Provider(provider).value,
@@ -462,6 +465,7 @@ def credentials_reencrypt() -> int:
     """
     with transaction.atomic():
         rows = list(ProviderCredential.objects.select_for_update().order_by("pk"))
+        before = {row.pk: audit.snapshot(row) for row in rows}
         undecryptable = []
         for row in rows:
             try:
@@ -473,6 +477,8 @@ def credentials_reencrypt() -> int:
                 [f"credential {row.pk} ({row}) cannot be decrypted with any configured key" for row in undecryptable]
             )
         ProviderCredential.objects.bulk_update(rows, ["encrypted_secret"], batch_size=500)
+        for row in rows:
+            audit.record_updated(row, before=before[row.pk])  # shown as "[secret]" → "[new secret]"
     return len(rows)
 
 

@@ -253,6 +253,8 @@ def test_creating_a_key_shows_the_secret_once_and_stores_only_its_hash(admin_cli
     assert form.status_code == 200
     assert set(form.context["adminform"].form.fields) == {
         "tenant",
+        "project",
+        "daily_budget",
         "name",
         "is_admin",
         "expires_at",
@@ -320,6 +322,8 @@ def test_only_name_expiry_scope_limits_and_budget_of_a_key_can_change(admin_clie
     page = admin_client.get(change_url(key))
     assert set(page.context["adminform"].form.fields) == {
         "name",
+        "project",
+        "daily_budget",
         "expires_at",
         "allowed_models",
         "requests_per_minute",

@@ -21,7 +21,7 @@ from billing.pricing import Price, Tokens
 from billing.services import usage_cost
 from gateway import journal, limits
 from gateway.metered import Metered
-from gateway.registry import Caller, KeyView, TenantView
+from gateway.registry import Caller, KeyView, ProjectView, TenantView
 from tenants.models import ApiKey
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,6 +207,58 @@ def test_an_interrupted_request_is_recorded_and_its_limits_given_back(priced, ba
     )
     assert record.cost == Decimal("1234") * Decimal("0.15") / 1_000_000
     assert record.streamed
+
+
+def test_a_dead_request_gives_back_its_projects_and_end_users_slots_and_holds_and_is_attributed(priced, backend):
+    """Issue 14: the trace carries the project and the end user, so that the reconciler frees
+    their levels too (the day's counters included) and the `interrupted` record is attributed."""
+    import dataclasses
+
+    from tenants.models import Project
+
+    project = Project.objects.create(tenant=priced.tenant, name="search")
+    base = caller_of(priced)
+    key = dataclasses.replace(base.key, project=ProjectView(id=project.id, name="search"), daily_budget=Decimal("5"))
+    caller = Caller(key=key, tenant=base.tenant)
+    levels = [
+        limits.Level(kind="project", ident=project.id, name="search", max_concurrent=1,
+                     monthly_budget=Decimal("10"), spend_since=lambda since: zero()),
+        limits.Level(kind="end_user", ident="u-7", max_concurrent=1, daily_budget=Decimal("1"),
+                     spend_since=lambda since: zero()),
+    ]  # fmt: skip
+
+    async def zero() -> Decimal:
+        return Decimal(0)
+
+    async def admit_levels(request_id: str):
+        return await limits.admit(
+            caller=caller, request_id=request_id, prompt_tokens=10, max_output_tokens=10,
+            worst_case_cost=Decimal("0.25"), budget=None, month_to_date=zero,
+            key_daily_budget=key.daily_budget, key_spend_since=lambda since: zero(), levels=levels,
+        )  # fmt: skip
+
+    async def scenario():
+        await admit_levels("req-dead-levels")
+        call = call_of(priced, "req-dead-levels", caller=caller)
+        call.end_user, call.tags = "u-7", {"feature": "search"}
+        await journal.trace_open(call=call)
+        with pytest.raises(Exception, match="in flight"):
+            await admit_levels("req-next")
+        first = await journal.reconcile_requests(older_than_seconds=0)
+        admitted = await admit_levels("req-next")  # the project's and end user's slots are free again
+        await admitted.release()
+        return first
+
+    first = run(scenario())
+    # Slots: project, end user; holds: the key's day, the project's month, the end user's day.
+    assert first.released == 5
+    record = UsageRecord.objects.get(request_id="req-dead-levels")
+    assert (record.error_type, record.project_id, record.end_user, record.tags) == (
+        "interrupted",
+        project.id,
+        "u-7",
+        {"feature": "search"},
+    )
 
 
 def test_a_young_trace_is_left_alone_and_a_finished_one_is_gone(priced, backend):

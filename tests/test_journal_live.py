@@ -54,10 +54,10 @@ def in_flight_and_holds(tenant_id: int, key_id: int) -> tuple[int, int, int, int
     client = redis.Redis.from_url(REDIS_URL)
     try:
         return (
-            client.zcard(f"gw:conc:t:{tenant_id}"),
-            client.zcard(f"gw:conc:k:{key_id}"),
-            client.hlen(f"gw:spend:{tenant_id}:{month}:holds"),
-            client.hlen(f"gw:spend:k:{key_id}:{month}:holds"),
+            client.zcard(f"gw:{{t{tenant_id}}}:conc:t"),
+            client.zcard(f"gw:{{t{tenant_id}}}:conc:k:{key_id}"),
+            client.hlen(f"gw:{{t{tenant_id}}}:spend:t:{month}:holds"),
+            client.hlen(f"gw:{{t{tenant_id}}}:spend:k:{key_id}:{month}:holds"),
         )
     finally:
         client.close()

@@ -223,14 +223,14 @@ def test_the_beat_task_resets_the_counters_of_usable_keys_with_a_budget(alice, b
     usage(alice, free, "2")
     usage(alice, revoked, "1")
     # Counters that drifted (a settlement lost while Redis was away, say).
-    run(limits.reconcile_key(capped.pk, Decimal("9")))
-    run(limits.reconcile_key(bobs.pk, Decimal("9")))
+    run(limits.reconcile_key(capped.tenant_id, capped.pk, Decimal("9")))
+    run(limits.reconcile_key(bobs.tenant_id, bobs.pk, Decimal("9")))
 
     # Neither tenant has a budget: only the two usable budgeted keys are reset.
     assert reconcile_budget_counters.apply().get() == 2
 
-    assert run(limits.key_spend_this_month(capped.pk)) == Decimal("0.500000000007")
-    assert run(limits.key_spend_this_month(bobs.pk)) == Decimal("0")
-    assert run(limits.key_spend_this_month(free.pk)) is None
-    assert run(limits.key_spend_this_month(revoked.pk)) is None
+    assert run(limits.key_spend_this_month(capped.tenant_id, capped.pk)) == Decimal("0.500000000007")
+    assert run(limits.key_spend_this_month(bobs.tenant_id, bobs.pk)) == Decimal("0")
+    assert run(limits.key_spend_this_month(free.tenant_id, free.pk)) is None
+    assert run(limits.key_spend_this_month(revoked.tenant_id, revoked.pk)) is None
     assert run(limits.spend_this_month(alice.pk)) is None

@@ -199,13 +199,13 @@ def at_window_start(clock, seconds: float) -> None:
 def spend_key(tenant_id: int) -> str:
     from django.utils import timezone
 
-    return f"gw:spend:{tenant_id}:{timezone.now():%Y-%m}"
+    return f"gw:{{t{tenant_id}}}:spend:t:{timezone.now():%Y-%m}"
 
 
-def key_spend_key(key_id: int) -> str:
+def key_spend_key(tenant_id: int, key_id: int) -> str:
     from django.utils import timezone
 
-    return f"gw:spend:k:{key_id}:{timezone.now():%Y-%m}"
+    return f"gw:{{t{tenant_id}}}:spend:k:{key_id}:{timezone.now():%Y-%m}"
 
 
 # --- formats ---
@@ -735,9 +735,9 @@ def test_a_key_budget_refuses_while_the_tenants_budget_has_room(backend, setting
         own = [await attempt(budgeted_sibling, worst="0.2", budget="100") for _ in range(3)]
         spends = (
             tenant_spend,
-            await limits.key_spend_this_month(caller.key.id),
-            await limits.key_spend_this_month(sibling.key.id),
-            await limits.key_spend_this_month(budgeted_sibling.key.id),
+            await limits.key_spend_this_month(caller.tenant.id, caller.key.id),
+            await limits.key_spend_this_month(sibling.tenant.id, sibling.key.id),
+            await limits.key_spend_this_month(budgeted_sibling.tenant.id, budgeted_sibling.key.id),
         )
         return results, others, own, spends
 
@@ -761,7 +761,7 @@ def test_a_key_budget_refuses_while_the_tenants_budget_has_room(backend, setting
     assert budgeted_spend == Decimal("0.4")
     assert run(limits.spend_this_month(caller.tenant.id)) == Decimal("4.00") + 3 * Decimal("0.2") + 2 * Decimal("0.2")
     if backend == "redis":
-        assert redis.Redis.from_url(REDIS_URL).get(key_spend_key(caller.key.id)) == b"1000000000000"
+        assert redis.Redis.from_url(REDIS_URL).get(key_spend_key(caller.tenant.id, caller.key.id)) == b"1000000000000"
 
 
 def test_the_tenants_budget_refuses_while_the_key_budget_has_room(backend):
@@ -772,7 +772,7 @@ def test_the_tenants_budget_refuses_while_the_key_budget_has_room(backend):
         return (
             results,
             await limits.spend_this_month(caller.tenant.id),
-            await limits.key_spend_this_month(caller.key.id),
+            await limits.key_spend_this_month(caller.tenant.id, caller.key.id),
         )
 
     results, tenant_spend, key_spend = run(scenario())
@@ -825,7 +825,7 @@ def test_settlement_replaces_both_reservations_by_the_actual_cost(backend):
         return (
             again,
             await limits.spend_this_month(caller.tenant.id),
-            await limits.key_spend_this_month(caller.key.id),
+            await limits.key_spend_this_month(caller.tenant.id, caller.key.id),
         )
 
     again, tenant_spend, key_spend = run(scenario())
@@ -841,7 +841,7 @@ def test_a_key_counter_starts_from_the_keys_own_month_in_the_database(backend):
     key_calls: list = []
 
     async def scenario():
-        assert await limits.key_spend_this_month(caller.key.id) is None
+        assert await limits.key_spend_this_month(caller.tenant.id, caller.key.id) is None
         # The tenant spent 50 this month, 0.9 of it through this key.
         over = await attempt(
             caller, worst="0.2", budget="100", mtd=from_db("50", tenant_calls), key_mtd=from_db("0.9", key_calls)
@@ -849,7 +849,7 @@ def test_a_key_counter_starts_from_the_keys_own_month_in_the_database(backend):
         fits = await attempt(caller, worst="0.1", budget="100", key_mtd=from_db("0.9", key_calls))
         # Another process (or a later call) brings another total: the first one stays (SET NX).
         again = await attempt(caller, worst="0", budget="100", key_mtd=from_db("0", key_calls))
-        return over, fits, again, await limits.key_spend_this_month(caller.key.id)
+        return over, fits, again, await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
 
     over, fits, again, key_spend = run(scenario())
     assert over.code == "budget_exhausted"
@@ -861,7 +861,7 @@ def test_a_key_counter_starts_from_the_keys_own_month_in_the_database(backend):
     assert (len(tenant_calls), len(key_calls)) == (1, 1)  # each counter was loaded once, both at the first request
     assert run(limits.spend_this_month(caller.tenant.id)) == Decimal("50.1")
     quiet = fresh_id()
-    assert run(limits.key_spend_this_month(quiet, month_to_date=from_db("2.5"))) == Decimal("2.5")
+    assert run(limits.key_spend_this_month(fresh_id(), quiet, month_to_date=from_db("2.5"))) == Decimal("2.5")
 
 
 def test_a_key_budget_beyond_double_precision_is_exact(backend):
@@ -870,7 +870,7 @@ def test_a_key_budget_beyond_double_precision_is_exact(backend):
     async def scenario():
         mtd = from_db("19999.999999999998")
         results = [await attempt(caller, worst="0.000000000001", key_mtd=mtd) for _ in range(3)]
-        return results, await limits.key_spend_this_month(caller.key.id)
+        return results, await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
 
     (one, two, three), spend = run(scenario())
     assert isinstance(one, limits.Admission)
@@ -888,16 +888,16 @@ def test_reconcile_of_a_key_counter_keeps_its_requests_in_flight_and_leaves_the_
         assert isinstance(lost, limits.Admission)
         clock.advance(901)  # `lost` is now older than the horizon: its process died
         live = await attempt(caller, worst="0.3", budget="100")
-        assert await limits.key_spend_this_month(caller.key.id) == Decimal("3.7")
+        assert await limits.key_spend_this_month(caller.tenant.id, caller.key.id) == Decimal("3.7")
         # The database knows 1.5 more than the counter did; the dead hold is dropped, the live one kept.
-        assert await limits.reconcile_key(caller.key.id, Decimal("4.5")) == Decimal("4.8")
+        assert await limits.reconcile_key(caller.tenant.id, caller.key.id, Decimal("4.5")) == Decimal("4.8")
         assert await limits.spend_this_month(caller.tenant.id) == Decimal("7.7")  # untouched
         await live.settle(tokens=1, cost=Decimal("0.05"))
-        return await limits.key_spend_this_month(caller.key.id)
+        return await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
 
     assert run(scenario()) == Decimal("4.55")
-    assert limits.reconcile_key_sync(caller.key.id, Decimal("1.25")) == Decimal("1.25")
-    assert run(limits.key_spend_this_month(caller.key.id)) == Decimal("1.25")
+    assert limits.reconcile_key_sync(caller.tenant.id, caller.key.id, Decimal("1.25")) == Decimal("1.25")
+    assert run(limits.key_spend_this_month(caller.tenant.id, caller.key.id)) == Decimal("1.25")
 
 
 # --- Redis outage ---
@@ -992,7 +992,7 @@ def test_a_redis_outage_fails_closed_and_recovery_needs_no_restart(spare_redis):
         ]
         assert all(isinstance(a, limits.Admission) for a in after), after
         assert await limits.spend_this_month(budget_only.tenant.id) == Decimal("1.1")
-        assert await limits.key_spend_this_month(key_budget_only.key.id) == Decimal("2.1")
+        assert await limits.key_spend_this_month(key_budget_only.tenant.id, key_budget_only.key.id) == Decimal("2.1")
 
     run(scenario())
 
@@ -1078,12 +1078,12 @@ def test_release_request_frees_slots_and_holds_and_is_idempotent(backend, clock)
         assert isinstance(dead, limits.Admission)  # its process is killed: never settled
         assert (await attempt(sibling)).code == "concurrency_limit"  # the tenant's slot is taken
         assert await limits.spend_this_month(caller.tenant.id) == Decimal("0.5")
-        assert await limits.key_spend_this_month(caller.key.id) == Decimal("0.6")
+        assert await limits.key_spend_this_month(caller.tenant.id, caller.key.id) == Decimal("0.6")
         for _ in range(2):  # twice: the second time nothing is held, and nothing changes
             await limits.release_request(tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead-1",
                                          month=month)  # fmt: skip
             assert await limits.spend_this_month(caller.tenant.id) == Decimal("0.1")
-            assert await limits.key_spend_this_month(caller.key.id) == Decimal("0.2")
+            assert await limits.key_spend_this_month(caller.tenant.id, caller.key.id) == Decimal("0.2")
         usage = await limits.live_usage(caller.tenant.id)
         assert usage.in_flight == 0
         alive = await attempt(caller, worst="0.4", budget="1")
@@ -1098,7 +1098,8 @@ def test_release_request_frees_slots_and_holds_and_is_idempotent(backend, clock)
         # The dead request settling after all (it was not dead) adds its whole cost, once.
         await dead.settle(tokens=1, cost=Decimal("0.05"))
         await alive.release()
-        return await limits.spend_this_month(caller.tenant.id), await limits.key_spend_this_month(caller.key.id)
+        tenant_spend = await limits.spend_this_month(caller.tenant.id)
+        return tenant_spend, await limits.key_spend_this_month(caller.tenant.id, caller.key.id)
 
     assert run(scenario()) == (Decimal("0.15"), Decimal("0.25"))
 
@@ -1129,7 +1130,7 @@ def test_the_redis_store_uses_redis_time_unless_a_clock_is_injected():
 
 def test_release_request_gives_back_the_slots_and_holds_of_a_dead_request_once(backend):
     caller = make_caller(concurrent=1, key_concurrent=1, key_budget="5")
-    month = spend_key(caller.tenant.id).rsplit(":", 1)[1]
+    month = spend_key(caller.tenant.id).rsplit(":", 1)[1]  # YYYY-MM
 
     async def scenario():
         await attempt(caller, worst="0.4", budget="10", request_id="dead")  # its process died
@@ -1141,7 +1142,10 @@ def test_release_request_gives_back_the_slots_and_holds_of_a_dead_request_once(b
         again = await limits.release_request(
             tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead", month=month
         )
-        spends = await limits.spend_this_month(caller.tenant.id), await limits.key_spend_this_month(caller.key.id)
+        spends = (
+            await limits.spend_this_month(caller.tenant.id),
+            await limits.key_spend_this_month(caller.tenant.id, caller.key.id),
+        )
         after = await attempt(caller, worst="0.4", budget="10")
         return refused_meanwhile, freed, again, spends, after
 
@@ -1154,7 +1158,7 @@ def test_release_request_gives_back_the_slots_and_holds_of_a_dead_request_once(b
 
 def test_release_request_from_synchronous_code(backend):
     caller = make_caller(concurrent=1)
-    month = spend_key(caller.tenant.id).rsplit(":", 1)[1]
+    month = spend_key(caller.tenant.id).rsplit(":", 1)[1]  # YYYY-MM
     run(attempt(caller, request_id="dead"))
     assert (
         limits.release_request_sync(tenant_id=caller.tenant.id, key_id=caller.key.id, request_id="dead", month=month)

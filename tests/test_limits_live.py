@@ -152,12 +152,12 @@ def test_crossing_a_budget_threshold_through_the_gateway_raises_the_alert_once(t
     assert BudgetAlert.objects.filter(tenant=alice).count() == 1
 
 
-def key_spend_in_redis(key_id: int):
+def key_spend_in_redis(key):
     """The key's budget counter as the gateways left it (this process reads the same Redis)."""
 
     async def read():
         try:
-            return await limits.key_spend_this_month(key_id)
+            return await limits.key_spend_this_month(key.tenant_id, key.pk)
         finally:
             await limits.aclose()
 
@@ -199,8 +199,8 @@ def test_a_key_budget_that_fits_five_is_never_overspent_by_fifty_concurrent_requ
     assert [r.status_code for r in others] == [200] * 10
     spent = sum(r.cost for r in UsageRecord.objects.filter(api_key=capped))
     assert 0 < spent <= Decimal("0.01")
-    assert key_spend_in_redis(capped.pk) == spent  # settled: the reservations became the real costs
-    assert key_spend_in_redis(sibling.pk) is None  # no budget, no counter
+    assert key_spend_in_redis(capped) == spent  # settled: the reservations became the real costs
+    assert key_spend_in_redis(sibling) is None  # no budget, no counter
 
     # Settled at their real (small) costs, the five left room; a request whose worst case exceeds
     # the whole budget (20000 × 0.60 per 1M = $0.012) never fits. The openai SDK, retries on,
@@ -244,4 +244,4 @@ def test_a_key_budget_spent_before_the_gateway_started_counting_is_a_402_on_the_
     # Not retried by the SDK: one refusal recorded.
     assert UsageRecord.objects.filter(api_key=capped, status_code=402).count() == 1
     assert ask(sibling_raw, two_gateways[0]).content  # the tenant's other key is served
-    assert key_spend_in_redis(capped.pk) == Decimal("0.01")
+    assert key_spend_in_redis(capped) == Decimal("0.01")

@@ -103,7 +103,7 @@ class Client:
 def read_counters(tenant_id: int, key_id: int) -> tuple[limits.LiveUsage, Decimal | None]:
     async def read():
         try:
-            return await limits.live_usage(tenant_id), await limits.key_spend_this_month(key_id)
+            return await limits.live_usage(tenant_id), await limits.key_spend_this_month(tenant_id, key_id)
         finally:
             await limits.aclose()
 

@@ -122,7 +122,7 @@ COMPLETE = {
         "acme": {
             "name": "Acme Corp",
             "status": "suspended",
-            "api_key": "acme_secret_key_1",
+            "api_key": {"key": "acme_secret_key_1", "project": "search", "daily_budget": "5.00"},
             "providers": ["anthropic", "azure"],
             "rate_limit": {"requests_per_minute": 10, "tokens_per_minute": None, "max_concurrent": 3},
             "models": ["claude-3.7-custom", "gpt-4o-eu"],
@@ -135,6 +135,18 @@ COMPLETE = {
             "log_requests": True,
             "log_retention_days": 7,
             "response_cache_seconds": 120,
+            "projects": {
+                "search": {
+                    "monthly_budget": "50.00",
+                    "rate_limit": {"requests_per_minute": 60, "tokens_per_minute": None, "max_concurrent": 5},
+                },
+                "chat": {
+                    "monthly_budget": None,
+                    "rate_limit": {"requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None},
+                },
+            },
+            "end_user_limits": {"daily_budget": "0.10", "monthly_budget": "1.00", "requests_per_minute": 20},
+            "hash_end_user_ids": True,
         },
         "globex": {
             "name": "Globex",
@@ -152,6 +164,9 @@ COMPLETE = {
             "log_requests": False,
             "log_retention_days": 30,
             "response_cache_seconds": None,
+            "projects": {},
+            "end_user_limits": {},
+            "hash_end_user_ids": False,
         },
     },
     "policy": {
@@ -434,7 +449,7 @@ def test_unknown_keys_are_refused_at_every_level(db):
         "included_allowance, default_monthly_budget, markup_percent)",
         "tenants.acme.apikey: unknown key (expected one of: name, status, api_key, providers, rate_limit, models, "
         "billing_plan, monthly_budget, region, model_aliases, default_params, max_tokens_cap, log_requests, "
-        "log_retention_days, response_cache_seconds)",
+        "log_retention_days, response_cache_seconds, projects, end_user_limits, hash_end_user_ids)",
         "tenants.acme.rate_limit.rpm: unknown key (expected one of: requests_per_minute, tokens_per_minute, "
         "max_concurrent)",
     }

@@ -3,6 +3,7 @@
 from django.db import transaction
 
 from billing.models import Plan, Subscription
+from tenants import audit
 from tenants.crypto import encrypt
 
 
@@ -16,8 +17,10 @@ def subscriptions_set_plan(*, tenants: list, plan: Plan) -> int:
     existing = set(
         Subscription.objects.select_for_update().filter(tenant_id__in=ids).values_list("tenant_id", flat=True)
     )
-    Subscription.objects.filter(tenant_id__in=existing).update(plan=plan)
-    Subscription.objects.bulk_create([Subscription(tenant_id=i, plan=plan) for i in ids if i not in existing])
+    audit.queryset_update(Subscription.objects.filter(tenant_id__in=existing), plan=plan)
+    audit.record_created(
+        Subscription.objects.bulk_create([Subscription(tenant_id=i, plan=plan) for i in ids if i not in existing])
+    )
     return len(ids)
 
 

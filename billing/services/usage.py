@@ -101,6 +101,10 @@ def _record_fields(metered: MeteredUsage, cost: Decimal) -> dict:
         "estimated": metered.estimated,
         "cache_hit": metered.cache_hit,
         "requested_model": metered.requested_model[:100],
+        # Attribution (issue 14); read with defaults so that any MeteredUsage without it still records.
+        "project_id": getattr(metered, "project_id", None),
+        "end_user": getattr(metered, "end_user", "") or "",
+        "tags": getattr(metered, "tags", None) or {},
     }
 
 

@@ -37,6 +37,7 @@ from tenants.models import (
     CatalogModel,
     Deployment,
     PlatformPolicy,
+    Project,
     PromptTemplate,
     Provider,
     ProviderCredential,
@@ -46,12 +47,14 @@ from tenants.models import (
 from tenants.profiles import (
     POLICY_FIELDS,
     deployment_family_problems,
+    end_user_limits_clean,
     fallbacks_problems,
     key_models_problems,
     policy_problems,
     positive_int_problems,
     positive_money_problems,
     profile_problems,
+    project_problems,
 )
 from tenants.prompting import TemplateError, template_create_version, template_validate_messages, template_validate_name
 from tenants.selectors import model_scope, tenant_model_scope
@@ -153,16 +156,45 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "is_admin", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
+        fields = [
+            "tenant",
+            "project",
+            "name",
+            "is_admin",
+            "expires_at",
+            "allowed_models",
+            *LIMIT_FIELDS,
+            "monthly_budget",
+            "daily_budget",
+        ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "project" in self.fields:
+            # Only the key's tenant's projects: a new key's tenant comes from ?tenant= (the tenant
+            # page's "Create an API key" link) or from the posted form.
+            tenant = (
+                self.instance.tenant_id if self.instance.pk else self.data.get("tenant") or self.initial.get("tenant")
+            )
+            try:
+                tenant_id = int(getattr(tenant, "pk", tenant))
+            except (TypeError, ValueError):
+                tenant_id = None
+            self.fields["project"].queryset = Project.objects.filter(tenant_id=tenant_id).order_by("name")
+            self.fields["project"].help_text = "One of the tenant's projects (its limits apply too); empty: none."
 
     def clean(self):
         cleaned = super().clean()
         for name in LIMIT_FIELDS:
             if name in self.fields:
                 add_problems(self, positive_int_problems(cleaned.get(name), name))
-        if "monthly_budget" in self.fields and "monthly_budget" in cleaned:
-            add_problems(self, positive_money_problems(cleaned["monthly_budget"], "monthly_budget"))
+        for name in ("monthly_budget", "daily_budget"):
+            if name in self.fields and name in cleaned:
+                add_problems(self, positive_money_problems(cleaned[name], name))
         tenant = cleaned.get("tenant") if "tenant" in self.fields else self.instance.tenant
+        project = cleaned.get("project")
+        if project is not None and tenant is not None and project.tenant_id != tenant.pk:
+            self.add_error("project", "This project belongs to another tenant.")
         chosen = {m.name for m in cleaned.get("allowed_models") or []}
         if self.instance.pk is not None:
             # Only additions are checked: a model the key already has may have left the tenant or
@@ -218,14 +250,16 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
         "name",
         "status",
         "scope",
+        "project",
         "limits",
         "monthly_budget",
+        "daily_budget",
         "created_at",
         "expires_at",
         "last_used_at",
     ]
     list_display_links = ["display"]
-    list_select_related = ["tenant"]
+    list_select_related = ["tenant", "project"]
     list_filter = [ApiKeyStatusFilter, "tenant"]
     # What staff can see of a key is what they can search for: never the hash.
     search_fields = ["name", "prefix", "last4", "tenant__slug", "tenant__name"]
@@ -234,9 +268,20 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     filter_horizontal = ["allowed_models"]
     actions = ["rotate_keys", "revoke_keys"]
 
-    add_fields = ["tenant", "name", "is_admin", "expires_at", "allowed_models", *LIMIT_FIELDS, "monthly_budget"]
+    add_fields = [
+        "tenant",
+        "project",
+        "name",
+        "is_admin",
+        "expires_at",
+        "allowed_models",
+        *LIMIT_FIELDS,
+        "monthly_budget",
+        "daily_budget",
+    ]
     change_fields = [
         "tenant",
+        "project",
         "name",
         "is_admin",
         "display",
@@ -248,6 +293,7 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
         "allowed_models",
         *LIMIT_FIELDS,
         "monthly_budget",
+        "daily_budget",
     ]
     # A key's kind is chosen when it is made: an ordinary key never becomes an admin key (nor back).
     change_readonly_fields = ["tenant", "is_admin", "display", "status", "created_at", "last_used_at", "revoked_at"]
@@ -298,6 +344,8 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
             allowed_models=list(data["allowed_models"]),
             **{name: data[name] for name in LIMIT_FIELDS},
             monthly_budget=data["monthly_budget"],
+            project=data.get("project"),
+            daily_budget=data.get("daily_budget"),
         )
         adopt(obj, key)
         obj._raw_key = raw_key  # lives as long as this request, never stored
@@ -388,11 +436,13 @@ class ApiKeyInline(ApiKeyColumns, admin.TabularInline):
     model = ApiKey
     fields = [
         "name",
+        "project",
         "display",
         "status",
         "scope",
         "limits",
         "monthly_budget",
+        "daily_budget",
         "created_at",
         "expires_at",
         "revoked_at",
@@ -409,10 +459,51 @@ class ApiKeyInline(ApiKeyColumns, admin.TabularInline):
         return limits_display(obj)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("allowed_models")
+        return super().get_queryset(request).select_related("project").prefetch_related("allowed_models")
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+# --- projects ------------------------------------------------------------------------------
+
+
+class ProjectForm(forms.ModelForm):
+    """A project's name, limits and monthly budget, checked by `tenants.profiles.project_problems`
+    (the configuration file's import runs the same checks)."""
+
+    class Meta:
+        model = Project
+        fields = ["tenant", "name", *LIMIT_FIELDS, "monthly_budget"]
+
+    def clean(self):
+        cleaned = super().clean()
+        values = {name: cleaned.get(name) for name in (*LIMIT_FIELDS, "monthly_budget") if name in cleaned}
+        if "name" in cleaned:
+            add_problems(self, project_problems(name=cleaned["name"], **values))
+        return cleaned
+
+
+class ProjectAdmin(admin.ModelAdmin):
+    form = ProjectForm
+    list_display = ["name", "tenant", "requests_per_minute", "tokens_per_minute", "max_concurrent", "monthly_budget"]
+    list_select_related = ["tenant"]
+    list_filter = ["tenant"]
+    search_fields = ["name", "tenant__slug", "tenant__name"]
+    autocomplete_fields = ["tenant"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["tenant"]  # a project's keys and records stay in its tenant
+
+
+class ProjectInline(admin.TabularInline):
+    """The tenant's projects, editable in place (keys are assigned to them in the key admin)."""
+
+    model = Project
+    form = ProjectForm
+    fields = ["name", *LIMIT_FIELDS, "monthly_budget"]
+    extra = 0
+    show_change_link = True
 
 
 # --- tenants -------------------------------------------------------------------------------
@@ -447,6 +538,8 @@ class TenantForm(forms.ModelForm):
             "log_requests",
             "log_retention_days",
             "response_cache_seconds",
+            "end_user_limits",
+            "hash_end_user_ids",
         ]
         help_texts = {
             "default_params": (
@@ -482,6 +575,10 @@ class TenantForm(forms.ModelForm):
         add_problems(self, problems)
         if not problems:
             cleaned.update(values)  # e.g. {} for an emptied field, not a JSON null
+        if "end_user_limits" in self.fields and "end_user_limits" not in self.errors:
+            end_user_limits, problems = end_user_limits_clean(cleaned.get("end_user_limits"))
+            add_problems(self, problems)
+            cleaned["end_user_limits"] = end_user_limits
         return cleaned
 
 
@@ -554,9 +651,10 @@ class TenantAdmin(admin.ModelAdmin):
         ("Limits", {"fields": ["requests_per_minute", "tokens_per_minute", "max_concurrent"]}),
         ("Profile", {"fields": ["model_aliases", "default_params", "max_tokens_cap", "response_cache_seconds"]}),
         ("Request logs", {"fields": ["log_requests", "log_retention_days"]}),
+        ("End users", {"fields": ["end_user_limits", "hash_end_user_ids"]}),
         (None, {"fields": ["api_key_add_link", "created_at", "updated_at"]}),
     ]
-    inlines = [ApiKeyInline]
+    inlines = [ProjectInline, ApiKeyInline]
     actions = ["suspend_tenants", "resume_tenants", "set_limits", "set_models"]
     bulk_action_template = "admin/tenants/tenant/bulk_action.html"
 
@@ -1018,6 +1116,7 @@ class CatalogModelAdmin(admin.ModelAdmin):
 
 
 admin.site.register(ApiKey, ApiKeyAdmin)
+admin.site.register(Project, ProjectAdmin)
 admin.site.register(CatalogModel, CatalogModelAdmin)
 admin.site.register(ProviderCredential, ProviderCredentialAdmin)
 admin.site.register(PlatformPolicy, PlatformPolicyAdmin)

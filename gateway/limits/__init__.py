@@ -3,10 +3,11 @@ docs/limits.md).
 
 Every gateway process shares the counters through Redis, so the limits are exact across
 processes: each decision is one Lua script, one atomic step and one round trip on the Redis
-server, whatever applies (the tenant's and the key's requests/min, tokens/min, concurrency and
-budgets); settlement is one more. A caller with no limits and no budget costs nothing, not even
-a Redis call, and is untouched by a Redis outage. A caller with any limit or a budget is refused
-with 503 `limits_unavailable` while Redis cannot be reached (fail closed).
+server, whatever applies (the tenant's, the key's project's, the key's and the end user's
+requests/min, tokens/min, concurrency and budgets, monthly and daily); settlement is one more.
+Every key name carries the tenant's Redis Cluster hash tag (keys.py). A caller with no limits
+and no budget costs nothing, not even a Redis call, and is untouched by a Redis outage. A caller
+with any limit or a budget is refused with 503 `limits_unavailable` while Redis cannot be reached (fail closed).
 
 - Requests per minute, per tenant and per key: fixed one-minute windows aligned on the epoch,
   on Redis' clock. Only admitted requests count (a refusal reserves nothing).
@@ -27,7 +28,7 @@ memory_store.py (the two stores; the latter is the demo's, without REDIS_URL, on
 only), clock.py (injectable time), admission.py, headers.py, counters.py.
 """
 
-from .admission import Admission, admit
+from .admission import Admission, Level, admit
 from .backend import memory_store as _memory_store
 from .backend import redis_store as _redis_store
 from .backend import store as _store
@@ -41,6 +42,8 @@ from .counters import (
     reconcile,
     reconcile_key,
     reconcile_key_sync,
+    reconcile_level,
+    reconcile_level_sync,
     reconcile_sync,
     release_request,
     release_request_sync,
@@ -52,6 +55,7 @@ from .redis_store import UNREACHABLE, aclose, shared_redis
 
 __all__ = [
     "Admission",
+    "Level",
     "UNITS_PER_USD",
     "UNREACHABLE",
     "Clock",
@@ -71,6 +75,8 @@ __all__ = [
     "reconcile",
     "reconcile_key",
     "reconcile_key_sync",
+    "reconcile_level",
+    "reconcile_level_sync",
     "reconcile_sync",
     "release_request",
     "release_request_sync",

@@ -10,18 +10,18 @@ from typing import TypeVar
 from . import config
 from .admission import MonthToDate, initialise
 from .backend import month, store
-from .keys import from_units, key_counters, keys_for, to_units
+from .keys import BudgetKeys, budget_keys, from_units, scope_keys, to_units
 from .redis_store import aclose
 
 T = TypeVar("T")
 
 
-async def _spend_of(spend_key: str, month_to_date: MonthToDate | None) -> Decimal | None:
+async def _spend_of(budget: BudgetKeys, month_to_date: MonthToDate | None) -> Decimal | None:
     current = store()
-    units = await current.spend(spend_key)
+    units = await current.spend(budget.spend)
     if units is None and month_to_date is not None:
-        await initialise(current, spend_key, month_to_date)
-        units = await current.spend(spend_key)
+        await initialise(current, budget, month_to_date)
+        units = await current.spend(budget.spend)
     return None if units is None else from_units(units)
 
 
@@ -32,12 +32,14 @@ async def spend_this_month(tenant_id: int, *, month_to_date: MonthToDate | None 
     without it, None, unless `month_to_date` is given to initialise it from the database.
     Raises redis' ConnectionError/TimeoutError when Redis is unreachable.
     """
-    return await _spend_of(keys_for(tenant_id, 0, month()).spend, month_to_date)
+    return await _spend_of(budget_keys(tenant_id, "tenant", None, month()), month_to_date)
 
 
-async def key_spend_this_month(key_id: int, *, month_to_date: MonthToDate | None = None) -> Decimal | None:
+async def key_spend_this_month(
+    tenant_id: int, key_id: int, *, month_to_date: MonthToDate | None = None
+) -> Decimal | None:
     """`spend_this_month()` of one API key's own budget counter (its usage records only)."""
-    return await _spend_of(key_counters(key_id, month()).key_spend, month_to_date)
+    return await _spend_of(budget_keys(tenant_id, "key", key_id, month()), month_to_date)
 
 
 async def reconcile(tenant_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
@@ -51,15 +53,23 @@ async def reconcile(tenant_id: int, db_total: Decimal, *, month: str | None = No
     recorded after `db_total` was summed but settled before this call is missed until the next
     reconcile, in the other direction; run the sum just before calling.
     """
-    keys = keys_for(tenant_id, 0, month or _month())
-    return from_units(await store().reconcile(keys.spend, keys.holds, max(0, to_units(db_total))))
+    keys = budget_keys(tenant_id, "tenant", None, month or _month())
+    return from_units(await store().reconcile(keys, max(0, to_units(db_total))))
 
 
-async def reconcile_key(key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
+async def reconcile_key(tenant_id: int, key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
     """`reconcile()` of one API key's budget counter, `db_total` being the cost of its own usage
     records this month. The same races are tolerated, for the same reasons."""
-    keys = key_counters(key_id, month or _month())
-    return from_units(await store().reconcile(keys.key_spend, keys.key_holds, max(0, to_units(db_total))))
+    return await reconcile_level(tenant_id, "key", key_id, db_total, period=month or _month())
+
+
+async def reconcile_level(
+    tenant_id: int, level: str, ident: int | str | None, db_total: Decimal, *, period: str
+) -> Decimal:
+    """`reconcile()` of any level's budget counter of `period` (YYYY-MM or YYYY-MM-DD):
+    a project's (`ident` its id), a key's, an end user's (its recorded id)."""
+    keys = budget_keys(tenant_id, level, ident, period)
+    return from_units(await store().reconcile(keys, max(0, to_units(db_total))))
 
 
 def _month() -> str:
@@ -83,25 +93,72 @@ def reconcile_sync(tenant_id: int, db_total: Decimal, *, month: str | None = Non
     return run_sync(reconcile(tenant_id, db_total, month=month))
 
 
-def reconcile_key_sync(key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
+def reconcile_key_sync(tenant_id: int, key_id: int, db_total: Decimal, *, month: str | None = None) -> Decimal:
     """`reconcile_key()` for synchronous code (a Celery task): runs on its own event loop."""
-    return run_sync(reconcile_key(key_id, db_total, month=month))
+    return run_sync(reconcile_key(tenant_id, key_id, db_total, month=month))
 
 
-async def release_request(*, tenant_id: int, key_id: int, request_id: str, month: str) -> int:
-    """Free what a request id still holds: its concurrency slots (tenant's and key's) and its
-    budget holds on the tenant's and the key's counters of `month` (YYYY-MM), the held units
-    given back. For the request reconciler, when the process that admitted the request died
-    before settling it. Idempotent, and safe when nothing is held (or the slot already expired).
-    Its tokens-per-minute reservation is left to expire with its window. Returns how many slots
-    and holds were freed. Raises redis' ConnectionError/TimeoutError when Redis is unreachable,
-    so that the caller can retry."""
-    return await store().release(keys_for(tenant_id, key_id, month), request_id)
+def reconcile_level_sync(
+    tenant_id: int, level: str, ident: int | str | None, db_total: Decimal, *, period: str
+) -> Decimal:
+    """`reconcile_level()` for synchronous code (a Celery task): runs on its own event loop."""
+    return run_sync(reconcile_level(tenant_id, level, ident, db_total, period=period))
 
 
-def release_request_sync(*, tenant_id: int, key_id: int, request_id: str, month: str) -> int:
+async def release_request(
+    *,
+    tenant_id: int,
+    key_id: int,
+    request_id: str,
+    month: str,
+    day: str | None = None,
+    project_id: int | None = None,
+    end_user: str | None = None,
+) -> int:
+    """Free what a request id still holds: its concurrency slots (tenant's, key's, project's, end
+    user's) and its budget holds on their counters of `month` (YYYY-MM) and `day` (YYYY-MM-DD,
+    the daily budgets of the key and the end user), the held units given back. For the request
+    reconciler, when the process that admitted the request died before settling it. Idempotent,
+    and safe when nothing is held (or the slot already expired). Its tokens-per-minute
+    reservation is left to expire with its window. Returns how many slots and holds were freed.
+    Raises redis' ConnectionError/TimeoutError when Redis is unreachable, so that the caller
+    can retry."""
+    levels: list[tuple[str, int | str | None]] = [("tenant", None), ("key", key_id)]
+    if project_id is not None:
+        levels.append(("project", project_id))
+    if end_user:
+        levels.append(("end_user", end_user))
+    concurrency = [scope_keys(tenant_id, level, ident).concurrency for level, ident in levels]
+    budgets = [budget_keys(tenant_id, level, ident, month) for level, ident in levels]
+    if day:
+        budgets.extend(
+            budget_keys(tenant_id, level, ident, day) for level, ident in levels if level in ("key", "end_user")
+        )
+    return await store().release(concurrency, budgets, request_id)
+
+
+def release_request_sync(
+    *,
+    tenant_id: int,
+    key_id: int,
+    request_id: str,
+    month: str,
+    day: str | None = None,
+    project_id: int | None = None,
+    end_user: str | None = None,
+) -> int:
     """`release_request()` for synchronous code: runs on its own event loop."""
-    return run_sync(release_request(tenant_id=tenant_id, key_id=key_id, request_id=request_id, month=month))
+    return run_sync(
+        release_request(
+            tenant_id=tenant_id,
+            key_id=key_id,
+            request_id=request_id,
+            month=month,
+            day=day,
+            project_id=project_id,
+            end_user=end_user,
+        )
+    )
 
 
 # --- A read-only look at a tenant's counters, for the staff admin ---
@@ -125,7 +182,7 @@ async def live_usage(tenant_id: int) -> LiveUsage:
     """Read, never write, in one round trip: the current tokens window, requests in flight, the
     requests of the current minute, the month's spend counter (reservations included).
     Raises redis' ConnectionError/TimeoutError when Redis is unreachable."""
-    peek = await store().peek(keys_for(tenant_id, 0, month()))
+    peek = await store().peek(scope_keys(tenant_id, "tenant"), budget_keys(tenant_id, "tenant", None, month()))
     return LiveUsage(
         tokens_this_window=peek.tokens,
         window_seconds=config.window_ms() // 1000,

@@ -27,15 +27,15 @@ def seconds_until(ms: int) -> int:
     return max(1, -(-ms // 1000))
 
 
-def _binding(limits: tuple[int, int], used: tuple[int, int]) -> int | None:
+def _binding(limits: list[int], used: tuple[int, ...]) -> int | None:
     """The limit with the least room left (the smaller limit on a tie); None when none applies."""
-    applying = [i for i in (0, 1) if limits[i] >= 0]
+    applying = [i for i in range(len(limits)) if limits[i] >= 0]
     if not applying:
         return None
     return min(applying, key=lambda i: (limits[i] - used[i], limits[i]))
 
 
-def requests_headers(limits: tuple[int, int], outcome: Outcome) -> dict[str, str]:
+def requests_headers(limits: list[int], outcome: Outcome) -> dict[str, str]:
     binding = _binding(limits, outcome.requests)
     if binding is None:
         return {}
@@ -46,7 +46,7 @@ def requests_headers(limits: tuple[int, int], outcome: Outcome) -> dict[str, str
     }
 
 
-def tokens_headers(limits: tuple[int, int], outcome: Outcome) -> dict[str, str]:
+def tokens_headers(limits: list[int], outcome: Outcome) -> dict[str, str]:
     binding = _binding(limits, outcome.used)
     if binding is None:
         return {}

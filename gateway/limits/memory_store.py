@@ -9,7 +9,7 @@ import threading
 
 from . import config
 from .clock import SYSTEM_CLOCK, Clock
-from .keys import Keys
+from .keys import BudgetKeys, ScopeKeys
 from .store import Ask, Outcome, Peek, Ticket
 
 
@@ -43,112 +43,110 @@ class MemoryStore:
         ms_left = (window + 1) * window_ms - now
         minute = now // config.MINUTE_MS
         minute_left = (minute + 1) * config.MINUTE_MS - now
-        keys = ask.keys
+        scopes, budgets = ask.scopes, ask.budgets
         with self._lock:
-            budgets = [i for i in (0, 1) if ask.thresholds[i] is not None]
-            missing = tuple(i for i in budgets if keys.spends[i] not in self._spend)
+            missing = tuple(j for j, budget in enumerate(budgets) if budget.keys.spend not in self._spend)
             if missing:
                 return Outcome("init", missing)
-            spends = tuple(self._spend[keys.spends[i]] if i in budgets else 0 for i in (0, 1))
-            requests = [self._used(keys.rpm[i], minute) if ask.rpm[i] >= 0 else 0 for i in (0, 1)]
-            used = [self._used(keys.tpm[i], window) if ask.tpm[i] >= 0 else 0 for i in (0, 1)]
+            spends = tuple(self._spend[budget.keys.spend] for budget in budgets)
+            requests = [self._used(s.keys.rpm, minute) if s.rpm >= 0 else 0 for s in scopes]
+            used = [self._used(s.keys.tpm, window) if s.tpm >= 0 else 0 for s in scopes]
 
             def outcome(verdict: str, hit: tuple[int, ...]) -> Outcome:
-                return Outcome(
-                    verdict, hit, window, ms_left, (used[0], used[1]), spends, (requests[0], requests[1]), minute_left
-                )
+                return Outcome(verdict, hit, window, ms_left, tuple(used), spends, tuple(requests), minute_left)
 
-            hit = tuple(i for i in (0, 1) if ask.rpm[i] >= 0 and requests[i] >= ask.rpm[i])
+            hit = tuple(i for i, s in enumerate(scopes) if s.rpm >= 0 and requests[i] >= s.rpm)
             if hit:
                 return outcome("requests", hit)
-            hit = tuple(i for i in budgets if spends[i] > ask.thresholds[i])
+            hit = tuple(j for j, budget in enumerate(budgets) if spends[j] > budget.threshold)
             if hit:
                 return outcome("budget", hit)
-            hit = tuple(i for i in (0, 1) if ask.tpm[i] >= 0 and used[i] + ask.tokens > ask.tpm[i])
+            hit = tuple(i for i, s in enumerate(scopes) if s.tpm >= 0 and used[i] + ask.tokens > s.tpm)
             if hit:
                 return outcome("tokens", hit)
             horizon = now - config.horizon_ms()
-            in_flight = [0, 0]
-            for i in (0, 1):
-                if ask.concurrency[i] >= 0:
-                    slots = self._concurrency.setdefault(keys.concurrency[i], {})
+            in_flight = [0] * len(scopes)
+            for i, s in enumerate(scopes):
+                if s.concurrency >= 0:
+                    slots = self._concurrency.setdefault(s.keys.concurrency, {})
                     for request_id in [r for r, started in slots.items() if started < horizon]:
                         del slots[request_id]
                     in_flight[i] = len(slots)
-            hit = tuple(i for i in (0, 1) if 0 <= ask.concurrency[i] <= in_flight[i])
+            hit = tuple(i for i, s in enumerate(scopes) if 0 <= s.concurrency <= in_flight[i])
             if hit:
                 return outcome("concurrency", hit)
-            for i in (0, 1):
-                if ask.rpm[i] >= 0:
+            for i, s in enumerate(scopes):
+                if s.rpm >= 0:
                     requests[i] += 1
-                    self._windows[keys.rpm[i]] = (minute, requests[i])
-                if ask.tpm[i] >= 0:
+                    self._windows[s.keys.rpm] = (minute, requests[i])
+                if s.tpm >= 0:
                     used[i] += ask.tokens
-                    self._windows[keys.tpm[i]] = (window, used[i])
-                if ask.concurrency[i] >= 0:
-                    self._concurrency[keys.concurrency[i]][ask.request_id] = now
-            for i in budgets:
-                self._spend[keys.spends[i]] += ask.units
-                self._holds.setdefault(keys.holdings[i], {})[ask.request_id] = (ask.units, now)
+                    self._windows[s.keys.tpm] = (window, used[i])
+                if s.concurrency >= 0:
+                    self._concurrency[s.keys.concurrency][ask.request_id] = now
+            for budget in budgets:
+                self._spend[budget.keys.spend] += ask.units
+                self._holds.setdefault(budget.keys.holds, {})[ask.request_id] = (ask.units, now)
             return outcome("ok", ())
 
-    async def initialise(self, spend_key: str, units: int) -> None:
+    async def initialise(self, budget: BudgetKeys, units: int) -> None:
         with self._lock:
-            self._spend.setdefault(spend_key, units)
+            self._spend.setdefault(budget.spend, units)
 
     async def settle(self, ticket: Ticket, *, tokens: int, units: int) -> None:
         now = self.clock.now_ms()
         current = now // config.window_ms()
         delta = tokens - ticket.tokens
-        keys = ticket.keys
         with self._lock:
-            for i in (0, 1):
-                if ticket.concurrency[i]:
-                    self._concurrency.get(keys.concurrency[i], {}).pop(ticket.request_id, None)
-                if ticket.tpm[i] and delta:
+            for held in ticket.scopes:
+                keys = held.keys
+                if held.concurrency:
+                    self._concurrency.get(keys.concurrency, {}).pop(ticket.request_id, None)
+                if held.tpm and delta:
                     target = ticket.window if current == ticket.window else (current if delta > 0 else None)
                     if target is not None:
-                        self._windows[keys.tpm[i]] = (target, max(0, self._used(keys.tpm[i], target) + delta))
-                spend_key = keys.spends[i]
+                        self._windows[keys.tpm] = (target, max(0, self._used(keys.tpm, target) + delta))
+            for budget in ticket.budgets:
                 # A missing counter will be initialised from the database, which is where the cost goes.
-                if ticket.budget[i] and spend_key in self._spend:
-                    held = self._holds.get(keys.holdings[i], {}).pop(ticket.request_id, (0, 0))[0]
-                    self._spend[spend_key] = max(0, self._spend[spend_key] - held + units)
+                if budget.spend in self._spend:
+                    held_units = self._holds.get(budget.holds, {}).pop(ticket.request_id, (0, 0))[0]
+                    self._spend[budget.spend] = max(0, self._spend[budget.spend] - held_units + units)
 
     async def spend(self, spend_key: str) -> int | None:
         with self._lock:
             return self._spend.get(spend_key)
 
-    async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
+    async def reconcile(self, budget: BudgetKeys, units: int) -> int:
         horizon = self.clock.now_ms() - config.horizon_ms()
         with self._lock:
-            holds = self._holds.setdefault(holds_key, {})
+            holds = self._holds.setdefault(budget.holds, {})
             for request_id in [r for r, (_, started) in holds.items() if started < horizon]:
                 del holds[request_id]
-            self._spend[spend_key] = units + sum(held for held, _ in holds.values())
-            return self._spend[spend_key]
+            self._spend[budget.spend] = units + sum(held for held, _ in holds.values())
+            return self._spend[budget.spend]
 
-    async def peek(self, keys: Keys) -> Peek:
+    async def peek(self, scope: ScopeKeys, budget: BudgetKeys) -> Peek:
         now = self.clock.now_ms()
         since = now - config.horizon_ms()
         with self._lock:
-            slots = self._concurrency.get(keys.concurrency[0], {})
+            slots = self._concurrency.get(scope.concurrency, {})
             return Peek(
-                tokens=self._used(keys.tpm[0], now // config.window_ms()),
+                tokens=self._used(scope.tpm, now // config.window_ms()),
                 in_flight=sum(1 for started in slots.values() if started >= since),
-                spend=self._spend.get(keys.spend),
-                requests=self._used(keys.rpm[0], now // config.MINUTE_MS),
+                spend=self._spend.get(budget.spend),
+                requests=self._used(scope.rpm, now // config.MINUTE_MS),
             )
 
-    async def release(self, keys: Keys, request_id: str) -> int:
+    async def release(self, concurrency: list[str], budgets: list[BudgetKeys], request_id: str) -> int:
         freed = 0
         with self._lock:
-            for i in (0, 1):
-                if self._concurrency.get(keys.concurrency[i], {}).pop(request_id, None) is not None:
+            for name in concurrency:
+                if self._concurrency.get(name, {}).pop(request_id, None) is not None:
                     freed += 1
-                hold = self._holds.get(keys.holdings[i], {}).pop(request_id, None)
+            for budget in budgets:
+                hold = self._holds.get(budget.holds, {}).pop(request_id, None)
                 if hold is not None:
                     freed += 1
-                    if keys.spends[i] in self._spend:
-                        self._spend[keys.spends[i]] = max(0, self._spend[keys.spends[i]] - hold[0])
+                    if budget.spend in self._spend:
+                        self._spend[budget.spend] = max(0, self._spend[budget.spend] - hold[0])
             return freed

@@ -23,7 +23,7 @@ from proxy_platform import redis_clients
 
 from . import config
 from .clock import Clock
-from .keys import Keys
+from .keys import BudgetKeys, ScopeKeys
 from .store import Ask, Outcome, Peek, Ticket
 
 # Failures that mean "the limits store cannot be reached", as opposed to a bug: also a cluster
@@ -141,23 +141,30 @@ def _text(value) -> str:
 
 def _outcome(reply: list) -> Outcome:
     verdict = _text(reply[0])
-    scopes = tuple(int(c) - 1 for c in _text(reply[1]))
+    hit = tuple(int(i) for i in reply[1])
     if verdict == "init":
-        return Outcome("init", scopes)
+        return Outcome("init", hit)
     return Outcome(
         verdict=verdict,
-        scopes=scopes,
+        hit=hit,
         window=int(reply[2]),
         ms_left=int(reply[3]),
-        used=(int(reply[4]), int(reply[5])),
-        spend=(int(_text(reply[6]) or 0), int(_text(reply[7]) or 0)),
-        requests=(int(reply[8]), int(reply[9])),
-        requests_ms_left=int(reply[10]),
+        requests_ms_left=int(reply[4]),
+        used=tuple(int(u) for u in reply[5]),
+        spend=tuple(int(_text(s) or 0) for s in reply[6]),
+        requests=tuple(int(r) for r in reply[7]),
     )
 
 
 def _flag(value: bool) -> str:
     return "1" if value else "0"
+
+
+def _keys(scopes, budgets) -> list[str]:
+    """KEYS of admit.lua and settle.lua: each scope's three, then each budget's two."""
+    keys = [name for scope in scopes for name in (scope.rpm, scope.tpm, scope.concurrency)]
+    keys.extend(name for budget in budgets for name in (budget.spend, budget.holds))
+    return keys
 
 
 class RedisStore:
@@ -174,57 +181,51 @@ class RedisStore:
         return await _client().scripts[name](keys=keys, args=[self._now_arg(), *args])
 
     async def admit(self, ask: Ask) -> Outcome:
-        reply = await self._run(
-            "admit",
-            ask.keys.all(),
-            [
-                ask.request_id,
-                config.window_ms(),
-                config.horizon_ms(),
-                ask.tokens,
-                *ask.tpm,
-                *ask.concurrency,
-                "" if ask.thresholds[0] is None else ask.thresholds[0],
-                ask.units,
-                config.SPEND_TTL_SECONDS,
-                "" if ask.thresholds[1] is None else ask.thresholds[1],
-                *ask.rpm,
-            ],
-        )
+        args: list = [
+            ask.request_id,
+            config.window_ms(),
+            config.horizon_ms(),
+            ask.tokens,
+            ask.units,
+            len(ask.scopes),
+            len(ask.budgets),
+        ]
+        for scope in ask.scopes:
+            args.extend((scope.rpm, scope.tpm, scope.concurrency))
+        for budget in ask.budgets:
+            args.extend((budget.threshold, budget.keys.ttl))
+        reply = await self._run("admit", _keys([s.keys for s in ask.scopes], [b.keys for b in ask.budgets]), args)
         return _outcome(reply)
 
-    async def initialise(self, spend_key: str, units: int) -> None:
-        await _client().client.set(spend_key, units, nx=True, ex=config.SPEND_TTL_SECONDS)
+    async def initialise(self, budget: BudgetKeys, units: int) -> None:
+        await _client().client.set(budget.spend, units, nx=True, ex=budget.ttl)
 
     async def settle(self, ticket: Ticket, *, tokens: int, units: int) -> None:
-        await self._run(
-            "settle",
-            ticket.keys.all(),
-            [
-                ticket.request_id,
-                config.window_ms(),
-                ticket.window,
-                tokens - ticket.tokens,
-                *map(_flag, ticket.tpm),
-                *map(_flag, ticket.concurrency),
-                *(units if flag else "" for flag in ticket.budget),
-            ],
-        )
+        args: list = [
+            ticket.request_id,
+            config.window_ms(),
+            ticket.window,
+            tokens - ticket.tokens,
+            units,
+            len(ticket.scopes),
+            len(ticket.budgets),
+        ]
+        for held in ticket.scopes:
+            args.extend((_flag(held.tpm), _flag(held.concurrency)))
+        await self._run("settle", _keys([h.keys for h in ticket.scopes], ticket.budgets), args)
 
     async def spend(self, spend_key: str) -> int | None:
         value = await _client().client.get(spend_key)
         return None if value is None else int(value)
 
-    async def reconcile(self, spend_key: str, holds_key: str, units: int) -> int:
-        reply = await self._run(
-            "reconcile", [spend_key, holds_key], [units, config.horizon_ms(), config.SPEND_TTL_SECONDS]
-        )
+    async def reconcile(self, budget: BudgetKeys, units: int) -> int:
+        reply = await self._run("reconcile", [budget.spend, budget.holds], [units, config.horizon_ms(), budget.ttl])
         return int(reply)
 
-    async def peek(self, keys: Keys) -> Peek:
+    async def peek(self, scope: ScopeKeys, budget: BudgetKeys) -> Peek:
         tokens, in_flight, spend, requests = await self._run(
             "peek",
-            [keys.tpm[0], keys.concurrency[0], keys.spend, keys.rpm[0]],
+            [scope.tpm, scope.concurrency, budget.spend, scope.rpm],
             [config.window_ms(), config.horizon_ms()],
         )
         spend = _text(spend)
@@ -232,11 +233,6 @@ class RedisStore:
             tokens=int(tokens), in_flight=int(in_flight), spend=int(spend) if spend else None, requests=int(requests)
         )
 
-    async def release(self, keys: Keys, request_id: str) -> int:
-        return int(
-            await self._run(
-                "release",
-                [*keys.concurrency, keys.spend, keys.holds, keys.key_spend, keys.key_holds],
-                [request_id],
-            )
-        )
+    async def release(self, concurrency: list[str], budgets: list[BudgetKeys], request_id: str) -> int:
+        keys = [*concurrency, *(name for budget in budgets for name in (budget.spend, budget.holds))]
+        return int(await self._run("release", keys, [request_id, len(concurrency)]))

@@ -1,10 +1,11 @@
 """`manage.py generate_invoices --period YYYY-MM [--finalize]` (docs/design.md#management-commands):
 what the Celery task does, by hand. Drafts are regenerated; finalized invoices are never touched."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from billing.periods import period_parse
 from billing.services import BillingError, invoices_generate
+from tenants.audit import AuditedCommand
 
 
 def period_arg(value: str):
@@ -14,7 +15,7 @@ def period_arg(value: str):
         raise CommandError(str(exc)) from None
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Generate (or regenerate) the draft invoices of a month; --finalize finalizes them once the month has ended."
 
     def add_arguments(self, parser):

@@ -8,14 +8,15 @@ then rolled up so that reports read rollups for the closed days (today stays raw
 import random
 from datetime import UTC, timedelta
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from billing.services import usage_rollup
 from billing.synthetic import synthetic_tenants_ensure, synthetic_usage_create
+from tenants.audit import AuditedCommand
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Generate N synthetic usage records over the last D days (COPY on PostgreSQL), then roll them up."
 
     def add_arguments(self, parser):

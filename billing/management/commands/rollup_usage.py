@@ -3,9 +3,10 @@ beat task does."""
 
 from datetime import date
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from billing.services import usage_rollup
+from tenants.audit import AuditedCommand
 
 
 def _day(value: str) -> date:
@@ -15,7 +16,7 @@ def _day(value: str) -> date:
         raise CommandError(f"a day is YYYY-MM-DD, not {value!r}") from None
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Roll up the usage of closed UTC days whose records changed since their last rollup "
         "(by default the last BILLING_ROLLUP_LOOKBACK_DAYS days). Safe to run at any time, and twice."

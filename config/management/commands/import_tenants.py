@@ -3,13 +3,14 @@ config (schema, apply); this only reads the file and reports."""
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from config.apply import config_apply
 from config.schema import ConfigInvalid, config_parse, config_warnings
+from tenants.audit import AuditedCommand
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create or update tenants, plans, models and prices from a JSON configuration file."
 
     def add_arguments(self, parser):
@@ -25,7 +26,7 @@ class Command(BaseCommand):
             document = config_parse(text=text)
             for warning in config_warnings(document=document):
                 self.stderr.write(f"warning: {warning}")
-            changes = config_apply(document=document, dry_run=dry_run)
+            changes = config_apply(document=document, dry_run=dry_run, source=path)
         except ConfigInvalid as exc:
             for error in exc.errors:
                 self.stderr.write(str(error))

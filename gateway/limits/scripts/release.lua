@@ -1,12 +1,15 @@
 -- Free whatever one request id still holds: its concurrency slots and its budget holds, the
 -- held units given back to their counters. Idempotent; safe when nothing is held.
--- KEYS: 1 concurrency tenant, 2 concurrency key, 3 tenant spend, 4 tenant holds, 5 key spend, 6 key holds
--- ARGV: 1 now (unused: this script needs no time), 2 request id
+-- KEYS: n concurrency zsets, then pairs (spend, holds)
+-- ARGV: 1 now (unused: this script needs no time), 2 request id, 3 n
 local rid = ARGV[2]
+local n = tonumber(ARGV[3])
 local freed = 0
-for i = 1, 2 do
+for i = 1, n do
   freed = freed + redis.call('ZREM', KEYS[i], rid)
-  local spend, holds = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+end
+for j = n + 1, #KEYS - 1, 2 do
+  local spend, holds = KEYS[j], KEYS[j + 1]
   local held = redis.call('HGET', holds, rid)
   if held then
     redis.call('HDEL', holds, rid)

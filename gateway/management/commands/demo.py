@@ -17,11 +17,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from billing.models import UsageRecord
 from billing.synthetic import synthetic_usage_create
+from tenants import audit
+from tenants.audit import AuditedCommand
 from tenants.models import Tenant
 from tenants.services import api_key_create
 
@@ -29,7 +30,7 @@ DEMO_ADMIN = ("admin", "admin")
 UPSTREAM_KEY = "sk-demo-upstream"
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Run the demo: example tenants, generated traffic, the mock provider and the gateway."
 
     def add_arguments(self, parser):
@@ -66,7 +67,7 @@ class Command(BaseCommand):
 
     def _demo_key(self) -> str:
         tenant = Tenant.objects.order_by("slug").first()
-        tenant.api_keys.filter(name="demo").update(revoked_at=timezone.now())
+        audit.queryset_update(tenant.api_keys.filter(name="demo"), revoked_at=timezone.now())
         return api_key_create(tenant=tenant, name="demo")[1]
 
     def _serve(self, *, port: int, mock_port: int, key: str) -> None:

@@ -4,9 +4,10 @@ GATEWAY_RECONCILE_INTERVAL_SECONDS, by hand (gateway/journal.py, README "Operati
 import argparse
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from gateway.journal import reconcile_requests_sync
+from tenants.audit import AuditedCommand
 
 
 def seconds_arg(value: str) -> float:
@@ -19,7 +20,7 @@ def seconds_arg(value: str) -> float:
     return seconds
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Write usage records spooled through a database outage, and record requests whose gateway "
         "process died (traces older than --older-than seconds without a usage record) as `interrupted`, "

@@ -9,15 +9,16 @@ own keys through /v1/keys (docs/keys-api.md) and cannot call models. An unknown 
 is an error (exit status 1) and creates nothing.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from tenants.audit import AuditedCommand
 from tenants.models import Tenant
 from tenants.profiles import KEY_NAME_MAX
 from tenants.selectors import tenant_project
 from tenants.services import Refused, api_key_create
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create an API key for a tenant; the key itself is the last line of the output."
 
     def add_arguments(self, parser):

@@ -1,13 +1,14 @@
 """`manage.py purge_tenant_data SLUG [--yes]`: delete a tenant's request logs (prompts and
 responses), prompt templates and stored Responses API responses. Billing (usage records, invoices) is kept."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from tenants.audit import AuditedCommand
 from tenants.models import PromptTemplate, RequestLog, StoredResponse, Tenant
 from tenants.services import tenant_data_purge
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Delete every request log and prompt template of one tenant (billing data is kept)."
 
     def add_arguments(self, parser):

@@ -5,12 +5,13 @@ deploy, run this command, then remove the old keys. All or nothing: when a crede
 decrypted with any configured key, nothing is changed and the command says which one.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from tenants.audit import AuditedCommand
 from tenants.services import Refused, credentials_reencrypt
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Re-encrypt every provider credential with the newest key of FIELD_ENCRYPTION_KEYS."
 
     def handle(self, *args, **options):
