@@ -41,8 +41,9 @@ async def _listen(url: str, subscribed: asyncio.Event) -> None:
     while True:
         # No retries: redis-py would reconnect and subscribe again by itself, and this loop would not
         # know that announcements were missed meanwhile.
-        client = redis_clients.async_client(
-            redis_clients.pubsub_url(),
+        client = redis_clients.pubsub_client(
+            url,
+            asynchronous=True,
             socket_connect_timeout=config.redis_timeout(),
             health_check_interval=HEALTH_CHECK_SECONDS,
             retry=Retry(NoBackoff(), 0),

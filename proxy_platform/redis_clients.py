@@ -124,8 +124,8 @@ def _sentinel(sentinel_class, options: dict):
 
 
 def pubsub_url() -> str:
-    """A plain URL on which classic Pub/Sub works: REDIS_URL's first node (under Cluster, PUBLISH is
-    broadcast to every node, so any node hears every message)."""
+    """A plain URL on which classic Pub/Sub works under Cluster: REDIS_URL's first node (PUBLISH
+    is broadcast to every node of a cluster, so any node hears every message); REDIS_URL otherwise."""
     url = redis_url()
     if not is_cluster():
         return url
@@ -133,3 +133,17 @@ def pubsub_url() -> str:
     userinfo, _, netloc = split.netloc.rpartition("@")
     first = netloc.split(",")[0]
     return f"{split.scheme}://{userinfo + '@' if userinfo else ''}{first}/0"
+
+
+def pubsub_client(url: str | None = None, *, asynchronous: bool, **options):
+    """The client of the key announcements (Pub/Sub): under Cluster a plain one on `pubsub_url()`,
+    else this deployment's (Sentinel: the primary's)."""
+    if is_cluster():
+        if asynchronous:
+            from redis.asyncio import Redis
+
+            return Redis.from_url(pubsub_url(), **options)
+        import redis
+
+        return redis.Redis.from_url(pubsub_url(), **options)
+    return async_client(url, **options) if asynchronous else sync_client(url, **options)

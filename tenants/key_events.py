@@ -37,8 +37,8 @@ def _client(url: str) -> redis.Redis:
     with _lock:
         client = _clients.get(url)
         if client is None:
-            client = _clients[url] = redis_clients.sync_client(
-                redis_clients.pubsub_url(), socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT
+            client = _clients[url] = redis_clients.pubsub_client(
+                url, asynchronous=False, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT
             )
         return client
 

@@ -32,6 +32,8 @@ def test_cluster_takes_every_entry_node_and_database_0(settings):
     assert client.connection_kwargs["password"] == "s3cret"
     assert redis_clients.topology() == "cluster"
     assert channel(settings.REDIS_URL) == "gw:keys:changed:0"
+    # Key announcements on a plain connection to one node: PUBLISH is broadcast over the cluster.
+    assert type(redis_clients.pubsub_client(asynchronous=True)) is Redis
     # Pub/Sub on one node: PUBLISH is broadcast over the cluster.
     assert redis_clients.pubsub_url() == "redis://:s3cret@10.0.0.1:7000/0"
 
@@ -44,8 +46,10 @@ def test_sentinel_asks_the_sentinels_for_the_named_primary(settings):
     client = redis_clients.async_client(socket_timeout=0.5, socket_connect_timeout=0.5)
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool)
-    assert pool.service_name == "gw" and pool.is_master
-    assert pool.connection_kwargs["db"] == 3 and pool.connection_kwargs["password"] == "pw"
+    assert pool.service_name == "gw"
+    assert pool.is_master
+    assert pool.connection_kwargs["db"] == 3
+    assert pool.connection_kwargs["password"] == "pw"
     sentinels = [
         (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
         for s in pool.sentinel_manager.sentinels
