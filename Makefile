@@ -56,8 +56,8 @@ test: $(DEV_STAMP) chromium test-services
 # The live limits, budgets, response cache and routing tests again, once on a three-primary Redis
 # Cluster and once behind a Sentinel (with a forced failover), which tests/redis_topology.py
 # starts from Debian's redis-server on free ports (docs/redis.md); skipped without redis-server.
-REDIS_TOPOLOGY_TESTS ?= tests/test_limits_live.py tests/test_key_budgets.py tests/test_response_cache.py \
-	tests/test_routing_live.py
+# (tests/test_limits_live.py holds the tenant's and a key's budgets too.)
+REDIS_TOPOLOGY_TESTS ?= tests/test_limits_live.py tests/test_response_cache.py tests/test_routing_live.py
 test-redis-topologies: $(DEV_STAMP) test-services
 	TEST_REDIS_TOPOLOGY=cluster DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -p tests.redis_topology $(REDIS_TOPOLOGY_TESTS)
