@@ -16,9 +16,15 @@ DEMO_MOCK_PORT ?= 8090
 # The browser test (tests/test_admin_browser.py) drives Debian's Chromium through Playwright;
 # Playwright never downloads a browser here.
 CHROMIUM ?= /usr/bin/chromium
+# The PgBouncer tests (tests/test_pgbouncer_live.py, make test-pgbouncer) start Debian's pgbouncer.
+PGBOUNCER ?= /usr/sbin/pgbouncer
+# Live tests run again with every gateway process and worker behind a PgBouncer (transaction
+# pooling): by `make test` after the suite (unless PYTEST_ARGS picks a part), and by `make
+# test-pgbouncer` (PGBOUNCER_TESTS="tests/test_limits_live.py …" for others).
+PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-dev demo test test-redis-topologies test-services lint bench bench-admin chromium clean
+.PHONY: install install-dev demo test test-services test-pgbouncer test-redis-topologies lint bench bench-admin chromium pgbouncer clean
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -42,16 +48,27 @@ chromium:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@test -x $(CHROMIUM)
 
+pgbouncer:
+	@test -x $(PGBOUNCER) || { echo "installing Debian's pgbouncer for the PgBouncer tests"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pgbouncer >/dev/null; }
+	@test -x $(PGBOUNCER)
+
 # PostgreSQL and Redis answer (else one clear line, at once), the test database exists (else it
 # is created): tests/preflight.py.
 test-services: $(DEV_STAMP)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m tests.preflight
 
-test: $(DEV_STAMP) chromium test-services
+test: $(DEV_STAMP) chromium pgbouncer test-services
 	$(VENV)/bin/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
-	$(MAKE) test-redis-topologies
+	$(if $(PYTEST_ARGS),,DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest -q $(PGBOUNCER_TESTS))
+	$(if $(PYTEST_ARGS),,$(MAKE) test-redis-topologies)
+
+# PGBOUNCER_TESTS with every gateway and worker behind a PgBouncer in transaction pooling mode
+# that the run starts (TEST_THROUGH_PGBOUNCER, tests/conftest.py; docs/database.md).
+test-pgbouncer: $(DEV_STAMP) pgbouncer test-services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest $(PGBOUNCER_TESTS) $(PYTEST_ARGS)
 
 # The live limits, budgets, response cache and routing tests again, once on a three-primary Redis
 # Cluster and once behind a Sentinel (with a forced failover), which tests/redis_topology.py

@@ -9,7 +9,7 @@ wrk run it reads the gateway's CPU time (user + system, worker threads included)
 /proc/<pid>/stat and divides by the successful responses. It prints every run, then the medians.
 
     .venv/bin/python bench/ab_cpu.py [--rounds 3] [--seconds 5] [--cells json1,json50,stream1,stream50]
-        [--limits] NAME=TREE:PYTHON:PORT:DATABASE:REDIS_URL ...
+        [--limits] [--models mock-gpt,...] NAME=TREE:PYTHON:PORT:DATABASE:REDIS_URL ...
 
 For example, the code before issue 10 against this checkout:
 
@@ -22,6 +22,15 @@ DATABASE is a PostgreSQL database name on 127.0.0.1:5432 (created when missing, 
 checkout's own bench script). Give versions whose limits counters could meet different Redis
 databases: their tenants' ids may be the same. Each gateway's output goes to
 $TMPDIR/ab_cpu-NAME.log. Needs wrk, as bench/gateway_overhead.py does.
+
+--models runs every cell against each of these catalog models in turn (default: mock-gpt, one
+deployment) and prints each one's median and its difference from the first model's run of the
+same round: with bench/gateway_overhead.py's routed models (mock-gpt-w2, -w3, -lb2, -lb3, -lat2,
+-lat3: two or three deployments of the same upstream, weighted, least_busy or latency) that is
+what routing costs per request on one gateway, in one run:
+
+    .venv/bin/python bench/ab_cpu.py --cells json1 --models mock-gpt,mock-gpt-w2,mock-gpt-lb2,mock-gpt-lat2 \\
+        this=.:.venv/bin/python:42002:bench_new:redis://127.0.0.1:6379/9
 """
 
 from __future__ import annotations
@@ -78,9 +87,11 @@ class Gateway:
                     self.keys[match.group(1)] = match.group(2)
         self.pid = int(pidfile.read_text())
 
-    def wrk(self, *, limits: str, stream: bool, concurrency: int, seconds: int) -> tuple[float, float, int]:
+    def wrk(
+        self, *, limits: str, stream: bool, concurrency: int, seconds: int, model: str = "mock-gpt"
+    ) -> tuple[float, float, int]:
         """(CPU ms per successful response, successful responses per second, failed requests)"""
-        env = dict(os.environ, BENCH_MODEL="mock-gpt", BENCH_KEY=self.keys[limits], BENCH_STREAM=str(int(stream)))
+        env = dict(os.environ, BENCH_MODEL=model, BENCH_KEY=self.keys[limits], BENCH_STREAM=str(int(stream)))
         before = cpu_seconds(self.pid)
         result = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s"]
@@ -113,6 +124,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run (default 5)")
     parser.add_argument("--cells", default="json1,json50,stream1,stream50")
     parser.add_argument("--limits", action="store_true", help="the limited tenant too")
+    parser.add_argument("--models", default="mock-gpt", help="catalog models, each in turn (default mock-gpt)")
     parser.add_argument("versions", nargs="+", metavar="NAME=TREE:PYTHON:PORT:DATABASE:REDIS_URL")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -122,28 +134,43 @@ def main() -> int:
         for version in args.versions:
             name, spec = version.split("=", 1)
             gateways.append(Gateway(name, spec))
-        targets = [(g, "off") for g in gateways] + ([(g, "on") for g in gateways] if args.limits else [])
-        for gateway, limits in targets:  # connections, caches, the budget counters: not measured
+        models = args.models.split(",")
+        limits_on = ["off", "on"] if args.limits else ["off"]
+        targets = [(g, limits, m) for limits in limits_on for g in gateways for m in models]
+        for gateway, limits, model in targets:  # connections, caches, the budget counters: not measured
             for stream in (False, True):
-                gateway.wrk(limits=limits, stream=stream, concurrency=10, seconds=2)
-        runs: dict[tuple[str, str, str], list[float]] = {}
+                gateway.wrk(limits=limits, stream=stream, concurrency=10, seconds=2, model=model)
+        runs: dict[tuple[str, str, str, str], list[float]] = {}
         for round_ in range(args.rounds):
             for cell, stream, concurrency in cells:
-                for gateway, limits in targets if round_ % 2 == 0 else targets[::-1]:
+                for gateway, limits, model in targets if round_ % 2 == 0 else targets[::-1]:
                     cpu, rps, errors = gateway.wrk(limits=limits, stream=stream, concurrency=concurrency,
-                                                   seconds=args.seconds)  # fmt: skip
-                    runs.setdefault((cell, gateway.name, limits), []).append(cpu)
+                                                   seconds=args.seconds, model=model)  # fmt: skip
+                    runs.setdefault((cell, gateway.name, limits, model), []).append(cpu)
                     load = Path("/proc/loadavg").read_text().split()[0]
-                    print(f"round {round_} {cell:9} {gateway.name:8} limits {limits:3} {cpu:6.3f} ms CPU/req "
+                    label = gateway.name if len(models) == 1 else f"{gateway.name}/{model}"
+                    print(f"round {round_} {cell:9} {label:8} limits {limits:3} {cpu:6.3f} ms CPU/req "
                           f"{rps:7.1f} req/s  errors {errors}  load {load}", flush=True)  # fmt: skip
         print("\nmedian gateway CPU per request, ms (each run):")
         for cell, _, _ in cells:
             row = [f"{cell:9}"]
-            for gateway, limits in targets:
-                values = runs[(cell, gateway.name, limits)]
+            for gateway, limits, model in targets:
+                values = runs[(cell, gateway.name, limits, model)]
                 each = " ".join(f"{v:.2f}" for v in values)
-                row.append(f"{gateway.name}/limits {limits}: {statistics.median(values):.3f} ({each})")
+                label = gateway.name if len(models) == 1 else f"{gateway.name}/{model}"
+                row.append(f"{label}/limits {limits}: {statistics.median(values):.3f} ({each})")
             print("  ".join(row))
+        if len(models) > 1:
+            print(f"\nminus {models[0]} in the same round, ms CPU per request: median (each round)")
+            for cell, _, _ in cells:
+                for gateway, limits, model in targets:
+                    if model == models[0]:
+                        continue
+                    base = runs[(cell, gateway.name, limits, models[0])]
+                    diffs = [v - b for v, b in zip(runs[(cell, gateway.name, limits, model)], base, strict=True)]
+                    each = " ".join(f"{d:+.3f}" for d in diffs)
+                    median = statistics.median(diffs)
+                    print(f"{cell:9} {gateway.name}/limits {limits} {model:16} {median:+.3f} ({each})")
     finally:
         for gateway in gateways:
             gateway.stop()

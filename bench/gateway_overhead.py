@@ -65,6 +65,11 @@ UPSTREAM_KEY = "sk-bench-upstream"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "gateway", "gateway+limits")
 HUGE = 10**9
+# The routing bench's models (bench/ab_cpu.py --models): the same upstream as MODEL, several
+# deployments under a strategy (each in a region of its own: the bench tenants have none, so
+# every deployment serves them). MODEL itself is the one-deployment reference.
+ROUTED = {f"{MODEL}-{tag}{n}": (strategy, n) for tag, strategy in (("w", "weighted"), ("lb", "least_busy"),
+          ("lat", "latency")) for n in (2, 3)}  # fmt: skip
 
 
 def database_url() -> str:
@@ -100,6 +105,17 @@ def fixture_setup() -> Fixture:
         effective_from=datetime(2024, 1, 1, tzinfo=UTC),
         defaults={"input_per_1m": Decimal("0.15"), "output_per_1m": Decimal("0.60")},
     )
+    for name, (strategy, count) in ROUTED.items():
+        routed, _ = CatalogModel.objects.update_or_create(
+            name=name, defaults={"provider": "openai", "routing": strategy}
+        )
+        for n in range(count):
+            Deployment.objects.get_or_create(model=routed, provider="openai", upstream=MODEL, region=f"r{n + 1}")
+        ModelPrice.objects.get_or_create(
+            model=routed,
+            effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+            defaults={"input_per_1m": Decimal("0.15"), "output_per_1m": Decimal("0.60")},
+        )
     plan, _ = Plan.objects.get_or_create(name="bench")
     limits = {"requests_per_minute": HUGE, "tokens_per_minute": HUGE, "max_concurrent": 100_000}
     keys, tenant_ids = {}, []

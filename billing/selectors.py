@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection
+from django.db import connections
 from django.db.models import Count, F, Q, QuerySet, Sum, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce, NullIf
@@ -103,6 +103,8 @@ def _union_grouped(parts: list[QuerySet], key: str, columns: dict[str, type]) ->
     Each part is `.values(key).annotate(s_<column>=..., in the order of `columns`)`; the outer
     query sums each column per key and orders by key with the database's collation.
     """
+    # The parts' own database: the replica inside `reading_replica()` (proxy_platform/replicas.py).
+    connection = connections[parts[0].db]
     sqls, params = [], []
     for index, part in enumerate(parts):
         sql, part_params = part.order_by().query.sql_with_params()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import connection
+from django.db import connections
 from django.db.models import (
     Case,
     Count,
@@ -194,6 +194,8 @@ def _aggregate(
         parts.append(queryset.values(*group_keys).annotate(**annotations).values(*group_keys, *annotations).order_by())
     if not parts:
         return [] if keys else [{name: _value(m.kind, None) for name, m in measures.items()}]
+    # The parts' own database: the replica inside `reading_replica()` (proxy_platform/replicas.py).
+    connection = connections[parts[0].db]
     quote = connection.ops.quote_name
     sqls, params = [], []
     for index, part in enumerate(parts):

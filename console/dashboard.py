@@ -23,6 +23,7 @@ from django.utils.http import urlencode
 from billing.csvsafe import csv_writer
 from billing.periods import month_start, previous_month
 from billing.selectors import utc_today
+from proxy_platform.replicas import reading_replica, replica_lag_seconds
 from tenants import audit
 from tenants.models import Tenant
 
@@ -272,7 +273,11 @@ class PlatformAdminSite(admin.AdminSite):
         if request.user.has_perm(FIGURES_PERMISSION):
             today = utc_today()
             form, period, status = period_from_request(request, today=today)
-            summary = dashboard_summary(start=period.start, end=period.end, today=today)
+            # Figures from the replica when there is one (docs/database.md); permissions above and
+            # the page's own reads (the app list) stay on the primary.
+            with reading_replica():
+                summary = dashboard_summary(start=period.start, end=period.end, today=today)
+                replica_lag = replica_lag_seconds()
             context.update(
                 period_form=form,
                 period=period,
@@ -280,6 +285,7 @@ class PlatformAdminSite(admin.AdminSite):
                 summary=summary,
                 charts=daily_charts(summary.daily, prefix="chart"),
                 tenant_search_url=reverse("admin:tenants_tenant_changelist", current_app=self.name),
+                replica_lag=replica_lag,
             )
         response = super().index(request, extra_context=context)
         response.status_code = status
@@ -295,9 +301,11 @@ class PlatformAdminSite(admin.AdminSite):
         if sort.lstrip("-") not in COMPARISON_SORTS:
             sort, status = "-spend", 400
             form.add_error(None, f"Unknown sort column; choose one of {', '.join(sorted(COMPARISON_SORTS))}.")
-        if request.GET.get("format") == "csv" and request.GET.get("by") == "project" and status == 200:
-            return self._project_csv(project_shares(start=period.start, end=period.end, today=today), period)
-        rows = tenant_comparison(start=period.start, end=period.end, sort=sort, today=today)
+        with reading_replica():  # figures, not decisions: docs/database.md
+            if request.GET.get("format") == "csv" and request.GET.get("by") == "project" and status == 200:
+                return self._project_csv(project_shares(start=period.start, end=period.end, today=today), period)
+            rows = tenant_comparison(start=period.start, end=period.end, sort=sort, today=today)
+            replica_lag = replica_lag_seconds()
         if request.GET.get("format") == "csv" and status == 200:
             return self._comparison_csv(rows, period)
         before = previous_period(start=period.start, end=period.end)
@@ -332,6 +340,7 @@ class PlatformAdminSite(admin.AdminSite):
             "csv_url": "?" + "&".join(filter(None, [base, f"sort={sort}", "format=csv"])),
             "project_csv_url": "?" + "&".join(filter(None, [base, "format=csv", "by=project"])),
             "keep_params": [("sort", sort)],
+            "replica_lag": replica_lag,
         }
         request.current_app = self.name
         return TemplateResponse(request, "admin/analytics.html", context, status=status)

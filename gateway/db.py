@@ -6,14 +6,19 @@ The completion endpoints are served outside Django's per-request thread and requ
 thread's connection to the pool before it returns: a connection is held only while a query
 runs, a broken one never outlives the call that saw it, and the pool (DATABASE_POOL_MAX per
 process) is shared by every request in flight rather than pinned to one.
+
+`db_fetchone_direct` runs one statement on a PostgreSQL connection of the event loop's own,
+without the hop: the usage record's write (gateway/metering.py) when nothing else goes with it.
 """
 
 import asyncio
+import logging
+import weakref
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from django.conf import settings
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import InterfaceError, OperationalError
 
 try:  # PostgreSQL's driver and pool; the demo on SQLite may run without them
@@ -39,6 +44,8 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     *_DRIVER_ERRORS,
 )
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,3 +76,112 @@ async def db_call(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R
     # asyncio.timeout rather than wait_for: no extra task per call on the hot path.
     async with asyncio.timeout(settings.GATEWAY_DB_TIMEOUT):
         return await asyncio.to_thread(_released, fn, *args, **kwargs)
+
+
+# --- Direct statements on the event loop's own connections ---
+
+# Connections per event loop for `db_fetchone_direct`; more statements at once than this go
+# through `db_call` (a worker thread and the pool), as everything did before.
+DIRECT_CONNECTIONS = 2
+
+
+class DirectBusy(Exception):
+    """No direct connection is free (or the database is not PostgreSQL): use `db_call`."""
+
+
+class _Direct:
+    """One event loop's idle direct connections and how many it has open."""
+
+    __slots__ = ("idle", "opened")
+
+    def __init__(self) -> None:
+        self.idle: list = []
+        self.opened = 0
+
+
+_direct: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Direct]" = weakref.WeakKeyDictionary()
+_prep_connection = None
+
+
+def prep_connection():
+    """A Django connection of the default database, to prepare values for a direct statement
+    (`Field.get_db_prep_save`); never connected, so never the loop's own context-local one."""
+    global _prep_connection
+    if _prep_connection is None:
+        _prep_connection = connections.create_connection(DEFAULT_DB_ALIAS)
+    return _prep_connection
+
+
+def direct_available() -> bool:
+    """PostgreSQL with psycopg 3 and GATEWAY_DB_DIRECT on (the default)."""
+    return getattr(settings, "GATEWAY_DB_DIRECT", True) and prep_connection().vendor == "postgresql"
+
+
+async def _connect():
+    wrapper = prep_connection()
+    params = connections.create_connection(DEFAULT_DB_ALIAS).get_connection_params()
+    if wrapper.settings_dict["OPTIONS"].get("assume_role"):
+        raise DirectBusy("a role to assume: left to Django's connections")
+    # Django's own parameters (the database's current name: a test run's too, its adapters and
+    # connect timeout), client-side binding as Django's default cursor, autocommit as Django's.
+    params["cursor_factory"] = psycopg.AsyncClientCursor
+    return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+
+
+async def db_fetchone_direct(sql: str, params: list) -> tuple | None:
+    """`sql` with `params` on a connection of this event loop's own, and its first row: no worker
+    thread, no pool checkout (the hop costs more CPU than the statement's own work when requests
+    come one at a time). Raises `DirectBusy` when every direct connection is in use or the
+    database is not PostgreSQL; a database error as `db_call` would (DATABASE_UNAVAILABLE for
+    one that cannot be reached), bounded by GATEWAY_DB_TIMEOUT as well.
+
+    The statement runs in autocommit, alone: nothing that needs a transaction goes through here.
+    A connection that failed, timed out or was cancelled mid-statement is closed, never reused.
+    """
+    loop = asyncio.get_running_loop()
+    direct = _direct.get(loop)
+    if direct is None:
+        direct = _direct[loop] = _Direct()
+    if direct.idle:
+        connection = direct.idle.pop()
+    elif direct.opened < DIRECT_CONNECTIONS:
+        direct.opened += 1
+        try:
+            async with asyncio.timeout(settings.GATEWAY_DB_TIMEOUT):
+                connection = await _connect()
+        except BaseException:
+            direct.opened -= 1
+            raise
+    else:
+        raise DirectBusy("every direct connection is in use")
+    try:
+        async with asyncio.timeout(settings.GATEWAY_DB_TIMEOUT):
+            cursor = connection.cursor()
+            await cursor.execute(sql, params)
+            row = await cursor.fetchone()
+    except BaseException:
+        direct.opened -= 1
+        _close_soon(connection)
+        raise
+    if connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        direct.opened -= 1
+        _close_soon(connection)
+    else:
+        direct.idle.append(connection)
+    return row
+
+
+def _close_soon(connection) -> None:
+    # The socket is closed at once (libpq's finish); nothing to wait for.
+    try:
+        connection.pgconn.finish()
+    except Exception:  # an already closed connection
+        log.debug("closing a direct connection failed", exc_info=True)
+
+
+def direct_close_all() -> None:
+    """Close every idle direct connection of every loop (shutdown, tests): none outlives its use."""
+    for direct in list(_direct.values()):
+        while direct.idle:
+            direct.opened -= 1
+            _close_soon(direct.idle.pop())

@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from billing.selectors import UsageGroupingUnavailable, usage_summary
+from proxy_platform.replicas import reading_replica
 from tenants.prompting import TemplateError, template_render, template_resolve
 
 from . import attribution, betas, observability, proxy, responses, schemas
@@ -297,8 +298,12 @@ async def usage(request: HttpRequest) -> HttpResponse:
         start, end = schemas.parse_usage_query(params)
         grouping = schemas.parse_usage_grouping(params)
         # db_call: bounded by GATEWAY_DB_TIMEOUT; a database that is down is a 503 in JSON (middleware).
+        # A report, not a decision: read on the replica when there is one (docs/database.md).
         try:
-            summary = await db_call(usage_summary, tenant_id=caller.tenant.id, start=start, end=end, grouping=grouping)
+            with reading_replica():
+                summary = await db_call(
+                    usage_summary, tenant_id=caller.tenant.id, start=start, end=end, grouping=grouping
+                )
         except UsageGroupingUnavailable as exc:
             raise bad_request(str(exc), param="group_by") from None
         summary["tenant"] = caller.tenant.slug

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -102,29 +103,54 @@ WSGI_APPLICATION = "proxy_platform.wsgi.application"
 ASGI_APPLICATION = "proxy_platform.asgi:application"
 
 DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # A pool instead of persistent connections: under ASGI every request may land on another
-    # thread, and the pool hands connections back when Django closes them.
-    # Bounded waits (README "Operations"): a PostgreSQL that is down or unreachable costs a request
-    # about DATABASE_POOL_TIMEOUT seconds (the wait for a pooled connection; psycopg_pool's own
-    # default is 30 s), a new connection DATABASE_CONNECT_TIMEOUT (libpq's connect_timeout, 2 s at
-    # least), and one that hangs mid-query GATEWAY_DB_TIMEOUT (gateway/db.py).
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env_int("DATABASE_POOL_MIN", 2),
-        "max_size": env_int("DATABASE_POOL_MAX", 10),
-        "timeout": env_float("DATABASE_POOL_TIMEOUT", 2.0),
-    }
-    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 2))
-    # Server side, for every process on these settings (so the rollups too): off unless set.
-    if env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0) > 0:
-        DATABASES["default"]["OPTIONS"]["options"] = (
-            f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 0)}"
-        )
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the demo's gateway write usage while the admin reads it.
-    DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
-    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
-    DATABASES["default"]["OPTIONS"]["timeout"] = 20
+# A streaming replica (docs/database.md): reports read there, inside `reading_replica()` only
+# (proxy_platform/replicas.py); money decisions and every write stay on "default".
+DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = dj_database_url.parse(DATABASE_REPLICA_URL)
+    # In tests without a replica of their own, "replica" is the test database itself.
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["proxy_platform.replicas.ReplicaRouter"]
+# Behind PgBouncer in transaction pooling mode (docs/database.md): each transaction, or each
+# statement in autocommit, may run on another server connection, so nothing may outlive one.
+DATABASE_PGBOUNCER = env_bool("DATABASE_PGBOUNCER", False)
+for _database in DATABASES.values():
+    if _database["ENGINE"] == "django.db.backends.postgresql":
+        # A pool instead of persistent connections: under ASGI every request may land on another
+        # thread, and the pool hands connections back when Django closes them.
+        # Bounded waits (README "Operations"): a PostgreSQL that is down or unreachable costs a
+        # request about DATABASE_POOL_TIMEOUT seconds (the wait for a pooled connection;
+        # psycopg_pool's own default is 30 s), a new connection DATABASE_CONNECT_TIMEOUT (libpq's
+        # connect_timeout, 2 s at least), and one that hangs mid-query GATEWAY_DB_TIMEOUT
+        # (gateway/db.py). The replica gets a pool of the same size as the primary's.
+        _database.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN", 2),
+            "max_size": env_int("DATABASE_POOL_MAX", 10),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 2.0),
+        }
+        _database["OPTIONS"].setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 2))
+        # Server side, for every process on these settings (so the rollups too): off unless set.
+        if env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0) > 0:
+            if DATABASE_PGBOUNCER:
+                # PgBouncer refuses a client whose startup packet carries `options`.
+                raise ImproperlyConfigured(
+                    "DATABASE_STATEMENT_TIMEOUT_MS cannot be sent through PgBouncer: set "
+                    "statement_timeout on the database role instead (docs/database.md)."
+                )
+            _database["OPTIONS"]["options"] = f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 0)}"
+        if DATABASE_PGBOUNCER:
+            # A named cursor (QuerySet.iterator()) lives as long as its session, not its transaction.
+            _database["DISABLE_SERVER_SIDE_CURSORS"] = True
+            # A prepared statement lives in one server connection, which the next transaction may
+            # not get (PgBouncer before 1.21 does not track them). Django's default already, pinned
+            # here so that OPTIONS cannot turn it on.
+            _database["OPTIONS"]["prepare_threshold"] = None
+            _database["OPTIONS"].pop("server_side_binding", None)
+    elif _database["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL lets the demo's gateway write usage while the admin reads it.
+        _database.setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
+        _database["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+        _database["OPTIONS"]["timeout"] = 20
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -281,6 +307,10 @@ GATEWAY_ANTHROPIC_BETAS = env_list("GATEWAY_ANTHROPIC_BETAS")
 # The longest a request waits on one database call of the gateway (gateway/db.py), then 503 (or,
 # for a usage record, the journal). Redis calls are bounded by GATEWAY_LIMITS_REDIS_TIMEOUT.
 GATEWAY_DB_TIMEOUT = env_float("GATEWAY_DB_TIMEOUT", 3.0)
+# A usage record that goes alone (no request log, key touch or budget check) is written on a
+# PostgreSQL connection of the event loop's own (two per process), not through a worker thread
+# and the pool: less CPU per request. Off: every write through the pool.
+GATEWAY_DB_DIRECT = env_bool("GATEWAY_DB_DIRECT", True)
 # The reconciler (gateway/journal.py, `manage.py reconcile_requests`): a write-ahead trace older
 # than this with no usage record is a request whose process died; recorded as `interrupted`.
 # Longer than any request should last: a live request's real record replaces an interrupted one.

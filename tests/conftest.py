@@ -146,10 +146,45 @@ def mock_llm():
         stop(process)
 
 
+# Set by `through_pgbouncer` (TEST_THROUGH_PGBOUNCER=1): the port of the PgBouncer that the run's
+# gateway processes and Celery workers reach the test database through.
+PGBOUNCER_PORT: int | None = None
+
+
 def database_url() -> str:
+    """The test database, for the processes a test starts: through the run's PgBouncer if any."""
     db = settings.DATABASES["default"]
     user = db.get("USER") or "postgres"
+    if PGBOUNCER_PORT:
+        return f"postgres://{user}@127.0.0.1:{PGBOUNCER_PORT}/{db['NAME']}"
     return f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def through_pgbouncer(request):
+    """With TEST_THROUGH_PGBOUNCER=1, every gateway process and Celery worker of the run reaches the
+    test database through a PgBouncer in transaction pooling mode that this starts (Debian's
+    pgbouncer), with DATABASE_PGBOUNCER=1 as production sets it (docs/database.md). The test
+    process itself still talks to PostgreSQL directly. `make test-pgbouncer` runs the live tests
+    that way; tests that put a fault proxy in front of PostgreSQL do not belong in that run."""
+    global PGBOUNCER_PORT
+    if os.environ.get("TEST_THROUGH_PGBOUNCER", "") not in {"1", "true", "yes"}:
+        yield None
+        return
+    from .pg_servers import pgbouncer
+
+    # Set up first so that it is torn down last: the test database is dropped once PgBouncer
+    # (and its server connections to it) are gone.
+    request.getfixturevalue("django_db_setup")
+    db = settings.DATABASES["default"]
+    with pgbouncer(host=db.get("HOST") or "127.0.0.1", port=int(db.get("PORT") or 5432)) as port:
+        PGBOUNCER_PORT = port
+        os.environ["DATABASE_PGBOUNCER"] = "1"  # inherited by every process the tests start
+        try:
+            yield port
+        finally:
+            PGBOUNCER_PORT = None
+            os.environ.pop("DATABASE_PGBOUNCER", None)
 
 
 def gateway_env(mock_url: str, **extra: str) -> dict:
@@ -266,6 +301,16 @@ def gateway(django_db_setup, mock_llm):
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(autouse=True)
+def direct_connections_closed():
+    """The gateway's direct database connections (gateway/db.py) end with the test that opened
+    them: none outlives its event loop, or holds the test database open when it is dropped."""
+    yield
+    from gateway.db import direct_close_all
+
+    direct_close_all()
 
 
 @pytest.fixture(scope="session", autouse=True)

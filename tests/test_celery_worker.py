@@ -72,8 +72,8 @@ class Workers:
             CELERY_RESULT_BACKEND=REDIS_URL,
             CELERY_TASK_ALWAYS_EAGER="0",
             DATABASE_POOL_MIN="1",
-            **extra,
         )
+        env.update(extra)  # may replace any of the above (DATABASE_URL: tests/test_pgbouncer_live.py)
         return env
 
     def start(self, name: str, *, slow: bool = False, loglevel: str = "WARNING", **env) -> subprocess.Popen:

@@ -2,8 +2,9 @@
 (gateway/db.py), run in process through `proxy_platform.asgi.application` against the mock provider.
 
 The figures are in bench/gateway_overhead.py; these tests pin down the behaviour that buys them:
-one hop to a worker thread per served request, and nothing of the admin's middleware stack lost
-that the API needs (security headers, host validation), while the admin keeps all of it.
+no hop to a worker thread for a served request whose usage record goes alone (one when it does
+not), and nothing of the admin's middleware stack lost that the API needs (security headers,
+host validation), while the admin keeps all of it.
 """
 
 import asyncio
@@ -13,12 +14,16 @@ import threading
 import orjson
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from billing.models import UsageRecord
+from billing.pricing import Tokens
 from gateway import registry
 from gateway.db import db_call
+from gateway.metered import Metered
 from gateway.providers import close_clients
 from proxy_platform.asgi import application
+from tenants.models import RequestLog
 
 from .conftest import UPSTREAM_KEY
 
@@ -98,7 +103,10 @@ class WorkerHops:
                 self.count += 1
 
 
-def test_a_served_completion_costs_one_worker_thread_hop(upstream, catalog, alice, alice_key):
+def served_with_hops(alice_key) -> tuple[list, int]:
+    """Four completions (JSON, stream, JSON, stream) after a first one that loads key, tenant and
+    catalog: their responses and the worker thread hops they cost."""
+
     async def scenario(hops: WorkerHops):
         try:
             await call("/v1/chat/completions", key=alice_key, body=chat_body())  # loads key, tenant, catalog
@@ -110,13 +118,87 @@ def test_a_served_completion_costs_one_worker_thread_hop(upstream, catalog, alic
             await close_clients()
 
     with WorkerHops() as hops:
-        results, used = asyncio.run(scenario(hops))
+        return asyncio.run(scenario(hops))
+
+
+def test_a_served_completion_costs_no_worker_thread_hop(upstream, catalog, alice, alice_key):
+    """The usage record goes alone (no request log, key touch or budget check): it is written on
+    the event loop's own connection (gateway/db.py `db_fetchone_direct`), not in a worker thread."""
+    results, used = served_with_hops(alice_key)
     assert [status for status, _, _ in results] == [200, 200, 200, 200]
     assert b"data: [DONE]" in results[1][2]
+    assert used == 0  # no middleware, request signal, per-request thread or usage write hop
+    ids = [headers["x-request-id"] for _, headers, _ in results]
+    records = UsageRecord.objects.filter(request_id__in=ids, status_code=200)
+    assert records.count() == 4
+    assert all(record.cost > 0 for record in records)
+
+
+def test_without_direct_writes_a_served_completion_costs_one_worker_thread_hop(
+    upstream, catalog, alice, alice_key, settings
+):
+    settings.GATEWAY_DB_DIRECT = False
+    results, used = served_with_hops(alice_key)
+    assert [status for status, _, _ in results] == [200, 200, 200, 200]
     # The usage write, and nothing else: no middleware, request signal or per-request thread.
     assert used == 4
     ids = [headers["x-request-id"] for _, headers, _ in results]
     assert UsageRecord.objects.filter(request_id__in=ids, status_code=200).count() == 4
+
+
+def test_a_record_with_a_request_log_goes_through_a_worker_thread(upstream, catalog, alice, alice_key):
+    """A request log is written after its record, each in its own transaction: not the direct path."""
+    alice.log_requests = True
+    alice.save(update_fields=["log_requests"])
+    registry.clear_caches()
+    results, used = served_with_hops(alice_key)
+    assert [status for status, _, _ in results] == [200, 200, 200, 200]
+    assert used == 4
+    ids = [headers["x-request-id"] for _, headers, _ in results]
+    assert RequestLog.objects.filter(request_id__in=ids).count() == 4
+
+
+def test_a_direct_write_keeps_an_interrupted_records_place_rules(upstream, catalog, alice, alice_key):
+    """The direct write is the same upsert: a request's own record replaces the reconciler's
+    `interrupted` one, and a record already there otherwise stays (its cost is the answer)."""
+    from gateway.metering import _write_direct
+
+    def metered(price, request_id: str, error_type: str = "", output: int = 10):
+        return Metered(
+            request_id=request_id,
+            created_at=timezone.now(),
+            tenant_id=alice.id,
+            api_key_id=None,
+            model="gpt-test",
+            provider="openai",
+            upstream_model="gpt-test",
+            endpoint="chat",
+            status_code=200,
+            error_type=error_type,
+            tokens=Tokens(input=10, output=output),
+            price_id=price.id,
+            price=price.price,
+            latency_ms=5,
+            streamed=False,
+            estimated=False,
+            cache_hit=False,
+            tenant_slug=alice.slug,
+            deployment_id=None,
+        )
+
+    async def scenario():
+        price = (await registry.catalog())["gpt-test"].price_at(timezone.now())
+        first = await _write_direct(metered(price, "req-1", output=10), None, False, False)
+        replay = await _write_direct(metered(price, "req-1", output=999), None, False, False)  # stays as it was
+        await _write_direct(metered(price, "req-2", "interrupted", output=0), None, False, False)
+        own = await _write_direct(metered(price, "req-2", output=20), None, False, False)
+        return first, replay, own
+
+    first, replay, own = asyncio.run(scenario())
+    assert replay == first
+    assert UsageRecord.objects.get(request_id="req-1").output_tokens == 10
+    kept = UsageRecord.objects.get(request_id="req-2")
+    assert (kept.error_type, kept.output_tokens, kept.cost) == ("", 20, own)
 
 
 def test_the_hot_path_keeps_the_security_headers_and_the_host_check(upstream, catalog, alice, alice_key):

@@ -24,7 +24,15 @@ from .invoices import InvoiceRunResult, credit_note_create, invoice_number, invo
 from .retention import usage_retention_apply
 from .rollups import RollupResult, usage_rollup, usage_rollup_day
 from .subscriptions import subscription_webhook_secret_set, subscriptions_set_plan
-from .usage import MeteredUsage, RecordedUsage, usage_cost, usage_record_create, usage_record_upsert
+from .usage import (
+    MeteredUsage,
+    RecordedUsage,
+    usage_cost,
+    usage_record_create,
+    usage_record_kept,
+    usage_record_upsert,
+    usage_upsert_statement,
+)
 
 __all__ = [
     "WEBHOOK_TIMEOUT_SECONDS",
@@ -44,7 +52,9 @@ __all__ = [
     "subscriptions_set_plan",
     "usage_cost",
     "usage_record_create",
+    "usage_record_kept",
     "usage_record_upsert",
+    "usage_upsert_statement",
     "RecordedUsage",
     "usage_retention_apply",
     "usage_rollup",

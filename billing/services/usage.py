@@ -155,19 +155,31 @@ def usage_record_upsert(*, metered: MeteredUsage, replaceable: str) -> RecordedU
     place (the journal's `interrupted`, written while the request was in fact still running).
     The cost is computed here once (`usage_cost`), as `usage_record_create` computes it.
     """
-    cost = usage_cost(metered=metered)
-    fields = _record_fields(metered, cost)
-    names = tuple(fields)
     # The thread's connection itself, not `django.db.connection`: that proxy looks the connection
     # up again (a context-local lookup, ~1 µs) on every attribute, twenty-odd times per record.
     connection = connections[DEFAULT_DB_ALIAS]
-    values = zip(_fields(names), fields.values(), strict=True)
-    params = [field.get_db_prep_save(value, connection) for field, value in values]
+    sql, params, cost = usage_upsert_statement(metered=metered, replaceable=replaceable, connection=connection)
     with connection.cursor() as cursor:
-        cursor.execute(_upsert_statement(connection.vendor, names), [*params, replaceable, replaceable])
+        cursor.execute(sql, params)
         if cursor.fetchone() is not None:
             return RecordedUsage(cost=cost, error_type=metered.error_type, written=True)
-    kept_cost, kept_error_type = UsageRecord.objects.filter(request_id=metered.request_id).values_list(
-        "cost", "error_type"
-    )[0]
+    return usage_record_kept(request_id=metered.request_id)
+
+
+def usage_upsert_statement(*, metered: MeteredUsage, replaceable: str, connection) -> tuple[str, list, Decimal]:
+    """(SQL, parameters, cost) of `usage_record_upsert`'s statement, for a caller that runs it on a
+    connection of its own (the gateway's direct write, gateway/db.py): a row back means this
+    record is the one stored; none, `usage_record_kept` says what is. `connection`: a Django
+    connection of the database's vendor, to prepare the values (it is not queried)."""
+    cost = usage_cost(metered=metered)
+    fields = _record_fields(metered, cost)
+    names = tuple(fields)
+    values = zip(_fields(names), fields.values(), strict=True)
+    params = [field.get_db_prep_save(value, connection) for field, value in values]
+    return _upsert_statement(connection.vendor, names), [*params, replaceable, replaceable], cost
+
+
+def usage_record_kept(*, request_id: str) -> RecordedUsage:
+    """The record already stored for `request_id`, when an upsert left it in place."""
+    kept_cost, kept_error_type = UsageRecord.objects.filter(request_id=request_id).values_list("cost", "error_type")[0]
     return RecordedUsage(cost=kept_cost, error_type=kept_error_type, written=False)

@@ -56,6 +56,7 @@ from console.admin.tenants import TenantAdmin
 from console.analytics import live_limits, tenant_overview
 from console.dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
 from console.templatetags.figures import cents
+from proxy_platform.replicas import reading_replica, replica_lag_seconds
 from tenants.models import CatalogModel, Tenant
 
 # --- plans and subscriptions ---------------------------------------------------------------
@@ -223,7 +224,8 @@ class BillingTenantAdmin(TenantAdmin):
         response = HttpResponse(content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="end-users-{tenant.slug}-{period_str(period)}.csv"'
         try:
-            end_user_usage_csv_write(tenant=tenant, period=period, out=response)
+            with reading_replica():  # an export, not a decision: docs/database.md
+                end_user_usage_csv_write(tenant=tenant, period=period, out=response)
         except UsageGroupingUnavailable as exc:
             return HttpResponseBadRequest(str(exc))
         return response
@@ -235,7 +237,9 @@ class BillingTenantAdmin(TenantAdmin):
         today = utc_today()
         form, period, status = period_from_request(request, today=today)
         try:
-            overview = tenant_overview(tenant_id=object_id, start=period.start, end=period.end, today=today)
+            with reading_replica():  # figures, not decisions: docs/database.md
+                overview = tenant_overview(tenant_id=object_id, start=period.start, end=period.end, today=today)
+                replica_lag = replica_lag_seconds()
         except Tenant.DoesNotExist:
             raise Http404("No such tenant.") from None
         tenant = overview.tenant
@@ -250,6 +254,7 @@ class BillingTenantAdmin(TenantAdmin):
             "period": period,
             "period_query": form.query(),
             "charts": daily_charts(overview.daily, prefix="tenant-chart"),
+            "replica_lag": replica_lag,
             "live_limits": live_limits(tenant_id=tenant.pk),
             "change_url": reverse("admin:tenants_tenant_change", args=[tenant.pk], current_app=name),
             "tenant_changelist_url": reverse("admin:tenants_tenant_changelist", current_app=name),
@@ -584,7 +589,10 @@ class UsageRollupAdmin(UsageColumns, admin.ModelAdmin):
         summary = None
         if form.is_valid():
             tenant = form.cleaned_data["tenant"]
-            summary = usage_summary(tenant_id=tenant.id, start=form.cleaned_data["start"], end=form.cleaned_data["end"])
+            with reading_replica():
+                summary = usage_summary(
+                    tenant_id=tenant.id, start=form.cleaned_data["start"], end=form.cleaned_data["end"]
+                )
             summary["tenant"] = tenant.slug
         context = {
             **self.admin_site.each_context(request),
@@ -807,7 +815,8 @@ class InvoiceAdmin(admin.ModelAdmin):
     def export_csv(self, request, queryset):
         periods = sorted(set(queryset.values_list("period", flat=True)))
         name = f"invoices-{period_str(periods[0])}.csv" if len(periods) == 1 else "invoices.csv"
-        return _csv_response(Invoice.objects.filter(pk__in=queryset.values("pk")), name)
+        with reading_replica():
+            return _csv_response(Invoice.objects.filter(pk__in=queryset.values("pk")), name)
 
     @admin.action(description="Issue credit notes for the selected finalized invoices", permissions=["change"])
     def issue_credit_notes(self, request, queryset):
@@ -850,7 +859,8 @@ class InvoiceAdmin(admin.ModelAdmin):
         period = self._period_param(request)
         if period is None:
             return HttpResponseBadRequest("period must be YYYY-MM")
-        return _csv_response(invoices_for_period(period=period), f"invoices-{period_str(period)}.csv")
+        with reading_replica():
+            return _csv_response(invoices_for_period(period=period), f"invoices-{period_str(period)}.csv")
 
     def summary_view(self, request):
         """Finance's month: revenue, provider cost, shared cost and margin per tenant."""
@@ -860,7 +870,9 @@ class InvoiceAdmin(admin.ModelAdmin):
         if period is None:
             return HttpResponseBadRequest("period must be YYYY-MM")
         per_tenant: dict[tuple[str, str], dict] = {}
-        documents = finance_summary(period=period)
+        with reading_replica():
+            documents = finance_summary(period=period)
+            shared_costs = list(SharedCost.objects.filter(period=period).order_by("description"))
         for row in documents:
             entry = per_tenant.setdefault(
                 (row.tenant, row.currency),
@@ -884,7 +896,7 @@ class InvoiceAdmin(admin.ModelAdmin):
             "next": period_str(month_start(period + timedelta(days=32))),
             "rows": list(per_tenant.values()),
             "totals": list(totals.values()),
-            "shared_costs": SharedCost.objects.filter(period=period).order_by("description"),
+            "shared_costs": shared_costs,
         }
         return TemplateResponse(request, "admin/billing/invoice/summary.html", context)
 

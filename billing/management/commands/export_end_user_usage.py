@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from billing.exports import end_user_usage_csv_write
 from billing.management.commands.generate_invoices import period_arg
 from billing.selectors import UsageGroupingUnavailable
+from proxy_platform.replicas import reading_replica
 from tenants.models import Tenant
 
 
@@ -20,6 +21,11 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="file to write; standard output when left out")
 
     def handle(self, *args, tenant: str, period, output: str | None, **options):
+        # An export: read on the replica when there is one (docs/database.md).
+        with reading_replica():
+            self._export(tenant, period, output)
+
+    def _export(self, tenant: str, period, output: str | None) -> None:
         found = Tenant.objects.filter(slug=tenant).first()
         if found is None:
             raise CommandError(f"no tenant {tenant!r}")

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from billing.exports import invoices_csv_write
 from billing.management.commands.generate_invoices import period_arg
 from billing.selectors import invoices_for_period
+from proxy_platform.replicas import reading_replica
 
 
 class Command(BaseCommand):
@@ -18,15 +19,17 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="file to write; standard output when left out")
 
     def handle(self, *args, period, output: str | None, **options):
-        invoices = invoices_for_period(period=period)
-        if output is None:
-            buffer = io.StringIO(newline="")
-            count = invoices_csv_write(invoices=invoices, out=buffer)
-            self.stdout.write(buffer.getvalue(), ending="")
-        else:
-            try:
-                with open(output, "w", encoding="utf-8", newline="") as stream:
-                    count = invoices_csv_write(invoices=invoices, out=stream)
-            except OSError as exc:
-                raise CommandError(f"cannot write {output}: {exc}") from exc
-        self.stderr.write(f"{count} lines of {invoices.count()} invoices of {period:%Y-%m}")
+        # An export: read on the replica when there is one (docs/database.md).
+        with reading_replica():
+            invoices = invoices_for_period(period=period)
+            if output is None:
+                buffer = io.StringIO(newline="")
+                count = invoices_csv_write(invoices=invoices, out=buffer)
+                self.stdout.write(buffer.getvalue(), ending="")
+            else:
+                try:
+                    with open(output, "w", encoding="utf-8", newline="") as stream:
+                        count = invoices_csv_write(invoices=invoices, out=stream)
+                except OSError as exc:
+                    raise CommandError(f"cannot write {output}: {exc}") from exc
+            self.stderr.write(f"{count} lines of {invoices.count()} invoices of {period:%Y-%m}")
