@@ -24,7 +24,7 @@ PGBOUNCER ?= /usr/sbin/pgbouncer
 PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-dev demo test test-services test-pgbouncer lint bench bench-admin chromium pgbouncer clean
+.PHONY: install install-dev demo test test-services test-pgbouncer test-redis-topologies lint bench bench-admin chromium pgbouncer clean
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -63,11 +63,23 @@ test: $(DEV_STAMP) chromium pgbouncer test-services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 	$(if $(PYTEST_ARGS),,DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest -q $(PGBOUNCER_TESTS))
+	$(if $(PYTEST_ARGS),,$(MAKE) test-redis-topologies)
 
 # PGBOUNCER_TESTS with every gateway and worker behind a PgBouncer in transaction pooling mode
 # that the run starts (TEST_THROUGH_PGBOUNCER, tests/conftest.py; docs/database.md).
 test-pgbouncer: $(DEV_STAMP) pgbouncer test-services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest $(PGBOUNCER_TESTS) $(PYTEST_ARGS)
+
+# The live limits, budgets, response cache and routing tests again, once on a three-primary Redis
+# Cluster and once behind a Sentinel (with a forced failover), which tests/redis_topology.py
+# starts from Debian's redis-server on free ports (docs/redis.md); skipped without redis-server.
+# (tests/test_limits_live.py holds the tenant's and a key's budgets too.)
+REDIS_TOPOLOGY_TESTS ?= tests/test_limits_live.py tests/test_response_cache.py tests/test_routing_live.py
+test-redis-topologies: $(DEV_STAMP) test-services
+	TEST_REDIS_TOPOLOGY=cluster DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	  $(PY) -m pytest -p tests.redis_topology $(REDIS_TOPOLOGY_TESTS)
+	TEST_REDIS_TOPOLOGY=sentinel DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	  $(PY) -m pytest -p tests.redis_topology tests/test_redis_failover_live.py $(REDIS_TOPOLOGY_TESTS)
 
 # lint-imports: the layers in pyproject.toml (console → gateway | config → billing → tenants).
 lint: $(DEV_STAMP)

@@ -64,7 +64,7 @@ from billing.services import RecordedUsage, usage_cost, usage_record_upsert
 from .db import DATABASE_UNAVAILABLE, db_call
 from .limits import UNREACHABLE, aclose, release_request, shared_redis
 from .limits.config import redis_timeout
-from .limits.redis_store import dedicated_connection, forget_dedicated
+from .limits.redis_store import cluster, dedicated_connection, forget_dedicated
 from .metered import Metered
 
 if TYPE_CHECKING:
@@ -93,8 +93,10 @@ INTERRUPTED_STATUS = 502  # the gateway broke off: the client saw its connection
 CLAIM_LEASE_SECONDS = 60.0
 BATCH = 200
 
-_TRACES = ("gw:journal:traces", "gw:journal:traces:data")  # ZSET id -> eligible ms, HASH id -> JSON
-_SPOOL = ("gw:journal:spool", "gw:journal:spool:data")
+# One hash tag for all four: the spool's script moves an entry from the traces to the spool, so
+# under Redis Cluster they must share a slot (docs/redis.md#hash-tags).
+_TRACES = ("gw:{journal}:traces", "gw:{journal}:traces:data")  # ZSET id -> eligible ms, HASH id -> JSON
+_SPOOL = ("gw:{journal}:spool", "gw:{journal}:spool:data")
 
 _LUA_NOW = """
 local t = redis.call('TIME')
@@ -222,6 +224,9 @@ def _reply(line: bytes) -> int | ResponseError:
     read any more."""
     if line[:1] == b":" and line.endswith(b"\r\n"):
         return int(line[1:-2])
+    if line[:1] == b"-" and line.startswith(b"-READONLY"):
+        # A primary demoted to replica by a Sentinel failover: connect again (to the new one).
+        raise RedisConnectionError("the journal's trace connection reached a replica")
     if line[:1] == b"-":
         return ResponseError(line[1:].rstrip(b"\r\n").decode(errors="replace"))
     if not line:
@@ -418,7 +423,11 @@ class _RedisJournal:
 
     async def send(self, request_id: str, data: bytes) -> Callable[[], Awaitable[None]] | None:
         """Send the trace; when its bytes left the process, a function that waits for Redis'
-        reply (call it before the request ends); None when the reply was waited for here."""
+        reply (call it before the request ends); None when the reply was waited for here.
+        Under Redis Cluster, whose connections are per node, an ordinary (grouped) script call."""
+        if cluster():
+            await self._group()[0].submit([request_id, data])
+            return None
         writer = await self._writer()
         reply, left = await writer.send([request_id, data])
         if left:

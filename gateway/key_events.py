@@ -9,17 +9,19 @@ everywhere at once, rather than within GATEWAY_AUTH_CACHE_SECONDS.
 Whenever the listener (re)subscribes, it forgets every cached key: announcements made while it
 was not listening are lost, and an empty cache is the safe answer to not knowing. While Redis
 cannot be reached the listener retries every second and the cache period is the bound again.
-Without REDIS_URL (the demo: one process) there is nothing to listen to.
+Without REDIS_URL (the demo: one process) there is nothing to listen to. Under Redis Cluster the
+listener subscribes on an entry node (classic PUBLISH reaches every node of a cluster); under
+Sentinel, on the primary the sentinels name, asked again on every (re)subscription.
 """
 
 import asyncio
 import contextlib
 import logging
 
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from proxy_platform import redis_clients
 from tenants.key_events import channel, message_ids
 
 from .limits import config
@@ -39,8 +41,9 @@ async def _listen(url: str, subscribed: asyncio.Event) -> None:
     while True:
         # No retries: redis-py would reconnect and subscribe again by itself, and this loop would not
         # know that announcements were missed meanwhile.
-        client = Redis.from_url(
+        client = redis_clients.pubsub_client(
             url,
+            asynchronous=True,
             socket_connect_timeout=config.redis_timeout(),
             health_check_interval=HEALTH_CHECK_SECONDS,
             retry=Retry(NoBackoff(), 0),

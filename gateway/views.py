@@ -348,9 +348,9 @@ async def _database_ready() -> None:
 
 
 async def _redis_ready() -> None:
-    from redis.asyncio import Redis
+    from proxy_platform import redis_clients
 
-    client = Redis.from_url(
+    client = redis_clients.async_client(
         settings.REDIS_URL, socket_timeout=READY_TIMEOUT_SECONDS, socket_connect_timeout=READY_TIMEOUT_SECONDS
     )
     try:

@@ -155,10 +155,17 @@ for _database in DATABASES.values():
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
+# Redis Cluster (entry nodes: REDIS_URL's host, or several comma-separated) or Sentinel (the
+# sentinels, and the primary's name): docs/redis.md. Every client is made by
+# proxy_platform/redis_clients.py.
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+REDIS_SENTINELS = env_list("REDIS_SENTINELS")
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 if REDIS_URL:
     CACHES = {
         "default": {
-            # Django's RedisCache with one connection pool per process (see proxy_platform/cache.py).
+            # Django's RedisCache with one connection pool per process (see proxy_platform/cache.py),
+            # whose client comes from proxy_platform/redis_clients.py (plain, Cluster or Sentinel).
             "BACKEND": "proxy_platform.cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             # A Redis that accepts connections but never answers must not hang a request.
@@ -171,7 +178,17 @@ else:
 # Celery: Redis as broker in production; without REDIS_URL tasks run eagerly in process.
 # Every billing task is idempotent (unique constraints, locked rows, upserts), so a message
 # is acknowledged only once its task is done, and a worker killed mid-task hands it back.
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# Celery (kombu) does not speak Redis Cluster: with REDIS_CLUSTER, CELERY_BROKER_URL names a plain
+# Redis (or another broker). With Sentinel the default is kombu's `sentinel://` URLs.
+_SENTINEL_BROKER = ""
+if REDIS_SENTINELS and REDIS_URL:
+    from urllib.parse import urlsplit as _urlsplit
+
+    _redis = _urlsplit(REDIS_URL)
+    _auth = f":{_redis.password}@" if _redis.password else ""
+    _db = _redis.path.strip("/") or "0"
+    _SENTINEL_BROKER = ";".join(f"sentinel://{_auth}{node}/{_db}" for node in REDIS_SENTINELS)
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or _SENTINEL_BROKER or REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -182,6 +199,8 @@ CELERY_TASK_IGNORE_RESULT = not CELERY_RESULT_BACKEND
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # An unacknowledged message goes back to the queue after this long (a worker that died).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = REDIS_SENTINEL_MASTER
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "rollup-usage": {

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 import redis
 from django.conf import settings
 from django.db import transaction
-from redis.connection import parse_url
+
+from proxy_platform import redis_clients
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,17 @@ def _client(url: str) -> redis.Redis:
     with _lock:
         client = _clients.get(url)
         if client is None:
-            client = _clients[url] = redis.Redis.from_url(
-                url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT
+            client = _clients[url] = redis_clients.pubsub_client(
+                url, asynchronous=False, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT
             )
         return client
 
 
-def channel(url: str) -> str:
+def channel(url: str | None = None) -> str:
     """The channel of REDIS_URL's database: Pub/Sub channels are server-wide, not per database,
     and two installations (or test runs) sharing a server on different databases must not hear
-    each other's key ids."""
-    db = parse_url(url).get("db", 0)
-    return f"{CHANNEL}:{db}"
+    each other's key ids (under Cluster: 0)."""
+    return f"{CHANNEL}:{redis_clients.database(url)}"
 
 
 def message_ids(data: bytes | str) -> list[int]:

@@ -315,11 +315,12 @@ def direct_connections_closed():
 
 @pytest.fixture(scope="session", autouse=True)
 def clean_redis():
-    """The test Redis database starts empty: counters of an earlier run must not leak into this one."""
-    import redis
+    """The test Redis database starts empty: counters of an earlier run must not leak into this one.
+    (Through proxy_platform/redis_clients.py: the run may be on a Cluster or Sentinel,
+    tests/redis_topology.py.)"""
+    from proxy_platform import redis_clients
 
-    url = os.environ.get("REDIS_URL")
-    if url:
-        client = redis.Redis.from_url(url)
+    if settings.REDIS_URL:
+        client = redis_clients.sync_client()
         client.flushdb()
         client.close()

@@ -27,7 +27,7 @@ from tenants.models import ApiKey
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/6"
-JOURNAL_KEYS = ("gw:journal:traces", "gw:journal:traces:data", "gw:journal:spool", "gw:journal:spool:data")
+JOURNAL_KEYS = ("gw:{journal}:traces", "gw:{journal}:traces:data", "gw:{journal}:spool", "gw:{journal}:spool:data")
 
 
 @pytest.fixture(autouse=True)
@@ -392,9 +392,9 @@ def test_traces_of_concurrent_requests_are_written_together_and_each_waits_for_i
         return opened, script_calls(own_redis) - before - opened
 
     assert run(scenario()) == (2, 1)
-    traced = {rid.decode() for rid in own_redis.zrange("gw:journal:traces", 0, -1)}
+    traced = {rid.decode() for rid in own_redis.zrange("gw:{journal}:traces", 0, -1)}
     assert traced == {f"req-{i}" for i in range(50, 100)}
-    assert own_redis.hlen("gw:journal:traces:data") == 50
+    assert own_redis.hlen("gw:{journal}:traces:data") == 50
 
 
 def test_finished_traces_leave_together_off_the_requests_path(priced, own_redis):
@@ -407,7 +407,7 @@ def test_finished_traces_leave_together_off_the_requests_path(priced, own_redis)
         before = script_calls(own_redis)
         for i in range(1, 20):
             journal.trace_done_soon(request_id=f"req-{i}")
-        still_there = own_redis.zcard("gw:journal:traces")
+        still_there = own_redis.zcard("gw:{journal}:traces")
         await asyncio.sleep(journal.DONE_DELAY_SECONDS * 3)
         await journal.flush()
         return still_there, script_calls(own_redis) - before
@@ -415,8 +415,8 @@ def test_finished_traces_leave_together_off_the_requests_path(priced, own_redis)
     still_there, calls = run(scenario())
     assert still_there == 19  # nothing was waited for
     assert calls == 1
-    assert own_redis.zcard("gw:journal:traces") == 0
-    assert own_redis.hlen("gw:journal:traces:data") == 0
+    assert own_redis.zcard("gw:{journal}:traces") == 0
+    assert own_redis.hlen("gw:{journal}:traces:data") == 0
 
 
 def test_a_trace_written_ahead_is_on_its_way_when_the_call_returns_and_confirmed_before_the_record(
@@ -436,8 +436,8 @@ def test_a_trace_written_ahead_is_on_its_way_when_the_call_returns_and_confirmed
     pending, after = run(scenario())
     assert pending is not None  # the reply was left for later
     assert after is None
-    assert empty_journal.zscore("gw:journal:traces", "req-ahead") is not None
-    assert orjson.loads(empty_journal.hget("gw:journal:traces:data", "req-ahead"))["prompt_tokens"] == 1000
+    assert empty_journal.zscore("gw:{journal}:traces", "req-ahead") is not None
+    assert orjson.loads(empty_journal.hget("gw:{journal}:traces:data", "req-ahead"))["prompt_tokens"] == 1000
 
 
 CRASH_AFTER_TRACE = """
@@ -481,9 +481,9 @@ def test_a_trace_written_ahead_survives_the_process_dying_before_its_reply(price
     )
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
     deadline = time.monotonic() + 5
-    while empty_journal.zcard("gw:journal:traces") < 20 and time.monotonic() < deadline:
+    while empty_journal.zcard("gw:{journal}:traces") < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert {rid.decode() for rid in empty_journal.zrange("gw:journal:traces", 0, -1)} == {
+    assert {rid.decode() for rid in empty_journal.zrange("gw:{journal}:traces", 0, -1)} == {
         f"req-killed-{n}" for n in range(20)
     }
 
@@ -503,7 +503,7 @@ def test_a_trace_connection_closed_by_the_server_is_replaced_at_the_next_request
         return journal._paused()
 
     assert run(scenario()) is False
-    assert {rid.decode() for rid in own_redis.zrange("gw:journal:traces", 0, -1)} == {"req-1", "req-2"}
+    assert {rid.decode() for rid in own_redis.zrange("gw:{journal}:traces", 0, -1)} == {"req-1", "req-2"}
 
 
 def test_a_trace_redis_did_not_acknowledge_is_logged_and_pauses_the_journal(priced, monkeypatch, caplog):

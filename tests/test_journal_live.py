@@ -89,7 +89,7 @@ def test_a_served_request_names_itself_upstream_and_leaves_no_trace(gateway, moc
     try:
         # Its trace leaves with the others that finished within journal.DONE_DELAY_SECONDS (0.1 s).
         deadline = time.monotonic() + 5
-        while client.hexists("gw:journal:traces:data", response.headers["x-request-id"]):
+        while client.hexists("gw:{journal}:traces:data", response.headers["x-request-id"]):
             assert time.monotonic() < deadline, "the trace of a finished request stayed"
             time.sleep(0.02)
     finally:

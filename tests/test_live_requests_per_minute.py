@@ -10,10 +10,10 @@ import time
 import anthropic
 import openai
 import pytest
-import redis
 from django.conf import settings
 from django.urls import reverse
 
+from proxy_platform import redis_clients
 from tenants.models import Tenant
 
 from .test_admin_dashboard import text_of
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def seconds_left_in_the_minute() -> float:
     """On Redis' clock, which the limits' windows follow (aligned on the epoch)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_clients.sync_client()  # plain, Cluster or Sentinel: tests/redis_topology.py
     try:
         seconds, micros = client.time()
     finally:

@@ -347,7 +347,7 @@ def test_a_single_deployment_under_priority_touches_no_shared_state(clock):
     run(scenario())
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        assert client.keys(f"gw:route:{d.id}:*") == []
+        assert client.keys(f"gw:route:{{{d.id}}}:*") == []
     finally:
         client.close()
 

@@ -18,10 +18,9 @@ from decimal import Decimal
 
 import openai
 import pytest
-import redis
-from django.conf import settings as django_settings
 
 from billing.models import ModelPrice, UsageRecord
+from proxy_platform import redis_clients
 from tenants.models import CatalogModel, Deployment
 from tenants.services import api_key_create
 
@@ -96,9 +95,9 @@ def received(mock_url: str, upstream: str) -> int:
 
 
 def in_flight(*deployments: Deployment) -> list[int]:
-    shared = redis.Redis.from_url(django_settings.REDIS_URL)
+    shared = redis_clients.sync_client()  # plain, Cluster or Sentinel: tests/redis_topology.py
     try:
-        return [shared.zcard(f"gw:route:{d.id}:busy") for d in deployments]
+        return [shared.zcard(f"gw:route:{{{d.id}}}:busy") for d in deployments]
     finally:
         shared.close()
 

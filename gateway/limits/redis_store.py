@@ -11,19 +11,33 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, MasterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from proxy_platform import redis_clients
 
 from . import config
 from .clock import Clock
 from .keys import BudgetKeys, ScopeKeys
 from .store import Ask, Outcome, Peek, Ticket
 
-# Failures that mean "the limits store cannot be reached", as opposed to a bug.
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Failures that mean "the limits store cannot be reached", as opposed to a bug: also a cluster
+# without a primary for a slot, a Sentinel failover under way (a primary demoted to replica,
+# MASTERDOWN) and a slot being migrated (TRYAGAIN).
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    TryAgainError,
+)
 
 _SCRIPTS = Path(__file__).resolve().parent / "scripts"
 _CLOCK = (_SCRIPTS / "clock.lua").read_text()
@@ -40,8 +54,9 @@ class _LoopClient:
         timeout = config.redis_timeout()
         self.url = url
         # No retries: a retried script may have run already. A dead pooled connection is
-        # replaced by the pool on its next use, which is what makes recovery automatic.
-        self.client = Redis.from_url(
+        # replaced by the pool on its next use, which is what makes recovery automatic (under
+        # Sentinel the replacement asks the sentinels for the primary again).
+        self.client: Redis | RedisCluster = redis_clients.async_client(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self.scripts = {name: self.client.register_script(source) for name, source in SCRIPTS.items()}
@@ -78,7 +93,7 @@ async def _close(entry: _LoopClient) -> None:
     await entry.client.aclose()
 
 
-def shared_redis() -> Redis:
+def shared_redis() -> Redis | RedisCluster:
     """This event loop's Redis client, also used by the response cache (gateway/cache.py)."""
     return _client().client
 
@@ -87,7 +102,8 @@ async def dedicated_connection() -> tuple[Redis, Connection]:
     """A connection of this loop's client, configured like its pooled ones (URL, timeouts,
     authentication, TLS), connected, and kept out of the pool for a caller that pipelines on it
     by itself (gateway/journal.py's trace writer). It is closed with the client (`aclose`).
-    Returns the client too, so that the caller can tell when the client it came from is replaced."""
+    Returns the client too, so that the caller can tell when the client it came from is replaced.
+    Not under Redis Cluster (`cluster()`), whose connections are per node: callers use commands."""
     entry = _client()
     connection = entry.client.connection_pool.make_connection()
     entry.dedicated.append(connection)
@@ -105,6 +121,11 @@ def forget_dedicated(connection: Connection) -> None:
     for entry in list(_clients.values()):
         if connection in entry.dedicated:
             entry.dedicated.remove(connection)
+
+
+def cluster() -> bool:
+    """Whether Redis is a Cluster (REDIS_CLUSTER): no dedicated connection, ordinary commands only."""
+    return redis_clients.is_cluster()
 
 
 async def aclose() -> None:

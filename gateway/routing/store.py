@@ -7,6 +7,7 @@ dicts for one process (no REDIS_URL). Both read the limits' clock (`gateway.limi
 moves them too). tests/test_routing.py holds both to one contract.
 """
 
+import asyncio
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,10 @@ def _windows(deployment_ids: list[int], windows_ms: list[int] | None) -> list[in
 
 
 def _keys(deployment_id: int) -> tuple[str, str, str, str]:
-    prefix = f"gw:route:{deployment_id}"
+    # A deployment's keys share a hash tag (one slot under Redis Cluster): take.lua and done.lua
+    # touch several of them. peek.lua reads several deployments: under Cluster it runs once per
+    # deployment (`RedisRouting._peek`), so that no script spans slots.
+    prefix = f"gw:route:{{{deployment_id}}}"
     return f"{prefix}:state", f"{prefix}:quota", f"{prefix}:busy", f"{prefix}:fail"
 
 
@@ -157,6 +161,15 @@ class RedisRouting:
         return await self._peek(deployment_ids, windows=_windows(deployment_ids, windows_ms))
 
     async def _peek(self, deployment_ids: list[int], *, windows: list[int] | None = None) -> Snapshot:
+        if limits_redis.cluster() and len(deployment_ids) > 1:
+            parts = await asyncio.gather(
+                *(
+                    self._peek([deployment_id], windows=None if windows is None else [windows[i]])
+                    for i, deployment_id in enumerate(deployment_ids)
+                )
+            )
+            # The states were read at (almost) one time; the latest clock is the list's.
+            return Snapshot(now_ms=max(p.now_ms for p in parts), health=[p.health[0] for p in parts])
         keys = []
         for deployment_id in deployment_ids:
             state, _, busy, fail = _keys(deployment_id)
