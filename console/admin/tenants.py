@@ -150,23 +150,27 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+# What staff set on a key (the add form's fields; `is_admin` is read-only once the key exists).
+KEY_FORM_FIELDS = [
+    "tenant",
+    "project",
+    "name",
+    "is_admin",
+    "expires_at",
+    "allowed_models",
+    *LIMIT_FIELDS,
+    "monthly_budget",
+    "daily_budget",
+]
+
+
 class ApiKeyForm(forms.ModelForm):
     """A key's name, expiry, model scope, limits and monthly budget; the scope must lie within
     the tenant's models."""
 
     class Meta:
         model = ApiKey
-        fields = [
-            "tenant",
-            "project",
-            "name",
-            "is_admin",
-            "expires_at",
-            "allowed_models",
-            *LIMIT_FIELDS,
-            "monthly_budget",
-            "daily_budget",
-        ]
+        fields = KEY_FORM_FIELDS
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -268,17 +272,7 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     filter_horizontal = ["allowed_models"]
     actions = ["rotate_keys", "revoke_keys"]
 
-    add_fields = [
-        "tenant",
-        "project",
-        "name",
-        "is_admin",
-        "expires_at",
-        "allowed_models",
-        *LIMIT_FIELDS,
-        "monthly_budget",
-        "daily_budget",
-    ]
+    add_fields = KEY_FORM_FIELDS
     change_fields = [
         "tenant",
         "project",
