@@ -46,17 +46,17 @@ def main() -> int:
         ).fetchone()
         if not rows:
             raise SystemExit("no usage records in this database: run bench/tenants_scale.py --keep first")
-        index_count = db.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'billing_usagerecord'").fetchone()[
-            0
-        ]
-        print(f"{rows:,} usage records: row {column:.0f} B (pg_column_size), heap {heap / rows:.0f} B/row, "
-              f"{index_count} indexes {indexes / rows:.0f} B/row, total {(heap + indexes) / rows:.0f} B/row")  # fmt: skip
+        count_indexes = "SELECT count(*) FROM pg_indexes WHERE tablename = 'billing_usagerecord'"
+        index_count = db.execute(count_indexes).fetchone()[0]
+        total = (heap + indexes) / rows
+        print(
+            f"{rows:,} usage records: row {column:.0f} B (pg_column_size), heap {heap / rows:.0f} B/row, "
+            f"{index_count} indexes {indexes / rows:.0f} B/row, total {total:.0f} B/row"
+        )
         source = db.execute("SELECT id FROM billing_usagerecord ORDER BY id DESC LIMIT 1").fetchone()[0]
         pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
-        insert = (
-            f"INSERT INTO billing_usagerecord (request_id, {COLUMNS}) "
-            f"SELECT %s, {COLUMNS.replace('created_at', 'now()', 1)} FROM billing_usagerecord WHERE id = %s"
-        )
+        copied = COLUMNS.replace("created_at", "now()", 1)
+        insert = f"INSERT INTO billing_usagerecord (request_id, {COLUMNS}) SELECT %s, {copied} FROM billing_usagerecord WHERE id = %s"  # noqa: E501, S608 (constants of this file)
         wal_before = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         cpu_before = cpu_seconds(pid)
         began = time.perf_counter()
