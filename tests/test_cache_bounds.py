@@ -89,3 +89,36 @@ def test_a_process_seeing_every_key_keeps_at_most_its_setting(settings):
         assert len(registry._keys) == 4
     finally:
         registry.clear_caches()
+
+
+# --- list pages of a platform with many tenants (bench/tenants_scale.py) ---
+
+
+@pytest.mark.django_db
+def test_the_key_list_does_not_link_every_tenant_past_the_bound(admin_client, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from console.admin import tenants as tenant_admin
+
+    many = [make_tenant(f"many-{n}") for n in range(6)]
+    for tenant in many:
+        api_key_create(tenant=tenant, name="k")
+    url = "/admin/tenants/apikey/"
+
+    def render(query=""):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            page = admin_client.get(url + query)
+        assert page.status_code == 200
+        return page.content.decode(), len(queries)
+
+    few, few_queries = render()
+    assert all(f"tenant__id__exact={t.pk}" in few for t in many)  # few tenants: each a link
+    monkeypatch.setattr(tenant_admin, "TENANT_FILTER_CHOICES", 3)
+    content, queries = render()
+    assert not any(f"tenant__id__exact={t.pk}" in content for t in many)
+    assert queries <= few_queries + 1  # one count of the tenants, not one row per tenant
+    chosen = many[4]
+    content, _ = render(f"?tenant__id__exact={chosen.pk}")
+    assert f"tenant__id__exact={chosen.pk}" in content  # the chosen one is shown, and can be cleared
+    assert f"tenant__id__exact={many[0].pk}" not in content
+    assert "many-4" in content and "many-0" not in content.split('id="changelist-filter"')[1]
