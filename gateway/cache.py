@@ -18,7 +18,6 @@ tenant's `response_cache_seconds`, is answered without calling the provider.
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
@@ -27,6 +26,7 @@ from django.conf import settings
 from billing.pricing import Tokens
 
 from .limits import UNREACHABLE, shared_redis
+from .lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ __all__ = ["Cached", "cache_key", "cache_lookup", "cache_store", "clear_memory"]
 
 # Larger answers are not kept: a cache entry must not cost Redis more than it saves.
 MAX_ENTRY_BYTES = 1024 * 1024
-_MEMORY_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,25 +87,23 @@ def _decode(raw: bytes) -> Cached:
 
 
 class _Memory:
-    """Entries in process memory, oldest dropped first: the demo's single process."""
+    """Entries in process memory, the least recently used dropped first past
+    GATEWAY_RESPONSE_CACHE_MEMORY_SIZE: the demo's single process, without Redis."""
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries = LRU(lambda: settings.GATEWAY_RESPONSE_CACHE_MEMORY_SIZE)
 
     def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
         if entry[0] < time.monotonic():
-            del self._entries[key]
+            self._entries.pop(key)
             return None
         return entry[1]
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
         self._entries[key] = (time.monotonic() + ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > _MEMORY_ENTRIES:
-            self._entries.popitem(last=False)
 
     def clear(self) -> None:
         self._entries.clear()

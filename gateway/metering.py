@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 
 from billing.pricing import Tokens
@@ -29,6 +30,7 @@ from .db import (
     direct_close_all,
     prep_connection,
 )
+from .lru import LRU
 from .metered import Metered
 from .tokenizer import count_message_tokens, count_tokens
 
@@ -127,11 +129,13 @@ def estimate_output_tokens(text: str) -> int:
 
 # Writes that must outlive a cancelled request (client gone) are kept here until done.
 _pending: set[asyncio.Task] = set()
-# key id -> when this process last wrote its last_used_at (monotonic seconds)
-_key_touched: dict[int, float] = {}
+# key id -> when this process last wrote its last_used_at (monotonic seconds). Bounded like the
+# key cache (gateway/lru.py): a key dropped here only has its last_used_at written once more.
+_key_touched = LRU(lambda: settings.GATEWAY_KEY_CACHE_SIZE)
 KEY_TOUCH_INTERVAL = 60.0
-# tenant id -> when this process last checked its budget alerts (monotonic seconds)
-_budget_checked: dict[int, float] = {}
+# tenant id -> when this process last checked its budget alerts (monotonic seconds); bounded
+# like the tenant cache: a tenant dropped here is only checked once more.
+_budget_checked = LRU(lambda: settings.GATEWAY_TENANT_CACHE_SIZE)
 BUDGET_CHECK_INTERVAL = 10.0
 
 

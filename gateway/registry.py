@@ -9,7 +9,7 @@ Each loader runs in one `db_call` hop, so a cache miss costs one thread switch.
 """
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +27,7 @@ from tenants.keys import key_hash, key_is_well_formed
 from tenants.models import ApiKey, CatalogModel, Deployment, PlatformPolicy, ProviderCredential, Tenant
 
 from .db import db_call
+from .lru import LRU
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +194,11 @@ class ModelView:
 
 
 class _TTLCache:
-    """A dict whose entries expire. Racing loaders may both load; the last one wins, harmlessly."""
+    """A bounded LRU whose entries also expire (gateway/lru.py). Racing loaders may both load;
+    the last one wins, harmlessly."""
 
-    def __init__(self) -> None:
-        self._entries: dict = {}
+    def __init__(self, size: Callable[[], int]) -> None:
+        self._entries = LRU(size)
 
     def get(self, key):
         entry = self._entries.get(key)
@@ -207,9 +209,10 @@ class _TTLCache:
     def put(self, key, value, ttl: float) -> None:
         if ttl <= 0:
             return
-        if len(self._entries) > 100_000:
-            self._entries.clear()
         self._entries[key] = (time.monotonic() + ttl, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def drop(self, key) -> None:
         self._entries.pop(key, None)
@@ -218,14 +221,25 @@ class _TTLCache:
         self._entries.clear()
 
 
-_keys = _TTLCache()
+def _key_cache_size() -> int:
+    return settings.GATEWAY_KEY_CACHE_SIZE
+
+
+def _tenant_cache_size() -> int:
+    return settings.GATEWAY_TENANT_CACHE_SIZE
+
+
+# Keys by digest (unknown digests too), tenants by id: each at most its setting's number of
+# entries, the least recently used dropped first, so memory does not grow with the key count.
+_keys = _TTLCache(_key_cache_size)
 # Which digest each cached key is under, so that a key changed elsewhere (announced by its id,
 # gateway/key_events.py) can be forgotten; and a count of those announcements, so that a look-up
 # that was reading the database while one arrived does not cache what it read (maybe the old row).
-_key_digests: dict[int, str] = {}
+# Bounded like _keys: a key whose digest was dropped here is dropped from _keys only by expiry.
+_key_digests = LRU(_key_cache_size)
 _key_evictions = 0
-_tenants = _TTLCache()
-_catalog = _TTLCache()
+_tenants = _TTLCache(_tenant_cache_size)
+_catalog = _TTLCache(lambda: 2)  # "all" and "policy"
 
 
 def _ttl() -> float:
@@ -428,8 +442,6 @@ async def caller_for_key(raw_key: str) -> Caller | None:
             # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
             _keys.put(digest, key, found[1] if found else _ttl())
             if key is not None:
-                if len(_key_digests) > 100_000:
-                    _key_digests.clear()  # as _TTLCache does; a forgotten entry only expires later
                 _key_digests[key.id] = digest
     else:
         key = entry[1]

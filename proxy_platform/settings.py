@@ -278,6 +278,13 @@ GATEWAY_UPSTREAM_MAX_RETRIES = env_int("GATEWAY_UPSTREAM_MAX_RETRIES", 0)
 # How long a key or tenant configuration may be served from the in-process cache. A revoked
 # key stops working on every process within this many seconds (docs/design.md#the-hot-path).
 GATEWAY_AUTH_CACHE_SECONDS = env_float("GATEWAY_AUTH_CACHE_SECONDS", 4.0)
+# How many keys (by digest, unknown ones too) and tenants one gateway process keeps in memory at
+# most, the least recently used dropped first (gateway/lru.py, docs/scaling.md): memory bounded
+# whatever the number of keys. A dropped entry costs one query at its next use.
+GATEWAY_KEY_CACHE_SIZE = env_int("GATEWAY_KEY_CACHE_SIZE", 20_000)
+GATEWAY_TENANT_CACHE_SIZE = env_int("GATEWAY_TENANT_CACHE_SIZE", 5_000)
+# The response cache's entries kept in process memory when there is no REDIS_URL (the demo).
+GATEWAY_RESPONSE_CACHE_MEMORY_SIZE = env_int("GATEWAY_RESPONSE_CACHE_MEMORY_SIZE", 10_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 # Limits (gateway/limits/): the tokens-per-minute window, the age after which a slot or budget
 # hold of a crashed process is dropped, Redis timeouts, and the output reserved for a budget

@@ -163,9 +163,14 @@ def _invoice_write(
         InvoiceLine.objects.bulk_create(
             rows, update_conflicts=True, unique_fields=["invoice", "key"], update_fields=_LINE_FIELDS
         )
-    invoice.lines.exclude(key__in=[row.key for row in rows]).delete()
-    if _stored_shares(invoice) != wanted_shares:
-        InvoiceCostCentre.objects.filter(line__invoice=invoice).delete()
+    # A draft created just now has no other lines or cost centres to delete or compare: two
+    # queries per tenant saved in a month's first run (5,000 tenants: bench/tenants_scale.py).
+    fresh = outcome == "created"
+    if not fresh:
+        invoice.lines.exclude(key__in=[row.key for row in rows]).delete()
+    if bool(wanted_shares) if fresh else _stored_shares(invoice) != wanted_shares:
+        if not fresh:
+            InvoiceCostCentre.objects.filter(line__invoice=invoice).delete()
         line_ids = dict(invoice.lines.values_list("key", "id"))
         InvoiceCostCentre.objects.bulk_create(
             InvoiceCostCentre(

@@ -52,7 +52,7 @@ from billing.services import (
     subscription_webhook_secret_set,
     subscriptions_set_plan,
 )
-from console.admin.tenants import TenantAdmin
+from console.admin.tenants import TenantAdmin, TenantListFilter
 from console.analytics import live_limits, tenant_overview
 from console.dashboard import FIGURES_PERMISSION, daily_charts, period_from_request
 from console.templatetags.figures import cents
@@ -524,7 +524,7 @@ class UsageRecordAdmin(UsageColumns, admin.ModelAdmin):
     list_display = ["created_at", "tenant", "model_column", "outcome", "tokens", "cost", "latency_ms"]
     list_select_related = ["tenant"]
     list_filter = [
-        "tenant",
+        ("tenant", TenantListFilter),
         ModelNameFilter,
         StatusCodeFilter,
         ErrorTypeFilter,
@@ -563,7 +563,7 @@ class UsageRollupAdmin(UsageColumns, admin.ModelAdmin):
     list_display = ["day", "tenant", "model_column", "outcome", "requests", "tokens", "cost"]
     list_select_related = ["tenant"]
 
-    list_filter = ["tenant", ModelNameFilter, "endpoint", StatusCodeFilter, "cache_hit"]
+    list_filter = [("tenant", TenantListFilter), ModelNameFilter, "endpoint", StatusCodeFilter, "cache_hit"]
     date_hierarchy = "day"
     show_full_result_count = False
     list_per_page = 100
@@ -741,7 +741,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         "finalized_at",
     ]
     list_select_related = ["tenant"]
-    list_filter = [PeriodFilter, "status", "kind", "tenant"]
+    list_filter = [PeriodFilter, "status", "kind", ("tenant", TenantListFilter)]
     search_fields = ["number", "tenant__slug", "tenant__name"]
     ordering = ["-period", "number"]
     inlines = [InvoiceLineInline]
@@ -926,7 +926,7 @@ class BudgetAlertAdmin(admin.ModelAdmin):
         "threshold",
         ("email_sent_at", admin.EmptyFieldListFilter),
         ("webhook_delivered_at", admin.EmptyFieldListFilter),
-        "tenant",
+        ("tenant", TenantListFilter),
     ]
     search_fields = ["tenant__slug", "tenant__name"]
     date_hierarchy = "created_at"

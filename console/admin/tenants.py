@@ -129,6 +129,27 @@ def api_key_status(key: ApiKey) -> str:
     return key.status_at(timezone.now())
 
 
+# Past this many tenants, a tenant filter lists only the tenant chosen (TenantListFilter).
+TENANT_FILTER_CHOICES = 100
+
+
+class TenantListFilter(admin.RelatedFieldListFilter):
+    """The sidebar's tenant filter: every tenant as a link while there are few; past
+    TENANT_FILTER_CHOICES only the tenant chosen (from a tenant's page, or `?tenant__id__exact=`),
+    so that a list page of a platform with thousands of tenants does not render a link to each
+    (and a facet count per tenant). Search finds rows by tenant slug or name instead."""
+
+    def field_choices(self, field, request, model_admin):
+        tenants = field.remote_field.model._default_manager
+        if tenants.count() <= TENANT_FILTER_CHOICES:
+            return super().field_choices(field, request, model_admin)
+        chosen = [value for value in self.lookup_val or () if str(value).isdigit()]
+        return [(tenant.pk, str(tenant)) for tenant in tenants.filter(pk__in=chosen)] if chosen else []
+
+    def has_output(self):
+        return bool(self.lookup_val) or super().has_output()
+
+
 class ApiKeyStatusFilter(admin.SimpleListFilter):
     title = "status"
     parameter_name = "status"
@@ -264,7 +285,7 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     ]
     list_display_links = ["display"]
     list_select_related = ["tenant", "project"]
-    list_filter = [ApiKeyStatusFilter, "tenant"]
+    list_filter = [ApiKeyStatusFilter, ("tenant", TenantListFilter)]
     # What staff can see of a key is what they can search for: never the hash.
     search_fields = ["name", "prefix", "last4", "tenant__slug", "tenant__name"]
     date_hierarchy = "created_at"
@@ -941,7 +962,7 @@ class PromptTemplateAdmin(admin.ModelAdmin):
     form = PromptTemplateForm
     list_display = ["name", "version", "tenant", "description", "created_at"]
     list_select_related = ["tenant"]
-    list_filter = ["tenant"]
+    list_filter = [("tenant", TenantListFilter)]
     search_fields = ["name", "description", "tenant__slug"]
     date_hierarchy = "created_at"
     autocomplete_fields = ["tenant"]
@@ -991,7 +1012,7 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     list_display = ["created_at", "request_id", "tenant", "key", "model", "endpoint", "status_code"]
     list_select_related = ["tenant", "api_key"]
-    list_filter = ["tenant", "endpoint"]
+    list_filter = [("tenant", TenantListFilter), "endpoint"]
     search_fields = ["=request_id"]
     date_hierarchy = "created_at"
     show_full_result_count = False
