@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import random
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -67,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/soak_db"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 UPSTREAM_KEY = "sk-soak-upstream"
-SECRET = "soak-secret-key-not-for-production-0123456789abcdef"
+SECRET = secrets.token_urlsafe(32)  # the run's own Django secret and key pepper, in every process
 GPT, CLAUDE = "soak-gpt", "soak-claude"
 KEY_PERIOD_S = 30.0  # a budgeted key of its own for every this many seconds of the run
 KEY_BUDGET = Decimal("0.03")
@@ -521,7 +523,9 @@ class Load:
             else:
                 raw = await create.with_raw_response.create(**body)
                 call.request_id = raw.headers.get("x-request-id", "")
-                raw.parse()
+                parsed = raw.parse()  # the anthropic SDK's async raw response parses in a coroutine
+                if inspect.isawaitable(parsed):
+                    await parsed
                 call.outcome = str(raw.status_code)
         except (openai.APITimeoutError, anthropic.APITimeoutError):
             call.outcome = "gave_up"
@@ -532,6 +536,8 @@ class Load:
             call.outcome = "connection_error"
         except (openai.APIError, anthropic.APIError):
             call.outcome = "stream_error"  # an error event after HTTP 200
+        except Exception as error:  # noqa: BLE001 - a client-side surprise is an outcome, not the end of the run
+            call.outcome = f"client_error:{type(error).__name__}"
         call.latency = time.monotonic() - begun
         self.calls.append(call)
 
@@ -724,6 +730,43 @@ def check_budgets(report: Report, fixture: Fixture) -> None:
     )
 
 
+def check_redis(report: Report, redis_url: str) -> None:
+    """Once every request has settled: nothing is held in Redis any more, and each budget
+    counter of the month equals its tenant's (or key's) records to the 1e-12 USD."""
+    import redis
+    from django.db.models import Sum
+
+    from billing.models import UsageRecord
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    in_flight = {}
+    counters: dict[tuple[str, int], int] = {}
+    for name in client.scan_iter(match="gw:*", count=1000):
+        plain = name.replace("{", "").replace("}", "")  # hash tags, should the layout get them
+        if plain.startswith("gw:conc:"):
+            in_flight[name] = client.zcard(name)
+        elif plain.startswith("gw:spend:") and plain.endswith(":holds"):
+            in_flight[name] = client.hlen(name)
+        elif match := re.fullmatch(rf"gw:spend:(k:)?(\d+):{month}", plain):
+            counters[("key" if match.group(1) else "tenant", int(match.group(2)))] = int(client.get(name) or 0)
+    client.close()
+    held = {name: count for name, count in in_flight.items() if count}
+    report.check(
+        not held, f"no concurrency slot or budget hold is left in Redis ({len(in_flight)} such keys; held: {held})"
+    )
+    wrong = {}
+    for (owner, number), units in sorted(counters.items()):
+        records = UsageRecord.objects.filter(**({"api_key_id": number} if owner == "key" else {"tenant_id": number}))
+        total = records.aggregate(s=Sum("cost"))["s"] or Decimal(0)
+        if units != int(total.scaleb(12)):
+            wrong[f"{owner} {number}"] = (Decimal(units).scaleb(-12), total)
+    report.check(
+        not wrong,
+        f"the {len(counters)} budget counters in Redis equal the records' spend (counter, records differ: {wrong})",
+    )
+
+
 def run_billing(report: Report, redis_url: str) -> date:
     """Roll up and invoice through the workers, twice; returns the day the records now lie on.
 
@@ -832,9 +875,8 @@ def print_latency(calls: list[Call], seconds: float) -> None:
         outcomes = Counter(call.outcome for call in inside)
         p50 = statistics.median(ok) if ok else 0
         p99 = ok[min(len(ok) - 1, int(len(ok) * 0.99))] if ok else 0
-        print(
-            f"  minute {m + 1:>2}: {len(inside):>6} calls  p50 {p50:.3f}  p99 {p99:.3f}  {dict(sorted(outcomes.items()))}"
-        )
+        outcomes_text = dict(sorted(outcomes.items()))
+        print(f"  minute {m + 1:>2}: {len(inside):>6} calls  p50 {p50:.3f}  p99 {p99:.3f}  {outcomes_text}")
     by_scenario = defaultdict(Counter)
     for call in calls:
         by_scenario[call.scenario][call.outcome] += 1
@@ -914,6 +956,7 @@ def main() -> int:
         check_exercised(report, load.calls)
         check_records(report, served, load.calls)
         check_budgets(report, fixture)
+        check_redis(report, args.redis_url)
         check_billing(report, run_billing(report, args.redis_url))
         check_rss(report, sampler.samples, seconds)
     finally:
