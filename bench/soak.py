@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import inspect
 import json
+import logging
 import os
 import random
 import re
@@ -170,7 +171,7 @@ def serve_mock(args: argparse.Namespace) -> None:
     import django
 
     django.setup()
-    from gateway.management.commands.mockllm import _listen
+    from gateway.management.commands.mockllm import _listen, _QuietDroppedStreams
     from gateway.mock.server import MockSettings, build_app
 
     settings = MockSettings(
@@ -183,6 +184,7 @@ def serve_mock(args: argparse.Namespace) -> None:
         lifespan="off",
         timeout_keep_alive=120,
     )
+    logging.getLogger("uvicorn.error").addFilter(_QuietDroppedStreams())  # break_after cuts on purpose
     sock = _listen("127.0.0.1", 0, backlog=config.backlog)
     print(f"mockllm listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
@@ -699,9 +701,38 @@ def check_records(report: Report, served: list[list], calls: list[Call]) -> None
     report.check(
         len(seen) == len(set(seen)), f"no request id came back to the clients twice ({len(seen) - len(set(seen))})"
     )
+    outcomes = {call.request_id: call.outcome for call in calls if call.request_id}
+    unpaid_ok = sorted(
+        rid
+        for rid, outcome in outcomes.items()
+        if outcome == "200" and rid in records and (records[rid].status_code != 200 or not records[rid].output_tokens)
+    )
+    report.check(not unpaid_ok, f"every 200 a client received is a 200 record with tokens ({len(unpaid_ok)} not)")
+    unpaid_hangups = sorted(
+        rid
+        for rid, outcome in outcomes.items()
+        if outcome == "hangup" and rid in records and not (records[rid].input_tokens and records[rid].output_tokens)
+    )
+    hangups = sum(outcome == "hangup" for outcome in outcomes.values())
+    report.check(
+        not unpaid_hangups,
+        f"each of the {hangups} streams a client hung up on after its first content bills input and output "
+        f"({len(unpaid_hangups)} do not: {unpaid_hangups[:5]})",
+    )
     statuses = Counter(record.status_code for record in records.values())
     print(f"records by status: {dict(sorted(statuses.items()))}")
     print(f"estimated records: {sum(r.estimated for r in records.values())}")
+
+
+def print_logs(log_dir: Path) -> None:
+    """Lines per level of each process's log (JSON lines; the mock's are uvicorn's plain ones)."""
+    print("log lines per process and level:")
+    for path in sorted(log_dir.glob("*.log")):
+        levels = Counter(
+            match.group(1) if (match := re.search(r'"level":"(\w+)"', line)) else "other"
+            for line in path.read_text(errors="replace").splitlines()
+        )
+        print(f"  {path.stem:<12} {dict(sorted(levels.items()))}")
 
 
 def check_budgets(report: Report, fixture: Fixture) -> None:
@@ -961,6 +992,7 @@ def main() -> int:
         check_rss(report, sampler.samples, seconds)
     finally:
         processes.stop_all()
+    print_logs(log_dir)
     if report.failures:
         print(f"SOAK FAILED: {len(report.failures)} check(s)")
         for failure in report.failures:
