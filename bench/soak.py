@@ -74,6 +74,7 @@ SECRET = secrets.token_urlsafe(32)  # the run's own Django secret and key pepper
 GPT, CLAUDE = "soak-gpt", "soak-claude"
 KEY_PERIOD_S = 30.0  # a budgeted key of its own for every this many seconds of the run
 KEY_BUDGET = Decimal("0.03")
+RECONCILE_EVERY_S = 15.0
 MB = 1024
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
 
@@ -345,6 +346,7 @@ def base_env(db_url: str, redis_url: str) -> dict:
         API_KEY_PEPPER=SECRET,
         LOG_LEVEL="WARNING",
         BILLING_ROLLUP_INTERVAL_SECONDS="60",
+        GATEWAY_RECONCILE_INTERVAL_SECONDS="15",  # the request reconciler, beside live requests
     )
     return env
 
@@ -443,6 +445,7 @@ class Load:
         self.gateways, self.fixture, self.seconds, self.started = gateways, fixture, seconds, started
         self.rng = random.Random(seed)
         self.calls: list[Call] = []
+        self.reconciled = 0
         self.clients: dict[tuple, object] = {}
         self.scenarios = [
             (self.open_openai, 20),
@@ -475,11 +478,23 @@ class Load:
                 )
         return self.clients[cache_key]
 
-    async def run(self, concurrency: int) -> None:
+    async def run(self, concurrency: int, redis_url: str) -> None:
         deadline = self.started + self.seconds
-        await asyncio.gather(*(self.worker(deadline) for _ in range(concurrency)))
+        await asyncio.gather(*(self.worker(deadline) for _ in range(concurrency)), self.reconciles(deadline, redis_url))
         for client in self.clients.values():
             await client.close()
+
+    async def reconciles(self, deadline: float, redis_url: str) -> None:
+        """The budget counters reset from the database every RECONCILE_EVERY_S by the workers
+        (beat's 5 minutes, much more often): each reset races the holds of requests in flight."""
+        from celery import Celery
+
+        client = Celery("soak", broker=redis_url)
+        while time.monotonic() + RECONCILE_EVERY_S < deadline:
+            await asyncio.sleep(RECONCILE_EVERY_S)
+            await asyncio.to_thread(client.send_task, "gateway.tasks.reconcile_budget_counters")
+            self.reconciled += 1
+        client.close()
 
     async def worker(self, deadline: float) -> None:
         functions = [function for function, _ in self.scenarios]
@@ -581,8 +596,13 @@ class Load:
         keys = self.fixture.keys["budget"]
         period = int((time.monotonic() - self.started) / KEY_PERIOD_S)
         key = keys[min(period, len(keys) - 1)]
-        sdk, model = self.rng.choice([("openai", GPT), ("anthropic", CLAUDE), ("openai", CLAUDE)])
-        await self.call("budget", sdk, "budget", model, stream=self.rng.random() < 0.5, text=prompt(self.rng), key=key)
+        # Now and then four at once: concurrent holds against the last cents of a budget.
+        calls = []
+        for _ in range(4 if self.rng.random() < 0.3 else 1):
+            sdk, model = self.rng.choice([("openai", GPT), ("anthropic", CLAUDE), ("openai", CLAUDE)])
+            text = prompt(self.rng)
+            calls.append(self.call("budget", sdk, "budget", model, stream=self.rng.random() < 0.5, text=text, key=key))
+        await asyncio.gather(*calls)
 
     async def fault(self) -> None:
         slug = self.rng.choice(["open-a", "open-c", "budget"])
@@ -972,12 +992,15 @@ def main() -> int:
         sampler.sample()
         sampler.start()
         load = Load(gateways, fixture, seconds, started, args.seed)
-        asyncio.run(load.run(args.concurrency))
+        asyncio.run(load.run(args.concurrency, args.redis_url))
         sampler.halt.set()
         sampler.join()
         sampler.sample()
         ran = time.monotonic() - started
-        print(f"load: {len(load.calls)} calls in {ran:.0f} s ({len(load.calls) / ran:.1f}/s)")
+        print(
+            f"load: {len(load.calls)} calls in {ran:.0f} s ({len(load.calls) / ran:.1f}/s), "
+            f"{load.reconciled} budget counter resets sent to the workers"
+        )
         print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         wait_for_quiet_records()
         with urllib.request.urlopen(f"{mock_url}/_soak/served", timeout=30) as response:
