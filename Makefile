@@ -18,7 +18,7 @@ DEMO_MOCK_PORT ?= 8090
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-dev demo test test-services lint bench bench-admin chromium clean
+.PHONY: install install-dev demo test test-services lint bench bench-admin bench-soak chromium clean
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -63,6 +63,10 @@ bench: $(DEV_STAMP)
 
 bench-admin: $(DEV_STAMP)
 	$(PY) bench/admin_pages.py
+
+# The whole stack for 10 minutes (MINUTES=1 for a short one), with its checks: docs/benchmark.md#soak.
+bench-soak: $(DEV_STAMP)
+	nice -n 10 $(PY) bench/soak.py --minutes $(or $(MINUTES),10)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 var/
