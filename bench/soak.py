@@ -553,6 +553,8 @@ class Load:
             body = error.body if isinstance(error.body, dict) else {}
             inner = body.get("error") if isinstance(body.get("error"), dict) else body
             call.error_code = str(inner.get("code") or inner.get("type") or "")
+            if str(inner.get("message", "")).startswith("The service is temporarily unavailable"):
+                call.error_code = "database_unavailable"  # the Anthropic shape has no code: its wording
         except (openai.APIConnectionError, anthropic.APIConnectionError):
             call.outcome = "connection_error"
         except (openai.APIError, anthropic.APIError):
