@@ -802,11 +802,13 @@ def check_redis(report: Report, redis_url: str) -> None:
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     month = datetime.now(UTC).strftime("%Y-%m")
-    in_flight = {}
+    in_flight, journal = {}, {}
     counters: dict[tuple[str, int], int] = {}
     for name in client.scan_iter(match="gw:*", count=1000):
         plain = name.replace("{", "").replace("}", "")  # hash tags, should the layout get them
-        if plain.startswith("gw:conc:"):
+        if plain.startswith("gw:journal:"):
+            journal[name] = client.zcard(name) if client.type(name) == "zset" else client.hlen(name)
+        elif plain.startswith("gw:conc:"):
             in_flight[name] = client.zcard(name)
         elif plain.startswith("gw:spend:") and plain.endswith(":holds"):
             in_flight[name] = client.hlen(name)
@@ -817,6 +819,8 @@ def check_redis(report: Report, redis_url: str) -> None:
     report.check(
         not held, f"no concurrency slot or budget hold is left in Redis ({len(in_flight)} such keys; held: {held})"
     )
+    left = {name: count for name, count in journal.items() if count}
+    report.check(not left, f"the request journal holds no trace and no spooled record ({left})")
     wrong = {}
     for (owner, number), units in sorted(counters.items()):
         records = UsageRecord.objects.filter(**({"api_key_id": number} if owner == "key" else {"tenant_id": number}))
