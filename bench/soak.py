@@ -25,7 +25,9 @@ month, and CHECKS (exit status 1 when one fails):
   no id was served twice, no record bills tokens of a call the provider never received, no
   refused request (429/402) reached the provider, the tokens of every record the provider's
   usage settled equal that usage, every request id a client saw has its record;
-- no tenant's and no key's spend of the month exceeds its budget (Decimal);
+- no tenant's and no key's spend of the month exceeds its budget (Decimal); Redis holds no
+  concurrency slot, no budget hold and no journal entry any more, and every budget counter equals
+  its records' spend (the workers reset the counters every 15 s during the run, beside live holds);
 - the rollups and the draft invoices equal the records (requests, tokens, cost per tenant);
 - the RSS of every process (gateway masters and workers, Celery workers, beat) does not grow:
   the mean of the run's last third is within 5% (or 5 MB) of its middle third's;
