@@ -24,7 +24,7 @@ PGBOUNCER ?= /usr/sbin/pgbouncer
 PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-dev demo test test-services test-pgbouncer test-redis-topologies lint bench bench-admin chromium pgbouncer clean
+.PHONY: install install-dev demo test test-services test-pgbouncer test-redis-topologies lint bench bench-admin bench-soak chromium pgbouncer clean
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -92,6 +92,10 @@ bench: $(DEV_STAMP)
 
 bench-admin: $(DEV_STAMP)
 	$(PY) bench/admin_pages.py
+
+# The whole stack for 10 minutes (MINUTES=1 for a short one), with its checks: docs/benchmark.md#soak.
+bench-soak: $(DEV_STAMP)
+	nice -n 10 $(PY) bench/soak.py --minutes $(or $(MINUTES),10)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 var/
