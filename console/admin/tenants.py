@@ -277,10 +277,8 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
         "scope",
         "project",
         "limits",
-        "monthly_budget",
-        "daily_budget",
+        "budgets",
         "created_at",
-        "expires_at",
         "last_used_at",
     ]
     list_display_links = ["display"]
@@ -317,6 +315,14 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     keys_rotated_template = "admin/tenants/apikey/keys_rotated.html"
 
     @admin.display(description="limits")
+    @admin.display(description="budgets (USD)")
+    def budgets(self, key: ApiKey) -> str:
+        """The key's own budgets in one column (the list stays within a 1280 px screen)."""
+        parts = [
+            f"{amount} / {per}" for amount, per in ((key.monthly_budget, "month"), (key.daily_budget, "day")) if amount
+        ]
+        return ", ".join(parts) or "—"
+
     def limits(self, obj: ApiKey) -> str:
         return limits_display(obj)
 
@@ -1069,26 +1075,22 @@ class DeploymentFormSet(forms.BaseInlineFormSet):
             kept[problem.path[1]].add_error("provider", problem.message)
 
 
-class DeploymentInline(admin.TabularInline):
+class DeploymentInline(admin.StackedInline):
     """Deployments of a catalog model. base_url is set here by staff only, never by a tenant (SSRF)."""
 
     model = Deployment
     formset = DeploymentFormSet
-    fields = [
-        "provider",
-        "upstream",
-        "region",
-        "base_url",
-        "priority",
-        "weight",
-        "requests_per_minute",
-        "tokens_per_minute",
-        "timeout_seconds",
-        # Empty: the GATEWAY_BREAKER_* settings (a provider account with habits of its own).
-        "breaker_failures",
-        "breaker_window_seconds",
-        "breaker_cooldown_seconds",
-        "active",
+    # Stacked, a deployment to a block: its fourteen fields do not fit a 1280 px row.
+    fieldsets = [
+        (None, {"fields": [("provider", "upstream", "region"), "base_url", "active"]}),
+        (
+            "Routing and the provider account's quota",
+            {"fields": [("priority", "weight"), ("requests_per_minute", "tokens_per_minute"), "timeout_seconds"]},
+        ),
+        (
+            "Circuit breaker (empty: the GATEWAY_BREAKER_* settings)",
+            {"fields": [("breaker_failures", "breaker_window_seconds", "breaker_cooldown_seconds")]},
+        ),
     ]
     extra = 0
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}

@@ -1,14 +1,15 @@
 """`manage.py usage_partitions [--ahead N]` (docs/usage-partitions.md): what the daily beat task does,
 then the partitions of usage records as they are."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import connection
 
 from billing.services import usage_partition_months, usage_partitioned, usage_partitions_ensure
 from billing.services.partitions import DEFAULT_PARTITION, usage_partition_name
+from tenants.audit import AuditedCommand
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Create this month's usage partition and the next ones (BILLING_USAGE_PARTITIONS_AHEAD, or --ahead), "
         "moving any of their records out of the default partition; then list the partitions. PostgreSQL only."
