@@ -145,8 +145,8 @@ def test_the_change_page_sets_and_clears_a_key_budget_and_the_lists_show_it(admi
     key.refresh_from_db()
     assert key.monthly_budget == Decimal("7.25")
     page = admin_client.get(changelist_url(ApiKey))
-    assert "monthly budget" in page.content.decode().lower()
-    assert "7.25" in page.content.decode()
+    assert "budgets (usd)" in page.content.decode().lower()  # the monthly and daily budgets' column
+    assert "7.25 / month" in page.content.decode()
     tenant_page = admin_client.get(change_url(alice)).content.decode()
     assert "7.25" in tenant_page  # the tenant's read-only keys inline
 

@@ -314,7 +314,6 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
     rotate_template = "admin/tenants/apikey/rotate.html"
     keys_rotated_template = "admin/tenants/apikey/keys_rotated.html"
 
-    @admin.display(description="limits")
     @admin.display(description="budgets (USD)")
     def budgets(self, key: ApiKey) -> str:
         """The key's own budgets in one column (the list stays within a 1280 px screen)."""
@@ -323,6 +322,7 @@ class ApiKeyAdmin(ApiKeyColumns, admin.ModelAdmin):
         ]
         return ", ".join(parts) or "—"
 
+    @admin.display(description="limits")
     def limits(self, obj: ApiKey) -> str:
         return limits_display(obj)
 
