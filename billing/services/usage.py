@@ -56,6 +56,12 @@ class MeteredUsage(Protocol):
     def cache_hit(self) -> bool: ...
     @property
     def requested_model(self) -> str: ...
+    @property
+    def project_id(self) -> int | None: ...
+    @property
+    def end_user(self) -> str: ...
+    @property
+    def tags(self) -> dict | None: ...
 
 
 def usage_cost(*, metered: MeteredUsage) -> Decimal:
@@ -101,10 +107,10 @@ def _record_fields(metered: MeteredUsage, cost: Decimal) -> dict:
         "estimated": metered.estimated,
         "cache_hit": metered.cache_hit,
         "requested_model": metered.requested_model[:100],
-        # Attribution (issue 14); read with defaults so that any MeteredUsage without it still records.
-        "project_id": getattr(metered, "project_id", None),
-        "end_user": getattr(metered, "end_user", "") or "",
-        "tags": getattr(metered, "tags", None) or {},
+        # Attribution inside the tenant (issue 14).
+        "project_id": metered.project_id,
+        "end_user": metered.end_user,
+        "tags": metered.tags or {},
     }
 
 
