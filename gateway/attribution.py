@@ -50,18 +50,19 @@ def end_user_check(value: object, where: str) -> str:
 
 
 def end_user_of(headers: Mapping[str, str], body: dict, family: str) -> str:
-    """The request's end user id as sent (the header wins), checked; "" when there is none."""
+    """The request's end user id as sent (the header wins), checked; "" when there is none. An
+    empty one (or only spaces) is none: the providers accept `"user": ""`, and so do we."""
     header = headers.get(END_USER_HEADER)
-    if header is not None:
+    if header is not None and header.strip():
         return end_user_check(header.strip(), END_USER_HEADER)
     if family == "anthropic":
         metadata = body.get("metadata")
-        if isinstance(metadata, dict) and metadata.get("user_id") is not None:
-            return end_user_check(metadata["user_id"], "metadata.user_id")
+        value, where = (metadata.get("user_id"), "metadata.user_id") if isinstance(metadata, dict) else (None, "")
+    else:
+        value, where = body.get("user"), "user"
+    if value is None or (isinstance(value, str) and not value.strip()):
         return ""
-    if body.get("user") is not None:
-        return end_user_check(body["user"], "user")
-    return ""
+    return end_user_check(value, where)
 
 
 def end_user_recorded(end_user: str, *, tenant_id: int, hashed: bool) -> str:

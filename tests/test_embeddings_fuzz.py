@@ -48,6 +48,8 @@ def test_embeddings_never_answer_5xx(fuzz_world):  # noqa: F811 (the fixture, im
 
     run()
     served = statuses.count(200)
-    assert served >= len(statuses) // 20, (served, sorted(set(statuses)))
+    # Most bodies are broken on purpose; about one in twenty is served (it varies from run to
+    # run with the draws): at least one in forty says the served path was walked, not skipped.
+    assert served >= len(statuses) // 40, (served, sorted(set(statuses)))
     assert {400, 200} <= set(statuses)
     assert UsageRecord.objects.filter(endpoint="embeddings", status_code=200).count() == served
