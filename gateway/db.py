@@ -117,6 +117,14 @@ def direct_available() -> bool:
     return getattr(settings, "GATEWAY_DB_DIRECT", True) and prep_connection().vendor == "postgresql"
 
 
+def direct_free() -> bool:
+    """Whether this event loop has a direct connection free (idle, or one more may be opened).
+    Asked before a statement is prepared for `db_fetchone_direct`: under load both are usually
+    busy, and a statement prepared only to be refused is prepared twice (once more for `db_call`)."""
+    direct = _direct.get(asyncio.get_running_loop())
+    return direct is None or bool(direct.idle) or direct.opened < DIRECT_CONNECTIONS
+
+
 async def _connect():
     wrapper = prep_connection()
     params = connections.create_connection(DEFAULT_DB_ALIAS).get_connection_params()

@@ -28,6 +28,7 @@ from .db import (
     db_fetchone_direct,
     direct_available,
     direct_close_all,
+    direct_free,
     prep_connection,
 )
 from .lru import LRU
@@ -237,7 +238,7 @@ async def record(metered: Metered, log_entry: LogEntry | None = None, *, budgete
     check_budget = _due_for_budget_check(metered.tenant_id, budgeted)
     touch_key = _due_for_touch(metered.api_key_id)
     try:
-        if log_entry is None and not touch_key and not check_budget and direct_available():
+        if log_entry is None and not touch_key and not check_budget and direct_available() and direct_free():
             cost = await _write_direct(metered, log_entry, touch_key, check_budget)
         else:
             cost = await db_call(_write, metered, log_entry, touch_key, check_budget)

@@ -146,6 +146,40 @@ def test_without_direct_writes_a_served_completion_costs_one_worker_thread_hop(
     assert UsageRecord.objects.filter(request_id__in=ids, status_code=200).count() == 4
 
 
+def test_with_every_direct_connection_busy_a_record_goes_through_a_worker_thread_prepared_once(
+    upstream, catalog, alice, alice_key, monkeypatch
+):
+    """Under load both direct connections are in use: the record goes through `db_call` at once,
+    without its statement first being prepared for the direct path and thrown away."""
+    from gateway import db, metering
+
+    prepared = []
+    original = metering.usage_upsert_statement
+    monkeypatch.setattr(metering, "usage_upsert_statement", lambda **kwargs: prepared.append(1) or original(**kwargs))
+
+    async def scenario(hops: WorkerHops):
+        try:
+            await call("/v1/chat/completions", key=alice_key, body=chat_body())  # loads key, tenant, catalog
+            busy = db._direct.setdefault(asyncio.get_running_loop(), db._Direct())
+            idle, opened = busy.idle, busy.opened
+            busy.idle, busy.opened = [], db.DIRECT_CONNECTIONS  # every direct connection taken
+            prepared.clear()
+            before = hops.count
+            results = [await call("/v1/chat/completions", key=alice_key, body=chat_body(s)) for s in (False, True)]
+            busy.idle, busy.opened = idle, opened
+            return results, hops.count - before
+        finally:
+            await close_clients()
+
+    with WorkerHops() as hops:
+        results, used = asyncio.run(scenario(hops))
+    assert [status for status, _, _ in results] == [200, 200]
+    assert used == 2  # one usage write each, in a worker thread
+    assert prepared == []  # never prepared for a direct connection it could not have
+    ids = [headers["x-request-id"] for _, headers, _ in results]
+    assert UsageRecord.objects.filter(request_id__in=ids, status_code=200).count() == 2
+
+
 def test_a_record_with_a_request_log_goes_through_a_worker_thread(upstream, catalog, alice, alice_key):
     """A request log is written after its record, each in its own transaction: not the direct path."""
     alice.log_requests = True
