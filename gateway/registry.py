@@ -5,9 +5,12 @@ and kept for `GATEWAY_AUTH_CACHE_SECONDS` (4 s by default). That bound is the pr
 revoked key, a suspended tenant or a new price reaches every gateway process within it. A key
 changed or revoked (key API, admin, services) is sooner: it is announced to every process at once
 over Redis (tenants/key_events.py, gateway/key_events.py) and forgotten there (`keys_forget`).
-Each loader runs in one `db_call` hop, so a cache miss costs one thread switch.
+Each loader runs in one `db_call` hop, so a cache miss costs one thread switch, and one
+process reads a missing entry once at a time (`_shared`): the requests that miss it meanwhile wait
+for that read.
 """
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -194,8 +197,8 @@ class ModelView:
 
 
 class _TTLCache:
-    """A bounded LRU whose entries also expire (gateway/lru.py). Racing loaders may both load;
-    the last one wins, harmlessly."""
+    """A bounded LRU whose entries also expire (gateway/lru.py). Within a process a missing entry
+    is read once at a time (`_shared`); processes racing each other may both read, harmlessly."""
 
     def __init__(self, size: Callable[[], int]) -> None:
         self._entries = LRU(size)
@@ -250,6 +253,32 @@ def clear_caches() -> None:
     for cache in (_keys, _tenants, _catalog):
         cache.clear()
     _key_digests.clear()
+    _loads.clear()  # reads under way finish, but no request joins them any more
+
+
+# The reads under way in this process, by what they read: ("key", digest, announcements seen),
+# ("tenant", id), ("catalog",), ("policy",). An entry expires for every request at once, so with
+# 50 requests in flight each would otherwise read the database itself: 50 reads of the key, the
+# tenant and the catalog every GATEWAY_AUTH_CACHE_SECONDS, a quarter of a busy gateway's CPU.
+_loads: dict[tuple, asyncio.Task] = {}
+
+
+async def _shared(name: tuple, fetch: Callable, *args):
+    """`fetch(*args)`, run once for every request that needs `name` while it runs. It runs on a
+    task of its own: a request that gives up (a hang-up) does not cancel the others' read."""
+    loop = asyncio.get_running_loop()
+    task = _loads.get(name)
+    if task is None or task.get_loop() is not loop:
+        task = _loads[name] = loop.create_task(fetch(*args))
+        task.add_done_callback(lambda done: _loaded(name, done))
+    return await asyncio.shield(task)
+
+
+def _loaded(name: tuple, task: asyncio.Task) -> None:
+    if _loads.get(name) is task:
+        del _loads[name]
+    if not task.cancelled():
+        task.exception()  # retrieved: every waiter has it (or they all gave up)
 
 
 def keys_forget(key_ids: Iterable[int] | None = None) -> None:
@@ -434,45 +463,48 @@ async def caller_for_key(raw_key: str) -> Caller | None:
         return None
     digest = key_hash(raw_key, pepper=settings.API_KEY_PEPPER)
     entry = _keys.get(digest)
-    if entry is None:
-        evictions = _key_evictions
-        found = await db_call(_load_key, digest)
-        key = found[0] if found else None
-        if evictions == _key_evictions:  # else a key changed meanwhile: what was read may be the old row
-            # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
-            _keys.put(digest, key, found[1] if found else _ttl())
-            if key is not None:
-                _key_digests[key.id] = digest
-    else:
-        key = entry[1]
+    # A read that began before a key change was announced is not joined: it may be the old row.
+    key = await _shared(("key", digest, _key_evictions), _fetch_key, digest) if entry is None else entry[1]
     if key is None:
         return None
     tenant = await tenant_view(key.tenant_id)
     return None if tenant is None else Caller(key=key, tenant=tenant)
 
 
+async def _fetch_key(digest: str) -> KeyView | None:
+    evictions = _key_evictions
+    found = await db_call(_load_key, digest)
+    key = found[0] if found else None
+    if evictions == _key_evictions:  # else a key changed meanwhile: what was read may be the old row
+        # Unknown keys are remembered too, so a flood of bad keys does not become a flood of queries.
+        _keys.put(digest, key, found[1] if found else _ttl())
+        if key is not None:
+            _key_digests[key.id] = digest
+    return key
+
+
+async def _fetch(cache: _TTLCache, name, load: Callable, *args):
+    value = await db_call(load, *args)
+    cache.put(name, value, _ttl())
+    return value
+
+
 async def tenant_view(tenant_id: int) -> TenantView | None:
     entry = _tenants.get(tenant_id)
     if entry is None:
-        view = await db_call(_load_tenant, tenant_id)
-        _tenants.put(tenant_id, view, _ttl())
-        return view
+        return await _shared(("tenant", tenant_id), _fetch, _tenants, tenant_id, _load_tenant, tenant_id)
     return entry[1]
 
 
 async def catalog() -> dict[str, ModelView]:
     entry = _catalog.get("all")
     if entry is None:
-        models = await db_call(_load_catalog)
-        _catalog.put("all", models, _ttl())
-        return models
+        return await _shared(("catalog",), _fetch, _catalog, "all", _load_catalog)
     return entry[1]
 
 
 async def policy() -> PolicyView:
     entry = _catalog.get("policy")
     if entry is None:
-        view = await db_call(_load_policy)
-        _catalog.put("policy", view, _ttl())
-        return view
+        return await _shared(("policy",), _fetch, _catalog, "policy", _load_policy)
     return entry[1]

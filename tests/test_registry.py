@@ -102,3 +102,67 @@ def test_the_catalog_carries_each_models_routing_and_every_deployments_settings(
     claude = models["claude-test"]  # the defaults: today's behaviour
     assert (claude.routing, claude.fallbacks, claude.affinity) == ("priority", (), "")
     assert claude.deployments[0].weight == 1
+
+
+def test_requests_that_miss_the_same_entry_at_once_share_one_read(alice, alice_key, catalog, monkeypatch):
+    """An entry expires for every request at once: fifty requests in flight then read the key,
+    the tenant and the catalog once, not fifty times each."""
+    reads = []
+    original = registry.db_call
+
+    async def counted(fn, *args, **kwargs):
+        reads.append(fn.__name__)
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "db_call", counted)
+
+    async def fifty():
+        callers = await asyncio.gather(*(registry.caller_for_key(alice_key) for _ in range(50)))
+        models = await asyncio.gather(*(registry.catalog() for _ in range(50)))
+        return callers, models
+
+    callers, models = run(fifty())
+    assert {c.tenant.slug for c in callers} == {"alice"}
+    assert all(m is models[0] for m in models)
+    assert "gpt-test" in models[0]
+    assert sorted(reads) == ["_load_catalog", "_load_key", "_load_tenant"]
+    assert registry._loads == {}  # nothing left behind
+
+
+def test_a_request_that_gives_up_does_not_cancel_the_read_others_wait_for(alice, alice_key):
+    async def scenario():
+        first = asyncio.ensure_future(registry.caller_for_key(alice_key))
+        second = asyncio.ensure_future(registry.caller_for_key(alice_key))
+        await asyncio.sleep(0)  # both are waiting for the one read
+        first.cancel()
+        found = await second
+        return first.cancelled(), found
+
+    cancelled, found = run(scenario())
+    assert cancelled
+    assert found.tenant.slug == "alice"
+
+
+def test_a_read_under_way_when_a_key_change_is_announced_is_not_joined(alice, alice_key, monkeypatch):
+    """A key revoked while its row is being read: a request after the announcement reads again
+    instead of sharing the read that may hold the old row."""
+    reads = []
+    original = registry.db_call
+
+    async def counted(fn, *args, **kwargs):
+        reads.append(fn.__name__)
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "db_call", counted)
+
+    async def scenario():
+        before = asyncio.ensure_future(registry.caller_for_key(alice_key))
+        await asyncio.sleep(0)  # its read has begun
+        registry.keys_forget()  # an announcement (gateway/key_events.py)
+        after = await registry.caller_for_key(alice_key)
+        return await before, after
+
+    before, after = run(scenario())
+    assert before is not None
+    assert after is not None
+    assert reads.count("_load_key") == 2
