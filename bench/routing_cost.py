@@ -1,12 +1,15 @@
 """What routing adds to one request: plan + take + answered, as `_first_that_answers` runs them.
 
 Runs `gateway.routing` as the gateway does (one event loop, real Redis at REDIS_URL, default
-redis://127.0.0.1:6379/3), in the same run, sequentially (c=1):
-  - single:    one deployment, `priority`, no quota (not engaged: no Redis call),
-  - redis:     a bare Redis PING round trip, the floor of any shared state,
-  - priority:  two deployments, `priority` (take + report: two round trips),
-  - weighted:  two deployments, `weighted`, both with a requests/min quota,
-  - least_busy: two deployments (one more round trip to read the in-flight counts),
+redis://127.0.0.1:6379/3), in the same run, sequentially (c=1), each request yielding to the event
+loop once as the upstream call would (so that the routing view's sync task runs on its timer):
+  - single:     one deployment, `priority`, no quota (not engaged: no Redis call),
+  - redis:      a bare Redis PING round trip, the floor of any shared state,
+  - priority, weighted, least_busy, latency: two deployments without quota (the routing view:
+    no awaited round trip; its sync every GATEWAY_ROUTING_SYNC_SECONDS is counted in the CPU),
+  - quota:      two deployments, `weighted`, both with a requests/min quota (one awaited take each),
+  - sync:       one sync of the view alone (two deployments, 20 successes' reports batched): what
+    the process pays per GATEWAY_ROUTING_SYNC_SECONDS while it routes, whatever its traffic,
 and prints microseconds per request (wall time, this process's CPU time).
 
 usage: python bench/routing_cost.py [--requests N]
@@ -61,9 +64,11 @@ async def one(strategy: str, deployments: list[DeploymentView]) -> None:
 async def measure(label: str, requests: int, body) -> None:
     for _ in range(50):
         await body()
+        await asyncio.sleep(0)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(requests):
         await body()
+        await asyncio.sleep(0)  # the upstream call's await: other tasks (the view's sync) run
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"{label:<11} {wall / requests * 1e6:8.1f} µs wall {cpu / requests * 1e6:8.1f} µs CPU per request")
 
@@ -75,9 +80,18 @@ async def main(requests: int) -> None:
     quota = [deployment(weight=1, requests_per_minute=10**9), deployment(weight=3, requests_per_minute=10**9)]
     await measure("single", requests, lambda: one("priority", single))
     await measure("redis", requests, redis.ping)
-    await measure("priority", requests, lambda: one("priority", two))
-    await measure("weighted", requests, lambda: one("weighted", quota))
-    await measure("least_busy", requests, lambda: one("least_busy", two))
+    for strategy in ("priority", "weighted", "least_busy", "latency"):
+        await measure(strategy, requests, lambda strategy=strategy: one(strategy, two))
+    await measure("quota", requests, lambda: one("weighted", quota))
+    view = getattr(routing.redis_routing, "view", None)
+    if view is not None:
+
+        async def sync() -> None:
+            for _ in range(20):
+                await one("weighted", two)
+            await view.sync()
+
+        await measure("sync", max(1, requests // 20), sync)  # less 20 x weighted's
     await limits.aclose()
 
 

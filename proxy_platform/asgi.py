@@ -28,6 +28,7 @@ from gateway import key_events  # noqa: E402
 from gateway.metering import drain_pending  # noqa: E402
 from gateway.observability import InFlight  # noqa: E402
 from gateway.providers import close_clients  # noqa: E402
+from gateway.routing import events as routing_events  # noqa: E402
 
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -54,9 +55,11 @@ async def _lifespan(receive, send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await key_events.start()  # a changed API key is forgotten at once (gateway/key_events.py)
+            await routing_events.start()  # a breaker opened elsewhere is heard at once (gateway/routing/events.py)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await key_events.stop()
+            await routing_events.stop()  # and the routing view's last reports go out
             await drain_pending()  # the usage writes may still be settling with a provider's answer
             await close_clients()
             await send({"type": "lifespan.shutdown.complete"})

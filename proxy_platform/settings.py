@@ -300,6 +300,10 @@ GATEWAY_BREAKER_FAILURES = env_int("GATEWAY_BREAKER_FAILURES", 5)
 GATEWAY_BREAKER_WINDOW_SECONDS = env_float("GATEWAY_BREAKER_WINDOW_SECONDS", 30.0)
 GATEWAY_BREAKER_COOLDOWN_SECONDS = env_float("GATEWAY_BREAKER_COOLDOWN_SECONDS", 30.0)
 GATEWAY_ROUTING_EXPLORATION = env_float("GATEWAY_ROUTING_EXPLORATION", 0.05)
+# How often a gateway process's routing view meets the shared state (gateway/routing/store.py
+# RoutingView): its batched success reports go out, the breakers, latencies and other processes'
+# attempts in flight come back.
+GATEWAY_ROUTING_SYNC_SECONDS = env_float("GATEWAY_ROUTING_SYNC_SECONDS", 0.1)
 # Retries and fallbacks (gateway/routing/retry.py): after every deployment of the model and of its
 # fallbacks failed, the ones whose failure may pass (timeouts, connection errors, 5xx, provider
 # 429/529) are tried again this many more rounds, after a backoff with full jitter (base, cap),

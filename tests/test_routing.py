@@ -19,7 +19,7 @@ from gateway.errors import GatewayError
 from gateway.providers import ProviderError
 from gateway.registry import DeploymentView, ModelView
 from gateway.routing import strategies
-from gateway.routing.store import Ask, Health
+from gateway.routing.store import Ask, Health, RedisRouting, channel
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/11"
 MINUTE_START_MS = 1_800_000_000_000 - 1_800_000_000_000 % 60_000
@@ -388,5 +388,215 @@ def test_least_busy_reads_in_flight_across_processes(backend, clock):
             await take(a)  # another process's attempts
         plan = await routing.plan(make_call(a, b, strategy="least_busy"), [a, b])
         assert plan.order == [b, a]
+
+    run(scenario())
+
+
+# --- the routing view (Redis: each RedisRouting is one process's view of the shared state) ---
+
+
+def two_processes() -> tuple[RedisRouting, RedisRouting]:
+    return RedisRouting(), RedisRouting()
+
+
+def ask_for(d: DeploymentView, member=None) -> Ask:
+    return Ask(
+        deployment_id=d.id,
+        member=member or f"req-{fresh_id()}:{d.id}",
+        requests_per_minute=d.requests_per_minute,
+        tokens_per_minute=d.tokens_per_minute,
+        tokens=0,
+    )
+
+
+def counting(store) -> Counter:
+    """The scripts `store` runs from now on, by name."""
+    calls: Counter = Counter()
+    run_script = store._run
+
+    async def counted(name, keys, args):
+        calls[name] += 1
+        return await run_script(name, keys, args)
+
+    store._run = counted
+    return calls
+
+
+def zcard(key: str) -> int:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return client.zcard(key)
+    finally:
+        client.close()
+
+
+def test_the_success_path_makes_no_round_trip_and_reports_go_out_batched(clock):
+    a, b = deployment(), deployment()
+    store = routing.redis_routing
+    store.view.clear()
+
+    async def scenario():
+        await store.health([a.id, b.id])  # the first read of these deployments (one sync call)
+        calls = counting(store)
+        latencies = [float(n) for n in range(10, 30)]
+        try:
+            for latency in latencies:
+                plan = await routing.plan(make_call(a, b, strategy="latency"), [a, b])
+                attempt = await plan.take(a)
+                assert attempt is not None
+                assert not attempt.probe
+                attempt.started -= latency / 1000  # as if the upstream took `latency` ms
+                await attempt.answered()
+            assert sum(calls.values()) == 0  # twenty routed requests: no script ran
+            await store.sync()
+            assert calls == Counter(sync=1)  # their twenty reports: one call
+        finally:
+            del store._run
+        expected = None
+        for latency in latencies:
+            expected = latency if expected is None else 0.3 * latency + 0.7 * expected
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            shared = float(client.hget(f"gw:route:{{{a.id}}}:state", "lat"))
+        finally:
+            client.close()
+        assert shared == pytest.approx(expected, abs=0.05)
+        assert zcard(f"gw:route:{{{a.id}}}:busy") == 0  # each ended within the sync period: never counted there
+
+    run(scenario())
+
+
+def test_another_process_reads_the_view_at_its_sync_on_the_store_clock(clock):
+    a, b = deployment(), deployment()
+    one, other = two_processes()
+
+    async def scenario():
+        assert [h.in_flight for h in await other.health([a.id, b.id])] == [0, 0]
+        long = ask_for(a)
+        assert (await one.take(long)).verdict == "ok"  # the first take of `a` here: asked of Redis
+        for _ in range(2):
+            assert one.take_local(ask_for(a)).verdict == "ok"  # then in the process
+        await one.done(a.id, "m", result="ok", probe=False, latency_ms=40.0, release=False)
+        assert [h.in_flight for h in await one.health([a.id])] == [3]  # exact for its own
+        await one.sync()
+        # Younger than one sync period: not counted in Redis yet, so not seen by the other process.
+        await other.sync()
+        assert [(h.in_flight, h.latency_ms) for h in await other.health([a.id])] == [(0, 40.0)]
+        clock.advance(0.1)
+        await one.sync()
+        assert zcard(f"gw:route:{{{a.id}}}:busy") == 3
+        assert [h.in_flight for h in await other.health([a.id])] == [0]  # not synced since
+        await other.sync()
+        assert [h.in_flight for h in await other.health([a.id])] == [3]
+        assert [h.in_flight for h in await one.health([a.id])] == [3]  # its own, not counted twice
+        plan = await routing.plan(make_call(a, b, strategy="least_busy"), [a, b])
+        assert plan.order == [b, a]
+        # One ends: removed from Redis by the next sync, which it asks for at once.
+        await one.done(a.id, long.member, result="none", probe=False, latency_ms=0, release=True)
+        await one.sync()
+        assert zcard(f"gw:route:{{{a.id}}}:busy") == 2
+        # A deployment not routed to for VIEW_IDLE_MS is forgotten, and read again before its next use.
+        clock.advance(10)
+        await other.sync()
+        assert a.id not in other.view._seen
+        assert [h.in_flight for h in await other.health([a.id])] == [2]
+
+    run(scenario())
+
+
+def test_a_crashed_process_leaves_its_attempts_in_flight_only_until_the_horizon(clock, settings):
+    settings.GATEWAY_CONCURRENCY_HORIZON_SECONDS = 60
+    a = deployment()
+    crashed, alive = two_processes()
+
+    async def scenario():
+        await crashed.take(ask_for(a))
+        crashed.take_local(ask_for(a))
+        clock.advance(0.2)
+        await crashed.sync()  # then the process dies: its attempts never end
+        assert [h.in_flight for h in await alive.health([a.id])] == [2]
+        clock.advance(59.7)
+        await alive.sync()
+        assert [h.in_flight for h in await alive.health([a.id])] == [2]
+        clock.advance(0.2)  # 60.1 s after they started
+        await alive.sync()
+        assert [h.in_flight for h in await alive.health([a.id])] == [0]
+
+    run(scenario())
+
+
+def test_a_breaker_opened_by_one_process_is_heard_by_another_at_once(clock):
+    d = deployment()
+    one, other = two_processes()
+
+    async def scenario():
+        assert (await other.take(ask_for(d))).verdict == "ok"  # read once: closed
+        assert other.take_local(ask_for(d)).verdict == "ok"  # then taken without a round trip
+        listener = redis.Redis.from_url(REDIS_URL).pubsub(ignore_subscribe_messages=True)
+        listener.subscribe(channel())
+        try:
+            for n in range(3):
+                member = f"fail-{n}"
+                await one.take(ask_for(d, member))
+                state = await one.done(d.id, member, result="fail", probe=False, latency_ms=5, release=True)
+            assert state == "open"
+            message = None
+            for _ in range(50):
+                message = listener.get_message(timeout=0.1)
+                if message is not None:
+                    break
+        finally:
+            listener.close()
+        assert message is not None
+        assert message["data"].decode() == f"{d.id} {clock.now_ms() + 30_000}"
+        assert other.take_local(ask_for(d)).verdict == "ok"  # not heard yet (the view is advice)
+        other.view.announced(message["data"].decode())
+        refused = other.take_local(ask_for(d))
+        assert (refused.verdict, refused.ms) == ("open", 30_000)
+        # After the cooldown the view asks Redis, which hands the single probe to one process.
+        clock.advance(30)
+        assert other.take_local(ask_for(d)) is None
+        assert (await other.take(ask_for(d, "probe"))).verdict == "probe"
+        assert (await one.take(ask_for(d))).verdict == "open"
+        assert other.take_local(ask_for(d)).verdict == "open"  # its own probe is under way
+        # The probe answers: closed, and announced.
+        assert await other.done(d.id, "probe", result="ok", probe=True, latency_ms=5, release=True) == "closed"
+        one.view.announced(str(d.id))
+        assert one.take_local(ask_for(d)).verdict == "ok"
+
+    run(scenario())
+
+
+def test_a_process_learns_an_opening_at_its_next_sync_and_a_failure_sends_takes_to_redis(clock):
+    d = deployment()
+    one, other = two_processes()
+
+    async def scenario():
+        await other.take(ask_for(d))
+        await one.take(ask_for(d, "f1"))
+        await one.done(d.id, "f1", result="fail", probe=False, latency_ms=5, release=True)
+        assert other.take_local(ask_for(d)).verdict == "ok"
+        await other.sync()
+        # A failure within the window somewhere: takes are asked of Redis (exact) until it passes.
+        assert other.take_local(ask_for(d)) is None
+        for n in (2, 3):
+            await one.take(ask_for(d, f"f{n}"))
+            await one.done(d.id, f"f{n}", result="fail", probe=False, latency_ms=5, release=True)
+        assert (await other.take(ask_for(d))).verdict == "open"
+        assert other.take_local(ask_for(d)).verdict == "open"
+
+    run(scenario())
+
+
+def test_an_account_quota_is_always_counted_in_redis(clock):
+    d = deployment(requests_per_minute=3)
+    one, other = two_processes()
+
+    async def scenario():
+        calls = counting(one)
+        verdicts = [(await one.take(ask_for(d))).verdict, (await other.take(ask_for(d))).verdict]
+        verdicts += [(await one.take(ask_for(d))).verdict, (await other.take(ask_for(d))).verdict]
+        assert verdicts == ["ok", "ok", "ok", "quota"]
+        assert calls["take"] == 2
 
     run(scenario())

@@ -271,3 +271,45 @@ def test_two_gateway_processes_share_the_breaker_and_its_single_probe(transactio
     finally:
         for process, _ in processes:
             stop(process)
+
+
+def test_a_breaker_opened_through_one_process_is_announced_to_the_other(transactional_db, mock_llm, mocks):
+    """The second process has read the deployment in rotation and knows no failure of it, and its
+    routing view is not synced again for a minute: only the announcement (done.lua's PUBLISH,
+    heard by gateway/routing/events.py) can tell it that the first process opened the breaker."""
+    env = {
+        "GATEWAY_AUTH_CACHE_SECONDS": "0",
+        "GATEWAY_BREAKER_FAILURES": "2",
+        "GATEWAY_BREAKER_COOLDOWN_SECONDS": "600",
+        "GATEWAY_ROUTING_SYNC_SECONDS": "60",
+        "GATEWAY_METRICS_TOKEN": METRICS_TOKEN,
+    }
+    going, going_url = start_mock()
+    processes = []
+    try:
+        processes += [start_gateway(mock_llm, **env) for _ in range(2)]
+        tenant = make_tenant("router3")
+        key = api_key_create(tenant=tenant, name="routing")[1]
+        clients = [openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30) for _, url in processes]
+        _, (flaky, _good) = make_routed_model(
+            "gpt-announced",
+            "priority",
+            {"upstream": "gpt-going", "base_url": f"{going_url}/v1", "priority": 0},
+            {"upstream": "gpt-staying", "base_url": f"{mocks['b']}/v1", "priority": 1},
+        )
+        answers = [ask(client, "gpt-announced") for client in clients]  # each process: in rotation
+        assert received(going_url, "gpt-going") == 2
+        stop(going)  # from now on every call to it is a connection error
+        answers += [ask(clients[0], "gpt-announced") for _ in range(2)]  # two failures: open
+        answers.append(ask(clients[1], "gpt-announced"))
+        assert check_records("gpt-announced", answers) == {"gpt-going": 2, "gpt-staying": 3}
+        metrics = httpx2.get(
+            f"{processes[1][1]}/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10
+        ).text
+        labels = f'deployment="{flaky.id}",model="gpt-announced",outcome="%s",provider="openai"'
+        assert f"gateway_upstream_attempts_total{{{labels % 'breaker_open'}}} 1.0" in metrics
+        assert labels % "connection" not in metrics  # the second process never called it again
+    finally:
+        stop(going)
+        for process, _ in processes:
+            stop(process)

@@ -32,3 +32,14 @@ def exploration() -> float:
 def horizon_ms() -> int:
     """An attempt still counted in flight after this long belongs to a dead process: the limits' horizon."""
     return limits_config.horizon_ms()
+
+
+def sync_ms() -> int:
+    """How often this process's routing view meets the shared state (GATEWAY_ROUTING_SYNC_SECONDS):
+    its batched success reports go out, the state every process left comes back."""
+    return max(1, int(float(getattr(settings, "GATEWAY_ROUTING_SYNC_SECONDS", 0.1)) * 1000))
+
+
+# A deployment this process has not routed to for this long is no longer refreshed (its view is
+# forgotten; the next request reads it again).
+VIEW_IDLE_MS = 10_000

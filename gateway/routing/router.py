@@ -72,8 +72,30 @@ class Attempt:
             if self._released:
                 release = False
             self._released = True
+        if self._report_now(result, release=release):
+            return
         # Shielded: a request cancelled meanwhile must not leave its attempt counted in flight.
         await asyncio.shield(background(self._report(result, release=release)))
+
+    def _report_now(self, result: str, *, release: bool) -> bool:
+        """The report when the store takes it without a round trip (a success, a failure that does
+        not count, an end: batched by the Redis store's view); False when it must be awaited (a
+        counted failure, a probe's answer: `_report`)."""
+        if not self.shared or (result == "none" and not release):
+            return True
+        state = store().done_local(
+            self.deployment.id,
+            self.member,
+            result=result,
+            probe=self.probe,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            release=release,
+        )
+        if state is None:
+            return False
+        if result != "none":
+            observability.breaker_seen(model=self.model, deployment=self.deployment.id, state=state)
+        return True
 
     async def _report(self, result: str, *, release: bool) -> None:
         if not self.shared or (result == "none" and not release):
@@ -95,10 +117,11 @@ class Attempt:
         if result != "none":
             observability.breaker_seen(model=self.model, deployment=self.deployment.id, state=state)
 
-    async def answered(self, *, release: bool = True) -> asyncio.Task | None:
+    async def answered(self, *, release: bool = True) -> asyncio.Future | None:
         """The deployment answered (a stream: its first event is on its way; `release=False`).
-        Reported off the response's path (a task that runs to completion, returned): nothing
-        waits on a success's report."""
+        Nothing waits on a success's report: batched in the process, or (a probe's) reported on a
+        task that runs to completion. Returns what to await to know it reached the shared state
+        (tests: the view's next sync)."""
         observability.upstream_attempted(
             model=self.model, deployment=self.deployment.id, provider=self.deployment.provider, outcome="ok"
         )
@@ -106,6 +129,8 @@ class Attempt:
             return None
         if release:
             self._released = True  # taken now: a later release() must not count it again
+        if self._report_now("ok", release=release):
+            return store().flushed()
         return background(self._report("ok", release=release))
 
     async def failed(self, exc: ProviderError) -> None:
@@ -119,8 +144,14 @@ class Attempt:
         await self._done("none", release=True)
 
     def release_soon(self) -> asyncio.Task | None:
-        """`release()` from code that must not wait (a cancelled task): it runs to completion."""
-        return None if self._released else background(self.release())
+        """`release()` from code that must not wait (a cancelled task): it runs to completion (a
+        task, returned, when the store cannot take it at once)."""
+        if self._released:
+            return None
+        self._released = True
+        if self._report_now("none", release=True):
+            return None
+        return background(self._report("none", release=True))
 
 
 class Plan:
@@ -146,16 +177,20 @@ class Plan:
             tokens_per_minute=deployment.tokens_per_minute,
             tokens=_tokens(call),
             cooldown_ms=config.cooldown_ms(deployment.breaker_cooldown_seconds),
+            window_ms=config.window_ms(deployment.breaker_window_seconds),
         )
-        task = background(store().take(ask))
-        try:
-            taken = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(_untake(deployment.id, member))  # counted in flight, never attempted
-            raise
-        except UNREACHABLE as exc:
-            _unreachable(exc)
-            return Attempt(call.model_name, deployment, member, probe=False, shared=False)
+        routes = store()
+        taken = routes.take_local(ask)  # the process's view decides, when it may: no round trip
+        if taken is None:
+            task = background(routes.take(ask))
+            try:
+                taken = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.add_done_callback(_untake(deployment.id, member))  # counted in flight, never attempted
+                raise
+            except UNREACHABLE as exc:
+                _unreachable(exc)
+                return Attempt(call.model_name, deployment, member, probe=False, shared=False)
         if taken.verdict in ("ok", "probe"):
             if taken.verdict == "probe":
                 observability.breaker_seen(model=call.model_name, deployment=deployment.id, state="half_open")
