@@ -5,6 +5,12 @@ rest" (`billing.selectors.usage_sources`), merged in the database: the rollup pa
 a report are one `UNION ALL` query, summed again per key, so that a page costs a few queries
 however many records there are. Python only folds the handful of rows that come back.
 
+The closed days are read from the coarsest rows that hold what an aggregate asks for: the daily
+summaries per model (`UsageModelDay`) or per tenant and project (`UsageTenantDay`) when their
+columns tell every key, condition and measure (`_summary_for`), else the rollups. Summaries are
+sums of the rollups, so the figures are the same either way; a day whose summaries are not
+current is read from its rollups.
+
 Definitions (the admin pages say them too):
 - spend: provider cost, exact (12 decimals), rounded only for display;
 - usage revenue: spend × (1 + the plan's markup); base fees, allowances and shared cost are
@@ -38,6 +44,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Coalesce, TruncDate
 
 from billing import latency
@@ -45,7 +52,7 @@ from billing.aggregates import MoneySum, MoneySumField, money_from_db
 from billing.models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
 from billing.periods import day_start, days, month_start
 from billing.pricing import Price, Tokens, request_cost
-from billing.selectors import usage_sources, utc_today
+from billing.selectors import SUMMARY_MODELS, usage_sources, utc_today
 from gateway.limits import LiveUsage, live_usage_sync
 from tenants.models import ApiKey, Project, Tenant
 
@@ -77,7 +84,11 @@ def ratio(part: int | Decimal, whole: int | Decimal) -> float | None:
 class Measure:
     """One column of a report: a sum of a rollup column, and over raw records a sum of the
     same column or (`raw_field` None) a count of records. `where` filters both; `raw_where`
-    and `rollup_where` only one side (e.g. a latency bucket, or a period split by day)."""
+    and `rollup_where` only one side (e.g. a latency bucket, or a period split by day).
+
+    On a daily summary, the same as on rollups (`rollup_where` too) when the summary has the
+    columns; or the sum of `counted`, a summary column that holds the measure with its `where`
+    already applied (the errors of `UsageTenantDay`, which keeps no status)."""
 
     rollup_field: str
     raw_field: str | None = None
@@ -85,6 +96,7 @@ class Measure:
     where: Q | None = None
     rollup_where: Q | None = None
     raw_where: Q | None = None
+    counted: str | None = None
 
     @property
     def _sum(self) -> type[Sum]:
@@ -98,6 +110,16 @@ class Measure:
     def raw(self) -> Sum | Count:
         where = _and(self.where, self.raw_where)
         return Count("id", filter=where) if self.raw_field is None else self._sum(self.raw_field, filter=where)
+
+    def summary(self, columns: frozenset[str]) -> Sum | None:
+        """Over a summary with these columns (`_columns`); None when its rows cannot tell it."""
+        if not _fields(self.rollup_where) <= columns:
+            return None
+        if self.counted in columns:
+            return self._sum(self.counted, filter=self.rollup_where)
+        if self.rollup_field in columns and _fields(self.where) <= columns:
+            return self.rollup
+        return None
 
     def restricted(self, *, rollup_where: Q, raw_where: Q) -> "Measure":
         return replace(
@@ -117,8 +139,23 @@ def _and(*conditions: Q | None) -> Q | None:
     return result
 
 
-def _requests(where: Q | None = None) -> Measure:
-    return Measure(rollup_field="requests", where=where)
+def _fields(condition: Q | None) -> set[str]:
+    """The fields a condition reads: {"status_code", "error_type"} for `_ERROR`."""
+    if condition is None:
+        return set()
+    fields = set()
+    for child in condition.children:
+        fields |= _fields(child) if isinstance(child, Q) else {child[0].split(LOOKUP_SEP)[0]}
+    return fields
+
+
+def _columns(model) -> frozenset[str]:
+    """What a query on `model` may group, filter and sum by: its fields' names and columns."""
+    return frozenset(name for field in model._meta.concrete_fields for name in (field.name, field.attname))
+
+
+def _requests(where: Q | None = None, *, counted: str | None = None) -> Measure:
+    return Measure(rollup_field="requests", where=where, counted=counted)
 
 
 def _sum(name: str, where: Q | None = None, kind: type = int) -> Measure:
@@ -141,8 +178,8 @@ _HISTOGRAM = _histogram()
 
 _USAGE = {
     "requests": _requests(),
-    "errors": _requests(_ERROR),
-    "cache_hits": _requests(Q(cache_hit=True)),
+    "errors": _requests(_ERROR, counted="errors"),
+    "cache_hits": _requests(Q(cache_hit=True), counted="cache_hits"),
     "input_tokens": _sum("input_tokens"),
     "output_tokens": _sum("output_tokens"),
     "cost": _sum("cost", kind=Decimal),
@@ -161,6 +198,25 @@ def _day(value) -> date:
     return date.fromisoformat(value) if isinstance(value, str) else value
 
 
+def _summary_for(
+    *, keys: Sequence[str], measures: dict[str, Measure], where: Q | None, tenant_id: int | None
+) -> type | None:
+    """The first (smallest) daily summary whose rows tell every key, condition and measure of an
+    aggregate; None: only the rollups do."""
+    needed = set(keys) | _fields(where) | ({"tenant_id"} if tenant_id is not None else set())
+    for model in SUMMARY_MODELS:
+        columns = _columns(model)
+        if needed <= columns and all(m.summary(columns) is not None for m in measures.values()):
+            return model
+    return None
+
+
+def _expression(measure: Measure, source: str, columns: frozenset[str]) -> Sum | Count:
+    if source == "summary":
+        return measure.summary(columns)
+    return measure.rollup if source == "rollup" else measure.raw
+
+
 def _aggregate(
     *,
     start: date,
@@ -171,26 +227,28 @@ def _aggregate(
     where: Q | None = None,
     today: date | None = None,
 ) -> list[dict]:
-    """`measures` per `keys` over [start, end] (UTC days), rollups plus raw, in one query.
+    """`measures` per `keys` over [start, end] (UTC days), summaries or rollups plus raw, in one query.
 
     A key is a column both tables have, or "day" (the rollup's day, the raw record's UTC date).
     Rows come back unordered; every measure is an int or a Decimal, never None.
     """
-    sources = usage_sources(start=start, end=end, tenant_id=tenant_id, today=today)
+    summary = _summary_for(keys=keys, measures=measures, where=where, tenant_id=tenant_id)
+    sources = usage_sources(start=start, end=end, tenant_id=tenant_id, today=today, summary=summary)
+    columns = _columns(summary) if summary is not None else frozenset()
     # Without keys, one constant column: Django leaves a constant out of GROUP BY, so the
     # part is a plain aggregate over all its rows (one row back).
     group_keys = list(keys) or ["_all"]
     parts: list[QuerySet] = []
-    for queryset, is_rollup in ((sources.rollups, True), (sources.raw, False)):
+    for queryset, source in ((sources.summaries, "summary"), (sources.rollups, "rollup"), (sources.raw, "raw")):
         if queryset is None:
             continue
         if where is not None:
             queryset = queryset.filter(where)
-        if "day" in keys and not is_rollup:
+        if "day" in keys and source == "raw":
             queryset = queryset.annotate(day=TruncDate("created_at", tzinfo=UTC))
         if not keys:
             queryset = queryset.annotate(_all=Value(1, output_field=IntegerField()))
-        annotations = {f"s_{name}": m.rollup if is_rollup else m.raw for name, m in measures.items()}
+        annotations = {f"s_{name}": _expression(m, source, columns) for name, m in measures.items()}
         parts.append(queryset.values(*group_keys).annotate(**annotations).values(*group_keys, *annotations).order_by())
     if not parts:
         return [] if keys else [{name: _value(m.kind, None) for name, m in measures.items()}]
