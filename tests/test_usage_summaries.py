@@ -37,7 +37,14 @@ from tests.conftest import make_tenant
 from tests.dashboard_fixtures import oracle, today
 
 DAYS = 12
-ERRORS = [(429, "upstream_rate_limit"), (502, "upstream_error"), (400, "upstream_invalid_request"), (500, "")]
+# (400, "") and (500, ""): errors by status alone.
+ERRORS = [
+    (429, "upstream_rate_limit"),
+    (502, "upstream_error"),
+    (400, "upstream_invalid_request"),
+    (400, ""),
+    (500, ""),
+]
 ENDPOINTS = ["chat", "messages", "responses", "embeddings"]
 
 
