@@ -267,12 +267,14 @@ def _aggregate(
         cursor.execute(query, params)
         rows = cursor.fetchall()
     result = []
+    kinds = [(name, m.kind) for name, m in measures.items()]  # thousands of rows: no lookups per cell
+    width = len(group_keys)
     for row in rows:
         item = dict(zip(keys, row[: len(keys)], strict=True)) if keys else {}
         if "day" in item:
             item["day"] = _day(item["day"])
-        for (name, m), value in zip(measures.items(), row[len(group_keys) :], strict=True):
-            item[name] = _value(m.kind, value)
+        for (name, kind), value in zip(kinds, row[width:], strict=True):
+            item[name] = _value(kind, value)
         result.append(item)
     if not keys and not result:
         result = [{name: _value(m.kind, None) for name, m in measures.items()}]
@@ -871,18 +873,21 @@ def tenant_comparison(
     }
     plans = dict(Subscription.objects.values_list("tenant_id", "plan__name"))
     empty = {name: _value(m.kind, None) for name, m in measures.items()}
+    current = [(name, f"cur_{name}") for name in _USAGE]
+    previous = [(name, f"pre_{name}") for name in _USAGE]
     result = []
-    for tenant in Tenant.objects.order_by("slug").only("id", "slug", "name", "status"):
-        row = rows.get(tenant.id, empty)
+    # Tuples, not model instances: one per tenant, thousands of them.
+    for tenant_id, slug, name, status in Tenant.objects.order_by("slug").values_list("id", "slug", "name", "status"):
+        row = rows.get(tenant_id, empty)
         result.append(
             ComparisonRow(
-                tenant_id=tenant.id,
-                slug=tenant.slug,
-                name=tenant.name,
-                status=tenant.status,
-                plan=plans.get(tenant.id, ""),
-                current=Totals.of({name: row[f"cur_{name}"] for name in _USAGE}),
-                previous=Totals.of({name: row[f"pre_{name}"] for name in _USAGE}),
+                tenant_id=tenant_id,
+                slug=slug,
+                name=name,
+                status=status,
+                plan=plans.get(tenant_id, ""),
+                current=Totals(**{name: row[column] for name, column in current}),
+                previous=Totals(**{name: row[column] for name, column in previous}),
             )
         )
     return comparison_sort(result, sort)
