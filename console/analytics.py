@@ -369,6 +369,11 @@ def _savings(*, start: date, end: date, tenant_id: int | None = None, today: dat
         where=Q(price__isnull=False),
         today=today,
     )
+    return _savings_of(rows)
+
+
+def _savings_of(rows: list[dict]) -> Savings:
+    """`_SAVINGS` per price row and cache hit (one row each, price rows only) → the savings."""
     prices = {p.id: _price(p) for p in ModelPrice.objects.filter(id__in={row["price_id"] for row in rows})}
     response_cache = prompt_cache = ZERO
     for row in rows:
@@ -541,10 +546,14 @@ def _month_to_date(*, today: date, tenant_id: int | None = None) -> dict[int, De
     return {row["tenant_id"]: row["cost"] for row in rows}
 
 
-def budget_lines(*, today: date | None = None, near: Decimal = NEAR_BUDGET) -> list[BudgetLine]:
-    """Tenants whose month-to-date spend is at least `near` × their budget, fullest first."""
+def budget_lines(
+    *, today: date | None = None, near: Decimal = NEAR_BUDGET, spend: dict[int, Decimal] | None = None
+) -> list[BudgetLine]:
+    """Tenants whose month-to-date spend is at least `near` × their budget, fullest first.
+    `spend`: the month-to-date spend per tenant, when the caller has it already."""
     today = today or utc_today()
-    spend = _month_to_date(today=today)
+    if spend is None:
+        spend = _month_to_date(today=today)
     lines = []
     # Only subscriptions with a budget (their own, or their plan's): with thousands of tenants
     # on budget-less plans, loading every one of them cost a quarter of the dashboard's time.
@@ -561,6 +570,78 @@ def budget_lines(*, today: date | None = None, near: Decimal = NEAR_BUDGET) -> l
         if mtd >= budget * near:
             lines.append(BudgetLine(subscription.tenant_id, subscription.tenant.slug, budget, mtd))
     return sorted(lines, key=lambda line: (-line.used, line.slug))
+
+
+# --- the dashboard's platform-wide figures: one aggregate, folded ------------------------------
+
+# Per model, endpoint, outcome and price row: the key of `UsageModelDay`. Every platform-wide
+# figure of the dashboard (per model and endpoint, errors by type, latency, savings) is a fold
+# of these few hundred rows, so that today's raw records (which no summary holds yet) are read
+# once for all of them, not once each.
+_PLATFORM_KEYS = ["model", "endpoint", "status_code", "error_type", "cache_hit", "price_id"]
+_PLATFORM = {
+    "requests": _requests(),
+    **{name: _sum(name) for name in _SAVINGS},
+    "cost": _sum("cost", kind=Decimal),
+    **_HISTOGRAM,
+}
+
+
+def _failed(row: dict) -> bool:
+    """`_ERROR` on a row of `_PLATFORM_KEYS`."""
+    return row["status_code"] >= 400 or row["error_type"] != ""
+
+
+def _platform_usage(rows: list[dict]) -> list[dict]:
+    """`_USAGE` per model and endpoint, as `_aggregate(keys=["model", "endpoint"], measures=_USAGE)`."""
+    folded: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        key = (row["model"], row["endpoint"])
+        into = folded.get(key)
+        if into is None:
+            empty = {name: _value(m.kind, None) for name, m in _USAGE.items()}
+            into = folded[key] = {"model": key[0], "endpoint": key[1], **empty}
+        requests = row["requests"]
+        into["requests"] += requests
+        into["errors"] += requests if _failed(row) else 0
+        into["cache_hits"] += requests if row["cache_hit"] else 0
+        into["input_tokens"] += row["input_tokens"]
+        into["output_tokens"] += row["output_tokens"]
+        into["cost"] += row["cost"]
+    return list(folded.values())
+
+
+def _platform_errors(rows: list[dict]) -> dict[str, int]:
+    """Failed requests per error type."""
+    errors: dict[str, int] = {}
+    for row in rows:
+        if _failed(row):
+            errors[row["error_type"]] = errors.get(row["error_type"], 0) + row["requests"]
+    return errors
+
+
+def _platform_histogram(rows: list[dict]) -> dict:
+    """The latency buckets of successful requests."""
+    histogram = dict.fromkeys(latency.FIELDS, 0)
+    for row in rows:
+        if not _failed(row):
+            for field in latency.FIELDS:
+                histogram[field] += row[field]
+    return histogram
+
+
+def _platform_savings(rows: list[dict]) -> Savings:
+    """`_savings_of` the rows with a price, summed per price row and cache hit first (a cost is
+    computed once per price row, as from the aggregate by price row)."""
+    folded: dict[tuple[int, bool], dict] = {}
+    for row in rows:
+        if row["price_id"] is None:
+            continue
+        key = (row["price_id"], row["cache_hit"])
+        into = folded.setdefault(key, {"price_id": key[0], "cache_hit": key[1], **dict.fromkeys(_SAVINGS, 0)})
+        for name in _SAVINGS:
+            into[name] += row[name]
+    return _savings_of(list(folded.values()))
 
 
 # --- the dashboard ---------------------------------------------------------------------------
@@ -587,12 +668,42 @@ class Dashboard:
     active_tenants: int = 0
 
 
+def _tenant_figures(*, start: date, end: date, today: date) -> tuple[list[dict], dict[int, Decimal] | None]:
+    """`_USAGE` per tenant and project over [start, end], and the month-to-date spend per tenant,
+    in one aggregate when the two ranges overlap or touch (always, but for a period that ends
+    before last month): thousands of tenants make each pass over their rows count, and today's
+    raw records are read once. The month-to-date spend is None when it needs its own query."""
+    month = month_start(today)
+    keys = ["tenant_id", "project_id"]
+    if month > end + timedelta(days=1):
+        return _aggregate(start=start, end=end, keys=keys, measures=_USAGE, today=today), None
+    first = min(start, month)
+    measures = dict(_USAGE)
+    if (first, today) != (start, end):  # the period's measures: its own days only
+        until = day_start(end + timedelta(days=1))
+        for name, m in _USAGE.items():
+            measures[name] = m.restricted(
+                rollup_where=Q(day__gte=start, day__lte=end),
+                raw_where=Q(created_at__gte=day_start(start), created_at__lt=until),
+            )
+    measures["month_to_date"] = _USAGE["cost"]
+    if first != month:
+        measures["month_to_date"] = _USAGE["cost"].restricted(
+            rollup_where=Q(day__gte=month), raw_where=Q(created_at__gte=day_start(month))
+        )
+    rows = _aggregate(start=first, end=today, keys=keys, measures=measures, today=today)
+    spend: dict[int, Decimal] = {}
+    for row in rows:
+        if row["month_to_date"]:
+            spend[row["tenant_id"]] = spend.get(row["tenant_id"], ZERO) + row["month_to_date"]
+    # A row with no request in the period is one the period's own aggregate would not have had.
+    return [row for row in rows if row["requests"]], spend
+
+
 def dashboard_summary(*, start: date, end: date, today: date | None = None, top: int = 10) -> Dashboard:
     """Every tenant over [start, end] (UTC days, both included), for the admin's home page."""
     today = today or utc_today()
-    # Per tenant and project, folded per tenant here: one pass over the period's rows for both
-    # (thousands of tenants make each pass count).
-    by_project = _aggregate(start=start, end=end, keys=["tenant_id", "project_id"], measures=_USAGE, today=today)
+    by_project, month_to_date = _tenant_figures(start=start, end=end, today=today)
     by_tenant = _fold(by_project, "tenant_id")
     totals = Totals.of(
         {name: sum((row[name] for row in by_tenant), _value(m.kind, None)) for name, m in _USAGE.items()}
@@ -616,19 +727,20 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
         )
     tenants.sort(key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
 
-    # One query for both breakdowns: per model and endpoint, folded each way here.
-    by_model_endpoint = _aggregate(start=start, end=end, keys=["model", "endpoint"], measures=_USAGE, today=today)
+    # One query for the platform-wide figures: per model and endpoint (folded each way), errors
+    # by type, latency, savings.
+    platform = _aggregate(start=start, end=end, keys=_PLATFORM_KEYS, measures=_PLATFORM, today=today)
+    by_model_endpoint = _platform_usage(platform)
     models = _shares(by_model_endpoint, "model", totals.cost)
-
-    errors = _aggregate(
-        start=start, end=end, keys=["error_type"], measures={"requests": _requests()}, where=_ERROR, today=today
-    )
     errors_by_type = sorted(
-        ((row["error_type"] or "(none)", row["requests"], ratio(row["requests"], totals.requests)) for row in errors),
+        (
+            (error_type or "(none)", requests, ratio(requests, totals.requests))
+            for error_type, requests in _platform_errors(platform).items()
+        ),
         key=lambda item: (-item[1], item[0]),
     )
     # Successful requests only: an error answered in 2 ms says nothing about the providers' latency.
-    histogram = _aggregate(start=start, end=end, measures=_HISTOGRAM, where=_SUCCESS, today=today)[0]
+    histogram = _platform_histogram(platform)
     chart_start = today - timedelta(days=CHART_DAYS - 1)
     status_counts = dict(Tenant.objects.values_list("status").annotate(n=Count("id")).order_by())
     return Dashboard(
@@ -637,7 +749,7 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
         totals=totals,
         revenue=revenue,
         errors_by_type=errors_by_type,
-        savings=_savings(start=start, end=end, today=today),
+        savings=_platform_savings(platform),
         latency=_latency(histogram),
         top_tenants=tenants[:top],
         top_models=models[:top],
@@ -645,7 +757,7 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
             start=start, end=end, total_cost=totals.cost, today=today, qualified=True, rows=by_project
         )[:top],
         by_endpoint=_shares(by_model_endpoint, "endpoint", totals.cost),
-        budgets=budget_lines(today=today),
+        budgets=budget_lines(today=today, spend=month_to_date),
         alerts=list(BudgetAlert.objects.select_related("tenant").order_by("-created_at", "-id")[:10]),
         invoices=list(Invoice.objects.select_related("tenant").order_by("-generated_at", "-id")[:10]),
         daily=_daily(start=chart_start, end=today, today=today),

@@ -30,7 +30,7 @@ from billing.models import (
 )
 from billing.services import usage_rollup, usage_rollup_day
 from billing.services.rollups import _rollup_insert_sql
-from console.analytics import dashboard_summary, project_shares, tenant_comparison, tenant_overview
+from console.analytics import budget_lines, dashboard_summary, project_shares, tenant_comparison, tenant_overview
 from tenants.models import Project
 from tests.billing_fixtures import add_price, save, usage
 from tests.conftest import make_tenant
@@ -210,12 +210,27 @@ def test_the_pages_give_the_same_figures_from_summaries_as_from_rollups(world, d
 
 
 @pytest.mark.django_db
-def test_a_period_before_today_and_a_tenants_own_pages_read_the_summaries_too(world):
-    start, end = world["first"] + timedelta(days=2), today() - timedelta(days=3)
+@pytest.mark.parametrize(("first_day", "last_day"), [(2, DAYS - 3), (0, 3), (DAYS - 5, DAYS - 1)])
+def test_a_period_before_today_and_a_tenants_own_pages_read_the_summaries_too(world, first_day, last_day):
+    """Periods that end before today: the dashboard reads the month-to-date spend (budgets) with
+    the period's figures when the two touch, and apart when they do not."""
+    start, end = world["first"] + timedelta(days=first_day), world["first"] + timedelta(days=last_day)
     figures = _assert_same_figures(world, start, end)
     truth = oracle(start=start, end=end)
-    by_tenant = {share.tenant_id: share.totals.cost for share in figures["dashboard"].top_tenants}
+    dashboard = figures["dashboard"]
+    by_tenant = {share.tenant_id: share.totals.cost for share in dashboard.top_tenants}
     assert by_tenant == truth.by_tenant
+    totals = dashboard.totals
+    assert (totals.requests, totals.errors, totals.cache_hits, totals.cost) == (
+        truth.requests,
+        truth.errors,
+        truth.cache_hits,
+        truth.cost,
+    )
+    month = oracle(start=today().replace(day=1), end=today())
+    assert dashboard.budgets == budget_lines(today=today())  # the month-to-date spend read on its own
+    assert [line.spend for line in dashboard.budgets] == [month.by_tenant[line.tenant_id] for line in dashboard.budgets]
+    assert dashboard.budgets or today().day == 1  # t0's budget of 0.05 is spent (unless the month just began)
     tenant = world["tenants"][0]
     overview = figures["overview"]
     assert overview.totals.requests == oracle(start=start, end=end, tenant_id=tenant.id).requests
