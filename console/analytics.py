@@ -670,9 +670,10 @@ class Dashboard:
 
 def _tenant_figures(*, start: date, end: date, today: date) -> tuple[list[dict], dict[int, Decimal] | None]:
     """`_USAGE` per tenant and project over [start, end], and the month-to-date spend per tenant,
-    in one aggregate when the two ranges overlap or touch (always, but for a period that ends
-    before last month): thousands of tenants make each pass over their rows count, and today's
-    raw records are read once. The month-to-date spend is None when it needs its own query."""
+    in one aggregate when the two ranges overlap or touch (every period the form offers but a
+    custom one that ends before last month's last day): thousands of tenants make each pass over
+    their rows count, and today's raw records are read once. The month-to-date spend is None
+    when it needs its own query (`budget_lines` makes it)."""
     month = month_start(today)
     keys = ["tenant_id", "project_id"]
     if month > end + timedelta(days=1):
