@@ -411,7 +411,7 @@ def _more_of_everything(catalog, n: int) -> None:
 
 # Usage by project (issue 14): one more aggregate (its rolled-up days, the UNION) and the names of
 # the projects (and, on the dashboard, the tenants' slugs): a fixed number, whatever the tenants.
-DASHBOARD_QUERIES = 18  # fewer aggregates since the daily summaries (issue 15): per tenant and project with the
+DASHBOARD_QUERIES = 17  # fewer aggregates since the daily summaries (issue 15): per tenant and project with the
 # month-to-date spend, and every platform-wide figure from one per model, endpoint, outcome and price
 OVERVIEW_QUERIES = 24
 ANALYTICS_QUERIES = 8
