@@ -359,6 +359,11 @@ class UsageRollupDay(models.Model):
     day = models.DateField(unique=True)
     records = models.PositiveBigIntegerField(default=0)
     rolled_up_at = models.DateTimeField(null=True, blank=True)
+    # The `rolled_up_at` of the rollups the day's summaries (UsageTenantDay, UsageModelDay) were
+    # built from. Anything else (NULL: rolled up before summaries existed, or by a worker still
+    # running older code during an upgrade) means the summaries are not current: the reports read
+    # the day's rollups instead, and the next rollup run builds them (billing/services/rollups.py).
+    summarized_at = models.DateTimeField(null=True, blank=True)
     pruned = models.BooleanField(default=False)
 
     class Meta:
@@ -366,6 +371,110 @@ class UsageRollupDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}: {self.records} records"
+
+
+# --- daily summaries: the rollups of a day, coarser, for the platform-wide reports ------------
+
+
+class UsageTenantDay(models.Model):
+    """A day's usage per tenant and project: its rollup rows summed over model, endpoint,
+    outcome and price, with the errors and response-cache hits counted.
+
+    With thousands of small tenants a day's rollups barely compress (a rollup row held 1.6
+    records on average in bench/tenants_scale.py); the dashboard and analytics read their
+    figures per tenant (and per project) from these rows, one per tenant and project active
+    that day. Written from the day's rollups, in the same transaction and under the same lock of
+    its `UsageRollupDay` row (billing/services/rollups.py): deleted and written again whenever
+    the rollups are, kept when the day is pruned (its rollups stay too). Like the rollups, the
+    project is an id without a constraint.
+    """
+
+    day = models.DateField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey(
+        Project, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    requests = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0, help_text="Status >= 400 or an error type.")
+    cache_hits = models.PositiveBigIntegerField(default=0, help_text="Answered from the response cache.")
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=28, decimal_places=12, default=Decimal("0"))
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "day"], name="tenantday_tenant_day")]
+        constraints = [
+            models.UniqueConstraint(
+                models.F("day"),
+                models.F("tenant"),
+                Coalesce(models.F("project"), models.Value(0)),
+                name="tenantday_one_row_per_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tenant_id} {self.project_id}"
+
+
+class UsageModelDay(models.Model):
+    """The whole platform's usage of a day per model, endpoint, outcome and price row: its
+    rollup rows summed over tenants and projects (a few hundred rows a day, whatever the number
+    of tenants).
+
+    Keeps what the dashboard's platform-wide figures need: the model and endpoint breakdown,
+    errors by type (status and error type), the response-cache and prompt-caching savings (the
+    price row and the token columns) and the latency histogram. Written and kept exactly like
+    `UsageTenantDay`.
+    """
+
+    day = models.DateField()
+    model = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=16, choices=UsageRecord.Endpoint.choices)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True)
+    cache_hit = models.BooleanField(default=False)
+    price = models.ForeignKey(ModelPrice, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    requests = models.PositiveBigIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_1h_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=28, decimal_places=12, default=Decimal("0"))
+    # Requests per latency bucket, as in UsageRollup (billing/latency.py).
+    lat_lt_50 = models.PositiveBigIntegerField(default=0)
+    lat_lt_100 = models.PositiveBigIntegerField(default=0)
+    lat_lt_200 = models.PositiveBigIntegerField(default=0)
+    lat_lt_300 = models.PositiveBigIntegerField(default=0)
+    lat_lt_500 = models.PositiveBigIntegerField(default=0)
+    lat_lt_750 = models.PositiveBigIntegerField(default=0)
+    lat_lt_1000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_1500 = models.PositiveBigIntegerField(default=0)
+    lat_lt_2000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_3000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_5000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_10000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_20000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_30000 = models.PositiveBigIntegerField(default=0)
+    lat_lt_60000 = models.PositiveBigIntegerField(default=0)
+    lat_ge_60000 = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                models.F("day"),
+                models.F("model"),
+                models.F("endpoint"),
+                models.F("status_code"),
+                models.F("error_type"),
+                models.F("cache_hit"),
+                Coalesce(models.F("price"), models.Value(0)),
+                name="modelday_one_row_per_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} {self.endpoint} {self.status_code}"
 
 
 # --- invoices ------------------------------------------------------------------------------

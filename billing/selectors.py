@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import Count, F, Q, QuerySet, Sum, Value
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, QuerySet, Sum, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
@@ -29,9 +29,11 @@ from .models import (
     ModelPrice,
     SharedCost,
     Subscription,
+    UsageModelDay,
     UsageRecord,
     UsageRollup,
     UsageRollupDay,
+    UsageTenantDay,
 )
 from .periods import PeriodState, day_runs, day_start, days, month_start, period_bounds, period_state, previous_month
 
@@ -61,29 +63,51 @@ def utc_today() -> date:
 
 @dataclass(frozen=True, slots=True)
 class UsageSources:
-    """Rollup rows for the rolled-up days of a range, raw records for the others."""
+    """Rollup rows for the rolled-up days of a range, raw records for the others; with a
+    summary model asked for, its rows for the rolled-up days whose summaries are current."""
 
     rollups: QuerySet | None
     raw: QuerySet | None
+    summaries: QuerySet | None = None
+
+
+SUMMARY_MODELS = (UsageModelDay, UsageTenantDay)
 
 
 def usage_sources(
-    *, start: date, end: date, tenant_id: int | None = None, today: date | None = None, raw_only: bool = False
+    *,
+    start: date,
+    end: date,
+    tenant_id: int | None = None,
+    today: date | None = None,
+    raw_only: bool = False,
+    summary: type[UsageModelDay | UsageTenantDay] | None = None,
 ) -> UsageSources:
     """Days before today with a rollup are read from rollups; the rest (today included) raw.
 
     `raw_only`: every day from the raw records (what rollups do not keep: keys, end users, tags);
     the caller makes sure no day of the range is pruned (`usage_pruned_through`).
+    `summary` (one of SUMMARY_MODELS, or None): the rolled-up days whose summaries are current
+    (`UsageRollupDay.summarized_at`) are read from it instead of their rollups; the caller makes
+    sure it holds what the report needs (console/analytics.py `_summary_for`).
     """
     today = today or utc_today()
-    rolled = set()
+    rolled: dict[date, bool] = {}  # day: its summaries are current
     if not raw_only:
-        rolled = set(
-            UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today).values_list("day", flat=True)
+        rolled = dict(
+            UsageRollupDay.objects.filter(day__gte=start, day__lte=end, day__lt=today)
+            .annotate(current=ExpressionWrapper(Q(summarized_at=F("rolled_up_at")), output_field=BooleanField()))
+            .values_list("day", "current")
         )
-    rollups = raw = None
-    if rolled:
-        rollups = UsageRollup.objects.filter(day__in=sorted(rolled))
+    summarized = sorted(day for day, current in rolled.items() if current and summary is not None)
+    unsummarized = sorted(set(rolled) - set(summarized))
+    rollups = raw = summaries = None
+    if summarized:
+        summaries = summary.objects.filter(day__in=summarized)
+        if tenant_id is not None:
+            summaries = summaries.filter(tenant_id=tenant_id)
+    if unsummarized:
+        rollups = UsageRollup.objects.filter(day__in=unsummarized)
         if tenant_id is not None:
             rollups = rollups.filter(tenant_id=tenant_id)
     runs = day_runs(day for day in days(start, end) if day not in rolled)
@@ -94,7 +118,7 @@ def usage_sources(
         raw = UsageRecord.objects.filter(where)
         if tenant_id is not None:
             raw = raw.filter(tenant_id=tenant_id)
-    return UsageSources(rollups=rollups, raw=raw)
+    return UsageSources(rollups=rollups, raw=raw, summaries=summaries)
 
 
 def _union_grouped(parts: list[QuerySet], key: str, columns: dict[str, type]) -> list[dict]:

@@ -5,6 +5,12 @@ rest" (`billing.selectors.usage_sources`), merged in the database: the rollup pa
 a report are one `UNION ALL` query, summed again per key, so that a page costs a few queries
 however many records there are. Python only folds the handful of rows that come back.
 
+The closed days are read from the coarsest rows that hold what an aggregate asks for: the daily
+summaries per model (`UsageModelDay`) or per tenant and project (`UsageTenantDay`) when their
+columns tell every key, condition and measure (`_summary_for`), else the rollups. Summaries are
+sums of the rollups, so the figures are the same either way; a day whose summaries are not
+current is read from its rollups.
+
 Definitions (the admin pages say them too):
 - spend: provider cost, exact (12 decimals), rounded only for display;
 - usage revenue: spend × (1 + the plan's markup); base fees, allowances and shared cost are
@@ -19,6 +25,7 @@ Definitions (the admin pages say them too):
   approximate within one bucket.
 """
 
+import heapq
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +45,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Coalesce, TruncDate
 
 from billing import latency
@@ -45,7 +53,7 @@ from billing.aggregates import MoneySum, MoneySumField, money_from_db
 from billing.models import BudgetAlert, Invoice, ModelPrice, Subscription, UsageRecord
 from billing.periods import day_start, days, month_start
 from billing.pricing import Price, Tokens, request_cost
-from billing.selectors import usage_sources, utc_today
+from billing.selectors import SUMMARY_MODELS, usage_sources, utc_today
 from gateway.limits import LiveUsage, live_usage_sync
 from tenants.models import ApiKey, Project, Tenant
 
@@ -77,7 +85,11 @@ def ratio(part: int | Decimal, whole: int | Decimal) -> float | None:
 class Measure:
     """One column of a report: a sum of a rollup column, and over raw records a sum of the
     same column or (`raw_field` None) a count of records. `where` filters both; `raw_where`
-    and `rollup_where` only one side (e.g. a latency bucket, or a period split by day)."""
+    and `rollup_where` only one side (e.g. a latency bucket, or a period split by day).
+
+    On a daily summary, the same as on rollups (`rollup_where` too) when the summary has the
+    columns; or the sum of `counted`, a summary column that holds the measure with its `where`
+    already applied (the errors of `UsageTenantDay`, which keeps no status)."""
 
     rollup_field: str
     raw_field: str | None = None
@@ -85,6 +97,7 @@ class Measure:
     where: Q | None = None
     rollup_where: Q | None = None
     raw_where: Q | None = None
+    counted: str | None = None
 
     @property
     def _sum(self) -> type[Sum]:
@@ -98,6 +111,16 @@ class Measure:
     def raw(self) -> Sum | Count:
         where = _and(self.where, self.raw_where)
         return Count("id", filter=where) if self.raw_field is None else self._sum(self.raw_field, filter=where)
+
+    def summary(self, columns: frozenset[str]) -> Sum | None:
+        """Over a summary with these columns (`_columns`); None when its rows cannot tell it."""
+        if not _fields(self.rollup_where) <= columns:
+            return None
+        if self.counted in columns:
+            return self._sum(self.counted, filter=self.rollup_where)
+        if self.rollup_field in columns and _fields(self.where) <= columns:
+            return self.rollup
+        return None
 
     def restricted(self, *, rollup_where: Q, raw_where: Q) -> "Measure":
         return replace(
@@ -117,8 +140,23 @@ def _and(*conditions: Q | None) -> Q | None:
     return result
 
 
-def _requests(where: Q | None = None) -> Measure:
-    return Measure(rollup_field="requests", where=where)
+def _fields(condition: Q | None) -> set[str]:
+    """The fields a condition reads: {"status_code", "error_type"} for `_ERROR`."""
+    if condition is None:
+        return set()
+    fields = set()
+    for child in condition.children:
+        fields |= _fields(child) if isinstance(child, Q) else {child[0].split(LOOKUP_SEP)[0]}
+    return fields
+
+
+def _columns(model) -> frozenset[str]:
+    """What a query on `model` may group, filter and sum by: its fields' names and columns."""
+    return frozenset(name for field in model._meta.concrete_fields for name in (field.name, field.attname))
+
+
+def _requests(where: Q | None = None, *, counted: str | None = None) -> Measure:
+    return Measure(rollup_field="requests", where=where, counted=counted)
 
 
 def _sum(name: str, where: Q | None = None, kind: type = int) -> Measure:
@@ -141,8 +179,8 @@ _HISTOGRAM = _histogram()
 
 _USAGE = {
     "requests": _requests(),
-    "errors": _requests(_ERROR),
-    "cache_hits": _requests(Q(cache_hit=True)),
+    "errors": _requests(_ERROR, counted="errors"),
+    "cache_hits": _requests(Q(cache_hit=True), counted="cache_hits"),
     "input_tokens": _sum("input_tokens"),
     "output_tokens": _sum("output_tokens"),
     "cost": _sum("cost", kind=Decimal),
@@ -161,6 +199,25 @@ def _day(value) -> date:
     return date.fromisoformat(value) if isinstance(value, str) else value
 
 
+def _summary_for(
+    *, keys: Sequence[str], measures: dict[str, Measure], where: Q | None, tenant_id: int | None
+) -> type | None:
+    """The first (smallest) daily summary whose rows tell every key, condition and measure of an
+    aggregate; None: only the rollups do."""
+    needed = set(keys) | _fields(where) | ({"tenant_id"} if tenant_id is not None else set())
+    for model in SUMMARY_MODELS:
+        columns = _columns(model)
+        if needed <= columns and all(m.summary(columns) is not None for m in measures.values()):
+            return model
+    return None
+
+
+def _expression(measure: Measure, source: str, columns: frozenset[str]) -> Sum | Count:
+    if source == "summary":
+        return measure.summary(columns)
+    return measure.rollup if source == "rollup" else measure.raw
+
+
 def _aggregate(
     *,
     start: date,
@@ -171,26 +228,28 @@ def _aggregate(
     where: Q | None = None,
     today: date | None = None,
 ) -> list[dict]:
-    """`measures` per `keys` over [start, end] (UTC days), rollups plus raw, in one query.
+    """`measures` per `keys` over [start, end] (UTC days), summaries or rollups plus raw, in one query.
 
     A key is a column both tables have, or "day" (the rollup's day, the raw record's UTC date).
     Rows come back unordered; every measure is an int or a Decimal, never None.
     """
-    sources = usage_sources(start=start, end=end, tenant_id=tenant_id, today=today)
+    summary = _summary_for(keys=keys, measures=measures, where=where, tenant_id=tenant_id)
+    sources = usage_sources(start=start, end=end, tenant_id=tenant_id, today=today, summary=summary)
+    columns = _columns(summary) if summary is not None else frozenset()
     # Without keys, one constant column: Django leaves a constant out of GROUP BY, so the
     # part is a plain aggregate over all its rows (one row back).
     group_keys = list(keys) or ["_all"]
     parts: list[QuerySet] = []
-    for queryset, is_rollup in ((sources.rollups, True), (sources.raw, False)):
+    for queryset, source in ((sources.summaries, "summary"), (sources.rollups, "rollup"), (sources.raw, "raw")):
         if queryset is None:
             continue
         if where is not None:
             queryset = queryset.filter(where)
-        if "day" in keys and not is_rollup:
+        if "day" in keys and source == "raw":
             queryset = queryset.annotate(day=TruncDate("created_at", tzinfo=UTC))
         if not keys:
             queryset = queryset.annotate(_all=Value(1, output_field=IntegerField()))
-        annotations = {f"s_{name}": m.rollup if is_rollup else m.raw for name, m in measures.items()}
+        annotations = {f"s_{name}": _expression(m, source, columns) for name, m in measures.items()}
         parts.append(queryset.values(*group_keys).annotate(**annotations).values(*group_keys, *annotations).order_by())
     if not parts:
         return [] if keys else [{name: _value(m.kind, None) for name, m in measures.items()}]
@@ -209,12 +268,14 @@ def _aggregate(
         cursor.execute(query, params)
         rows = cursor.fetchall()
     result = []
+    kinds = [(name, m.kind) for name, m in measures.items()]  # thousands of rows: no lookups per cell
+    width = len(group_keys)
     for row in rows:
         item = dict(zip(keys, row[: len(keys)], strict=True)) if keys else {}
         if "day" in item:
             item["day"] = _day(item["day"])
-        for (name, m), value in zip(measures.items(), row[len(group_keys) :], strict=True):
-            item[name] = _value(m.kind, value)
+        for (name, kind), value in zip(kinds, row[width:], strict=True):
+            item[name] = _value(kind, value)
         result.append(item)
     if not keys and not result:
         result = [{name: _value(m.kind, None) for name, m in measures.items()}]
@@ -309,6 +370,11 @@ def _savings(*, start: date, end: date, tenant_id: int | None = None, today: dat
         where=Q(price__isnull=False),
         today=today,
     )
+    return _savings_of(rows)
+
+
+def _savings_of(rows: list[dict]) -> Savings:
+    """`_SAVINGS` per price row and cache hit (one row each, price rows only) → the savings."""
     prices = {p.id: _price(p) for p in ModelPrice.objects.filter(id__in={row["price_id"] for row in rows})}
     response_cache = prompt_cache = ZERO
     for row in rows:
@@ -375,14 +441,26 @@ def endpoint_label(endpoint: str) -> str:
 
 
 def _fold(rows: list[dict], key: str) -> list[dict]:
-    """Rows of `_USAGE` per (model, endpoint), summed per `key` (one of the two)."""
+    """Rows of `_USAGE` per several keys (model and endpoint, tenant and project), summed per
+    `key` (one of them)."""
     folded: dict[str, dict] = {}
     for row in rows:
-        empty = {name: _value(m.kind, None) for name, m in _USAGE.items()}
-        into = folded.setdefault(row[key], {key: row[key], **empty})
+        into = folded.get(row[key])
+        if into is None:
+            into = folded[row[key]] = {key: row[key], **{name: _value(m.kind, None) for name, m in _USAGE.items()}}
         for name in _USAGE:
             into[name] += row[name]
     return list(folded.values())
+
+
+def _largest(rows: list[dict], top: int | None, name) -> list[dict]:
+    """Rows of `_USAGE` by spend, then requests, then `name(row)`, largest first; the first `top`
+    only (`sorted(...)[:top]`, without sorting thousands of tenants for the ten shown)."""
+
+    def key(row: dict) -> tuple:
+        return (-row["cost"], -row["requests"], name(row))
+
+    return sorted(rows, key=key) if top is None else heapq.nsmallest(top, rows, key=key)
 
 
 def _shares(rows: list[dict], key: str, total_cost: Decimal) -> list[Share]:
@@ -404,17 +482,23 @@ def project_shares(
     tenant_id: int | None = None,
     today: date | None = None,
     qualified: bool = False,
+    rows: list[dict] | None = None,
+    slugs: dict[int, str] | None = None,
+    top: int | None = None,
 ) -> list[Share]:
     """Usage per tenant and project, largest spend first (one aggregate, one query for the names).
 
     Rollups keep the project id without a constraint: an id whose project is gone, or records
     without a project, make one "(no project)" row per tenant, as the raw records read once a
     project is deleted. `qualified`: rows named "tenant/project" (the dashboard, across tenants).
-    `total_cost` None: shares of these rows' own total.
+    `total_cost` None: shares of these rows' own total. `rows`: that aggregate (`_USAGE` per
+    tenant_id and project_id over the period), and `slugs` the tenants' (for `qualified`), when
+    the caller has them already. `top`: the largest `top` only.
     """
-    rows = _aggregate(
-        start=start, end=end, keys=["tenant_id", "project_id"], measures=_USAGE, tenant_id=tenant_id, today=today
-    )
+    if rows is None:
+        rows = _aggregate(
+            start=start, end=end, keys=["tenant_id", "project_id"], measures=_USAGE, tenant_id=tenant_id, today=today
+        )
     ids = {row["project_id"] for row in rows if row["project_id"] is not None}
     names = {
         (project_tenant, project_id): name
@@ -422,22 +506,25 @@ def project_shares(
             "id", "tenant_id", "name"
         )
     }
-    slugs = dict(Tenant.objects.values_list("id", "slug")) if qualified else {}
+    if qualified and slugs is None:
+        slugs = dict(Tenant.objects.values_list("id", "slug"))
     folded: dict[tuple[int, str], dict] = {}
     for row in rows:
         name = names.get((row["tenant_id"], row["project_id"]), NO_PROJECT)
         if qualified:
             name = f"{slugs.get(row['tenant_id'], row['tenant_id'])}/{name}"
-        into = folded.setdefault((row["tenant_id"], name), {name_: _value(m.kind, None) for name_, m in _USAGE.items()})
+        into = folded.get((row["tenant_id"], name))
+        if into is None:
+            empty = {name_: _value(m.kind, None) for name_, m in _USAGE.items()}
+            into = folded[(row["tenant_id"], name)] = {"tenant_id": row["tenant_id"], "key": name, **empty}
         for measure in _USAGE:
             into[measure] += row[measure]
     if total_cost is None:
         total_cost = sum((row["cost"] for row in folded.values()), ZERO)
-    shares = [
-        Share(key=name, tenant_id=tenant, totals=Totals.of(row), share=ratio(row["cost"], total_cost))
-        for (tenant, name), row in folded.items()
+    return [
+        Share(key=row["key"], tenant_id=row["tenant_id"], totals=Totals.of(row), share=ratio(row["cost"], total_cost))
+        for row in _largest(list(folded.values()), top, name=lambda row: row["key"])
     ]
-    return sorted(shares, key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
 
 
 def _markups() -> dict[int, Decimal]:
@@ -477,12 +564,22 @@ def _month_to_date(*, today: date, tenant_id: int | None = None) -> dict[int, De
     return {row["tenant_id"]: row["cost"] for row in rows}
 
 
-def budget_lines(*, today: date | None = None, near: Decimal = NEAR_BUDGET) -> list[BudgetLine]:
-    """Tenants whose month-to-date spend is at least `near` × their budget, fullest first."""
+def budget_lines(
+    *, today: date | None = None, near: Decimal = NEAR_BUDGET, spend: dict[int, Decimal] | None = None
+) -> list[BudgetLine]:
+    """Tenants whose month-to-date spend is at least `near` × their budget, fullest first.
+    `spend`: the month-to-date spend per tenant, when the caller has it already."""
     today = today or utc_today()
-    spend = _month_to_date(today=today)
+    if spend is None:
+        spend = _month_to_date(today=today)
     lines = []
-    subscriptions = Subscription.objects.select_related("tenant", "plan").order_by("tenant__slug")
+    # Only subscriptions with a budget (their own, or their plan's): with thousands of tenants
+    # on budget-less plans, loading every one of them cost a quarter of the dashboard's time.
+    subscriptions = (
+        Subscription.objects.filter(Q(monthly_budget__isnull=False) | Q(plan__default_monthly_budget__isnull=False))
+        .select_related("tenant", "plan")
+        .order_by("tenant__slug")
+    )
     for subscription in subscriptions:
         budget = subscription.effective_budget
         if budget is None or budget <= 0:
@@ -491,6 +588,78 @@ def budget_lines(*, today: date | None = None, near: Decimal = NEAR_BUDGET) -> l
         if mtd >= budget * near:
             lines.append(BudgetLine(subscription.tenant_id, subscription.tenant.slug, budget, mtd))
     return sorted(lines, key=lambda line: (-line.used, line.slug))
+
+
+# --- the dashboard's platform-wide figures: one aggregate, folded ------------------------------
+
+# Per model, endpoint, outcome and price row: the key of `UsageModelDay`. Every platform-wide
+# figure of the dashboard (per model and endpoint, errors by type, latency, savings) is a fold
+# of these few hundred rows, so that today's raw records (which no summary holds yet) are read
+# once for all of them, not once each.
+_PLATFORM_KEYS = ["model", "endpoint", "status_code", "error_type", "cache_hit", "price_id"]
+_PLATFORM = {
+    "requests": _requests(),
+    **{name: _sum(name) for name in _SAVINGS},
+    "cost": _sum("cost", kind=Decimal),
+    **_HISTOGRAM,
+}
+
+
+def _failed(row: dict) -> bool:
+    """`_ERROR` on a row of `_PLATFORM_KEYS`."""
+    return row["status_code"] >= 400 or row["error_type"] != ""
+
+
+def _platform_usage(rows: list[dict]) -> list[dict]:
+    """`_USAGE` per model and endpoint, as `_aggregate(keys=["model", "endpoint"], measures=_USAGE)`."""
+    folded: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        key = (row["model"], row["endpoint"])
+        into = folded.get(key)
+        if into is None:
+            empty = {name: _value(m.kind, None) for name, m in _USAGE.items()}
+            into = folded[key] = {"model": key[0], "endpoint": key[1], **empty}
+        requests = row["requests"]
+        into["requests"] += requests
+        into["errors"] += requests if _failed(row) else 0
+        into["cache_hits"] += requests if row["cache_hit"] else 0
+        into["input_tokens"] += row["input_tokens"]
+        into["output_tokens"] += row["output_tokens"]
+        into["cost"] += row["cost"]
+    return list(folded.values())
+
+
+def _platform_errors(rows: list[dict]) -> dict[str, int]:
+    """Failed requests per error type."""
+    errors: dict[str, int] = {}
+    for row in rows:
+        if _failed(row):
+            errors[row["error_type"]] = errors.get(row["error_type"], 0) + row["requests"]
+    return errors
+
+
+def _platform_histogram(rows: list[dict]) -> dict:
+    """The latency buckets of successful requests."""
+    histogram = dict.fromkeys(latency.FIELDS, 0)
+    for row in rows:
+        if not _failed(row):
+            for field in latency.FIELDS:
+                histogram[field] += row[field]
+    return histogram
+
+
+def _platform_savings(rows: list[dict]) -> Savings:
+    """`_savings_of` the rows with a price, summed per price row and cache hit first (a cost is
+    computed once per price row, as from the aggregate by price row)."""
+    folded: dict[tuple[int, bool], dict] = {}
+    for row in rows:
+        if row["price_id"] is None:
+            continue
+        key = (row["price_id"], row["cache_hit"])
+        into = folded.setdefault(key, {"price_id": key[0], "cache_hit": key[1], **dict.fromkeys(_SAVINGS, 0)})
+        for name in _SAVINGS:
+            into[name] += row[name]
+    return _savings_of(list(folded.values()))
 
 
 # --- the dashboard ---------------------------------------------------------------------------
@@ -517,45 +686,81 @@ class Dashboard:
     active_tenants: int = 0
 
 
+def _tenant_figures(*, start: date, end: date, today: date) -> tuple[list[dict], dict[int, Decimal] | None]:
+    """`_USAGE` per tenant and project over [start, end], and the month-to-date spend per tenant,
+    in one aggregate when the two ranges overlap or touch (every period the form offers but a
+    custom one that ends before last month's last day): thousands of tenants make each pass over
+    their rows count, and today's raw records are read once. The month-to-date spend is None
+    when it needs its own query (`budget_lines` makes it)."""
+    month = month_start(today)
+    keys = ["tenant_id", "project_id"]
+    if month > end + timedelta(days=1):
+        return _aggregate(start=start, end=end, keys=keys, measures=_USAGE, today=today), None
+    first = min(start, month)
+    measures = dict(_USAGE)
+    if (first, today) != (start, end):  # the period's measures: its own days only
+        until = day_start(end + timedelta(days=1))
+        for name, m in _USAGE.items():
+            measures[name] = m.restricted(
+                rollup_where=Q(day__gte=start, day__lte=end),
+                raw_where=Q(created_at__gte=day_start(start), created_at__lt=until),
+            )
+    measures["month_to_date"] = _USAGE["cost"]
+    if first != month:
+        measures["month_to_date"] = _USAGE["cost"].restricted(
+            rollup_where=Q(day__gte=month), raw_where=Q(created_at__gte=day_start(month))
+        )
+    rows = _aggregate(start=first, end=today, keys=keys, measures=measures, today=today)
+    spend: dict[int, Decimal] = {}
+    for row in rows:
+        if row["month_to_date"]:
+            spend[row["tenant_id"]] = spend.get(row["tenant_id"], ZERO) + row["month_to_date"]
+    # A row with no request in the period is one the period's own aggregate would not have had.
+    return [row for row in rows if row["requests"]], spend
+
+
 def dashboard_summary(*, start: date, end: date, today: date | None = None, top: int = 10) -> Dashboard:
     """Every tenant over [start, end] (UTC days, both included), for the admin's home page."""
     today = today or utc_today()
-    by_tenant = _aggregate(start=start, end=end, keys=["tenant_id"], measures=_USAGE, today=today)
+    by_project, month_to_date = _tenant_figures(start=start, end=end, today=today)
+    by_tenant = _fold(by_project, "tenant_id")
     totals = Totals.of(
         {name: sum((row[name] for row in by_tenant), _value(m.kind, None)) for name, m in _USAGE.items()}
     )
     markups = _markups()
     slugs = dict(Tenant.objects.values_list("id", "slug"))
     revenue = ZERO
-    tenants = []
     for row in by_tenant:
-        tenant_totals = Totals.of(row)
-        tenant_revenue = _revenue(tenant_totals.cost, markups.get(row["tenant_id"]))
-        revenue += tenant_revenue
-        tenants.append(
-            Share(
-                key=slugs.get(row["tenant_id"], str(row["tenant_id"])),
-                tenant_id=row["tenant_id"],
-                totals=tenant_totals,
-                share=ratio(tenant_totals.cost, totals.cost),
-                revenue=tenant_revenue,
-            )
+        revenue += _revenue(row["cost"], markups.get(row["tenant_id"]))
+
+    def slug(row: dict) -> str:
+        return slugs.get(row["tenant_id"], str(row["tenant_id"]))
+
+    tenants = [
+        Share(
+            key=slug(row),
+            tenant_id=row["tenant_id"],
+            totals=Totals.of(row),
+            share=ratio(row["cost"], totals.cost),
+            revenue=_revenue(row["cost"], markups.get(row["tenant_id"])),
         )
-    tenants.sort(key=lambda s: (-s.totals.cost, -s.totals.requests, s.key))
+        for row in _largest(by_tenant, top, name=slug)
+    ]
 
-    # One query for both breakdowns: per model and endpoint, folded each way here.
-    by_model_endpoint = _aggregate(start=start, end=end, keys=["model", "endpoint"], measures=_USAGE, today=today)
+    # One query for the platform-wide figures: per model and endpoint (folded each way), errors
+    # by type, latency, savings.
+    platform = _aggregate(start=start, end=end, keys=_PLATFORM_KEYS, measures=_PLATFORM, today=today)
+    by_model_endpoint = _platform_usage(platform)
     models = _shares(by_model_endpoint, "model", totals.cost)
-
-    errors = _aggregate(
-        start=start, end=end, keys=["error_type"], measures={"requests": _requests()}, where=_ERROR, today=today
-    )
     errors_by_type = sorted(
-        ((row["error_type"] or "(none)", row["requests"], ratio(row["requests"], totals.requests)) for row in errors),
+        (
+            (error_type or "(none)", requests, ratio(requests, totals.requests))
+            for error_type, requests in _platform_errors(platform).items()
+        ),
         key=lambda item: (-item[1], item[0]),
     )
     # Successful requests only: an error answered in 2 ms says nothing about the providers' latency.
-    histogram = _aggregate(start=start, end=end, measures=_HISTOGRAM, where=_SUCCESS, today=today)[0]
+    histogram = _platform_histogram(platform)
     chart_start = today - timedelta(days=CHART_DAYS - 1)
     status_counts = dict(Tenant.objects.values_list("status").annotate(n=Count("id")).order_by())
     return Dashboard(
@@ -564,13 +769,22 @@ def dashboard_summary(*, start: date, end: date, today: date | None = None, top:
         totals=totals,
         revenue=revenue,
         errors_by_type=errors_by_type,
-        savings=_savings(start=start, end=end, today=today),
+        savings=_platform_savings(platform),
         latency=_latency(histogram),
         top_tenants=tenants[:top],
         top_models=models[:top],
-        top_projects=project_shares(start=start, end=end, total_cost=totals.cost, today=today, qualified=True)[:top],
+        top_projects=project_shares(
+            start=start,
+            end=end,
+            total_cost=totals.cost,
+            today=today,
+            qualified=True,
+            rows=by_project,
+            slugs=slugs,
+            top=top,
+        ),
         by_endpoint=_shares(by_model_endpoint, "endpoint", totals.cost),
-        budgets=budget_lines(today=today),
+        budgets=budget_lines(today=today, spend=month_to_date),
         alerts=list(BudgetAlert.objects.select_related("tenant").order_by("-created_at", "-id")[:10]),
         invoices=list(Invoice.objects.select_related("tenant").order_by("-generated_at", "-id")[:10]),
         daily=_daily(start=chart_start, end=today, today=today),
@@ -798,18 +1012,21 @@ def tenant_comparison(
     }
     plans = dict(Subscription.objects.values_list("tenant_id", "plan__name"))
     empty = {name: _value(m.kind, None) for name, m in measures.items()}
+    current = [(name, f"cur_{name}") for name in _USAGE]
+    previous = [(name, f"pre_{name}") for name in _USAGE]
     result = []
-    for tenant in Tenant.objects.order_by("slug").only("id", "slug", "name", "status"):
-        row = rows.get(tenant.id, empty)
+    # Tuples, not model instances: one per tenant, thousands of them.
+    for tenant_id, slug, name, status in Tenant.objects.order_by("slug").values_list("id", "slug", "name", "status"):
+        row = rows.get(tenant_id, empty)
         result.append(
             ComparisonRow(
-                tenant_id=tenant.id,
-                slug=tenant.slug,
-                name=tenant.name,
-                status=tenant.status,
-                plan=plans.get(tenant.id, ""),
-                current=Totals.of({name: row[f"cur_{name}"] for name in _USAGE}),
-                previous=Totals.of({name: row[f"pre_{name}"] for name in _USAGE}),
+                tenant_id=tenant_id,
+                slug=slug,
+                name=name,
+                status=status,
+                plan=plans.get(tenant_id, ""),
+                current=Totals(**{name: row[column] for name, column in current}),
+                previous=Totals(**{name: row[column] for name, column in previous}),
             )
         )
     return comparison_sort(result, sort)

@@ -24,7 +24,7 @@ from .errors import BillingError
 from .invoices import InvoiceRunResult, credit_note_create, invoice_number, invoices_finalize, invoices_generate
 from .partitions import usage_partition_ensure, usage_partition_months, usage_partitioned, usage_partitions_ensure
 from .retention import usage_retention_apply
-from .rollups import RollupResult, usage_rollup, usage_rollup_day
+from .rollups import RollupResult, usage_rollup, usage_rollup_day, usage_summarize_day
 from .subscriptions import subscription_webhook_secret_set, subscriptions_set_plan
 from .usage import (
     MeteredUsage,
@@ -65,5 +65,6 @@ __all__ = [
     "usage_retention_apply",
     "usage_rollup",
     "usage_rollup_day",
+    "usage_summarize_day",
     "webhook_signature",
 ]

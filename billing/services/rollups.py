@@ -1,22 +1,28 @@
 """Daily rollups: raw usage records summed per day into `UsageRollup`, idempotently.
 
-One `INSERT … ON CONFLICT` upsert per day; a day is rolled up again only when its raw records
-changed (`UsageRollupDay.records`), so the nightly task and the invoice run can both call it.
+One `INSERT … SELECT` per day; a day is rolled up again only when its raw records changed
+(`UsageRollupDay.records`), so the nightly task and the invoice run can both call it.
+
+With the rollups of a day, in the same transaction, its summaries: the same rows summed coarser,
+per tenant and project (`UsageTenantDay`) and per model, endpoint, outcome and price
+(`UsageModelDay`), which the platform-wide reports read instead of every rollup row. They are
+built from the day's rollups, never from its raw records, so a pruned day (raw records gone,
+rollups kept) keeps or regains them too.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from billing import latency
 from billing.aggregates import money_sum_sql
-from billing.models import UsageRecord, UsageRollup, UsageRollupDay
+from billing.models import UsageModelDay, UsageRecord, UsageRollup, UsageRollupDay, UsageTenantDay
 from billing.periods import day_start
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 class RollupResult:
     days: list[date]
     records: int
+    summarized: list[date] = field(default_factory=list)  # days rolled up before, whose summaries were built
 
 
 _ROLLUP_KEY = [
@@ -78,6 +85,87 @@ def _rollup_insert_sql() -> str:
     )
 
 
+# --- summaries: a day's rollup rows summed coarser (billing.models.UsageTenantDay, UsageModelDay)
+
+_TENANT_DAY_KEY = ["tenant_id", "project_id"]
+_MODEL_DAY_KEY = ["model", "endpoint", "status_code", "error_type", "cache_hit", "price_id"]
+_MODEL_DAY_SUMS = [
+    "requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "cost",
+    *latency.FIELDS,
+]
+
+
+def _summary_insert_sqls() -> list[str]:
+    """One INSERT … SELECT per summary table, from the rollup rows of one day (the parameter)."""
+    quote = connection.ops.quote_name
+    rollup = quote(UsageRollup._meta.db_table)
+    day = quote("day")
+    requests = quote("requests")
+    # An error as everywhere else (console/analytics.py `_ERROR`, the raw records' count).
+    error = f"{quote('status_code')} >= 400 OR {quote('error_type')} <> ''"
+
+    def total(column: str) -> str:
+        return money_sum_sql(quote(column)) if column == "cost" else f"SUM({quote(column)})"
+
+    def insert(table: str, key: list[str], columns: list[str], sums: list[str]) -> str:
+        names = ", ".join(quote(c) for c in [*key, *columns])
+        keys = ", ".join(quote(c) for c in key)
+        return (
+            f"INSERT INTO {quote(table)} ({day}, {names}) "  # noqa: S608 (our own names)
+            f"SELECT {day}, {keys}, {', '.join(sums)} FROM {rollup} WHERE {day} = %s GROUP BY {day}, {keys}"
+        )
+
+    tenant_columns = ["requests", "errors", "cache_hits", "input_tokens", "output_tokens", "cost"]
+    tenant_sums = [
+        total("requests"),
+        f"SUM(CASE WHEN {error} THEN {requests} ELSE 0 END)",
+        f"SUM(CASE WHEN {quote('cache_hit')} THEN {requests} ELSE 0 END)",
+        total("input_tokens"),
+        total("output_tokens"),
+        total("cost"),
+    ]
+    return [
+        insert(UsageTenantDay._meta.db_table, _TENANT_DAY_KEY, tenant_columns, tenant_sums),
+        insert(UsageModelDay._meta.db_table, _MODEL_DAY_KEY, _MODEL_DAY_SUMS, [total(c) for c in _MODEL_DAY_SUMS]),
+    ]
+
+
+def _summaries_write(marker: UsageRollupDay) -> None:
+    """Build the day's summaries again from its rollups; the caller holds the marker's lock and
+    saves `summarized_at`."""
+    UsageTenantDay.objects.filter(day=marker.day).delete()
+    UsageModelDay.objects.filter(day=marker.day).delete()
+    day = UsageRollup._meta.get_field("day").get_db_prep_value(marker.day, connection)
+    with connection.cursor() as cursor:
+        for sql in _summary_insert_sqls():
+            cursor.execute(sql, [day])
+    marker.summarized_at = marker.rolled_up_at
+
+
+def _summaries_current(marker: UsageRollupDay) -> bool:
+    return marker.rolled_up_at is None or marker.summarized_at == marker.rolled_up_at
+
+
+def usage_summarize_day(*, day: date) -> bool:
+    """Build a rolled-up day's summaries from its rollups unless they are current (the day
+    rolled up by code before summaries existed, or by a worker still running it during an
+    upgrade). The rollups are left as they are, even outside the lookback. Returns whether it
+    built them."""
+    with transaction.atomic():
+        marker = UsageRollupDay.objects.select_for_update().filter(day=day).first()
+        if marker is None or _summaries_current(marker):
+            return False
+        _summaries_write(marker)
+        marker.save(update_fields=["summarized_at"])
+    return True
+
+
 def _raw_count(day: date) -> int:
     start = day_start(day)
     return UsageRecord.objects.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1)).count()
@@ -93,9 +181,11 @@ def usage_rollup_day(*, day: date, now: datetime | None = None) -> int:
     with transaction.atomic():
         UsageRollupDay.objects.get_or_create(day=day)
         marker = UsageRollupDay.objects.select_for_update().get(day=day)
-        if marker.pruned:
-            return marker.records  # its raw records are gone: the rollup is all there is
-        if marker.rolled_up_at is not None and marker.records == _raw_count(day):
+        # A pruned day's raw records are gone: the rollup is all there is.
+        if marker.pruned or (marker.rolled_up_at is not None and marker.records == _raw_count(day)):
+            if not _summaries_current(marker):
+                _summaries_write(marker)
+                marker.save(update_fields=["summarized_at"])
             return marker.records
         UsageRollup.objects.filter(day=day).delete()
         field = UsageRecord._meta.get_field("created_at")
@@ -111,7 +201,8 @@ def usage_rollup_day(*, day: date, now: datetime | None = None) -> int:
         # in between would otherwise be counted without being rolled up, and never picked up.
         marker.records = UsageRollup.objects.filter(day=day).aggregate(n=Coalesce(Sum("requests"), 0))["n"]
         marker.rolled_up_at = now
-        marker.save(update_fields=["records", "rolled_up_at"])
+        _summaries_write(marker)
+        marker.save(update_fields=["records", "rolled_up_at", "summarized_at"])
     return marker.records
 
 
@@ -120,7 +211,8 @@ def usage_rollup(*, since: date | None = None, until: date | None = None, now: d
 
     Without `since`, the last BILLING_ROLLUP_LOOKBACK_DAYS days: a late record (a request
     recorded after its day was rolled up) changes its day's count, and the next run does that
-    day again. Today is never rolled up: reports read it raw.
+    day again. Today is never rolled up: reports read it raw. Then the summaries of any day up
+    to `until` rolled up without them (`usage_summarize_day`), whatever `since`.
     """
     now = now or timezone.now()
     today = now.astimezone(UTC).date()
@@ -149,4 +241,17 @@ def usage_rollup(*, since: date | None = None, until: date | None = None, now: d
         records += usage_rollup_day(day=day, now=now)
     if dirty:
         log.info("rolled up %d days (%d records)", len(dirty), records)
-    return RollupResult(days=dirty, records=records)
+    # Every rolled-up day whose summaries are not current, not only the lookback's: after an
+    # upgrade, the first run builds them for the whole history (from the rollups, one day per
+    # transaction); after that, none (one small query).
+    stale = (
+        UsageRollupDay.objects.filter(day__lte=last, rolled_up_at__isnull=False)
+        .exclude(summarized_at=F("rolled_up_at"))
+        .exclude(day__in=dirty)
+        .order_by("day")
+        .values_list("day", flat=True)
+    )
+    summarized = [day for day in stale if usage_summarize_day(day=day)]
+    if summarized:
+        log.info("summarized %d days rolled up before (%s to %s)", len(summarized), summarized[0], summarized[-1])
+    return RollupResult(days=dirty, records=records, summarized=summarized)

@@ -19,7 +19,8 @@ def _day(value: str) -> date:
 class Command(AuditedCommand):
     help = (
         "Roll up the usage of closed UTC days whose records changed since their last rollup "
-        "(by default the last BILLING_ROLLUP_LOOKBACK_DAYS days). Safe to run at any time, and twice."
+        "(by default the last BILLING_ROLLUP_LOOKBACK_DAYS days), and the daily summaries of any day rolled up "
+        "without them. Safe to run at any time, and twice."
     )
 
     def add_arguments(self, parser):
@@ -34,3 +35,6 @@ class Command(AuditedCommand):
             )
         else:
             self.stdout.write("nothing to roll up: every day is current")
+        if result.summarized:
+            days = result.summarized
+            self.stdout.write(f"built the summaries of {len(days)} days rolled up before ({days[0]} to {days[-1]})")
