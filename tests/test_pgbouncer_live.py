@@ -3,8 +3,8 @@
 The test starts Debian's pgbouncer on a free port in front of the test database, with fewer
 server connections than the gateway's pool has clients, so that consecutive transactions of one
 client land on different server connections: anything that relied on session state (a prepared
-statement, a server-side cursor, a SET) would break here. `make test-pgbouncer` runs the other
-live tests through one as well (TEST_THROUGH_PGBOUNCER=1, tests/conftest.py).
+statement, a server-side cursor, a SET) would break here. `make test`'s main run has every other
+live test go through one as well (TEST_THROUGH_PGBOUNCER=1, tests/conftest.py).
 """
 
 import subprocess
