@@ -76,13 +76,13 @@ test-pgbouncer: $(DEV_STAMP) pgbouncer test-services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest $(PGBOUNCER_TESTS) $(PYTEST_ARGS)
 
 # The live limits, budgets, response cache and routing tests again, once on a three-primary Redis
-# Cluster and once behind a Sentinel (with a forced failover), which tests/redis_topology.py
-# starts from Debian's redis-server on free ports (docs/redis.md); skipped without redis-server.
-# (tests/test_limits_live.py holds the tenant's and a key's budgets too.)
+# Cluster (each primary with a replica) and once behind a Sentinel, each after a forced failover,
+# which tests/redis_topology.py starts from Debian's redis-server on free ports (docs/redis.md);
+# skipped without redis-server. (tests/test_limits_live.py holds the tenant's and a key's budgets too.)
 REDIS_TOPOLOGY_TESTS ?= tests/test_limits_live.py tests/test_response_cache.py tests/test_routing_live.py
 test-redis-topologies: $(DEV_STAMP) test-services
 	TEST_REDIS_TOPOLOGY=cluster DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(PY) -m pytest -p tests.redis_topology $(REDIS_TOPOLOGY_TESTS)
+	  $(PY) -m pytest -p tests.redis_topology tests/test_redis_cluster_failover_live.py $(REDIS_TOPOLOGY_TESTS)
 	TEST_REDIS_TOPOLOGY=sentinel DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -p tests.redis_topology tests/test_redis_failover_live.py $(REDIS_TOPOLOGY_TESTS)
 
