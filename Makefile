@@ -23,8 +23,10 @@ PGBOUNCER ?= /usr/sbin/pgbouncer
 # behind one does (docs/database.md). TEST_THROUGH_PGBOUNCER=0 for a run straight to PostgreSQL.
 TEST_THROUGH_PGBOUNCER ?= 1
 # The straight path stays tested: after the suite (unless PYTEST_ARGS picks a part), these run
-# again with every process talking to PostgreSQL directly, and so do the Redis topology runs.
-DIRECT_TESTS ?= tests/test_gateway_e2e.py tests/test_celery_worker.py
+# again with every process talking to PostgreSQL directly (the journal's: PostgreSQL itself
+# unreachable from the gateway), and so do the Redis topology runs.
+OUTAGE_TEST := tests/test_journal_live.py::test_a_postgres_outage_of_10_s_bills_every_served_call_and_answers_in_json
+DIRECT_TESTS ?= tests/test_gateway_e2e.py tests/test_celery_worker.py '$(OUTAGE_TEST)[gateway-refuse]' '$(OUTAGE_TEST)[gateway-hang]'
 # `make test-pgbouncer`: only these, through a PgBouncer (PGBOUNCER_TESTS="tests/test_limits_live.py …").
 PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
