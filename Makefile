@@ -16,11 +16,18 @@ DEMO_MOCK_PORT ?= 8090
 # The browser test (tests/test_admin_browser.py) drives Debian's Chromium through Playwright;
 # Playwright never downloads a browser here.
 CHROMIUM ?= /usr/bin/chromium
-# The PgBouncer tests (tests/test_pgbouncer_live.py, make test-pgbouncer) start Debian's pgbouncer.
+# The suite starts Debian's pgbouncer (tests/conftest.py `through_pgbouncer`, tests/pg_servers.py).
 PGBOUNCER ?= /usr/sbin/pgbouncer
-# Live tests run again with every gateway process and worker behind a PgBouncer (transaction
-# pooling): by `make test` after the suite (unless PYTEST_ARGS picks a part), and by `make
-# test-pgbouncer` (PGBOUNCER_TESTS="tests/test_limits_live.py …" for others).
+# `make test`'s main run: every gateway process, Celery worker and beat that a test starts reaches
+# PostgreSQL through a PgBouncer in transaction pooling mode that the run starts, as production
+# behind one does (docs/database.md). TEST_THROUGH_PGBOUNCER=0 for a run straight to PostgreSQL.
+TEST_THROUGH_PGBOUNCER ?= 1
+# The straight path stays tested: after the suite (unless PYTEST_ARGS picks a part), these run
+# again with every process talking to PostgreSQL directly (the journal's: PostgreSQL itself
+# unreachable from the gateway), and so do the Redis topology runs.
+OUTAGE_TEST := tests/test_journal_live.py::test_a_postgres_outage_of_10_s_bills_every_served_call_and_answers_in_json
+DIRECT_TESTS ?= tests/test_gateway_e2e.py tests/test_celery_worker.py '$(OUTAGE_TEST)[gateway-refuse]' '$(OUTAGE_TEST)[gateway-hang]'
+# `make test-pgbouncer`: only these, through a PgBouncer (PGBOUNCER_TESTS="tests/test_limits_live.py …").
 PGBOUNCER_TESTS ?= tests/test_gateway_e2e.py
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -61,23 +68,23 @@ test-services: $(DEV_STAMP)
 test: $(DEV_STAMP) chromium pgbouncer test-services
 	$(VENV)/bin/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
-	$(if $(PYTEST_ARGS),,DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest -q $(PGBOUNCER_TESTS))
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=$(TEST_THROUGH_PGBOUNCER) $(PY) -m pytest $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=0 $(PY) -m pytest -q $(DIRECT_TESTS))
 	$(if $(PYTEST_ARGS),,$(MAKE) test-redis-topologies)
 
-# PGBOUNCER_TESTS with every gateway and worker behind a PgBouncer in transaction pooling mode
-# that the run starts (TEST_THROUGH_PGBOUNCER, tests/conftest.py; docs/database.md).
+# PGBOUNCER_TESTS alone, with every gateway and worker behind a PgBouncer in transaction pooling
+# mode that the run starts (as `make test`'s main run; tests/conftest.py, docs/database.md).
 test-pgbouncer: $(DEV_STAMP) pgbouncer test-services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_THROUGH_PGBOUNCER=1 $(PY) -m pytest $(PGBOUNCER_TESTS) $(PYTEST_ARGS)
 
 # The live limits, budgets, response cache and routing tests again, once on a three-primary Redis
-# Cluster and once behind a Sentinel (with a forced failover), which tests/redis_topology.py
-# starts from Debian's redis-server on free ports (docs/redis.md); skipped without redis-server.
-# (tests/test_limits_live.py holds the tenant's and a key's budgets too.)
+# Cluster (each primary with a replica) and once behind a Sentinel, each after a forced failover,
+# which tests/redis_topology.py starts from Debian's redis-server on free ports (docs/redis.md);
+# skipped without redis-server. (tests/test_limits_live.py holds the tenant's and a key's budgets too.)
 REDIS_TOPOLOGY_TESTS ?= tests/test_limits_live.py tests/test_response_cache.py tests/test_routing_live.py
 test-redis-topologies: $(DEV_STAMP) test-services
 	TEST_REDIS_TOPOLOGY=cluster DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(PY) -m pytest -p tests.redis_topology $(REDIS_TOPOLOGY_TESTS)
+	  $(PY) -m pytest -p tests.redis_topology tests/test_redis_cluster_failover_live.py $(REDIS_TOPOLOGY_TESTS)
 	TEST_REDIS_TOPOLOGY=sentinel DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(PY) -m pytest -p tests.redis_topology tests/test_redis_failover_live.py $(REDIS_TOPOLOGY_TESTS)
 

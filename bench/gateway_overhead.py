@@ -136,12 +136,25 @@ def fixture_setup() -> Fixture:
 
 @dataclass
 class Processes:
-    started: list[subprocess.Popen] = field(default_factory=list)
+    """Processes started here, each in a session of its own. With `log_dir`, a process started
+    with a `name` writes its stderr to `log_dir/<name>.log` (bench/soak.py); `members` lists the
+    live processes of every session, children included (uvicorn's workers), by label."""
 
-    def start(self, args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
-        # A session of its own: stopping it stops whatever it started, and Ctrl-C here does not reach it.
-        process = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, **kwargs)
+    log_dir: Path | None = None
+    stop_timeout: float = 10.0
+    started: list[subprocess.Popen] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+
+    def start(self, args: list[str], env: dict | None = None, *, name: str = "", **kwargs) -> subprocess.Popen:
+        # A session of its own: stopping it stops whatever it started (its children are found by
+        # session id), and Ctrl-C here does not reach it.
+        if self.log_dir and name:
+            with open(self.log_dir / f"{name}.log", "ab") as stderr:
+                process = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stderr=stderr, **kwargs)
+        else:
+            process = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, **kwargs)
         self.started.append(process)
+        self.names[process.pid] = name or Path(args[0]).name
         return process
 
     def stop_all(self) -> None:
@@ -150,13 +163,32 @@ class Processes:
                 os.killpg(process.pid, signal.SIGTERM)
         for process in reversed(self.started):
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    def members(self) -> list[tuple[str, int]]:
+        """(label, pid) of every live process of every session started here: a leader by its
+        name, a child as `<name>/<pid>`."""
+        leaders = {process.pid: self.names[process.pid] for process in self.started if process.poll() is None}
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            session = int(fields[3])
+            if session in leaders:
+                pid = int(entry)
+                found.append((leaders[session] + ("" if pid == session else f"/{pid}"), pid))
+        return sorted(found)
+
 
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until `url` answers 200, at most `timeout` seconds (RuntimeError then, or when `process` exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -67,6 +67,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from benchdb import setup_django
+from gateway_overhead import Processes, free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/soak_db"
@@ -270,69 +271,8 @@ def fixture_setup(minutes: float) -> Fixture:
 
 # --- processes ---
 
-
-@dataclass
-class Processes:
-    log_dir: Path
-    started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
-
-    def start(self, name: str, args: list[str], env: dict, **kwargs) -> subprocess.Popen:
-        # A session of its own: its children (uvicorn's workers) are found by session id, and
-        # stopping it stops them.
-        with open(self.log_dir / f"{name}.log", "ab") as stderr:
-            process = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stderr=stderr, **kwargs)
-        self.started.append((name, process))
-        return process
-
-    def stop_all(self) -> None:
-        for _, process in reversed(self.started):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process in reversed(self.started):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def members(self) -> list[tuple[str, int]]:
-        """(label, pid) of every live process of every session started here."""
-        leaders = {process.pid: name for name, process in self.started if process.poll() is None}
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            session = int(fields[3])
-            if session in leaders:
-                pid = int(entry)
-                found.append((leaders[session] + ("" if pid == session else f"/{pid}"), pid))
-        return sorted(found)
-
-
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {timeout}s")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Processes, free_port and wait_until_up: bench/gateway_overhead.py's.
+WAIT_UP_S = 90.0  # six processes start at once here (ten with uvicorn's workers): longer than the default 60 s
 
 
 def base_env(db_url: str, redis_url: str) -> dict:
@@ -356,9 +296,9 @@ def base_env(db_url: str, redis_url: str) -> dict:
 def start_all(processes: Processes, args: argparse.Namespace) -> tuple[str, list[str]]:
     env = base_env(args.database_url, args.redis_url)
     mock = processes.start(
-        "mock",
         [sys.executable, __file__, "--serve-mock", "--latency-ms", "15", "--fault-rate", "0.02", "--seed", "15"],
         env,
+        name="mock",
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -366,7 +306,7 @@ def start_all(processes: Processes, args: argparse.Namespace) -> tuple[str, list
     if "listening on " not in line:
         raise RuntimeError(f"the mock did not start: {line!r}")
     mock_url = line.strip().rsplit(" ", 1)[-1]
-    wait_until_up(f"{mock_url}/health", mock)
+    wait_until_up(f"{mock_url}/health", mock, timeout=WAIT_UP_S)
     gateway_env = dict(
         env,
         OPENAI_API_KEY=UPSTREAM_KEY,
@@ -381,22 +321,22 @@ def start_all(processes: Processes, args: argparse.Namespace) -> tuple[str, list
         command = [sys.executable, "-m", "uvicorn", "proxy_platform.asgi:application", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", "2", "--log-config", "proxy_platform/uvicorn_logging.json"]
         command += ["--no-access-log", "--log-level", "warning"]
-        process = processes.start(f"gateway-{n}", command, gateway_env)
+        process = processes.start(command, gateway_env, name=f"gateway-{n}")
         gateways.append((f"http://127.0.0.1:{port}", process))
     celery = [sys.executable, "-m", "celery", "-A", "proxy_platform"]
     for name in ("a", "b"):
         processes.start(
-            f"celery-{name}",
             [*celery, "worker", "--pool=solo", "-n", f"soak-{name}@localhost", "--loglevel=WARNING"],
             env,
+            name=f"celery-{name}",
             stdout=subprocess.DEVNULL,
         )
     schedule = processes.log_dir / "beat-schedule"
     processes.start(
-        "beat", [*celery, "beat", "--loglevel=WARNING", "-s", str(schedule)], env, stdout=subprocess.DEVNULL
+        [*celery, "beat", "--loglevel=WARNING", "-s", str(schedule)], env, name="beat", stdout=subprocess.DEVNULL
     )
     for url, process in gateways:
-        wait_until_up(f"{url}/healthz", process)
+        wait_until_up(f"{url}/healthz", process, timeout=WAIT_UP_S)
     return mock_url, [url for url, _ in gateways]
 
 
@@ -998,7 +938,7 @@ def main() -> int:
     redis.Redis.from_url(args.redis_url).flushdb()  # the soak's own db only
     setup_django(args.database_url, DJANGO_SECRET_KEY=SECRET, API_KEY_PEPPER=SECRET)
     fixture = fixture_setup(args.minutes)
-    processes = Processes(log_dir)
+    processes = Processes(log_dir, stop_timeout=20.0)
     report = Report()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

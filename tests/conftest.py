@@ -165,8 +165,10 @@ def through_pgbouncer(request):
     """With TEST_THROUGH_PGBOUNCER=1, every gateway process and Celery worker of the run reaches the
     test database through a PgBouncer in transaction pooling mode that this starts (Debian's
     pgbouncer), with DATABASE_PGBOUNCER=1 as production sets it (docs/database.md). The test
-    process itself still talks to PostgreSQL directly. `make test-pgbouncer` runs the live tests
-    that way; tests that put a fault proxy in front of PostgreSQL do not belong in that run."""
+    process itself still talks to PostgreSQL directly. `make test`'s main run is that way (and
+    `make test-pgbouncer`); a test that starts servers of its own keeps them (the replica test's
+    primary, the PgBouncer test's own bouncer), and the journal tests' fault proxy then sits
+    between a gateway and this PgBouncer."""
     global PGBOUNCER_PORT
     if os.environ.get("TEST_THROUGH_PGBOUNCER", "") not in {"1", "true", "yes"}:
         yield None

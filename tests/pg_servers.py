@@ -200,6 +200,10 @@ def pgbouncer(*, host: str, port: int, pool_mode: str = "transaction", pool_size
         f"auth_file = {root / 'users.txt'}\n"
         f"pool_mode = {pool_mode}\n"
         f"default_pool_size = {pool_size}\nmax_client_conn = 500\n"
+        # The idle server connection used longest ago, not the last one (PgBouncer's default), and
+        # at least two of them: a client's consecutive transactions land on different server
+        # connections even when it is the only one busy, so anything relying on session state fails.
+        f"server_round_robin = 1\nmin_pool_size = {min(2, pool_size)}\n"
         # Django and psycopg send these at connect time; PgBouncer would refuse an unknown one.
         "ignore_startup_parameters = extra_float_digits\n"
         f"logfile = {root / 'pgbouncer.log'}\npidfile = {root / 'pgbouncer.pid'}\n"

@@ -4,8 +4,8 @@
     TEST_REDIS_TOPOLOGY=sentinel pytest -p tests.redis_topology tests/test_redis_failover_live.py ...
 
 Before Django reads its settings, this plugin starts the servers from Debian's
-/usr/bin/redis-server on free ports in a temporary directory (Cluster: three primaries, no
-replicas; Sentinel: a primary, a replica and one sentinel watching them) and points REDIS_URL,
+/usr/bin/redis-server on free ports in a temporary directory (Cluster: three primaries, each
+with a replica; Sentinel: a primary, a replica and one sentinel watching them) and points REDIS_URL,
 REDIS_CLUSTER, REDIS_SENTINELS and REDIS_SENTINEL_MASTER at them: the test process and every
 gateway it starts (tests/conftest.py copies its environment) use them. Celery's broker stays on
 the Redis the run was given under Cluster (CELERY_BROKER_URL: Celery does not speak Cluster);
@@ -31,12 +31,17 @@ _missing = ""
 TOPOLOGY: dict = {}  # what was started: kind, ports, the sentinel's port, the directory
 
 
-def _free_port() -> int:
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all held open while they are picked (one at a time, the
+    system may hand out a port it just released again, and two servers would then collide)."""
+    import contextlib
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def _start(directory: Path, name: str, *args: str) -> subprocess.Popen:
@@ -75,12 +80,15 @@ def _wait(check, what: str, timeout: float = 30.0):
 
 
 def start_cluster(directory: Path) -> dict:
-    """Three primaries owning all 16384 slots (no replicas: the tests need slots, not failover)."""
+    """Three primaries owning all 16384 slots, each with one replica (for the forced failover of
+    tests/test_redis_cluster_failover_live.py; the other tests need only the slots)."""
     import redis
 
-    ports = [_free_port() for _ in range(3)]
-    buses = {port: _free_port() for port in ports}
-    for port in ports:
+    free = _free_ports(12)  # six nodes, each with its cluster bus port
+    ports, nodes = free[:3], free[:6]
+    replicas = dict(zip(ports, free[3:6], strict=True))  # primary's port -> its replica's
+    buses = dict(zip(nodes, free[6:], strict=True))
+    for port in nodes:
         # The bus port is set (not port + 10000, which a free port may push past 65535).
         _start(
             directory,
@@ -94,29 +102,48 @@ def start_cluster(directory: Path) -> dict:
             str(buses[port]),
             "--cluster-node-timeout",
             "2000",
+            # A replica's first sync starts at once, not after Redis's default 5 s wait for others.
+            "--repl-diskless-sync-delay",
+            "0",
         )
-    for port in ports:
+    for port in nodes:
         _wait(lambda port=port: _cli(port, "PING"), f"redis-server on {port}")
     thirds = [(0, 5460), (5461, 10922), (10923, 16383)]
     for port, (low, high) in zip(ports, thirds, strict=True):
         _cli(port, "CLUSTER", "ADDSLOTSRANGE", str(low), str(high))
-    for port in ports[1:]:
+    for port in nodes[1:]:
         _cli(ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port), str(buses[port]))
 
-    def ready() -> bool:
-        for port in ports:
-            info = redis.Redis(port=port).cluster("info")
-            if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != 3:
-                return False
-        return True
+    def known(port: int) -> bool:
+        return int(redis.Redis(port=port).cluster("info").get("cluster_known_nodes", 0)) == len(nodes)
 
-    _wait(ready, "cluster_state:ok on three nodes")
-    return {"kind": "cluster", "ports": ports, "url": "redis://" + ",".join(f"127.0.0.1:{p}" for p in ports)}
+    # A replica may name its primary once it knows it (the MEET has gone round).
+    for primary, replica in replicas.items():
+        _wait(lambda replica=replica: known(replica), f"node {replica} knowing every node")
+        _cli(replica, "CLUSTER", "REPLICATE", _cli(primary, "CLUSTER", "MYID"))
+
+    def ready() -> bool:
+        for port in nodes:
+            info = redis.Redis(port=port).cluster("info")
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(nodes):
+                return False
+        return all(
+            redis.Redis(port=replica).info("replication").get("master_link_status") == "up"
+            for replica in replicas.values()
+        )
+
+    _wait(ready, "cluster_state:ok on six nodes, every replica in sync")
+    return {
+        "kind": "cluster",
+        "ports": ports,
+        "replicas": replicas,
+        "url": "redis://" + ",".join(f"127.0.0.1:{p}" for p in ports),
+    }
 
 
 def start_sentinel(directory: Path) -> dict:
     """A primary, its replica, and one sentinel (quorum 1) that fails over within a few seconds."""
-    primary, replica, sentinel = _free_port(), _free_port(), _free_port()
+    primary, replica, sentinel = _free_ports(3)
     _start(directory, f"primary-{primary}", *_server_args(primary))
     _wait(lambda: _cli(primary, "PING"), "the primary")
     _start(directory, f"replica-{replica}", *_server_args(replica), "--replicaof", "127.0.0.1", str(primary))

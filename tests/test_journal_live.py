@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx2
@@ -20,11 +21,13 @@ import orjson
 import pytest
 import redis
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 
 from billing.models import Subscription, UsageRecord
 from tenants.models import ApiKey
 
+from . import pg_servers
 from .conftest import database_url, free_port, start_gateway, stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -322,14 +325,56 @@ def postgres_target() -> tuple[str, int]:
     return url.host, url.port or 5432
 
 
-@pytest.mark.parametrize("mode", ["refuse", "hang"])
+@contextlib.contextmanager
+def outage_between(where: str) -> Iterator[tuple[TcpProxy, dict]]:
+    """A TcpProxy where the outage happens, and the gateway's settings to reach the database.
+
+    "gateway": between the gateway and its database (PostgreSQL, or the run's PgBouncer under
+    TEST_THROUGH_PGBOUNCER). "pgbouncer": between a PgBouncer of the test's own (transaction
+    pooling, DATABASE_PGBOUNCER=1) and PostgreSQL, which the gateway still reaches meanwhile.
+    """
+    if where == "gateway":
+        proxy = TcpProxy(postgres_target())
+        try:
+            yield proxy, {"DATABASE_URL": database_url().replace(f":{postgres_target()[1]}/", f":{proxy.port}/")}
+        finally:
+            proxy.close()
+        return
+    db = connection.settings_dict
+    proxy = TcpProxy((db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)))
+    try:
+        with pg_servers.pgbouncer(host="127.0.0.1", port=proxy.port) as port:
+            user = db.get("USER") or "postgres"
+            yield proxy, {"DATABASE_URL": f"postgres://{user}@127.0.0.1:{port}/{db['NAME']}", "DATABASE_PGBOUNCER": "1"}
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def outage(request) -> Iterator[tuple[TcpProxy, dict]]:
+    with outage_between(request.param) as value:
+        yield value
+
+
+BOUNCER = pytest.mark.skipif(not pg_servers.have_pgbouncer(), reason="Debian's pgbouncer is not installed")
+
+
+@pytest.mark.parametrize(
+    ("outage", "mode"),
+    [
+        ("gateway", "refuse"),
+        ("gateway", "hang"),
+        pytest.param("pgbouncer", "refuse", marks=BOUNCER),
+        pytest.param("pgbouncer", "hang", marks=BOUNCER),
+    ],
+    indirect=["outage"],
+)
 def test_a_postgres_outage_of_10_s_bills_every_served_call_and_answers_in_json(
-    mode, mock_llm, django_db_setup, catalog, alice, alice_key
+    outage, mode, mock_llm, django_db_setup, catalog, alice, alice_key
 ):
     key = limited(alice, alice_key)
-    proxy = TcpProxy(postgres_target())
-    proxied = database_url().replace(f":{postgres_target()[1]}/", f":{proxy.port}/")
-    process, url = start_gateway(mock_llm, REDIS_URL=REDIS_URL, DATABASE_URL=proxied, GATEWAY_AUTH_CACHE_SECONDS="300")
+    proxy, database = outage
+    process, url = start_gateway(mock_llm, REDIS_URL=REDIS_URL, GATEWAY_AUTH_CACHE_SECONDS="300", **database)
     results: list[dict] = []
     try:
         # Warm: the key, the catalog and the budget counters are in the process's caches and Redis.
@@ -369,7 +414,6 @@ def test_a_postgres_outage_of_10_s_bills_every_served_call_and_answers_in_json(
         time.sleep(1)
     finally:
         stop(process)
-        proxy.close()
 
     assert usage.status_code == 503, usage.text
     assert well_formed_error("chat", 503, usage.headers, usage.content), usage.text

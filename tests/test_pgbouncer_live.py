@@ -3,8 +3,8 @@
 The test starts Debian's pgbouncer on a free port in front of the test database, with fewer
 server connections than the gateway's pool has clients, so that consecutive transactions of one
 client land on different server connections: anything that relied on session state (a prepared
-statement, a server-side cursor, a SET) would break here. `make test-pgbouncer` runs the other
-live tests through one as well (TEST_THROUGH_PGBOUNCER=1, tests/conftest.py).
+statement, a server-side cursor, a SET) would break here. `make test`'s main run has every other
+live test go through one as well (TEST_THROUGH_PGBOUNCER=1, tests/conftest.py).
 """
 
 import subprocess
@@ -137,3 +137,27 @@ def test_a_celery_worker_rolls_up_through_pgbouncer(bouncer, catalog, alice, tra
         workers.stop()
     rollup = UsageRollup.objects.get(tenant=alice, day=yesterday.date())
     assert (rollup.requests, rollup.input_tokens, rollup.cost) == (3, 30, Decimal("0.003"))
+
+
+def test_one_clients_consecutive_statements_run_on_different_server_connections(bouncer, django_db_setup):
+    """What makes these runs (and `make test`'s, tests/conftest.py) catch reliance on session
+    state: the test PgBouncers hand out the idle server connection used longest ago and keep two
+    open (tests/pg_servers.py), so even a lone client's statements alternate between backends,
+    and a session SET is not (reliably) there for its next statement."""
+    import psycopg
+
+    db = connection.settings_dict
+    dsn = f"host=127.0.0.1 port={bouncer} user={db.get('USER') or 'postgres'} dbname={db['NAME']}"
+    time.sleep(1.5)  # PgBouncer's janitor opens min_pool_size server connections once a client came
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as client:
+        client.execute("SELECT 1")
+        deadline = time.monotonic() + 10
+        while len({client.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(4)}) < 2:
+            assert time.monotonic() < deadline, "every statement ran on one server connection"
+            time.sleep(0.2)
+        # A setting of no one's (a custom name): the server connections it is left on are unharmed.
+        seen = []
+        for _ in range(5):
+            client.execute("SET gw_test.probe = 'set'")
+            seen.append(client.execute("SELECT current_setting('gw_test.probe', true)").fetchone()[0])
+        assert any(value != "set" for value in seen), seen
