@@ -320,3 +320,29 @@ def add_months(month: date, n: int) -> date:
     for _ in range(n):
         month = next_month(month)
     return month
+
+
+@pytest.mark.django_db
+def test_the_daily_partition_run_analyzes_the_parent_for_its_group_statistics(alice, catalog):
+    """Migration 0017's statistics on the grouped columns live on the partitioned parent, which
+    autovacuum never analyzes: the daily partition run does, so they follow the records."""
+
+    def groups() -> dict | None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT d.stxdndistinct::text FROM pg_statistic_ext s "
+                "LEFT JOIN pg_statistic_ext_data d ON d.stxoid = s.oid "
+                "WHERE s.stxname = 'billing_usagerecord_group_ndistinct'"
+            )
+            row = cursor.fetchone()
+        assert row is not None  # the statistics object exists
+        return row[0]
+
+    now = datetime.now(UTC)
+    models = [catalog["gpt"], catalog["claude"]]
+    save(*(usage(alice, models[n % 2], now - timedelta(minutes=n), status_code=200) for n in range(40)))
+    before = groups()
+    usage_partitions_ensure(now=now)
+    after = groups()
+    assert after is not None  # built from the records now in the table
+    assert after != before

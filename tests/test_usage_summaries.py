@@ -30,6 +30,7 @@ from billing.models import (
 )
 from billing.services import usage_rollup, usage_rollup_day
 from billing.services.rollups import _rollup_insert_sql
+from console import analytics
 from console.analytics import budget_lines, dashboard_summary, project_shares, tenant_comparison, tenant_overview
 from tenants.models import Project
 from tests.billing_fixtures import add_price, save, usage
@@ -207,6 +208,35 @@ def test_the_pages_give_the_same_figures_from_summaries_as_from_rollups(world, d
         truth.cost,
     )
     assert totals.requests > 0
+
+
+def _raw_reads(capture: CaptureQueriesContext) -> int:
+    return sum('"billing_usagerecord"' in query["sql"] for query in capture.captured_queries)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("days_back", [29, 89])
+def test_the_dashboards_chart_read_with_its_platform_figures_is_the_same_as_read_apart(world, days_back, monkeypatch):
+    """A period that holds the chart's days: the per-model figures and the chart come from one
+    aggregate per model and day (today's raw records read once for both), folded; the same
+    figures as the two aggregates of a period that does not hold them."""
+    start = today() - timedelta(days=days_back)
+    with CaptureQueriesContext(connection) as together_capture:
+        together = dashboard_summary(start=start, end=today())
+    chart_days = analytics.CHART_DAYS
+    monkeypatch.setattr(analytics, "CHART_DAYS", days_back + 2)  # the chart now starts before the period
+    with CaptureQueriesContext(connection) as apart_capture:
+        apart = dashboard_summary(start=start, end=today())
+    assert _raw_reads(together_capture) == _raw_reads(apart_capture) - 1
+    assert together.daily == apart.daily[-chart_days:]
+    assert len(together.daily) == chart_days
+    assert together.daily[-1].day == today()
+    for point in together.daily[-(DAYS + 1) :]:
+        truth = oracle(start=point.day, end=point.day)
+        assert (point.requests, point.errors, point.cost) == (truth.requests, truth.errors, truth.cost), point.day
+    assert together.daily[-1].requests > 0  # today's raw records are in it
+    for name in ("totals", "errors_by_type", "savings", "latency", "top_models", "by_endpoint", "top_tenants"):
+        assert getattr(together, name) == getattr(apart, name), name
 
 
 @pytest.mark.django_db

@@ -117,7 +117,17 @@ def usage_partitions_ensure(*, now: datetime | None = None, ahead: int | None = 
         month = next_month(month)
     if created:
         log.info("usage partitions created: %s", ", ".join(created))
+    usage_statistics_refresh()
     return created
+
+
+def usage_statistics_refresh(*, using: str = DEFAULT_DB_ALIAS) -> None:
+    """ANALYZE the partitioned parent: autovacuum analyzes each partition, never the parent, and
+    the planner estimates groups over the table (the dashboard's per-model aggregate of today's
+    raw records, migration 0017's extended statistics) from the parent's statistics alone. A
+    sample of 30,000 rows: a few seconds on millions of records. Daily, with the partitions."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"ANALYZE {TABLE}")
 
 
 def usage_default_partition_months(*, before: date, using: str = DEFAULT_DB_ALIAS) -> list[date]:
