@@ -222,7 +222,7 @@ def test_the_listener_is_off_without_redis(settings):
 
     async def scenario():
         await key_events.start()
-        assert key_events._listener is None
+        assert key_events.listener.task is None
 
     asyncio.run(scenario())
 
@@ -260,7 +260,7 @@ def test_the_listener_forgets_every_key_when_it_listens_again_after_an_outage(re
     async def scenario():
         registry.clear_caches()
         await key_events.start()
-        subscribed = key_events._subscribed
+        subscribed = key_events.listener.ready
         try:
             assert subscribed.is_set()
             cache(7)
