@@ -104,17 +104,23 @@ def test_the_catalog_carries_each_models_routing_and_every_deployments_settings(
     assert claude.deployments[0].weight == 1
 
 
-def test_requests_that_miss_the_same_entry_at_once_share_one_read(alice, alice_key, catalog, monkeypatch):
-    """An entry expires for every request at once: fifty requests in flight then read the key,
-    the tenant and the catalog once, not fifty times each."""
-    reads = []
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The loaders the registry runs in a worker thread (each a database read), in order."""
+    names = []
     original = registry.db_call
 
     async def counted(fn, *args, **kwargs):
-        reads.append(fn.__name__)
+        names.append(fn.__name__)
         return await original(fn, *args, **kwargs)
 
     monkeypatch.setattr(registry, "db_call", counted)
+    return names
+
+
+def test_requests_that_miss_the_same_entry_at_once_share_one_read(alice, alice_key, catalog, reads):
+    """An entry expires for every request at once: fifty requests in flight then read the key,
+    the tenant and the catalog once, not fifty times each."""
 
     async def fifty():
         callers = await asyncio.gather(*(registry.caller_for_key(alice_key) for _ in range(50)))
@@ -143,17 +149,9 @@ def test_a_request_that_gives_up_does_not_cancel_the_read_others_wait_for(alice,
     assert found.tenant.slug == "alice"
 
 
-def test_a_read_under_way_when_a_key_change_is_announced_is_not_joined(alice, alice_key, monkeypatch):
+def test_a_read_under_way_when_a_key_change_is_announced_is_not_joined(alice, alice_key, reads):
     """A key revoked while its row is being read: a request after the announcement reads again
     instead of sharing the read that may hold the old row."""
-    reads = []
-    original = registry.db_call
-
-    async def counted(fn, *args, **kwargs):
-        reads.append(fn.__name__)
-        return await original(fn, *args, **kwargs)
-
-    monkeypatch.setattr(registry, "db_call", counted)
 
     async def scenario():
         before = asyncio.ensure_future(registry.caller_for_key(alice_key))
