@@ -59,8 +59,9 @@ async def _lifespan(receive, send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await key_events.stop()
-            await routing_events.stop()  # and the routing view's last reports go out
             await drain_pending()  # the usage writes may still be settling with a provider's answer
+            # After the drain, whose requests' attempts may still end: the view's last reports go out.
+            await routing_events.stop()
             await close_clients()
             await send({"type": "lifespan.shutdown.complete"})
             return
