@@ -165,6 +165,33 @@ def start_sentinel(directory: Path) -> dict:
     }
 
 
+def served_records(tenant, expected: int, seconds: float = 10.0) -> int:
+    """The tenant's served usage records once there are `expected` of them (or `seconds` passed):
+    after a failover, the last answers' records may still be on their way."""
+    from billing.models import UsageRecord  # this module is loaded before Django is set up
+
+    deadline = time.monotonic() + seconds
+    while UsageRecord.objects.filter(tenant=tenant, status_code=200).count() < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return UsageRecord.objects.filter(tenant=tenant, status_code=200).count()
+
+
+def cache_follows(seconds: float) -> None:
+    """The test process's Django cache writes and reads on the new primary within `seconds`."""
+    import redis
+    from django.core.cache import cache
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cache.set("failover-probe", "new", 60)
+            break
+        except (redis.RedisError, OSError):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert cache.get("failover-probe") == "new"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config, parser, args):
     global _missing
