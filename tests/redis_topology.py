@@ -165,6 +165,18 @@ def start_sentinel(directory: Path) -> dict:
     }
 
 
+def post(url: str, key: str):
+    """One chat completion through the gateway at `url`, as the failover tests' tenant calls."""
+    import httpx2
+
+    return httpx2.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
 def served_records(tenant, expected: int, seconds: float = 10.0) -> int:
     """The tenant's served usage records once there are `expected` of them (or `seconds` passed):
     after a failover, the last answers' records may still be on their way."""

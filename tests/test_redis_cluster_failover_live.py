@@ -14,13 +14,13 @@ import threading
 import time
 from collections import Counter
 
-import httpx2
 import pytest
 import redis
 from django.core.cache import cache
 
 from . import redis_topology
 from .conftest import start_gateway, stop
+from .redis_topology import post
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -37,15 +37,6 @@ def cluster_gateway(mock_llm, django_db_setup):
     process, url = start_gateway(mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0")
     yield process, url
     stop(process)
-
-
-def post(url: str, key: str) -> httpx2.Response:
-    return httpx2.post(
-        f"{url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
-        headers={"authorization": f"Bearer {key}"},
-        timeout=30,
-    )
 
 
 def role(port: int) -> str:

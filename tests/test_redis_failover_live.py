@@ -10,7 +10,6 @@ and Celery's broker (kombu's `sentinel://`) follow the new primary too.
 
 import time
 
-import httpx2
 import pytest
 import redis
 from django.conf import settings
@@ -20,6 +19,7 @@ from proxy_platform.celery import app as celery_app
 
 from . import redis_topology
 from .conftest import start_gateway, stop
+from .redis_topology import post
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -36,15 +36,6 @@ def sentinel_gateway(mock_llm, django_db_setup):
     process, url = start_gateway(mock_llm, GATEWAY_AUTH_CACHE_SECONDS="0")
     yield process, url
     stop(process)
-
-
-def post(url: str, key: str) -> httpx2.Response:
-    return httpx2.post(
-        f"{url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
-        headers={"authorization": f"Bearer {key}"},
-        timeout=30,
-    )
 
 
 def primary_port() -> int:
